@@ -1,0 +1,203 @@
+//! Durable storage of authd: tenants, users, signing keys, TOTP state,
+//! OAuth provider configs and identities, and the audit log.
+//!
+//! One trait ([`Store`]), two backends: [`postgres`] (production; every
+//! tenant-owned table under row-level security, the tenant set per transaction
+//! with `set_config('app.tenant_id', …, true)`, the service running as the
+//! `authd_app` role) and [`sqlite`] (the embedded default, which enforces the
+//! same tenancy in its queries). Every method that changes rows takes the
+//! audit event(s) recording the change and writes them in the same
+//! transaction, so neither exists without the other.
+//!
+//! This crate knows nothing of HTTP, GraphQL, Redis or actors. Migrations live
+//! in the repository's `migrations/{postgres,sqlite}` and are embedded here.
+//!
+//! Layout:
+//! - [`model`]: the records.
+//! - [`postgres`]: the Postgres backend and `migrate_postgres`.
+//! - [`sqlite`]: the SQLite backend.
+
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use authd_core::settings::{Role, TenantSettings};
+use authd_core::{Slug, TenantId, UserId};
+use chrono::{DateTime, Utc};
+
+pub use model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database did not answer.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint on this field was violated.
+    #[error("duplicate {0}")]
+    Duplicate(&'static str),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Self::Unavailable(e.to_string())
+            }
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                let c = db.constraint().unwrap_or_default();
+                let msg = db.message();
+                if c.contains("slug") || msg.contains("tenants.slug") {
+                    Self::Duplicate("slug")
+                } else if c.contains("email") || msg.contains("users.tenant_id, users.email") {
+                    Self::Duplicate("email")
+                } else if c.contains("oauth_providers") || msg.contains("oauth_providers") {
+                    Self::Duplicate("name")
+                } else {
+                    Self::Duplicate("id")
+                }
+            }
+            // Never forward driver text that might quote a value: the
+            // message names the kind of failure only.
+            _ => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<Error> for authd_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Unavailable(c) => authd_core::Error::Unavailable(c),
+            Error::Duplicate("slug") => authd_core::Error::bad_input("slug", "this slug is already taken"),
+            Error::Duplicate("email") => authd_core::Error::EmailTaken,
+            Error::Duplicate("name") => authd_core::Error::bad_input("name", "this name is already taken"),
+            Error::Duplicate(what) => authd_core::Error::internal(format!("duplicate {what}")),
+            Error::Internal(c) => authd_core::Error::Internal(c),
+        }
+    }
+}
+
+/// Durable storage. Every tenant-owned read and write names its tenant.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database does (readiness).
+    async fn ping(&self) -> Result<()>;
+
+    // ---- platform: tenants ----
+
+    /// Creates a tenant with its first admin user and first signing key, and
+    /// records both events, in one transaction. A taken slug is
+    /// `Duplicate("slug")`.
+    async fn create_tenant(
+        &self,
+        tenant: &NewTenant,
+        admin: &NewUser,
+        key: &SigningKeyRecord,
+        tenant_event: &AuditEvent,
+        platform_event: &PlatformEvent,
+    ) -> Result<TenantRecord>;
+
+    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>>;
+
+    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>>;
+
+    /// Tenants ordered by id (time-ordered), after `after`, at most `limit`.
+    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>>;
+
+    async fn set_tenant_disabled(
+        &self,
+        slug: &Slug,
+        disabled: bool,
+        event: &PlatformEvent,
+    ) -> Result<Option<TenantRecord>>;
+
+    /// Deletes the tenant and every row it owns, in one transaction; the
+    /// platform event survives. Returns whether it existed.
+    async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>>;
+
+    /// Operator actions, newest first.
+    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>>;
+
+    // ---- tenant: settings ----
+
+    async fn update_settings(
+        &self,
+        tenant: TenantId,
+        settings: &TenantSettings,
+        event: &AuditEvent,
+    ) -> Result<()>;
+
+    // ---- tenant: users ----
+
+    /// A taken email is `Duplicate("email")`.
+    async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord>;
+
+    async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>>;
+
+    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>>;
+
+    /// Users ordered by id after `after`, whose email starts with `email_prefix`.
+    async fn list_users(
+        &self,
+        tenant: TenantId,
+        email_prefix: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>>;
+
+    /// Applies `change` and records `event` (if any) in one transaction.
+    /// Returns the updated user, or `None` if it does not exist.
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        change: &UserChange,
+        event: Option<&AuditEvent>,
+    ) -> Result<Option<UserRecord>>;
+
+    /// How many enabled admins the tenant has (to refuse removing the last).
+    async fn count_active_admins(&self, tenant: TenantId) -> Result<u64>;
+
+    // ---- tenant: signing keys ----
+
+    async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>>;
+
+    /// Adds a key, removes the keys in `remove` (expired ones), and records
+    /// the event, in one transaction.
+    async fn add_signing_key(
+        &self,
+        tenant: TenantId,
+        key: &SigningKeyRecord,
+        remove: &[String],
+        event: &AuditEvent,
+    ) -> Result<()>;
+
+    /// Replaces sealed private keys (re-sealing under a new master key).
+    async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()>;
+
+    // ---- tenant: audit ----
+
+    /// Appends events that record no database change (batched).
+    async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()>;
+
+    /// Events newest first, matching `filter`, after `after`, at most `limit`.
+    async fn audit_events(
+        &self,
+        tenant: TenantId,
+        filter: &AuditFilter,
+        after: Option<EventCursor>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>>;
+
+    /// Deletes events older than `before` (retention). Returns how many.
+    async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Role stored as text.
+pub(crate) fn role_from_str(s: &str) -> Result<Role> {
+    Role::parse(s).map_err(|e| Error::Internal(e.to_string()))
+}

@@ -1,0 +1,130 @@
+//! Rows as the rest of the system sees them, independent of the backend.
+
+use authd_core::settings::{Role, SigningAlgorithm, TenantSettings};
+use authd_core::{EventId, Slug, TenantId, UserId};
+use chrono::{DateTime, Utc};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub slug: Slug,
+    pub name: String,
+    pub disabled: bool,
+    pub settings: TenantSettings,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewTenant {
+    pub id: TenantId,
+    pub slug: Slug,
+    pub name: String,
+    pub settings: TenantSettings,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user row. `password_hash` is a PHC string (never logged: `Debug` skips it).
+#[derive(Clone, PartialEq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub role: Role,
+    pub disabled: bool,
+    pub totp_enabled: bool,
+    pub totp_secret_sealed: Option<String>,
+    pub totp_pending_sealed: Option<String>,
+    pub totp_last_step: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .field("disabled", &self.disabled)
+            .field("totp_enabled", &self.totp_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub struct NewUser {
+    pub id: UserId,
+    pub email: Option<String>,
+    pub password_hash: Option<String>,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A signing key row; the private key is sealed with the master key.
+#[derive(Clone)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    pub algorithm: SigningAlgorithm,
+    pub private_key_sealed: String,
+    pub public_jwk: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub activates_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("activates_at", &self.activates_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One audit event (tenant-owned). `detail` never holds a secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEvent {
+    pub id: EventId,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub actor_id: Option<UserId>,
+    pub subject_id: Option<UserId>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// One operator action (platform-level, survives tenant deletion).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlatformEvent {
+    pub id: EventId,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub tenant_id: Option<TenantId>,
+    pub tenant_slug: Option<String>,
+    pub operator: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// Filter for `audit_events`; all given conditions must hold.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub kind: Option<String>,
+    /// Events whose actor or subject is this user.
+    pub user_id: Option<UserId>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Keyset cursor for newest-first event pages: (time, id) of the last row seen.
+pub type EventCursor = (DateTime<Utc>, EventId);
+
+/// The change `update_user` applies; `None` leaves a column as it is.
+#[derive(Clone, Debug, Default)]
+pub struct UserChange {
+    pub password_hash: Option<String>,
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+}

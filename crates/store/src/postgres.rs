@@ -1,0 +1,555 @@
+//! The Postgres backend. The service connects with the `DATABASE_URL` user
+//! and immediately `SET ROLE authd_app`, a role that owns no table and lacks
+//! `BYPASSRLS`, so every tenant-owned query is filtered by row-level security
+//! even if it forgot its `tenant_id` condition. The tenant is set per
+//! transaction (`set_config('app.tenant_id', …, true)`), so it cannot leak
+//! from one pooled use of a connection to the next.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use authd_core::settings::{SigningAlgorithm, TenantSettings};
+use authd_core::{EventId, Slug, TenantId, UserId};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::model::*;
+use crate::{Error, Result, Store, role_from_str};
+
+/// The role the service runs as (created by the first migration).
+pub const APP_ROLE: &str = "authd_app";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// Applies the Postgres migrations as the connecting (owner) role.
+pub async fn migrate_postgres(url: &str) -> Result<()> {
+    let opts = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.to_string()))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await?;
+    MIGRATOR.run(&pool).await.map_err(|e| Error::Internal(e.to_string()))?;
+    pool.close().await;
+    Ok(())
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects with `url`, switching every connection to [`APP_ROLE`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(AssertSqlSafe(format!("SET ROLE {APP_ROLE}"))).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A transaction scoped to one tenant: row-level security sees only its rows.
+    async fn tenant_tx(&self, tenant: TenantId) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+fn tenant_from_row(row: &PgRow) -> Result<TenantRecord> {
+    let settings: serde_json::Value = row.try_get("settings")?;
+    let slug: String = row.try_get("slug")?;
+    Ok(TenantRecord {
+        id: TenantId(row.try_get("id")?),
+        slug: Slug::parse(&slug).map_err(|e| Error::Internal(e.to_string()))?,
+        name: row.try_get("name")?,
+        disabled: row.try_get("disabled")?,
+        settings: serde_json::from_value::<TenantSettings>(settings).map_err(|e| Error::Internal(e.to_string()))?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn user_from_row(row: &PgRow) -> Result<UserRecord> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: UserId(row.try_get("id")?),
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        role: role_from_str(&role)?,
+        disabled: row.try_get("disabled")?,
+        totp_enabled: row.try_get("totp_enabled")?,
+        totp_secret_sealed: row.try_get("totp_secret_sealed")?,
+        totp_pending_sealed: row.try_get("totp_pending_sealed")?,
+        totp_last_step: row.try_get("totp_last_step")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn key_from_row(row: &PgRow) -> Result<SigningKeyRecord> {
+    let alg: String = row.try_get("algorithm")?;
+    Ok(SigningKeyRecord {
+        kid: row.try_get("kid")?,
+        algorithm: SigningAlgorithm::parse(&alg).map_err(|e| Error::Internal(e.to_string()))?,
+        private_key_sealed: row.try_get("private_key_sealed")?,
+        public_jwk: row.try_get("public_jwk")?,
+        created_at: row.try_get("created_at")?,
+        activates_at: row.try_get("activates_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<AuditEvent> {
+    Ok(AuditEvent {
+        id: EventId(row.try_get("id")?),
+        at: row.try_get("at")?,
+        kind: row.try_get("type")?,
+        actor_id: row.try_get::<Option<Uuid>, _>("actor_id")?.map(UserId),
+        subject_id: row.try_get::<Option<Uuid>, _>("subject_id")?.map(UserId),
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        request_id: row.try_get("request_id")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+fn platform_event_from_row(row: &PgRow) -> Result<PlatformEvent> {
+    Ok(PlatformEvent {
+        id: EventId(row.try_get("id")?),
+        at: row.try_get("at")?,
+        kind: row.try_get("type")?,
+        tenant_id: row.try_get::<Option<Uuid>, _>("tenant_id")?.map(TenantId),
+        tenant_slug: row.try_get("tenant_slug")?,
+        operator: row.try_get("operator")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        request_id: row.try_get("request_id")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+const USER_COLUMNS: &str = "id, email, password_hash, role, disabled, totp_enabled, totp_secret_sealed, \
+                            totp_pending_sealed, totp_last_step, created_at";
+const TENANT_COLUMNS: &str = "id, slug, name, disabled, settings, created_at";
+
+async fn insert_event(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, e: &AuditEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_events (tenant_id, id, at, type, actor_id, subject_id, ip, user_agent, request_id, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(tenant.0)
+    .bind(e.id.0)
+    .bind(e.at)
+    .bind(&e.kind)
+    .bind(e.actor_id.map(|u| u.0))
+    .bind(e.subject_id.map(|u| u.0))
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(&e.request_id)
+    .bind(&e.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_platform_event(tx: &mut Transaction<'static, Postgres>, e: &PlatformEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO platform_audit_events (id, at, type, tenant_id, tenant_slug, operator, ip, user_agent, \
+         request_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(e.id.0)
+    .bind(e.at)
+    .bind(&e.kind)
+    .bind(e.tenant_id.map(|t| t.0))
+    .bind(&e.tenant_slug)
+    .bind(&e.operator)
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(&e.request_id)
+    .bind(&e.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_user(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, u: &NewUser) -> Result<UserRecord> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO users (tenant_id, id, email, password_hash, role, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {USER_COLUMNS}"
+    )))
+    .bind(tenant.0)
+    .bind(u.id.0)
+    .bind(&u.email)
+    .bind(&u.password_hash)
+    .bind(u.role.as_str())
+    .bind(u.created_at)
+    .fetch_one(&mut **tx)
+    .await?;
+    user_from_row(&row)
+}
+
+async fn insert_key(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, k: &SigningKeyRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO signing_keys (tenant_id, kid, algorithm, private_key_sealed, public_jwk, created_at, activates_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tenant.0)
+    .bind(&k.kid)
+    .bind(k.algorithm.as_str())
+    .bind(&k.private_key_sealed)
+    .bind(&k.public_jwk)
+    .bind(k.created_at)
+    .bind(k.activates_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn settings_json(settings: &TenantSettings) -> Result<serde_json::Value> {
+    serde_json::to_value(settings).map_err(|e| Error::Internal(e.to_string()))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(
+        &self,
+        tenant: &NewTenant,
+        admin: &NewUser,
+        key: &SigningKeyRecord,
+        tenant_event: &AuditEvent,
+        platform_event: &PlatformEvent,
+    ) -> Result<TenantRecord> {
+        let mut tx = self.tenant_tx(tenant.id).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO tenants (id, slug, name, settings, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(tenant.id.0)
+        .bind(tenant.slug.as_str())
+        .bind(&tenant.name)
+        .bind(settings_json(&tenant.settings)?)
+        .bind(tenant.created_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = tenant_from_row(&row)?;
+        insert_user(&mut tx, tenant.id, admin).await?;
+        insert_key(&mut tx, tenant.id, key).await?;
+        insert_event(&mut tx, tenant.id, tenant_event).await?;
+        insert_platform_event(&mut tx, platform_event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1")))
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1")))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        )))
+        .bind(after.map(|t| t.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn set_tenant_disabled(
+        &self,
+        slug: &Slug,
+        disabled: bool,
+        event: &PlatformEvent,
+    ) -> Result<Option<TenantRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE tenants SET disabled = $2, updated_at = now() WHERE slug = $1 RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(slug.as_str())
+        .bind(disabled)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let record = tenant_from_row(&row)?;
+        let mut event = event.clone();
+        event.tenant_id = Some(record.id);
+        insert_platform_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
+        let mut tx = self.pool.begin().await?;
+        // Tenant-owned rows go by ON DELETE CASCADE, which Postgres runs as
+        // the tables' owner, past row-level security, in this transaction.
+        let id: Option<Uuid> = sqlx::query_scalar("DELETE FROM tenants WHERE slug = $1 RETURNING id")
+            .bind(slug.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else { return Ok(None) };
+        let mut event = event.clone();
+        event.tenant_id = Some(TenantId(id));
+        insert_platform_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(Some(TenantId(id)))
+    }
+
+    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
+        let (at, id) = after.map(|(a, i)| (Some(a), Some(i.0))).unwrap_or((None, None));
+        let rows = sqlx::query(
+            "SELECT * FROM platform_audit_events \
+             WHERE ($1::timestamptz IS NULL OR (at, id) < ($1, $2)) ORDER BY at DESC, id DESC LIMIT $3",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(platform_event_from_row).collect()
+    }
+
+    async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        sqlx::query("UPDATE tenants SET settings = $2, updated_at = now() WHERE id = $1")
+            .bind(tenant.0)
+            .bind(settings_json(settings)?)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let record = insert_user(&mut tx, tenant, user).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2")))
+            .bind(tenant.0)
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2")))
+            .bind(tenant.0)
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(
+        &self,
+        tenant: TenantId,
+        email_prefix: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let pattern = email_prefix.map(|p| format!("{}%", escape_like(p)));
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 \
+             AND ($2::text IS NULL OR email LIKE $2 ESCAPE '\\') \
+             AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4"
+        )))
+        .bind(tenant.0)
+        .bind(pattern)
+        .bind(after.map(|u| u.0))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        change: &UserChange,
+        event: Option<&AuditEvent>,
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
+             disabled = COALESCE($5, disabled), updated_at = now() \
+             WHERE tenant_id = $1 AND id = $2 RETURNING {USER_COLUMNS}"
+        )))
+        .bind(tenant.0)
+        .bind(id.0)
+        .bind(&change.password_hash)
+        .bind(change.role.map(|r| r.as_str()))
+        .bind(change.disabled)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        if let Some(event) = event {
+            insert_event(&mut tx, tenant, event).await?;
+        }
+        tx.commit().await?;
+        user_from_row(&row).map(Some)
+    }
+
+    async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled",
+        )
+        .bind(tenant.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let rows = sqlx::query("SELECT * FROM signing_keys WHERE tenant_id = $1 ORDER BY activates_at, kid")
+            .bind(tenant.0)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn add_signing_key(
+        &self,
+        tenant: TenantId,
+        key: &SigningKeyRecord,
+        remove: &[String],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        insert_key(&mut tx, tenant, key).await?;
+        sqlx::query("DELETE FROM signing_keys WHERE tenant_id = $1 AND kid = ANY($2)")
+            .bind(tenant.0)
+            .bind(remove)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        for (kid, value) in sealed {
+            sqlx::query("UPDATE signing_keys SET private_key_sealed = $3 WHERE tenant_id = $1 AND kid = $2")
+                .bind(tenant.0)
+                .bind(kid)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        for e in events {
+            insert_event(&mut tx, tenant, e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_events(
+        &self,
+        tenant: TenantId,
+        filter: &AuditFilter,
+        after: Option<EventCursor>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>> {
+        let (at, id) = after.map(|(a, i)| (Some(a), Some(i.0))).unwrap_or((None, None));
+        let mut tx = self.tenant_tx(tenant).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events WHERE tenant_id = $1 \
+             AND ($2::text IS NULL OR type = $2) \
+             AND ($3::uuid IS NULL OR actor_id = $3 OR subject_id = $3) \
+             AND ($4::timestamptz IS NULL OR at >= $4) \
+             AND ($5::timestamptz IS NULL OR at < $5) \
+             AND ($6::timestamptz IS NULL OR (at, id) < ($6, $7)) \
+             ORDER BY at DESC, id DESC LIMIT $8",
+        )
+        .bind(tenant.0)
+        .bind(&filter.kind)
+        .bind(filter.user_id.map(|u| u.0))
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(at)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT authd_purge_audit_events($1, $2)")
+            .bind(tenant.0)
+            .bind(before)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// Escapes `%`, `_` and `\` so a user-supplied prefix matches literally.
+pub(crate) fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,558 @@
+//! The SQLite backend: the embedded default under `AUTHD_DATA_DIR`. SQLite
+//! has no row-level security, so every query on a tenant-owned table carries
+//! `tenant_id = ?` — the same tenancy Postgres enforces with its policies.
+//! Ids are stored as UUID strings and times as unix microseconds.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use authd_core::settings::{SigningAlgorithm, TenantSettings};
+use authd_core::{EventId, Slug, TenantId, UserId};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use crate::model::*;
+use crate::postgres::escape_like;
+use crate::{Error, Result, Store, role_from_str};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `authd.db` in `dir` and applies migrations.
+    pub async fn open(dir: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.join("authd.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        Self::with_options(opts, 8).await
+    }
+
+    /// An in-memory database (tests).
+    pub async fn in_memory() -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .foreign_keys(true);
+        // One connection: every connection to `:memory:` is its own database.
+        Self::with_options(opts, 1).await
+    }
+
+    async fn with_options(opts: SqliteConnectOptions, max: u32) -> Result<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await.map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| Error::Internal("timestamp out of range".into()))
+}
+
+fn uuid_col(row: &SqliteRow, col: &str) -> Result<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn opt_uuid_col(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| Uuid::parse_str(&s).map_err(|e| Error::Internal(e.to_string()))).transpose()
+}
+
+fn json_col(row: &SqliteRow, col: &str) -> Result<Option<serde_json::Value>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| serde_json::from_str(&s).map_err(|e| Error::Internal(e.to_string()))).transpose()
+}
+
+fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().map(serde_json::Value::to_string)
+}
+
+fn tenant_from_row(row: &SqliteRow) -> Result<TenantRecord> {
+    let settings: String = row.try_get("settings")?;
+    let slug: String = row.try_get("slug")?;
+    Ok(TenantRecord {
+        id: TenantId(uuid_col(row, "id")?),
+        slug: Slug::parse(&slug).map_err(|e| Error::Internal(e.to_string()))?,
+        name: row.try_get("name")?,
+        disabled: row.try_get("disabled")?,
+        settings: serde_json::from_str::<TenantSettings>(&settings).map_err(|e| Error::Internal(e.to_string()))?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+    })
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord> {
+    let role: String = row.try_get("role")?;
+    Ok(UserRecord {
+        id: UserId(uuid_col(row, "id")?),
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        role: role_from_str(&role)?,
+        disabled: row.try_get("disabled")?,
+        totp_enabled: row.try_get("totp_enabled")?,
+        totp_secret_sealed: row.try_get("totp_secret_sealed")?,
+        totp_pending_sealed: row.try_get("totp_pending_sealed")?,
+        totp_last_step: row.try_get("totp_last_step")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+    })
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<SigningKeyRecord> {
+    let alg: String = row.try_get("algorithm")?;
+    Ok(SigningKeyRecord {
+        kid: row.try_get("kid")?,
+        algorithm: SigningAlgorithm::parse(&alg).map_err(|e| Error::Internal(e.to_string()))?,
+        private_key_sealed: row.try_get("private_key_sealed")?,
+        public_jwk: json_col(row, "public_jwk")?.unwrap_or_default(),
+        created_at: from_micros(row.try_get("created_at")?)?,
+        activates_at: from_micros(row.try_get("activates_at")?)?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<AuditEvent> {
+    Ok(AuditEvent {
+        id: EventId(uuid_col(row, "id")?),
+        at: from_micros(row.try_get("at")?)?,
+        kind: row.try_get("type")?,
+        actor_id: opt_uuid_col(row, "actor_id")?.map(UserId),
+        subject_id: opt_uuid_col(row, "subject_id")?.map(UserId),
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        request_id: row.try_get("request_id")?,
+        detail: json_col(row, "detail")?,
+    })
+}
+
+fn platform_event_from_row(row: &SqliteRow) -> Result<PlatformEvent> {
+    Ok(PlatformEvent {
+        id: EventId(uuid_col(row, "id")?),
+        at: from_micros(row.try_get("at")?)?,
+        kind: row.try_get("type")?,
+        tenant_id: opt_uuid_col(row, "tenant_id")?.map(TenantId),
+        tenant_slug: row.try_get("tenant_slug")?,
+        operator: row.try_get("operator")?,
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        request_id: row.try_get("request_id")?,
+        detail: json_col(row, "detail")?,
+    })
+}
+
+const USER_COLUMNS: &str = "id, email, password_hash, role, disabled, totp_enabled, totp_secret_sealed, \
+                            totp_pending_sealed, totp_last_step, created_at";
+const TENANT_COLUMNS: &str = "id, slug, name, disabled, settings, created_at";
+
+async fn insert_event(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, e: &AuditEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_events (tenant_id, id, at, type, actor_id, subject_id, ip, user_agent, request_id, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .bind(tenant.to_string())
+    .bind(e.id.to_string())
+    .bind(micros(e.at))
+    .bind(&e.kind)
+    .bind(e.actor_id.map(|u| u.to_string()))
+    .bind(e.subject_id.map(|u| u.to_string()))
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(&e.request_id)
+    .bind(json_text(&e.detail))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_platform_event(tx: &mut Transaction<'static, Sqlite>, e: &PlatformEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO platform_audit_events (id, at, type, tenant_id, tenant_slug, operator, ip, user_agent, \
+         request_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .bind(e.id.to_string())
+    .bind(micros(e.at))
+    .bind(&e.kind)
+    .bind(e.tenant_id.map(|t| t.to_string()))
+    .bind(&e.tenant_slug)
+    .bind(&e.operator)
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(&e.request_id)
+    .bind(json_text(&e.detail))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_user(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, u: &NewUser) -> Result<UserRecord> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO users (tenant_id, id, email, password_hash, role, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING {USER_COLUMNS}"
+    )))
+    .bind(tenant.to_string())
+    .bind(u.id.to_string())
+    .bind(&u.email)
+    .bind(&u.password_hash)
+    .bind(u.role.as_str())
+    .bind(micros(u.created_at))
+    .fetch_one(&mut **tx)
+    .await?;
+    user_from_row(&row)
+}
+
+async fn insert_key(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, k: &SigningKeyRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO signing_keys (tenant_id, kid, algorithm, private_key_sealed, public_jwk, created_at, activates_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(tenant.to_string())
+    .bind(&k.kid)
+    .bind(k.algorithm.as_str())
+    .bind(&k.private_key_sealed)
+    .bind(k.public_jwk.to_string())
+    .bind(micros(k.created_at))
+    .bind(micros(k.activates_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn settings_text(settings: &TenantSettings) -> Result<String> {
+    serde_json::to_string(settings).map_err(|e| Error::Internal(e.to_string()))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(
+        &self,
+        tenant: &NewTenant,
+        admin: &NewUser,
+        key: &SigningKeyRecord,
+        tenant_event: &AuditEvent,
+        platform_event: &PlatformEvent,
+    ) -> Result<TenantRecord> {
+        let mut tx = self.tx().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO tenants (id, slug, name, settings, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(tenant.id.to_string())
+        .bind(tenant.slug.as_str())
+        .bind(&tenant.name)
+        .bind(settings_text(&tenant.settings)?)
+        .bind(micros(tenant.created_at))
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = tenant_from_row(&row)?;
+        insert_user(&mut tx, tenant.id, admin).await?;
+        insert_key(&mut tx, tenant.id, key).await?;
+        insert_event(&mut tx, tenant.id, tenant_event).await?;
+        insert_platform_event(&mut tx, platform_event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = ?1")))
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1")))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+        )))
+        .bind(after.map(|t| t.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn set_tenant_disabled(
+        &self,
+        slug: &Slug,
+        disabled: bool,
+        event: &PlatformEvent,
+    ) -> Result<Option<TenantRecord>> {
+        let mut tx = self.tx().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE tenants SET disabled = ?2, updated_at = ?3 WHERE slug = ?1 RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(slug.as_str())
+        .bind(disabled)
+        .bind(micros(Utc::now()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let record = tenant_from_row(&row)?;
+        let mut event = event.clone();
+        event.tenant_id = Some(record.id);
+        insert_platform_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
+        let mut tx = self.tx().await?;
+        // Tenant-owned rows go by ON DELETE CASCADE (foreign_keys is on).
+        let id: Option<String> = sqlx::query_scalar("DELETE FROM tenants WHERE slug = ?1 RETURNING id")
+            .bind(slug.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else { return Ok(None) };
+        let id = TenantId(Uuid::parse_str(&id).map_err(|e| Error::Internal(e.to_string()))?);
+        let mut event = event.clone();
+        event.tenant_id = Some(id);
+        insert_platform_event(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
+        let (at, id) = after.map(|(a, i)| (Some(micros(a)), Some(i.to_string()))).unwrap_or((None, None));
+        let rows = sqlx::query(
+            "SELECT * FROM platform_audit_events \
+             WHERE (?1 IS NULL OR at < ?1 OR (at = ?1 AND id < ?2)) ORDER BY at DESC, id DESC LIMIT ?3",
+        )
+        .bind(at)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(platform_event_from_row).collect()
+    }
+
+    async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.tx().await?;
+        sqlx::query("UPDATE tenants SET settings = ?2, updated_at = ?3 WHERE id = ?1")
+            .bind(tenant.to_string())
+            .bind(settings_text(settings)?)
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
+        let mut tx = self.tx().await?;
+        let record = insert_user(&mut tx, tenant, user).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND email = ?2")))
+            .bind(tenant.to_string())
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = ?2")))
+            .bind(tenant.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(
+        &self,
+        tenant: TenantId,
+        email_prefix: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>> {
+        let pattern = email_prefix.map(|p| format!("{}%", escape_like(p)));
+        // LIKE is case-insensitive for ASCII in SQLite; emails are stored
+        // lowercased, and prefixes are lowercased by the caller.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 \
+             AND (?2 IS NULL OR email LIKE ?2 ESCAPE '\\') \
+             AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4"
+        )))
+        .bind(tenant.to_string())
+        .bind(pattern)
+        .bind(after.map(|u| u.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        change: &UserChange,
+        event: Option<&AuditEvent>,
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.tx().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE users SET password_hash = COALESCE(?3, password_hash), role = COALESCE(?4, role), \
+             disabled = COALESCE(?5, disabled), updated_at = ?6 \
+             WHERE tenant_id = ?1 AND id = ?2 RETURNING {USER_COLUMNS}"
+        )))
+        .bind(tenant.to_string())
+        .bind(id.to_string())
+        .bind(&change.password_hash)
+        .bind(change.role.map(|r| r.as_str()))
+        .bind(change.disabled)
+        .bind(micros(Utc::now()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        if let Some(event) = event {
+            insert_event(&mut tx, tenant, event).await?;
+        }
+        tx.commit().await?;
+        user_from_row(&row).map(Some)
+    }
+
+    async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM users WHERE tenant_id = ?1 AND role = 'admin' AND disabled = 0",
+        )
+        .bind(tenant.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
+        let rows = sqlx::query("SELECT * FROM signing_keys WHERE tenant_id = ?1 ORDER BY activates_at, kid")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn add_signing_key(
+        &self,
+        tenant: TenantId,
+        key: &SigningKeyRecord,
+        remove: &[String],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tx().await?;
+        insert_key(&mut tx, tenant, key).await?;
+        for kid in remove {
+            sqlx::query("DELETE FROM signing_keys WHERE tenant_id = ?1 AND kid = ?2")
+                .bind(tenant.to_string())
+                .bind(kid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
+        let mut tx = self.tx().await?;
+        for (kid, value) in sealed {
+            sqlx::query("UPDATE signing_keys SET private_key_sealed = ?3 WHERE tenant_id = ?1 AND kid = ?2")
+                .bind(tenant.to_string())
+                .bind(kid)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
+        let mut tx = self.tx().await?;
+        for e in events {
+            insert_event(&mut tx, tenant, e).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_events(
+        &self,
+        tenant: TenantId,
+        filter: &AuditFilter,
+        after: Option<EventCursor>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>> {
+        let (at, id) = after.map(|(a, i)| (Some(micros(a)), Some(i.to_string()))).unwrap_or((None, None));
+        let user = filter.user_id.map(|u| u.to_string());
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events WHERE tenant_id = ?1 \
+             AND (?2 IS NULL OR type = ?2) \
+             AND (?3 IS NULL OR actor_id = ?3 OR subject_id = ?3) \
+             AND (?4 IS NULL OR at >= ?4) \
+             AND (?5 IS NULL OR at < ?5) \
+             AND (?6 IS NULL OR at < ?6 OR (at = ?6 AND id < ?7)) \
+             ORDER BY at DESC, id DESC LIMIT ?8",
+        )
+        .bind(tenant.to_string())
+        .bind(&filter.kind)
+        .bind(user)
+        .bind(filter.since.map(micros))
+        .bind(filter.until.map(micros))
+        .bind(at)
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM audit_events WHERE tenant_id = ?1 AND at < ?2")
+            .bind(tenant.to_string())
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

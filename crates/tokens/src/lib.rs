@@ -1,0 +1,155 @@
+//! The token store: short-lived shared state that every replica must see at
+//! once. Refresh-token records (hashed), sessions (refresh-token families),
+//! the per-session access-token deny list, rate-limit counters, MFA
+//! challenges, OAuth state and one-time login codes.
+//!
+//! Two backends behind one trait: Redis (production; every key carries the
+//! `{tenant}` hash tag so Redis Cluster keeps a tenant's keys in one slot, and
+//! every multi-key change is one Lua script, so one round trip and atomic) and
+//! an in-process store (the embedded default).
+//!
+//! This crate stores opaque hashes and records; it never sees a raw token and
+//! knows nothing of HTTP, GraphQL or SQL.
+//!
+//! Layout:
+//! - [`model`]: the records stored (`SessionRecord`, `RotateOutcome`, ...).
+//! - [`memory`]: the in-process backend.
+//! - [`redis_store`]: the Redis backend and its Lua scripts.
+
+pub mod memory;
+pub mod model;
+pub mod redis_store;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use authd_core::{SessionId, TenantId, UserId};
+
+pub use model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store did not answer (connection refused, timeout).
+    #[error("token store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered something we cannot interpret.
+    #[error("token store error: {0}")]
+    Internal(String),
+    /// The store is configured in a way authd refuses (e.g. an evicting Redis).
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for authd_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Unavailable(c) => authd_core::Error::Unavailable(c),
+            Error::Internal(c) | Error::Misconfigured(c) => authd_core::Error::Internal(c),
+        }
+    }
+}
+
+/// The shared, expiring state of every tenant. Every method takes the
+/// tenant, and every key a backend writes is scoped by it.
+///
+/// Hashes passed in (`refresh_hash`, `code_hash`, ...) are already keyed
+/// hashes (HMAC) computed by the caller: the store never sees a raw secret.
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    /// Answers when the store is reachable (readiness).
+    async fn ping(&self) -> Result<()>;
+
+    // ---- sessions and refresh tokens ----
+
+    /// Creates a session and its first refresh token. Both expire after
+    /// `ttl` unless refreshed (each rotation extends the session to `ttl`).
+    async fn create_session(
+        &self,
+        tenant: TenantId,
+        session: &SessionRecord,
+        refresh_hash: &str,
+        ttl: Duration,
+    ) -> Result<()>;
+
+    /// Atomically exchanges `old_hash` for `new_hash` (one round trip).
+    /// - the current token of a live session: it becomes `new_hash`,
+    ///   `last_used_at` is set to `now`, and the session is returned;
+    /// - a token that this session already rotated away: the whole session is
+    ///   revoked (as by [`TokenStore::revoke_session`]) and `Reused` returned;
+    /// - anything else (unknown, expired, revoked session): `NotFound`.
+    /// Two concurrent calls with the same `old_hash` yield one `Rotated` and
+    /// one `Reused`.
+    async fn rotate_refresh(
+        &self,
+        tenant: TenantId,
+        old_hash: &str,
+        new_hash: &str,
+        now: i64,
+        ttl: Duration,
+    ) -> Result<RotateOutcome>;
+
+    /// Looks up the live session whose *current* refresh token is `hash`.
+    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>>;
+
+    async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>>;
+
+    /// The user's live sessions, in creation order.
+    async fn list_sessions(&self, tenant: TenantId, user: UserId) -> Result<Vec<SessionRecord>>;
+
+    /// Revokes one session: its refresh tokens stop working and its `sid` is
+    /// put on the deny list for `deny_ttl` (the longest access-token
+    /// lifetime). Returns whether a live session was revoked. Idempotent.
+    async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool>;
+
+    /// Revokes every live session of the user except `keep` (if given).
+    /// Returns how many were revoked.
+    async fn revoke_user_sessions(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        keep: Option<SessionId>,
+        deny_ttl: Duration,
+    ) -> Result<u64>;
+
+    /// Whether access tokens carrying `sid` must be refused.
+    async fn is_session_denied(&self, tenant: TenantId, sid: SessionId) -> Result<bool>;
+
+    /// Removes every key of the tenant (tenant deletion).
+    async fn purge_tenant(&self, tenant: TenantId) -> Result<()>;
+
+    // ---- single-use records (MFA challenges, OAuth state, login codes) ----
+
+    /// Stores `value` under (`kind`, `id`) for `ttl`. Fails with `false` if
+    /// the id already exists.
+    async fn put_once(&self, tenant: TenantId, kind: &str, id: &str, value: &str, ttl: Duration) -> Result<bool>;
+
+    /// Atomically reads and deletes (`kind`, `id`): at most one caller ever
+    /// gets the value.
+    async fn take_once(&self, tenant: TenantId, kind: &str, id: &str) -> Result<Option<String>>;
+
+    /// Reads (`kind`, `id`) without consuming it.
+    async fn peek(&self, tenant: TenantId, kind: &str, id: &str) -> Result<Option<String>>;
+
+    /// Atomically increments the attempt counter of (`kind`, `id`) and, when
+    /// it reaches `max`, deletes the record. Returns the new count, or `None`
+    /// if the record does not exist.
+    async fn count_attempt(&self, tenant: TenantId, kind: &str, id: &str, max: u32) -> Result<Option<u32>>;
+
+    /// Atomically sets `key` to `step` only if `step` is greater than the
+    /// value stored (RFC 6238 §5.2: a TOTP step is accepted once). Returns
+    /// whether it was set. The value never expires.
+    async fn advance_counter(&self, tenant: TenantId, key: &str, step: i64) -> Result<bool>;
+
+    // ---- rate limiting ----
+
+    /// GCRA: one request against the limit `limit` per `period` with burst
+    /// `limit`, under `key`. `now_ms` is the caller's clock (injectable in
+    /// tests). Atomic across replicas.
+    async fn rate_check(&self, tenant: TenantId, key: &str, limit: u32, period: Duration, now_ms: i64)
+    -> Result<RateDecision>;
+
+    /// Clears a rate-limit key (e.g. failures after a success).
+    async fn rate_reset(&self, tenant: TenantId, key: &str) -> Result<()>;
+}
