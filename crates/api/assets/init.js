@@ -81,9 +81,9 @@
   var defaultQuery = [
     '# authd GraphQL endpoint: ' + endpoint,
     '#',
-    '# Calls that need a user or operator put a token in the Headers tab below:',
-    '#   { "Authorization": "Bearer <token>" }',
-    '# Headers are not saved in this browser.',
+    '# To call as a user or operator, open Headers below',
+    '# and add: { "Authorization": "Bearer <token>" }',
+    '# (headers are not saved in this browser).',
     '',
     '{',
     '  __typename',

@@ -95,6 +95,16 @@ impl MasterKey {
                 ),
             )
         })?;
+        // A typed or patterned "key" (all zeros, "aaaa...", a repeated
+        // phrase) is refused. 32 random bytes have about 30 distinct values;
+        // fewer than 12 happens by chance with probability far below 2^-100.
+        let distinct = bytes.iter().collect::<std::collections::HashSet<_>>().len();
+        if distinct < 12 {
+            return Err(Error::bad_input(
+                "master_key",
+                "the master key does not look random; generate one with `openssl rand -base64 32`",
+            ));
+        }
         Ok(Self::from_bytes(bytes))
     }
 
@@ -118,7 +128,7 @@ impl MasterKey {
     /// A subkey for one use of the master key: HMAC(master, label), the
     /// expand step of HKDF with a single block.
     fn derive(&self, label: &[u8]) -> Zeroizing<[u8; 32]> {
-        let mut mac = hmac_sha256(self.bytes.as_slice());
+        let mut mac = hmac_sha256(&self.bytes);
         mac.update(label);
         Zeroizing::new(mac.finalize().into_bytes().into())
     }
@@ -130,14 +140,25 @@ impl MasterKey {
         // values are sealed under one key (no birthday-bound reuse).
         let nonce: [u8; NONCE_LEN] = random_bytes();
         let aad = ctx.associated_data(&self.id);
-        // Encryption only fails for plaintexts beyond 256 GiB.
+        // Encryption only fails for plaintexts beyond 256 GiB; were it ever to,
+        // the empty ciphertext makes a value that fails to open (fails closed).
         let ciphertext = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .unwrap_or_default();
         let mut body = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         body.extend_from_slice(&nonce);
         body.extend_from_slice(&ciphertext);
-        format!("{SEAL_VERSION}.{}.{}", self.id, URL_SAFE_NO_PAD.encode(body))
+        format!(
+            "{SEAL_VERSION}.{}.{}",
+            self.id,
+            URL_SAFE_NO_PAD.encode(body)
+        )
     }
 
     fn open(&self, body: &[u8], ctx: &SealContext<'_>) -> Result<Zeroizing<Vec<u8>>> {
@@ -164,7 +185,9 @@ impl MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -241,7 +264,9 @@ impl Keyring {
     pub fn open(&self, sealed: &str, ctx: &SealContext<'_>) -> Result<Zeroizing<Vec<u8>>> {
         let (key_id, body) = parse_sealed(sealed)?;
         let key = self.key_by_id(key_id).ok_or_else(|| {
-            Error::internal(format!("sealed value names master key {key_id:?}, which is not configured"))
+            Error::internal(format!(
+                "sealed value names master key {key_id:?}, which is not configured"
+            ))
         })?;
         let body = Zeroizing::new(
             URL_SAFE_NO_PAD
@@ -279,7 +304,9 @@ impl Keyring {
     /// previous key: what a lookup should try so that hashes stored before a
     /// master-key rotation still match.
     pub fn keyed_hash_candidates(&self, purpose: &str, data: &[u8]) -> Vec<String> {
-        self.keys().map(|key| keyed_hash_with(key, purpose, data)).collect()
+        self.keys()
+            .map(|key| keyed_hash_with(key, purpose, data))
+            .collect()
     }
 
     fn keys(&self) -> impl Iterator<Item = &MasterKey> {
@@ -296,22 +323,27 @@ fn keyed_hash_with(key: &MasterKey, purpose: &str, data: &[u8]) -> String {
     label.extend_from_slice(KEYED_HASH_LABEL.as_bytes());
     label.extend_from_slice(purpose.as_bytes());
     let subkey = key.derive(&label);
-    let mut mac = hmac_sha256(subkey.as_slice());
+    let mut mac = hmac_sha256(&subkey);
     mac.update(data);
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn hmac_sha256(key: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length, so this never fails; the fallback only
-    // satisfies the type.
-    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| <HmacSha256 as KeyInit>::new(&Default::default()))
+fn hmac_sha256(key: &[u8; 32]) -> HmacSha256 {
+    // HMAC zero-pads a short key to the hash's 64-byte block (RFC 2104 §2),
+    // so padding it here gives the same MAC through the infallible
+    // constructor.
+    let mut block = Zeroizing::new([0u8; 64]);
+    block[..32].copy_from_slice(key);
+    <HmacSha256 as KeyInit>::new(&(*block).into())
 }
 
 /// Splits `v1.<key id>.<body>` into the key id and the body.
 fn parse_sealed(sealed: &str) -> Result<(&str, &str)> {
     let mut parts = sealed.splitn(3, '.');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(SEAL_VERSION), Some(key_id), Some(body)) if !key_id.is_empty() && !body.is_empty() => {
+        (Some(SEAL_VERSION), Some(key_id), Some(body))
+            if !key_id.is_empty() && !body.is_empty() =>
+        {
             Ok((key_id, body))
         }
         _ => Err(Error::internal("value is not in the sealed format")),
@@ -353,7 +385,11 @@ mod tests {
     use uuid::Uuid;
 
     fn ctx<'a>(tenant: TenantId, purpose: &'a str, row: &'a str) -> SealContext<'a> {
-        SealContext { tenant, purpose, row }
+        SealContext {
+            tenant,
+            purpose,
+            row,
+        }
     }
 
     #[test]
@@ -380,6 +416,19 @@ mod tests {
     }
 
     #[test]
+    fn patterned_master_keys_are_refused_as_weak() {
+        for weak in [[0u8; 32], [b'a'; 32], *b"passwordpasswordpasswordpassword"] {
+            let err = MasterKey::from_base64(&STANDARD.encode(weak)).unwrap_err();
+            assert!(err.to_string().contains("does not look random"), "{err}");
+        }
+        let mut counting = [0u8; 32];
+        for (i, b) in counting.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        MasterKey::from_base64(&STANDARD.encode(counting)).unwrap();
+    }
+
+    #[test]
     fn master_key_id_is_stable_short_and_distinct() {
         let a = MasterKey::from_bytes([1u8; 32]);
         let b = MasterKey::from_bytes([1u8; 32]);
@@ -395,7 +444,7 @@ mod tests {
         let key = MasterKey::from_bytes([0xab; 32]);
         let shown = format!("{key:?} {:?}", Keyring::from(key.clone()));
         assert!(!shown.contains(&key.to_base64()), "{shown}");
-        assert!(!shown.to_lowercase().contains("abab"), "{shown}");
+        assert!(!shown.contains("171"), "{shown}"); // 0xab as a byte array
         assert!(shown.contains(key.id()));
     }
 
@@ -435,11 +484,24 @@ mod tests {
         let c = ctx(TenantId(Uuid::nil()), "p", "r");
         let sealed = ring.seal(b"plaintext-marker", &c);
 
-        let mut flipped = sealed.clone().into_bytes();
-        let last = flipped.len() - 1;
-        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
-        let flipped = String::from_utf8(flipped).unwrap();
-        for bad in [flipped.as_str(), "v1.abcd1234.", "v2.x.y", "garbage", "v1.abcd1234.AAAA"] {
+        // Flip one bit of the ciphertext itself (not of the base64 text).
+        let (prefix, body) = sealed.rsplit_once('.').unwrap();
+        let mut body = URL_SAFE_NO_PAD.decode(body).unwrap();
+        body[NONCE_LEN + 1] ^= 0x01;
+        let flipped = format!("{prefix}.{}", URL_SAFE_NO_PAD.encode(&body));
+        assert!(
+            matches!(ring.open(&flipped, &c), Err(Error::Internal(m)) if m.contains("failed authentication"))
+        );
+
+        let id = ring.current().id().to_owned();
+        let short = format!("v1.{id}.AAAA");
+        for bad in [
+            flipped.as_str(),
+            "v1.abcd1234.",
+            "v2.x.y",
+            "garbage",
+            &short,
+        ] {
             let err = ring.open(bad, &c).unwrap_err();
             assert!(matches!(err, Error::Internal(_)), "{bad}: {err:?}");
             assert!(!err.cause().unwrap_or_default().contains("plaintext-marker"));
@@ -490,7 +552,10 @@ mod tests {
         let subkey = mac.finalize().into_bytes();
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&subkey).unwrap();
         mac.update(b"abc");
-        assert_eq!(ring.keyed_hash("login-code", b"abc"), hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(
+            ring.keyed_hash("login-code", b"abc"),
+            hex::encode(mac.finalize().into_bytes())
+        );
     }
 
     #[test]
@@ -517,7 +582,10 @@ mod tests {
     fn random_tokens_are_url_safe_unpadded_and_unique() {
         let t = random_token(32);
         assert_eq!(t.len(), 43); // 256 bits
-        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_eq!(URL_SAFE_NO_PAD.decode(&t).unwrap().len(), 32);
         assert_ne!(t, random_token(32));
         let a: [u8; 16] = random_bytes();

@@ -1,1 +1,101 @@
-//! tenancy
+//! The actor tree and the tenant services: what happens when a request for a
+//! tenant arrives, below the transport and above storage.
+//!
+//! ```text
+//! PlatformSupervisor (one per process)
+//!   └─ TenantSupervisor (one per active tenant; started on demand, stopped when idle)
+//!        ├─ SessionActor        signing-key rotation, session policy
+//!        ├─ RateLimiterActor    the tenant's limit policy and local governors
+//!        └─ OAuthProviderActor  one per provider
+//! ```
+//!
+//! Actors own lifecycle and configuration, never the hot path: a request task
+//! reads the tenant's immutable [`runtime::TenantSnapshot`] and does the work
+//! itself (the SQL, the token-store script, the signature), and password
+//! hashing runs on the fair [`hashing::HashPool`].
+//!
+//! This crate knows nothing of HTTP or GraphQL; it speaks domain types and
+//! returns `authd_core::Error`.
+//!
+//! Layout:
+//! - [`platform`]: `PlatformSupervisor` and the [`Platform`] handle (tenant lookup, platform operations).
+//! - [`tenant`]: `TenantSupervisor` and its supervision policy.
+//! - [`children`]: `SessionActor`, `RateLimiterActor`, `OAuthProviderActor`.
+//! - [`runtime`]: tenant snapshots read by requests.
+//! - [`keyset`]: a tenant's signing keys: current signer, verifier, JWKS, rotation.
+//! - [`auth`]: accounts, login, tokens and sessions.
+//! - [`admin`]: tenant-admin operations.
+//! - [`hashing`]: the fair password-hashing pool.
+//! - [`audit`]: audit events and their batched sink.
+//! - [`metrics`]: process-wide counters.
+
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod children;
+pub mod hashing;
+pub mod keyset;
+pub mod metrics;
+pub mod platform;
+pub mod runtime;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authd_core::crypto::Keyring;
+use authd_core::password::Argon2Params;
+use authd_store::Store;
+use authd_tokens::TokenStore;
+
+pub use platform::{CreateTenant, Platform};
+pub use runtime::{TenantRuntime, TenantSnapshot};
+
+/// Settings of the tenancy layer, from the binary's configuration.
+#[derive(Clone, Debug)]
+pub struct TenancyConfig {
+    /// `AUTHD_PUBLIC_URL`, without a trailing slash; issuers derive from it.
+    pub public_url: String,
+    pub argon2: Argon2Params,
+    /// A tenant with no request for this long has its supervisor stopped.
+    pub tenant_idle_timeout: Duration,
+    /// How often a running tenant reloads its snapshot from storage (how
+    /// changes made by other replicas arrive).
+    pub tenant_refresh_interval: Duration,
+    /// Lifetime of a session (refresh-token family) without use.
+    pub refresh_token_ttl: Duration,
+    /// How long resource servers may cache the JWKS; a new key is published
+    /// this long before it signs.
+    pub jwks_max_age: Duration,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            argon2: Argon2Params::default(),
+            tenant_idle_timeout: Duration::from_secs(600),
+            tenant_refresh_interval: Duration::from_secs(1),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            jwks_max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What every tenant shares: storage, token store, master keys, the hashing
+/// pool, the audit sink and the configuration.
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    pub tokens: Arc<dyn TokenStore>,
+    pub keyring: Arc<Keyring>,
+    pub hasher: hashing::HashPool,
+    pub audit: audit::AuditSink,
+    pub config: TenancyConfig,
+}
+
+impl TenancyConfig {
+    /// The issuer of a tenant's tokens.
+    pub fn issuer(&self, slug: &str) -> String {
+        format!("{}/t/{}", self.public_url.trim_end_matches('/'), slug)
+    }
+}

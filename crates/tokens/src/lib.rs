@@ -13,9 +13,15 @@
 //!
 //! Layout:
 //! - [`model`]: the records stored (`SessionRecord`, `RotateOutcome`, ...).
-//! - [`memory`]: the in-process backend.
-//! - [`redis_store`]: the Redis backend and its Lua scripts.
+//! - [`memory`]: the in-process backend ([`MemoryTokenStore`]).
+//! - [`redis_store`]: the Redis backend ([`RedisTokenStore`]), its key layout
+//!   and its Lua scripts.
+//! - `gcra` (private): the rate-limit arithmetic both backends share.
+//!
+//! Both backends pass the same test suite (`tests/store.rs`), which is the
+//! executable form of the contract below.
 
+mod gcra;
 pub mod memory;
 pub mod model;
 pub mod redis_store;
@@ -25,7 +31,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use authd_core::{SessionId, TenantId, UserId};
 
+pub use memory::MemoryTokenStore;
 pub use model::*;
+pub use redis_store::RedisTokenStore;
+
+/// How long a session revoked for refresh-token reuse stays on the deny list.
+/// [`TokenStore::rotate_refresh`] has no `deny_ttl` parameter, so both
+/// backends use the longest access-token lifetime a tenant may configure
+/// (API.md: 1 to 60 minutes): no access token of the stolen family outlives
+/// its deny entry.
+pub const REUSE_DENY_TTL: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,6 +71,11 @@ impl From<Error> for authd_core::Error {
 ///
 /// Hashes passed in (`refresh_hash`, `code_hash`, ...) are already keyed
 /// hashes (HMAC) computed by the caller: the store never sees a raw secret.
+///
+/// Every method is atomic: a backend applies each call as one indivisible
+/// step (one Lua script on Redis, one critical section in memory), so
+/// concurrent calls from any number of replicas never interleave inside one.
+/// TTLs shorter than a millisecond are rounded up to one millisecond.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// Answers when the store is reachable (readiness).
@@ -79,8 +99,12 @@ pub trait TokenStore: Send + Sync + 'static {
     /// - a token that this session already rotated away: the whole session is
     ///   revoked (as by [`TokenStore::revoke_session`]) and `Reused` returned;
     /// - anything else (unknown, expired, revoked session): `NotFound`.
+    ///
     /// Two concurrent calls with the same `old_hash` yield one `Rotated` and
-    /// one `Reused`.
+    /// one `Reused`. A session revoked for reuse stays on the deny list for
+    /// [`REUSE_DENY_TTL`]. A rotated-away token stays recognisable (so its
+    /// reuse is detected) for `ttl` after it was issued, that is for as long
+    /// as it would have been valid had it not been rotated.
     async fn rotate_refresh(
         &self,
         tenant: TenantId,
@@ -100,7 +124,9 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Revokes one session: its refresh tokens stop working and its `sid` is
     /// put on the deny list for `deny_ttl` (the longest access-token
-    /// lifetime). Returns whether a live session was revoked. Idempotent.
+    /// lifetime). Returns whether a live session was revoked. Idempotent; the
+    /// `sid` is put on the deny list even if no live session had it (a deny
+    /// entry already there is never shortened).
     async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool>;
 
     /// Revokes every live session of the user except `keep` (if given).
@@ -123,6 +149,11 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Stores `value` under (`kind`, `id`) for `ttl`. Fails with `false` if
     /// the id already exists.
+    ///
+    /// `kind` is a constant chosen by the code (`"mfa"`, `"oauth_state"`, ...)
+    /// and must not contain `:`, so that no `id` (which may come from a
+    /// client) can reach another kind's records; a `kind` with `:` is refused
+    /// with [`Error::Internal`] by every single-use method.
     async fn put_once(&self, tenant: TenantId, kind: &str, id: &str, value: &str, ttl: Duration) -> Result<bool>;
 
     /// Atomically reads and deletes (`kind`, `id`): at most one caller ever
@@ -139,17 +170,52 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Atomically sets `key` to `step` only if `step` is greater than the
     /// value stored (RFC 6238 §5.2: a TOTP step is accepted once). Returns
-    /// whether it was set. The value never expires.
+    /// whether it was set. The value never expires (it is removed only by
+    /// [`TokenStore::purge_tenant`]). `step` must lie within ±2^53 (Lua's
+    /// exact integers); anything else is refused with [`Error::Internal`].
     async fn advance_counter(&self, tenant: TenantId, key: &str, step: i64) -> Result<bool>;
 
     // ---- rate limiting ----
 
     /// GCRA: one request against the limit `limit` per `period` with burst
-    /// `limit`, under `key`. `now_ms` is the caller's clock (injectable in
-    /// tests). Atomic across replicas.
+    /// `limit`, under `key`. `now_ms` is the caller's clock (Unix
+    /// milliseconds, injectable in tests). Atomic across replicas.
+    ///
+    /// From a clean key, exactly `limit` requests at the same instant are
+    /// allowed; the next is `Limited` with `retry_after_ms` =
+    /// `period / limit` (rounded up to the next microsecond, then to the next
+    /// millisecond), and one request is allowed again from then on. A refused
+    /// request does not consume anything. `limit == 0` refuses everything
+    /// (retry after `period`); a zero `period` allows everything.
     async fn rate_check(&self, tenant: TenantId, key: &str, limit: u32, period: Duration, now_ms: i64)
     -> Result<RateDecision>;
 
     /// Clears a rate-limit key (e.g. failures after a success).
     async fn rate_reset(&self, tenant: TenantId, key: &str) -> Result<()>;
+}
+
+/// Refuses a single-use `kind` that could collide with another kind's keys.
+pub(crate) fn check_kind(kind: &str) -> Result<()> {
+    if kind.is_empty() || kind.contains(':') {
+        return Err(Error::Internal(format!(
+            "single-use kind {kind:?} must be non-empty and contain no ':'"
+        )));
+    }
+    Ok(())
+}
+
+/// The largest magnitude Lua (doubles) holds exactly; both backends refuse
+/// counters beyond it so that they agree.
+const MAX_EXACT_STEP: u64 = 1 << 53;
+
+pub(crate) fn check_step(step: i64) -> Result<()> {
+    if step.unsigned_abs() > MAX_EXACT_STEP {
+        return Err(Error::Internal(format!("counter step {step} is out of range")));
+    }
+    Ok(())
+}
+
+/// A TTL in whole milliseconds, at least one (Redis refuses `PX 0`).
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, i64::MAX as u64)
 }

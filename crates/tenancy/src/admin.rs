@@ -1,0 +1,198 @@
+//! Tenant-admin operations. Every one re-checks the caller against storage
+//! (role `admin`, not disabled): a token's `role` claim alone may be stale.
+
+use authd_core::settings::{Role, TenantSettings};
+use authd_core::{Error, Result, UserId};
+use authd_store::{UserChange, UserRecord};
+
+use crate::audit::{self, RequestMeta, kinds};
+use crate::auth::{Principal, TenantCtx, deny_ttl};
+use crate::keyset::KeyInfo;
+use crate::tenant::TenantMsg;
+
+impl TenantCtx<'_> {
+    /// The caller, if it is an enabled admin of this tenant now.
+    pub async fn require_admin(&self, p: &Principal) -> Result<UserRecord> {
+        if p.mfa_enrollment_required {
+            return Err(Error::forbidden("two-factor enrollment is required before using admin operations"));
+        }
+        if p.role != Role::Admin {
+            return Err(Error::forbidden("tenant admins only"));
+        }
+        match self.deps.store.user_by_id(self.rt.id, p.user).await? {
+            Some(u) if u.role == Role::Admin && !u.disabled => {
+                let settings = &self.rt.snapshot().record.settings;
+                if settings.require_mfa_for_admins && !u.totp_enabled {
+                    return Err(Error::forbidden("two-factor enrollment is required before using admin operations"));
+                }
+                Ok(u)
+            }
+            Some(u) if u.disabled => Err(Error::Unauthenticated),
+            _ => Err(Error::forbidden("tenant admins only")),
+        }
+    }
+
+    pub async fn list_users(
+        &self,
+        p: &Principal,
+        email_prefix: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>> {
+        self.require_admin(p).await?;
+        let prefix = email_prefix.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
+        Ok(self.deps.store.list_users(self.rt.id, prefix.as_deref(), after, limit).await?)
+    }
+
+    /// Disabling revokes every session of the user at once.
+    pub async fn set_user_disabled(&self, p: &Principal, user: &str, disabled: bool, meta: &RequestMeta) -> Result<UserRecord> {
+        let admin = self.require_admin(p).await?;
+        let target = self.target_user(user).await?;
+        if disabled && target.id == admin.id {
+            return Err(Error::bad_input("userId", "an admin cannot disable their own account"));
+        }
+        if disabled && target.role == Role::Admin && !target.disabled && self.deps.store.count_active_admins(self.rt.id).await? <= 1 {
+            return Err(Error::bad_input("userId", "the tenant's last admin cannot be disabled"));
+        }
+        let kind = if disabled { kinds::USER_DISABLED } else { kinds::USER_ENABLED };
+        let event = audit::event(kind, meta, Some(admin.id), Some(target.id), None);
+        let change = UserChange { disabled: Some(disabled), ..Default::default() };
+        let updated = self
+            .deps
+            .store
+            .update_user(self.rt.id, target.id, &change, Some(&event))
+            .await?
+            .ok_or_else(|| Error::bad_input("userId", "no such user"))?;
+        audit::log_event(self.rt.id, &event);
+        if disabled {
+            self.deps.tokens.revoke_user_sessions(self.rt.id, target.id, None, deny_ttl()).await?;
+        }
+        Ok(updated)
+    }
+
+    pub async fn set_user_role(&self, p: &Principal, user: &str, role: Role, meta: &RequestMeta) -> Result<UserRecord> {
+        let admin = self.require_admin(p).await?;
+        let target = self.target_user(user).await?;
+        if target.role == role {
+            return Ok(target);
+        }
+        if target.role == Role::Admin && !target.disabled && self.deps.store.count_active_admins(self.rt.id).await? <= 1 {
+            return Err(Error::bad_input("userId", "the tenant's last admin cannot be demoted"));
+        }
+        let event = audit::event(
+            kinds::USER_ROLE_CHANGED,
+            meta,
+            Some(admin.id),
+            Some(target.id),
+            Some(serde_json::json!({ "from": target.role.as_str(), "to": role.as_str() })),
+        );
+        let change = UserChange { role: Some(role), ..Default::default() };
+        let updated = self
+            .deps
+            .store
+            .update_user(self.rt.id, target.id, &change, Some(&event))
+            .await?
+            .ok_or_else(|| Error::bad_input("userId", "no such user"))?;
+        audit::log_event(self.rt.id, &event);
+        Ok(updated)
+    }
+
+    async fn target_user(&self, user: &str) -> Result<UserRecord> {
+        let id: UserId = user.parse().map_err(|_| Error::bad_input("userId", "not a user id"))?;
+        self.deps
+            .store
+            .user_by_id(self.rt.id, id)
+            .await?
+            .ok_or_else(|| Error::bad_input("userId", "no such user"))
+    }
+
+    pub async fn tenant_settings(&self, p: &Principal) -> Result<TenantSettings> {
+        self.require_admin(p).await?;
+        Ok(self.rt.snapshot().record.settings.clone())
+    }
+
+    /// Validates and stores the new settings (the caller merged the input
+    /// into the current ones), records which fields changed, and reloads the
+    /// tenant. A new signing algorithm takes effect through an immediate key
+    /// rotation to a key of that algorithm; older keys stay published.
+    pub async fn update_settings(&self, p: &Principal, new: TenantSettings, meta: &RequestMeta) -> Result<TenantSettings> {
+        let admin = self.require_admin(p).await?;
+        new.validate()?;
+        let old = self.rt.snapshot().record.settings.clone();
+        let changed = changed_fields(&old, &new);
+        if changed.is_empty() {
+            return Ok(old);
+        }
+        let event = audit::event(
+            kinds::SETTINGS_CHANGED,
+            meta,
+            Some(admin.id),
+            None,
+            Some(serde_json::json!({ "fields": changed })),
+        );
+        self.deps.store.update_settings(self.rt.id, &new, &event).await?;
+        audit::log_event(self.rt.id, &event);
+        // Make the change visible to this replica's requests at once.
+        let mut record = self.rt.snapshot().record.clone();
+        record.settings = new.clone();
+        let keys = self.rt.snapshot().keys.clone();
+        self.rt.replace_snapshot(crate::runtime::TenantSnapshot { record, keys });
+        if old.signing_algorithm != new.signing_algorithm {
+            self.rotate_key_inner(Some(admin.id), true, meta).await?;
+        } else if let Some(sup) = self.rt.supervisor() {
+            let _ = sup.cast(TenantMsg::Reload);
+        }
+        Ok(new)
+    }
+
+    pub async fn rotate_signing_key(&self, p: &Principal, immediate: bool, meta: &RequestMeta) -> Result<KeyInfo> {
+        let admin = self.require_admin(p).await?;
+        self.rotate_key_inner(Some(admin.id), immediate, meta).await
+    }
+
+    async fn rotate_key_inner(&self, actor: Option<UserId>, immediate: bool, meta: &RequestMeta) -> Result<KeyInfo> {
+        let sup = self.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
+        let timeout = std::time::Duration::from_secs(30);
+        let session = ractor::call_t!(sup, TenantMsg::SessionActor, 5000).map_err(|e| Error::unavailable(e.to_string()))?;
+        let meta = meta.clone();
+        let info = session
+            .call(
+                |reply| crate::children::SessionMsg::RotateKey { immediate, actor, meta, reply },
+                Some(timeout),
+            )
+            .await
+            .map_err(|e| Error::unavailable(e.to_string()))?;
+        let info = match info {
+            ractor::rpc::CallResult::Success(r) => r?,
+            _ => return Err(Error::unavailable("key rotation timed out")),
+        };
+        // Reload now so this replica signs with the new key right away.
+        let fresh = crate::platform::load_snapshot_by_id(self.deps, self.rt.id).await?;
+        if let Some(snapshot) = fresh {
+            self.rt.replace_snapshot(snapshot);
+        }
+        Ok(info)
+    }
+}
+
+fn changed_fields(old: &TenantSettings, new: &TenantSettings) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    macro_rules! check {
+        ($($field:ident => $name:literal),* $(,)?) => {
+            $( if old.$field != new.$field { out.push($name); } )*
+        };
+    }
+    check!(
+        access_token_lifetime_minutes => "accessTokenLifetimeMinutes",
+        signing_algorithm => "signingAlgorithm",
+        audience => "audience",
+        password_min_length => "passwordMinLength",
+        require_mfa_for_admins => "requireMfaForAdmins",
+        allowed_redirect_uris => "allowedRedirectUris",
+        allowed_origins => "allowedOrigins",
+        link_by_verified_email => "linkByVerifiedEmail",
+        audit_retention_days => "auditRetentionDays",
+        rate_limits => "rateLimits",
+    );
+    out
+}

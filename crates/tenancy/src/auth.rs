@@ -1,0 +1,350 @@
+//! Accounts, login, tokens and sessions of one tenant. Each function is a
+//! request's whole work: it reads the tenant's snapshot, runs hashing on the
+//! fair pool, and talks to storage and the token store itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authd_core::claims::AccessClaims;
+use authd_core::email::Email;
+use authd_core::password::{self, MAX_PASSWORD_BYTES, PasswordPolicy};
+use authd_core::settings::{MAX_ACCESS_TOKEN_MINUTES, Role};
+use authd_core::{Error, Result, SessionId, UserId, crypto};
+use authd_store::{NewUser, UserChange, UserRecord};
+use authd_tokens::{RotateOutcome, SessionRecord};
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::audit::{self, RequestMeta, kinds};
+use crate::runtime::TenantRuntime;
+use crate::{Deps, metrics};
+
+/// Keyed-hash purpose of refresh tokens.
+const REFRESH_PURPOSE: &str = "refresh-token";
+
+/// Deny entries outlive the longest access token any tenant may issue.
+pub fn deny_ttl() -> Duration {
+    Duration::from_secs(u64::from(MAX_ACCESS_TOKEN_MINUTES) * 60 + 300)
+}
+
+/// A verified caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user: UserId,
+    pub session: SessionId,
+    pub role: Role,
+    pub amr: Vec<String>,
+    /// The token allows only `me` and TOTP enrollment.
+    pub mfa_enrollment_required: bool,
+}
+
+/// Tokens handed to a client.
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+    pub session: SessionId,
+    pub user: UserRecord,
+}
+
+pub enum LoginOutcome {
+    Tokens(Box<IssuedTokens>),
+    MfaChallenge { challenge_id: String, methods: Vec<String>, expires_in: u64 },
+}
+
+/// One tenant, as seen by one request.
+pub struct TenantCtx<'a> {
+    pub deps: &'a Arc<Deps>,
+    pub rt: &'a Arc<TenantRuntime>,
+}
+
+impl TenantCtx<'_> {
+    fn snapshot(&self) -> Arc<crate::runtime::TenantSnapshot> {
+        self.rt.snapshot()
+    }
+
+    pub fn issuer(&self) -> String {
+        self.deps.config.issuer(self.rt.slug.as_str())
+    }
+
+    pub fn audience(&self) -> String {
+        let snap = self.snapshot();
+        snap.record.settings.audience_for(self.rt.slug.as_str()).to_owned()
+    }
+
+    fn audit_later(&self, kind: &str, meta: &RequestMeta, actor: Option<UserId>, subject: Option<UserId>, detail: Option<serde_json::Value>) {
+        self.deps.audit.record(self.rt.id, audit::event(kind, meta, actor, subject, detail));
+    }
+
+    // ------------------------------------------------------------ accounts
+
+    pub async fn register(&self, email: &str, pw: &str, meta: &RequestMeta) -> Result<UserRecord> {
+        let email = Email::parse(email)?;
+        let settings = self.snapshot().record.settings.clone();
+        PasswordPolicy { min_length: settings.password_min_length as usize }.check(pw)?;
+        // Cheap pre-check so a taken email costs no hashing; the unique index
+        // still decides under concurrency.
+        if self.deps.store.user_by_email(self.rt.id, email.as_str()).await?.is_some() {
+            return Err(Error::EmailTaken);
+        }
+        let phc = self.hash(pw).await?;
+        let user = NewUser {
+            id: UserId::new(),
+            email: Some(email.as_str().to_owned()),
+            password_hash: Some(phc),
+            role: Role::User,
+            created_at: Utc::now(),
+        };
+        let event = audit::event(kinds::USER_REGISTERED, meta, Some(user.id), Some(user.id), None);
+        let record = self.deps.store.create_user(self.rt.id, &user, &event).await?;
+        audit::log_event(self.rt.id, &event);
+        Ok(record)
+    }
+
+    async fn hash(&self, pw: &str) -> Result<String> {
+        let params = self.deps.config.argon2.clone();
+        let pw = zeroize::Zeroizing::new(pw.to_owned());
+        let phc = self
+            .deps
+            .hasher
+            .run(self.rt.id, move || {
+                metrics::PASSWORD_HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                password::hash_password(&params, &pw)
+            })
+            .await??;
+        Ok(phc)
+    }
+
+    /// Exactly one argon2 verification, on the pool, whatever `phc` is.
+    async fn verify(&self, phc: String, pw: &str) -> Result<password::Verified> {
+        let params = self.deps.config.argon2.clone();
+        let pw = zeroize::Zeroizing::new(pw.to_owned());
+        self.deps
+            .hasher
+            .run_labeled(self.rt.id, "verify", move || {
+                metrics::PASSWORD_VERIFICATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                password::verify_password(&params, &phc, &pw)
+            })
+            .await?
+    }
+
+    /// Verifies a user's password (re-authentication for sensitive changes).
+    pub async fn check_password(&self, user: &UserRecord, pw: &str) -> Result<()> {
+        let phc = match &user.password_hash {
+            Some(p) => p.clone(),
+            None => password::dummy_phc(&self.deps.config.argon2)?,
+        };
+        let verified = self.verify(phc, pw).await?;
+        if verified.ok && user.password_hash.is_some() { Ok(()) } else { Err(Error::InvalidCredentials) }
+    }
+
+    /// Unknown email, wrong password and disabled user all answer
+    /// `INVALID_CREDENTIALS` after exactly one argon2 verification (a dummy
+    /// hash for unknown emails), so neither the answer nor its cost tells
+    /// which accounts exist.
+    pub async fn login(&self, email: &str, pw: &str, meta: &RequestMeta) -> Result<LoginOutcome> {
+        let email = Email::parse(email)?;
+        if pw.len() > MAX_PASSWORD_BYTES {
+            return Err(Error::bad_input("password", "a password is at most 4096 bytes"));
+        }
+        let user = self.deps.store.user_by_email(self.rt.id, email.as_str()).await?;
+        let phc = match user.as_ref().and_then(|u| u.password_hash.clone()) {
+            Some(p) => p,
+            None => password::dummy_phc(&self.deps.config.argon2)?,
+        };
+        let verified = self.verify(phc, pw).await?;
+        let reason = match &user {
+            None => Some("unknown_email"),
+            Some(u) if u.password_hash.is_none() || !verified.ok => Some("wrong_password"),
+            Some(u) if u.disabled => Some("disabled"),
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            self.audit_later(
+                kinds::LOGIN_FAILED,
+                meta,
+                None,
+                user.as_ref().map(|u| u.id),
+                Some(serde_json::json!({ "reason": reason })),
+            );
+            return Err(Error::InvalidCredentials);
+        }
+        let Some(mut user) = user else { return Err(Error::InvalidCredentials) };
+        if verified.needs_rehash {
+            // Parameters were raised since this hash was made: upgrade it now
+            // that we hold the password.
+            let phc = self.hash(pw).await?;
+            let change = UserChange { password_hash: Some(phc), ..Default::default() };
+            if let Some(updated) = self.deps.store.update_user(self.rt.id, user.id, &change, None).await? {
+                user = updated;
+            }
+        }
+        let tokens = self.start_session(user, vec!["pwd".into()], meta).await?;
+        self.audit_later(kinds::LOGIN_SUCCEEDED, meta, Some(tokens.user.id), Some(tokens.user.id), Some(serde_json::json!({ "amr": ["pwd"] })));
+        Ok(LoginOutcome::Tokens(Box::new(tokens)))
+    }
+
+    /// Creates a session for a signed-in user and issues its first tokens.
+    pub async fn start_session(&self, user: UserRecord, amr: Vec<String>, meta: &RequestMeta) -> Result<IssuedTokens> {
+        let now = Utc::now().timestamp();
+        let session = SessionRecord {
+            id: SessionId::new(),
+            user_id: user.id,
+            created_at: now,
+            last_used_at: now,
+            user_agent: meta.user_agent.as_ref().map(|s| truncate(s, 512)),
+            ip: meta.ip.clone(),
+            amr,
+        };
+        let refresh = crypto::random_token(32);
+        let hash = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh.as_bytes());
+        self.deps
+            .tokens
+            .create_session(self.rt.id, &session, &hash, self.deps.config.refresh_token_ttl)
+            .await?;
+        let (access_token, expires_in) = self.sign_access(&user, &session)?;
+        Ok(IssuedTokens { access_token, refresh_token: refresh, expires_in, session: session.id, user })
+    }
+
+    fn sign_access(&self, user: &UserRecord, session: &SessionRecord) -> Result<(String, u64)> {
+        let snap = self.snapshot();
+        let settings = &snap.record.settings;
+        let lifetime = u64::from(settings.access_token_lifetime_minutes) * 60;
+        let now = Utc::now().timestamp();
+        let claims = AccessClaims {
+            iss: self.issuer(),
+            sub: user.id.0,
+            aud: settings.audience_for(self.rt.slug.as_str()).to_owned(),
+            tid: self.rt.id.0,
+            sid: session.id.0,
+            jti: Uuid::new_v4(),
+            iat: now,
+            exp: now + i64::try_from(lifetime).unwrap_or(900),
+            amr: session.amr.clone(),
+            role: user.role.as_str().to_owned(),
+            mfa_enrollment_required: settings.require_mfa_for_admins && user.role == Role::Admin && !user.totp_enabled,
+        };
+        let token = snap.keys.sign(&claims, Utc::now())?;
+        Ok((token, lifetime))
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    /// Verifies an access token for this tenant: signature by one of the
+    /// tenant's keys (algorithm pinned to the key), `iss`, `aud`, `exp`,
+    /// `tid`, and that its session is not revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal> {
+        let snap = self.snapshot();
+        let claims = snap.keys.verify(token, &self.issuer(), &self.audience(), Utc::now())?;
+        if claims.tid != self.rt.id.0 {
+            return Err(Error::Unauthenticated);
+        }
+        let sid = SessionId(claims.sid);
+        if self.deps.tokens.is_session_denied(self.rt.id, sid).await? {
+            return Err(Error::Unauthenticated);
+        }
+        let role = Role::parse(&claims.role).map_err(|_| Error::Unauthenticated)?;
+        Ok(Principal {
+            user: UserId(claims.sub),
+            session: sid,
+            role,
+            amr: claims.amr,
+            mfa_enrollment_required: claims.mfa_enrollment_required,
+        })
+    }
+
+    /// Rotates a refresh token. A token already rotated away revokes its
+    /// whole session (`TOKEN_REUSED`): someone else holds a copy.
+    pub async fn refresh(&self, refresh_token: &str, meta: &RequestMeta) -> Result<IssuedTokens> {
+        if refresh_token.is_empty() || refresh_token.len() > 256 {
+            return Err(Error::Unauthenticated);
+        }
+        let old = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh_token.as_bytes());
+        let new_token = crypto::random_token(32);
+        let new = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
+        let now = Utc::now().timestamp();
+        let outcome = self
+            .deps
+            .tokens
+            .rotate_refresh(self.rt.id, &old, &new, now, self.deps.config.refresh_token_ttl)
+            .await?;
+        match outcome {
+            RotateOutcome::Rotated(session) => {
+                let user = self.deps.store.user_by_id(self.rt.id, session.user_id).await?;
+                let Some(user) = user.filter(|u| !u.disabled) else {
+                    self.deps.tokens.revoke_session(self.rt.id, session.id, deny_ttl()).await?;
+                    return Err(Error::Unauthenticated);
+                };
+                let (access_token, expires_in) = self.sign_access(&user, &session)?;
+                Ok(IssuedTokens { access_token, refresh_token: new_token, expires_in, session: session.id, user })
+            }
+            RotateOutcome::Reused { session, user } => {
+                self.audit_later(
+                    kinds::REFRESH_REUSE_DETECTED,
+                    meta,
+                    None,
+                    Some(user),
+                    Some(serde_json::json!({ "sessionId": session.to_string() })),
+                );
+                Err(Error::TokenReused)
+            }
+            RotateOutcome::NotFound => Err(Error::Unauthenticated),
+        }
+    }
+
+    /// Revokes the session of `refresh_token`, or else the caller's session.
+    pub async fn logout(&self, refresh_token: Option<&str>, principal: Option<&Principal>, meta: &RequestMeta) -> Result<bool> {
+        let session = match refresh_token {
+            Some(t) if !t.is_empty() && t.len() <= 256 => {
+                let hash = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, t.as_bytes());
+                self.deps.tokens.session_by_refresh(self.rt.id, &hash).await?.map(|s| (s.id, s.user_id))
+            }
+            Some(_) => None,
+            None => principal.map(|p| (p.session, p.user)),
+        };
+        let Some((sid, user)) = session else {
+            return if refresh_token.is_some() { Ok(false) } else { Err(Error::Unauthenticated) };
+        };
+        let revoked = self.deps.tokens.revoke_session(self.rt.id, sid, deny_ttl()).await?;
+        if revoked {
+            self.audit_later(kinds::SESSION_LOGOUT, meta, Some(user), Some(user), Some(serde_json::json!({ "sessionId": sid.to_string() })));
+        }
+        Ok(revoked)
+    }
+
+    pub async fn logout_all(&self, p: &Principal, meta: &RequestMeta) -> Result<u64> {
+        let n = self.deps.tokens.revoke_user_sessions(self.rt.id, p.user, None, deny_ttl()).await?;
+        self.audit_later(kinds::SESSION_LOGOUT_ALL, meta, Some(p.user), Some(p.user), Some(serde_json::json!({ "revoked": n })));
+        Ok(n)
+    }
+
+    pub async fn sessions(&self, p: &Principal) -> Result<Vec<SessionRecord>> {
+        Ok(self.deps.tokens.list_sessions(self.rt.id, p.user).await?)
+    }
+
+    /// Revokes one of the caller's own sessions.
+    pub async fn revoke_session(&self, p: &Principal, id: &str, meta: &RequestMeta) -> Result<bool> {
+        let sid: SessionId = id.parse().map_err(|_| Error::bad_input("id", "not a session id"))?;
+        match self.deps.tokens.get_session(self.rt.id, sid).await? {
+            Some(s) if s.user_id == p.user => {}
+            _ => return Ok(false),
+        }
+        let revoked = self.deps.tokens.revoke_session(self.rt.id, sid, deny_ttl()).await?;
+        if revoked {
+            self.audit_later(kinds::SESSION_REVOKED, meta, Some(p.user), Some(p.user), Some(serde_json::json!({ "sessionId": sid.to_string() })));
+        }
+        Ok(revoked)
+    }
+
+    /// The caller's user row; a deleted or disabled user is unauthenticated.
+    pub async fn me(&self, p: &Principal) -> Result<UserRecord> {
+        match self.deps.store.user_by_id(self.rt.id, p.user).await? {
+            Some(u) if !u.disabled => Ok(u),
+            _ => Err(Error::Unauthenticated),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

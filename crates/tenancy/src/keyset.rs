@@ -1,0 +1,188 @@
+//! A tenant's signing keys as requests use them: the current signer, a
+//! verifier over every published key, and the JWKS.
+//!
+//! Lifecycle: a key is *next* from creation until `activates_at`, *current*
+//! from then until a newer key activates, and *retired* after that. Next keys
+//! are published before they sign (resource servers that cached the JWKS
+//! already know them); retired keys stay published, and verify, until every
+//! token they signed has expired, then rotation deletes them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authd_core::claims::AccessClaims;
+use authd_core::crypto::{Keyring, SealContext};
+use authd_core::keys::{Signer, SigningKeyMaterial, Verifier};
+use authd_core::settings::{MAX_ACCESS_TOKEN_MINUTES, SigningAlgorithm};
+use authd_core::{Error, Result, TenantId, UserId};
+use authd_store::SigningKeyRecord;
+use chrono::{DateTime, Utc};
+
+use crate::Deps;
+use crate::audit::{self, RequestMeta, kinds};
+use crate::runtime::TenantRuntime;
+
+const SEAL_PURPOSE: &str = "signing-key";
+
+/// How long a retired key stays published: the longest access-token lifetime
+/// plus clock-skew margin.
+fn retirement_window() -> chrono::Duration {
+    chrono::Duration::minutes(i64::from(MAX_ACCESS_TOKEN_MINUTES) + 5)
+}
+
+/// Public facts about a key (the `SigningKey` GraphQL type).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub algorithm: SigningAlgorithm,
+    pub created_at: DateTime<Utc>,
+    pub activates_at: DateTime<Utc>,
+}
+
+struct LoadedKey {
+    info: KeyInfo,
+    signer: Signer,
+    jwk: serde_json::Value,
+}
+
+/// The decoded keys of one tenant, oldest activation first.
+pub struct KeySet {
+    keys: Vec<LoadedKey>,
+    verifier: Verifier,
+}
+
+impl KeySet {
+    /// Opens the sealed private keys and builds signers and the verifier.
+    pub fn build(keyring: &Keyring, tenant: TenantId, records: &[SigningKeyRecord], _now: DateTime<Utc>) -> Result<Self> {
+        let mut keys = Vec::with_capacity(records.len());
+        let mut verification = Vec::with_capacity(records.len());
+        for r in records {
+            let der = keyring.open(&r.private_key_sealed, &SealContext { tenant, purpose: SEAL_PURPOSE, row: &r.kid })?;
+            let material = SigningKeyMaterial::from_pkcs8_der(r.algorithm, &r.kid, &der)?;
+            verification.push(material.verification_key()?);
+            keys.push(LoadedKey {
+                info: KeyInfo {
+                    kid: r.kid.clone(),
+                    algorithm: r.algorithm,
+                    created_at: r.created_at,
+                    activates_at: r.activates_at,
+                },
+                signer: Signer::new(&material)?,
+                jwk: material.public_jwk(),
+            });
+        }
+        keys.sort_by(|a, b| a.info.activates_at.cmp(&b.info.activates_at).then(a.info.kid.cmp(&b.info.kid)));
+        Ok(Self { keys, verifier: Verifier::new(verification)? })
+    }
+
+    /// The key that signs at `now`: the latest activated one (or, if none has
+    /// activated yet, the earliest).
+    fn current(&self, now: DateTime<Utc>) -> Option<&LoadedKey> {
+        self.keys.iter().rev().find(|k| k.info.activates_at <= now).or_else(|| self.keys.first())
+    }
+
+    pub fn current_info(&self, now: DateTime<Utc>) -> Option<KeyInfo> {
+        self.current(now).map(|k| k.info.clone())
+    }
+
+    pub fn sign(&self, claims: &AccessClaims, now: DateTime<Utc>) -> Result<String> {
+        let key = self.current(now).ok_or_else(|| Error::internal("tenant has no signing key"))?;
+        key.signer.sign(claims)
+    }
+
+    pub fn verify(&self, token: &str, issuer: &str, audience: &str, now: DateTime<Utc>) -> Result<AccessClaims> {
+        self.verifier.verify(token, issuer, audience, now.timestamp())
+    }
+
+    /// When each key stopped signing: the activation of the next activated key.
+    fn retired_at(&self, index: usize, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.keys[index + 1..].iter().map(|k| k.info.activates_at).find(|t| *t <= now)
+    }
+
+    /// Keys to publish at `now`: next, current, and retired ones whose tokens
+    /// may still be alive.
+    pub fn published(&self, now: DateTime<Utc>) -> Vec<KeyInfo> {
+        (0..self.keys.len())
+            .filter(|i| self.retired_at(*i, now).is_none_or(|r| r + retirement_window() > now))
+            .map(|i| self.keys[i].info.clone())
+            .collect()
+    }
+
+    /// The JWKS document at `now`.
+    pub fn jwks(&self, now: DateTime<Utc>) -> serde_json::Value {
+        let published: Vec<String> = self.published(now).into_iter().map(|k| k.kid).collect();
+        let jwks: Vec<serde_json::Value> =
+            self.keys.iter().filter(|k| published.contains(&k.info.kid)).map(|k| k.jwk.clone()).collect();
+        authd_core::keys::jwks(&jwks)
+    }
+
+    /// Keys whose every token has expired: rotation deletes them.
+    fn expired(&self, now: DateTime<Utc>) -> Vec<String> {
+        (0..self.keys.len())
+            .filter(|i| self.retired_at(*i, now).is_some_and(|r| r + retirement_window() <= now))
+            .map(|i| self.keys[i].info.kid.clone())
+            .collect()
+    }
+}
+
+/// Generates a key (off the async workers: RSA generation takes a while) and
+/// seals its private half for storage.
+pub async fn new_key_record(
+    keyring: &Arc<Keyring>,
+    tenant: TenantId,
+    alg: SigningAlgorithm,
+    created_at: DateTime<Utc>,
+    activates_at: DateTime<Utc>,
+) -> Result<SigningKeyRecord> {
+    let keyring = keyring.clone();
+    tokio::task::spawn_blocking(move || {
+        let material = SigningKeyMaterial::generate(alg)?;
+        let kid = material.kid().to_owned();
+        let sealed =
+            keyring.seal(&material.to_pkcs8_der(), &SealContext { tenant, purpose: SEAL_PURPOSE, row: &kid });
+        Ok(SigningKeyRecord {
+            kid,
+            algorithm: alg,
+            private_key_sealed: sealed,
+            public_jwk: material.public_jwk(),
+            created_at,
+            activates_at,
+        })
+    })
+    .await
+    .map_err(|e| Error::internal(format!("key generation task failed: {e}")))?
+}
+
+/// Adds a key of the tenant's configured algorithm, activating after one JWKS
+/// cache lifetime (or now, when `immediate`), and deletes expired keys.
+pub async fn rotate(
+    deps: &Arc<Deps>,
+    runtime: &Arc<TenantRuntime>,
+    immediate: bool,
+    actor: Option<UserId>,
+    meta: &RequestMeta,
+) -> Result<KeyInfo> {
+    let snapshot = runtime.snapshot();
+    let alg = snapshot.record.settings.signing_algorithm;
+    let now = Utc::now();
+    let delay = if immediate { Duration::ZERO } else { deps.config.jwks_max_age };
+    let activates_at = now + chrono::Duration::from_std(delay).map_err(Error::internal)?;
+    let record = new_key_record(&deps.keyring, runtime.id, alg, now, activates_at).await?;
+    let expired = snapshot.keys.expired(now);
+    let event = audit::event(
+        kinds::KEY_ROTATED,
+        meta,
+        actor,
+        None,
+        Some(serde_json::json!({
+            "kid": record.kid,
+            "algorithm": alg.as_str(),
+            "immediate": immediate,
+            "activatesAt": activates_at.to_rfc3339(),
+            "removed": expired,
+        })),
+    );
+    deps.store.add_signing_key(runtime.id, &record, &expired, &event).await?;
+    audit::log_event(runtime.id, &event);
+    Ok(KeyInfo { kid: record.kid, algorithm: alg, created_at: now, activates_at })
+}

@@ -1,0 +1,249 @@
+//! `TenantSupervisor`: one per active tenant, started on demand by the
+//! platform supervisor, stopped when idle.
+//!
+//! Supervision: it owns `SessionActor`, `RateLimiterActor` and one
+//! `OAuthProviderActor` per configured provider. A child that fails (panics or
+//! returns an error) is restarted alone, with the same arguments; the tenant's
+//! snapshot and every other child keep serving meanwhile. After
+//! `MAX_RESTARTS` failures of one child within a minute the supervisor gives
+//! up and stops itself, escalating to the platform supervisor, which drops the
+//! tenant so that the next request starts it afresh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::Deps;
+use crate::children::{
+    OAuthProviderActor, ProviderConfig, ProviderMsg, RateLimiterActor, RateMsg, SessionActor, SessionArgs, SessionMsg,
+};
+use crate::runtime::{TenantRuntime, TenantSnapshot};
+
+const MAX_RESTARTS: usize = 10;
+
+/// The tenant's children, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChildKind {
+    Session,
+    RateLimiter,
+    OAuthProvider,
+}
+
+pub enum TenantMsg {
+    /// Periodic: stop when idle, otherwise refresh the snapshot from storage
+    /// (how changes made by other replicas arrive).
+    Tick,
+    /// Reload the snapshot now (after a local change).
+    Reload,
+    /// A reload finished (sent by the task doing the I/O).
+    Reloaded(Box<TenantSnapshot>),
+    ReloadFailed,
+    /// The session actor, for key rotation.
+    SessionActor(RpcReplyPort<ActorRef<SessionMsg>>),
+    /// How many times children were restarted.
+    Restarts(RpcReplyPort<u64>),
+    /// Fault injection for supervision tests: make one child panic.
+    #[cfg(feature = "testing")]
+    CrashChild(ChildKind),
+}
+
+pub struct TenantSupervisor;
+
+pub struct TenantArgs {
+    pub runtime: Arc<TenantRuntime>,
+    pub deps: Arc<Deps>,
+}
+
+pub struct TenantState {
+    runtime: Arc<TenantRuntime>,
+    deps: Arc<Deps>,
+    session: ActorRef<SessionMsg>,
+    limiter: ActorRef<RateMsg>,
+    providers: HashMap<String, ActorRef<ProviderMsg>>,
+    failures: HashMap<ChildKind, Vec<Instant>>,
+    restarts: Arc<AtomicU64>,
+    reloading: bool,
+}
+
+async fn spawn_session(
+    sup: &ActorRef<TenantMsg>,
+    runtime: &Arc<TenantRuntime>,
+    deps: &Arc<Deps>,
+) -> Result<ActorRef<SessionMsg>, ActorProcessingErr> {
+    let args = SessionArgs { runtime: runtime.clone(), deps: deps.clone(), supervisor: sup.clone() };
+    let (actor, _) = Actor::spawn_linked(None, SessionActor, args, sup.get_cell()).await?;
+    Ok(actor)
+}
+
+async fn spawn_limiter(
+    sup: &ActorRef<TenantMsg>,
+    runtime: &Arc<TenantRuntime>,
+) -> Result<ActorRef<RateMsg>, ActorProcessingErr> {
+    let (actor, _) = Actor::spawn_linked(None, RateLimiterActor, runtime.clone(), sup.get_cell()).await?;
+    Ok(actor)
+}
+
+async fn spawn_provider(
+    sup: &ActorRef<TenantMsg>,
+    config: ProviderConfig,
+) -> Result<ActorRef<ProviderMsg>, ActorProcessingErr> {
+    let (actor, _) = Actor::spawn_linked(None, OAuthProviderActor, config, sup.get_cell()).await?;
+    Ok(actor)
+}
+
+impl TenantState {
+    fn kind_of(&self, cell: &ActorCell) -> Option<(ChildKind, Option<String>)> {
+        if cell.get_id() == self.session.get_id() {
+            return Some((ChildKind::Session, None));
+        }
+        if cell.get_id() == self.limiter.get_id() {
+            return Some((ChildKind::RateLimiter, None));
+        }
+        self.providers
+            .iter()
+            .find(|(_, a)| a.get_id() == cell.get_id())
+            .map(|(name, _)| (ChildKind::OAuthProvider, Some(name.clone())))
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for TenantSupervisor {
+    type Msg = TenantMsg;
+    type State = TenantState;
+    type Arguments = TenantArgs;
+
+    async fn pre_start(&self, myself: ActorRef<TenantMsg>, args: TenantArgs) -> Result<TenantState, ActorProcessingErr> {
+        let session = spawn_session(&myself, &args.runtime, &args.deps).await?;
+        let limiter = spawn_limiter(&myself, &args.runtime).await?;
+        args.runtime.set_supervisor(myself.clone());
+        myself.send_interval(args.deps.config.tenant_refresh_interval, || TenantMsg::Tick);
+        Ok(TenantState {
+            runtime: args.runtime,
+            deps: args.deps,
+            session,
+            limiter,
+            providers: HashMap::new(),
+            failures: HashMap::new(),
+            restarts: Arc::new(AtomicU64::new(0)),
+            reloading: false,
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
+        state.runtime.mark_stopped();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        msg: TenantMsg,
+        state: &mut TenantState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TenantMsg::Tick => {
+                let idle = state.runtime.idle_millis();
+                let limit = i64::try_from(state.deps.config.tenant_idle_timeout.as_millis()).unwrap_or(i64::MAX);
+                if idle >= limit {
+                    tracing::debug!(tenant = %state.runtime.id, "stopping idle tenant");
+                    state.runtime.mark_stopped();
+                    myself.stop(Some("idle".into()));
+                } else {
+                    reload(&myself, state);
+                }
+            }
+            TenantMsg::Reload => reload(&myself, state),
+            TenantMsg::Reloaded(snapshot) => {
+                state.reloading = false;
+                state.runtime.replace_snapshot(*snapshot);
+                let _ = state.limiter.cast(RateMsg::PolicyChanged);
+            }
+            TenantMsg::ReloadFailed => state.reloading = false,
+            TenantMsg::SessionActor(reply) => {
+                let _ = reply.send(state.session.clone());
+            }
+            TenantMsg::Restarts(reply) => {
+                let _ = reply.send(state.restarts.load(Ordering::Relaxed));
+            }
+            #[cfg(feature = "testing")]
+            TenantMsg::CrashChild(kind) => match kind {
+                ChildKind::Session => {
+                    let _ = state.session.cast(SessionMsg::Crash);
+                }
+                ChildKind::RateLimiter => {
+                    let _ = state.limiter.cast(RateMsg::Crash);
+                }
+                ChildKind::OAuthProvider => {
+                    for p in state.providers.values() {
+                        let _ = p.cast(ProviderMsg::Crash);
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        event: SupervisionEvent,
+        state: &mut TenantState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(cell, err) = event else { return Ok(()) };
+        let Some((kind, provider)) = state.kind_of(&cell) else { return Ok(()) };
+        tracing::warn!(tenant = %state.runtime.id, child = ?kind, error = %err, "tenant child failed; restarting it");
+        let now = Instant::now();
+        let recent = state.failures.entry(kind).or_default();
+        recent.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
+        recent.push(now);
+        if recent.len() > MAX_RESTARTS {
+            // Escalate: something is persistently wrong with this tenant.
+            state.runtime.mark_stopped();
+            myself.stop(Some(format!("{kind:?} keeps failing")));
+            return Ok(());
+        }
+        state.restarts.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::ACTOR_RESTARTS.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            ChildKind::Session => state.session = spawn_session(&myself, &state.runtime, &state.deps).await?,
+            ChildKind::RateLimiter => state.limiter = spawn_limiter(&myself, &state.runtime).await?,
+            ChildKind::OAuthProvider => {
+                if let Some(name) = provider {
+                    let config = ProviderConfig { tenant: state.runtime.id, name: name.clone() };
+                    let actor = spawn_provider(&myself, config).await?;
+                    state.providers.insert(name, actor);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reloads the snapshot in a task that reports back: storage I/O never runs
+/// inside the supervisor's handler.
+fn reload(myself: &ActorRef<TenantMsg>, state: &mut TenantState) {
+    if state.reloading {
+        return;
+    }
+    state.reloading = true;
+    let (me, deps, id) = (myself.clone(), state.deps.clone(), state.runtime.id);
+    tokio::spawn(async move {
+        match crate::platform::load_snapshot_by_id(&deps, id).await {
+            Ok(Some(snapshot)) => {
+                let _ = me.cast(TenantMsg::Reloaded(Box::new(snapshot)));
+            }
+            Ok(None) => {
+                // Deleted by another replica.
+                me.stop(Some("tenant deleted".into()));
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %id, error = %e, "tenant reload failed; keeping the last snapshot");
+                // Keep serving the last snapshot; the next tick tries again.
+                let _ = me.cast(TenantMsg::ReloadFailed);
+            }
+        }
+    });
+}

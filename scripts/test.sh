@@ -1,0 +1,578 @@
+#!/usr/bin/env bash
+# Run the whole authd test suite: formatting, clippy and every test target.
+#
+#   scripts/test.sh [--setup-only [--keep]] [--no-lint] [CARGO TEST ARGS...]
+#   scripts/test.sh --stop
+#
+# The integration tests need a real Postgres, Redis (and soon a Redis
+# Cluster), Python and Node tools and a headless Chromium. This script finds or
+# starts each of them, exports where they are, runs cargo, and stops whatever
+# it started. It is what CI runs (.ci/run) and what a new laptop runs, so it
+# assumes nothing is installed beyond bash, cargo, python3 and node/npm, and
+# installs the rest with apt when it may (root, or password-less sudo).
+#
+# Options (must come before any cargo argument):
+#   --setup-only  prepare the environment, print it as `export` lines on
+#                 stdout, stop the private servers again and exit: a check of
+#                 the setup without a build
+#   --keep        with --setup-only: leave the private servers running, for a
+#                 shell that runs cargo itself:
+#                   eval "$(scripts/test.sh --setup-only --keep)"
+#                   cargo test -p authd-store
+#                   scripts/test.sh --stop
+#   --stop        stop private servers left running by --keep (or by a run
+#                 that was killed), then exit; every run also does this first
+#   --no-lint     skip `cargo fmt --check` and `cargo clippy`
+#   -h, --help    show this text
+# Everything else is passed to `cargo test --workspace --all-targets`, e.g.
+#   scripts/test.sh -- refresh_token          # only tests whose name matches
+#   scripts/test.sh --no-lint -- --nocapture
+# (`-p` and `--test` do not narrow it: cargo ignores `-p` with --workspace and
+# --all-targets already selects every target; for that, use --setup-only once
+# --keep as above.)
+#
+# Environment (all optional):
+#   AUTHD_TEST_DATABASE_URL        a Postgres superuser URL to use as is
+#   AUTHD_TEST_REDIS_URL           a Redis URL to use as is
+#   AUTHD_TEST_REDIS_CLUSTER_URL   comma-separated seed URLs of a Redis Cluster
+#   AUTHD_TEST_FORCE_PRIVATE_PG=1     start a private Postgres even if one answers on 5432
+#   AUTHD_TEST_FORCE_PRIVATE_REDIS=1  start a private Redis even if one answers on 6379
+#
+# Exported to the tests:
+#   AUTHD_TEST_DATABASE_URL, AUTHD_TEST_REDIS_URL, AUTHD_TEST_REDIS_CLUSTER_URL
+#   (only when the cluster came up), AUTHD_TEST_PYTHON (venv python with the
+#   pinned tools), AUTHD_TEST_NODE (node), AUTHD_TEST_SCRIPTS (absolute path of
+#   tests/scripts: cargo runs test binaries with the crate as cwd, so a
+#   relative path would not resolve), AUTHD_TEST_CHROMIUM and
+#   AUTHD_TEST_CHROMEDRIVER (when installed).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ENV_DIR="$ROOT/target/test-env"
+SCRIPTS_DIR="$ROOT/tests/scripts"
+
+SETUP_ONLY=0
+KEEP=0
+STOP=0
+LINT=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --setup-only) SETUP_ONLY=1 ;;
+    --keep) KEEP=1 ;;
+    --stop) STOP=1 ;;
+    --no-lint) LINT=0 ;;
+    -h | --help)
+      sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+      exit 0
+      ;;
+    *) break ;;
+  esac
+  shift
+done
+CARGO_TEST_ARGS=("$@")
+if [[ $KEEP -eq 1 && $SETUP_ONLY -eq 0 ]]; then
+  echo "--keep only makes sense with --setup-only" >&2
+  exit 2
+fi
+
+# Progress goes to stderr so that `--setup-only` can print only the exports on
+# stdout.
+step() { printf '==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------------------
+# Clean-up: every private server registers how to stop it; the EXIT trap runs
+# them in reverse order whether the suite passed, failed or was interrupted.
+# ---------------------------------------------------------------------------
+CLEANUPS=()
+on_exit() {
+  local rc=$? i
+  trap - EXIT
+  # --keep hands a working environment over; a failed setup is still undone.
+  [[ $KEEP -eq 1 && $rc -eq 0 ]] && exit 0
+  for ((i = ${#CLEANUPS[@]} - 1; i >= 0; i--)); do
+    eval "${CLEANUPS[i]}" >/dev/null 2>&1 || true
+  done
+  exit "$rc"
+}
+trap on_exit EXIT
+# Turn signals into a normal exit so the EXIT trap runs (and the status says why).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+mkdir -p "$ENV_DIR"
+
+# Two runs in one checkout would fight over the private servers' directories.
+# The servers are started with fd 9 closed, so that one left behind by a
+# killed run does not hold the lock (stop_leftovers deals with it instead).
+if have flock; then
+  exec 9>"$ENV_DIR/.lock"
+  flock -n 9 || die "another scripts/test.sh is running in this checkout ($ENV_DIR/.lock)"
+fi
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+# Something accepts TCP connections on 127.0.0.1:$1.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A free loopback port below the usual ephemeral range (32768+), so that it is
+# unlikely to be taken by an outgoing connection meanwhile. With `--bus`, the
+# port 10000 above must be free too (Redis Cluster's bus port); bus ports
+# (30000+) never collide with the ports handed out here (20000-29999). Each
+# server is started before the next port is chosen, so a port handed out
+# earlier in this run is already seen as taken.
+free_port() {
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 10000))
+    port_in_use "$p" && continue
+    if [[ "${1:-}" == --bus ]]; then port_in_use $((p + 10000)) && continue; fi
+    echo "$p"
+    return 0
+  done
+  die "no free loopback port found"
+}
+
+# Run apt-get as root, or through password-less sudo; fail when neither is
+# possible. `apt-get update` runs once, and only when something is installed,
+# because on a fresh machine the package lists are empty.
+APT_UPDATED=0
+can_apt() {
+  have apt-get || return 1
+  [[ $(id -u) -eq 0 ]] && return 0
+  have sudo && sudo -n true 2>/dev/null
+}
+apt_install() {
+  can_apt || return 1
+  local sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo -n)
+  # apt's progress output is long; keep it in a log and show it on failure.
+  local log="$ENV_DIR/apt.log"
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    note "apt-get update"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >"$log" 2>&1 || {
+      tail -n 20 "$log" >&2
+      return 1
+    }
+    APT_UPDATED=1
+  fi
+  note "apt-get install $* (log: ${log#"$ROOT"/})"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "$@" >>"$log" 2>&1 || {
+    tail -n 20 "$log" >&2
+    return 1
+  }
+}
+
+# Wait until a command succeeds, up to $1 seconds.
+wait_for() {
+  local timeout=$1 i
+  shift
+  for ((i = 0; i < timeout * 10; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------
+# Postgres
+# ---------------------------------------------------------------------------
+
+# $1 accepts a password-less login and is a superuser (the tests create a
+# database per test and the application role themselves). -w: never prompt,
+# CI has no terminal.
+pg_superuser_ok() {
+  have psql || return 1
+  [[ $(PGCONNECT_TIMEOUT=5 psql "$1" -wXAtq -c 'select rolsuper from pg_roles where rolname = current_user' 2>/dev/null) == t ]]
+}
+
+# The newest installed Postgres server binaries: on Debian they live under
+# /usr/lib/postgresql/<major>/bin and only the wrappers are on PATH.
+pg_bindir() {
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && { echo "$d"; return 0; }
+  done
+  if have pg_config && [[ -x "$(pg_config --bindir)/initdb" ]]; then
+    pg_config --bindir
+    return 0
+  fi
+  if have initdb && have pg_ctl; then
+    dirname "$(command -v initdb)"
+    return 0
+  fi
+  return 1
+}
+
+# Postgres refuses to run as root, so when this script is root the private
+# cluster runs as the `postgres` system user (created by Debian's package).
+PG_USER=""
+as_pg() {
+  if [[ -n "$PG_USER" ]]; then
+    runuser -u "$PG_USER" -- "$@"
+  else
+    "$@"
+  fi
+}
+
+start_private_postgres() {
+  local bindir dir data sock port ver
+  bindir=$(pg_bindir) || {
+    note "no Postgres server installed; installing Debian's postgresql"
+    apt_install postgresql ||
+      die "Postgres is not installed and cannot be installed here (needs root or sudo). Install postgresql, or set AUTHD_TEST_DATABASE_URL."
+    bindir=$(pg_bindir) || die "postgresql installed but no initdb found"
+  }
+  ver=$("$bindir/postgres" --version | sed -E 's/^[^0-9]*([0-9]+).*/\1/')
+
+  dir="$ENV_DIR/pg"
+  data="$dir/data"
+  mkdir -p "$dir"
+  if [[ $(id -u) -eq 0 ]]; then
+    getent passwd postgres >/dev/null ||
+      useradd --system --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
+    PG_USER=postgres
+    # The server must be able to reach its data directory: a checkout under a
+    # private home (mode 700) is not traversable by `postgres`, so fall back
+    # to a directory under /tmp there.
+    if ! runuser -u postgres -- test -x "$dir"; then
+      dir=$(mktemp -d /tmp/authd-test-pg.XXXXXX)
+      data="$dir/data"
+      CLEANUPS+=("rm -rf '$dir'")
+    fi
+    chown postgres: "$dir"
+  fi
+
+  # A cluster left by an earlier run is reused (initdb costs seconds) unless
+  # it belongs to another major version.
+  if [[ -f "$data/PG_VERSION" && $(cat "$data/PG_VERSION") != "$ver" ]]; then
+    rm -rf "$data"
+  fi
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    note "initdb $data (Postgres $ver)"
+    rm -rf "$data"
+    as_pg "$bindir/initdb" --auth=trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$data" >"$dir/initdb.log" 2>&1 ||
+      as_pg "$bindir/initdb" --auth=trust -U postgres -E UTF8 --no-locale -D "$data" >"$dir/initdb.log" 2>&1 ||
+      die "initdb failed; see $dir/initdb.log"
+  fi
+
+  # A Unix socket path is limited to ~107 bytes; a deep checkout gets /tmp.
+  sock="$dir/run"
+  if [[ ${#sock} -gt 80 ]]; then
+    sock=$(mktemp -d /tmp/authd-pg-sock.XXXXXX)
+    CLEANUPS+=("rm -rf '$sock'")
+  fi
+  mkdir -p "$sock"
+  [[ -z "$PG_USER" ]] || chown "$PG_USER": "$sock"
+
+  port=$(free_port)
+  note "starting a private Postgres on 127.0.0.1:$port"
+  # fsync and friends are off: a test cluster is disposable and this makes
+  # per-test database creation several times faster. Many connections,
+  # because every test opens its own pools.
+  as_pg "$bindir/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-k '$sock' -h 127.0.0.1 -p $port -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    start >/dev/null 9>&- || die "private Postgres did not start; see $dir/postgres.log"
+  CLEANUPS+=("as_pg '$bindir/pg_ctl' -D '$data' -m fast -w -t 30 stop")
+  # Also record it for the next run, in case this one is killed with SIGKILL.
+  printf '%s\n%s\n%s\n' "$bindir" "$data" "$PG_USER" >"$ENV_DIR/pg.started"
+
+  AUTHD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  pg_superuser_ok "$AUTHD_TEST_DATABASE_URL" || die "private Postgres answers but refuses the superuser login"
+}
+
+setup_postgres() {
+  step "Postgres"
+  if [[ -n "${AUTHD_TEST_DATABASE_URL:-}" ]]; then
+    note "using AUTHD_TEST_DATABASE_URL as given"
+    if have psql && ! pg_superuser_ok "$AUTHD_TEST_DATABASE_URL"; then
+      die "AUTHD_TEST_DATABASE_URL does not accept a password-less superuser login"
+    fi
+  elif [[ "${AUTHD_TEST_FORCE_PRIVATE_PG:-0}" != 1 ]] &&
+    pg_superuser_ok "postgres://postgres@127.0.0.1:5432/postgres"; then
+    note "using the Postgres on 127.0.0.1:5432"
+    AUTHD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  else
+    if [[ "${AUTHD_TEST_FORCE_PRIVATE_PG:-0}" == 1 ]]; then
+      note "AUTHD_TEST_FORCE_PRIVATE_PG=1"
+    elif port_in_use 5432; then
+      note "127.0.0.1:5432 answers but refuses a password-less superuser login"
+    else
+      note "nothing answers on 127.0.0.1:5432"
+    fi
+    start_private_postgres
+  fi
+  export AUTHD_TEST_DATABASE_URL
+  note "AUTHD_TEST_DATABASE_URL=$AUTHD_TEST_DATABASE_URL"
+}
+
+# ---------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------
+
+ensure_redis_installed() {
+  have redis-server && have redis-cli && return 0
+  note "installing Debian's redis-server"
+  apt_install redis-server redis-tools ||
+    die "Redis is not installed and cannot be installed here (needs root or sudo). Install redis-server, or set AUTHD_TEST_REDIS_URL."
+  # Debian's package may start a system Redis on 6379; we leave it alone and
+  # start our own, so that the setup is the same everywhere.
+}
+
+# Start a redis-server on 127.0.0.1:$1 with its files in $2, plus any extra
+# flags. No persistence: tests start from nothing. noeviction: authd refuses
+# a Redis that evicts (an evicted deny-list entry would revive a session).
+start_redis_server() {
+  local port=$1 dir=$2
+  shift 2
+  mkdir -p "$dir"
+  rm -f "$dir/redis.pid"
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize yes --maxmemory-policy noeviction --dir "$dir" \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null 9>&-
+  CLEANUPS+=("stop_pidfile '$dir/redis.pid'")
+  wait_for 10 redis_ping "$port" || return 1
+}
+redis_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]; }
+
+# Stop the process named in a pid file (a server we started), and wait for it.
+stop_pidfile() {
+  local pid
+  [[ -f "$1" ]] || return 0
+  pid=$(cat "$1")
+  if [[ -n "$pid" ]] && kill "$pid" 2>/dev/null; then
+    wait_for 10 eval "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+
+setup_redis() {
+  step "Redis"
+  if [[ -n "${AUTHD_TEST_REDIS_URL:-}" ]]; then
+    note "using AUTHD_TEST_REDIS_URL as given"
+  elif [[ "${AUTHD_TEST_FORCE_PRIVATE_REDIS:-0}" != 1 ]] && have redis-cli && redis_ping 6379 &&
+    [[ $(redis-cli -h 127.0.0.1 -p 6379 config get maxmemory-policy 2>/dev/null | tail -n 1) == noeviction ]]; then
+    note "using the Redis on 127.0.0.1:6379"
+    AUTHD_TEST_REDIS_URL="redis://127.0.0.1:6379"
+  else
+    if [[ "${AUTHD_TEST_FORCE_PRIVATE_REDIS:-0}" == 1 ]]; then
+      note "AUTHD_TEST_FORCE_PRIVATE_REDIS=1"
+    elif have redis-cli && redis_ping 6379; then
+      note "the Redis on 127.0.0.1:6379 may evict keys, which authd refuses"
+    else
+      note "no Redis answers on 127.0.0.1:6379"
+    fi
+    ensure_redis_installed
+    local port
+    port=$(free_port)
+    note "starting a private Redis on 127.0.0.1:$port"
+    start_redis_server "$port" "$ENV_DIR/redis" ||
+      die "private Redis did not start; see $ENV_DIR/redis/redis.log"
+    AUTHD_TEST_REDIS_URL="redis://127.0.0.1:$port"
+  fi
+  export AUTHD_TEST_REDIS_URL
+  note "AUTHD_TEST_REDIS_URL=$AUTHD_TEST_REDIS_URL"
+}
+
+# Three masters, no replicas: the smallest real Redis Cluster, enough to
+# check that a tenant's keys share one hash slot ({tenant} tags) and that
+# the client follows MOVED redirects. A fresh cluster every run, since
+# nodes.conf pins the ports it was created with.
+start_redis_cluster() {
+  local dir="$ENV_DIR/redis-cluster" ports=() seeds=() nodes=() p i
+  rm -rf "$dir"
+  for i in 1 2 3; do
+    p=$(free_port --bus)
+    ports+=("$p")
+    start_redis_server "$p" "$dir/$p" --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 5000 || return 1
+    nodes+=("127.0.0.1:$p")
+    seeds+=("redis://127.0.0.1:$p")
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+    >"$dir/create.log" 2>&1 || return 1
+  for p in "${ports[@]}"; do
+    wait_for 20 eval "redis-cli -h 127.0.0.1 -p $p cluster info | grep -q '^cluster_state:ok'" || return 1
+  done
+  AUTHD_TEST_REDIS_CLUSTER_URL=$(IFS=,; echo "${seeds[*]}")
+  export AUTHD_TEST_REDIS_CLUSTER_URL
+}
+
+setup_redis_cluster() {
+  step "Redis Cluster"
+  if [[ -n "${AUTHD_TEST_REDIS_CLUSTER_URL:-}" ]]; then
+    note "using AUTHD_TEST_REDIS_CLUSTER_URL as given"
+  else
+    ensure_redis_installed
+    # Not required yet: tests that need a cluster skip without this variable.
+    if ! start_redis_cluster; then
+      warn "could not start a Redis Cluster (see $ENV_DIR/redis-cluster); cluster tests will not run"
+      unset AUTHD_TEST_REDIS_CLUSTER_URL
+      return 0
+    fi
+  fi
+  export AUTHD_TEST_REDIS_CLUSTER_URL
+  note "AUTHD_TEST_REDIS_CLUSTER_URL=$AUTHD_TEST_REDIS_CLUSTER_URL"
+}
+
+# Servers that a killed earlier run (SIGKILL, a closed terminal) left behind
+# would hold ports and directories; stop them before starting new ones.
+stop_leftovers() {
+  local f bindir data user
+  for f in "$ENV_DIR"/redis/redis.pid "$ENV_DIR"/redis-cluster/*/redis.pid; do
+    [[ -f "$f" ]] && stop_pidfile "$f"
+  done
+  if [[ -f "$ENV_DIR/pg.started" ]]; then
+    { read -r bindir; read -r data; read -r user; } <"$ENV_DIR/pg.started" || true
+    if [[ -x "$bindir/pg_ctl" && -d "$data" ]]; then
+      PG_USER=$user as_pg "$bindir/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
+    fi
+    rm -f "$ENV_DIR/pg.started"
+  fi
+  return 0
+}
+
+# ---------------------------------------------------------------------------
+# Test tools
+# ---------------------------------------------------------------------------
+
+# A sha256 of the given files, to tell whether an install is up to date.
+fingerprint() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+setup_python() {
+  step "Python tools"
+  local venv="$ENV_DIR/venv" req="$SCRIPTS_DIR/requirements.txt" marker want
+  have python3 || die "python3 is required (Debian: apt-get install python3 python3-venv)"
+  if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+    rm -rf "$venv"
+    note "creating $venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      # Debian splits venv/ensurepip out of python3.
+      rm -rf "$venv"
+      apt_install python3-venv || die "python3 -m venv failed and python3-venv cannot be installed"
+      python3 -m venv "$venv" || die "python3 -m venv failed"
+    fi
+  fi
+  marker="$venv/.authd-requirements.sha256"
+  want=$(fingerprint "$req")
+  if [[ ! -f "$marker" || $(cat "$marker") != "$want" ]]; then
+    note "pip install -r tests/scripts/requirements.txt"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2 ||
+      die "pip install failed"
+    echo "$want" >"$marker"
+  else
+    note "venv up to date"
+  fi
+  AUTHD_TEST_PYTHON="$venv/bin/python"
+  export AUTHD_TEST_PYTHON
+}
+
+setup_node() {
+  step "Node tools"
+  local marker="$ENV_DIR/npm.sha256" want
+  if ! have node || ! have npm; then
+    warn "node/npm not found: tests that run tests/scripts/*.mjs will fail (Debian: apt-get install nodejs npm)"
+    return 0
+  fi
+  # npm ci reinstalls from scratch every time, so only run it when the lock
+  # file changed or node_modules is gone.
+  want=$(fingerprint "$SCRIPTS_DIR/package.json" "$SCRIPTS_DIR/package-lock.json")
+  if [[ ! -f "$marker" || $(cat "$marker") != "$want" || ! -d "$SCRIPTS_DIR/node_modules/jose" ]]; then
+    note "npm ci in tests/scripts"
+    (cd "$SCRIPTS_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || die "npm ci failed"
+    echo "$want" >"$marker"
+  else
+    note "node_modules up to date"
+  fi
+  AUTHD_TEST_NODE=$(command -v node)
+  export AUTHD_TEST_NODE
+}
+
+# Browser and OTP tools come from Debian. Without them only the tests that
+# use them fail, each with a message naming the missing tool, so a machine
+# where apt is not allowed can still run the rest.
+setup_system_tools() {
+  step "System tools (oathtool, chromium, chromedriver)"
+  local missing=()
+  have oathtool || missing+=(oathtool)
+  have chromium || missing+=(chromium)
+  have chromedriver || missing+=(chromium-driver)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    if ! apt_install "${missing[@]}"; then
+      warn "could not install ${missing[*]} (needs apt as root or sudo); tests that need them will fail"
+    fi
+  else
+    note "already installed"
+  fi
+  if have chromium; then
+    AUTHD_TEST_CHROMIUM=$(command -v chromium)
+    export AUTHD_TEST_CHROMIUM
+  fi
+  if have chromedriver; then
+    AUTHD_TEST_CHROMEDRIVER=$(command -v chromedriver)
+    export AUTHD_TEST_CHROMEDRIVER
+  fi
+  return 0
+}
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+stop_leftovers
+if [[ $STOP -eq 1 ]]; then
+  step "stopped private servers left by earlier runs"
+  exit 0
+fi
+setup_postgres
+setup_redis
+setup_redis_cluster
+setup_python
+setup_node
+setup_system_tools
+AUTHD_TEST_SCRIPTS="$SCRIPTS_DIR"
+export AUTHD_TEST_SCRIPTS
+
+# The JWT verifiers and the TOTP helper are the tests' independent judges; a
+# broken install must fail here, by name, not as a puzzling Rust failure.
+step "Checking the test helpers"
+"$AUTHD_TEST_PYTHON" "$SCRIPTS_DIR/selftest.py" >&2 || die "tests/scripts/selftest.py failed"
+
+if [[ $SETUP_ONLY -eq 1 ]]; then
+  if [[ $KEEP -eq 1 ]]; then
+    step "environment ready; private servers keep running until: scripts/test.sh --stop"
+  else
+    step "environment ready (--setup-only: stopping here)"
+  fi
+  for v in AUTHD_TEST_DATABASE_URL AUTHD_TEST_REDIS_URL AUTHD_TEST_REDIS_CLUSTER_URL \
+    AUTHD_TEST_PYTHON AUTHD_TEST_NODE AUTHD_TEST_SCRIPTS AUTHD_TEST_CHROMIUM AUTHD_TEST_CHROMEDRIVER; do
+    # Single-quoted for the shell: no value here contains a quote.
+    [[ -n "${!v:-}" ]] && printf "export %s='%s'\n" "$v" "${!v}"
+  done
+  exit 0
+fi
+
+have cargo || die "cargo not found (install Rust with rustup)"
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+if [[ $LINT -eq 1 ]]; then
+  step "cargo fmt --all -- --check"
+  cargo fmt --all -- --check
+  step "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+step "cargo test --workspace --all-targets ${CARGO_TEST_ARGS[*]}"
+cargo test --workspace --all-targets "${CARGO_TEST_ARGS[@]}"
