@@ -193,9 +193,15 @@ wait_for() {
 # $1 accepts a password-less login and is a superuser (the tests create a
 # database per test and the application role themselves). -w: never prompt,
 # CI has no terminal.
+PG_ERROR=""
 pg_superuser_ok() {
-  have psql || return 1
-  [[ $(PGCONNECT_TIMEOUT=5 psql "$1" -wXAtq -c 'select rolsuper from pg_roles where rolname = current_user' 2>/dev/null) == t ]]
+  local out
+  have psql || { PG_ERROR="psql not found"; return 1; }
+  out=$(PGCONNECT_TIMEOUT=5 psql "$1" -wXAtq -c 'select rolsuper from pg_roles where rolname = current_user' 2>&1) || true
+  [[ "$out" == t ]] && return 0
+  PG_ERROR=${out:-"not a superuser"}
+  PG_ERROR=${PG_ERROR//$'\n'/ }
+  return 1
 }
 
 # The newest installed Postgres server binaries: on Debian they live under
@@ -285,12 +291,12 @@ start_private_postgres() {
   as_pg "$bindir/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
     -o "-k '$sock' -h 127.0.0.1 -p $port -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
     start >/dev/null 9>&- || die "private Postgres did not start; see $dir/postgres.log"
-  CLEANUPS+=("as_pg '$bindir/pg_ctl' -D '$data' -m fast -w -t 30 stop")
+  CLEANUPS+=("as_pg '$bindir/pg_ctl' -D '$data' -m fast -w -t 30 stop; rm -f '$ENV_DIR/pg.started'")
   # Also record it for the next run, in case this one is killed with SIGKILL.
   printf '%s\n%s\n%s\n' "$bindir" "$data" "$PG_USER" >"$ENV_DIR/pg.started"
 
   AUTHD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  pg_superuser_ok "$AUTHD_TEST_DATABASE_URL" || die "private Postgres answers but refuses the superuser login"
+  pg_superuser_ok "$AUTHD_TEST_DATABASE_URL" || die "private Postgres refuses the superuser login: $PG_ERROR"
 }
 
 setup_postgres() {
@@ -298,7 +304,7 @@ setup_postgres() {
   if [[ -n "${AUTHD_TEST_DATABASE_URL:-}" ]]; then
     note "using AUTHD_TEST_DATABASE_URL as given"
     if have psql && ! pg_superuser_ok "$AUTHD_TEST_DATABASE_URL"; then
-      die "AUTHD_TEST_DATABASE_URL does not accept a password-less superuser login"
+      die "AUTHD_TEST_DATABASE_URL must log in as a superuser without a prompt: $PG_ERROR"
     fi
   elif [[ "${AUTHD_TEST_FORCE_PRIVATE_PG:-0}" != 1 ]] &&
     pg_superuser_ok "postgres://postgres@127.0.0.1:5432/postgres"; then
@@ -308,7 +314,7 @@ setup_postgres() {
     if [[ "${AUTHD_TEST_FORCE_PRIVATE_PG:-0}" == 1 ]]; then
       note "AUTHD_TEST_FORCE_PRIVATE_PG=1"
     elif port_in_use 5432; then
-      note "127.0.0.1:5432 answers but refuses a password-less superuser login"
+      note "127.0.0.1:5432 refuses a password-less superuser login ($PG_ERROR)"
     else
       note "nothing answers on 127.0.0.1:5432"
     fi
@@ -348,12 +354,21 @@ start_redis_server() {
 redis_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]; }
 
 # Stop the process named in a pid file (a server we started), and wait for it.
+# A daemon's exited process can linger as a zombie until init reaps it, which
+# `kill -0` still sees, so look at its state instead.
+pid_running() {
+  local state
+  state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [[ -n "$state" && "$state" != Z* ]]
+}
 stop_pidfile() {
   local pid
   [[ -f "$1" ]] || return 0
   pid=$(cat "$1")
-  if [[ -n "$pid" ]] && kill "$pid" 2>/dev/null; then
-    wait_for 10 eval "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+  # After a reboot the number may belong to someone else: only a redis-server
+  # (the one thing started with a pid file here) is stopped.
+  if [[ -n "$pid" && $(ps -o args= -p "$pid" 2>/dev/null) == redis-server* ]] && kill "$pid" 2>/dev/null; then
+    wait_for 10 eval "! pid_running $pid" || kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$1"
 }
@@ -432,11 +447,14 @@ setup_redis_cluster() {
 stop_leftovers() {
   local f bindir data user
   for f in "$ENV_DIR"/redis/redis.pid "$ENV_DIR"/redis-cluster/*/redis.pid; do
-    [[ -f "$f" ]] && stop_pidfile "$f"
+    [[ -f "$f" ]] || continue
+    note "stopping a private Redis left by an earlier run (${f#"$ROOT"/})"
+    stop_pidfile "$f"
   done
   if [[ -f "$ENV_DIR/pg.started" ]]; then
     { read -r bindir; read -r data; read -r user; } <"$ENV_DIR/pg.started" || true
     if [[ -x "$bindir/pg_ctl" && -d "$data" ]]; then
+      note "stopping a private Postgres left by an earlier run ($data)"
       PG_USER=$user as_pg "$bindir/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     fi
     rm -f "$ENV_DIR/pg.started"
@@ -491,7 +509,7 @@ setup_node() {
   want=$(fingerprint "$SCRIPTS_DIR/package.json" "$SCRIPTS_DIR/package-lock.json")
   if [[ ! -f "$marker" || $(cat "$marker") != "$want" || ! -d "$SCRIPTS_DIR/node_modules/jose" ]]; then
     note "npm ci in tests/scripts"
-    (cd "$SCRIPTS_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) || die "npm ci failed"
+    (cd "$SCRIPTS_DIR" && npm ci --no-audit --no-fund --update-notifier=false --loglevel=error >/dev/null) || die "npm ci failed"
     echo "$want" >"$marker"
   else
     note "node_modules up to date"

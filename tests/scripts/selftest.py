@@ -13,9 +13,11 @@ installed). Takes about a second. Exits 1 listing every failed check.
 """
 
 import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import http.server
+import io
 import json
 import os
 import shutil
@@ -98,20 +100,6 @@ def sign(alg, kid, private, typ="at+jwt", **overrides):
     return jwt.encode(claims(**overrides), private, algorithm=alg, headers=headers)
 
 
-def verifier_commands(url, token, issuer=ISSUER, audience=AUDIENCE):
-    """(name, argv) for each verifier; a missing Node setup is a failure."""
-    cmds = [
-        ("verify_jwt.py",
-         [sys.executable, os.path.join(HERE, "verify_jwt.py"), "--typ", "at+jwt", url, token, issuer, audience]),
-    ]
-    node = shutil.which("node")
-    if node and os.path.isdir(os.path.join(HERE, "node_modules", "jose")):
-        cmds.append(("verify_jwt.mjs", [node, os.path.join(HERE, "verify_jwt.mjs"), url, token, issuer, audience]))
-    else:
-        check("verify_jwt.mjs", False, "node or tests/scripts/node_modules/jose missing (npm ci)")
-    return cmds
-
-
 def run_all(jobs):
     """Run (label, argv, judge) jobs a few at a time (each is a process start,
     mostly import time) and record judge(CompletedProcess) -> (ok, detail)."""
@@ -125,18 +113,45 @@ def run_all(jobs):
         list(pool.map(one, jobs))
 
 
+def accepted(sub):
+    return lambda p: (p.returncode == 0 and json.loads(p.stdout or "{}").get("sub") == sub, p.stderr.strip())
+
+
+def refused(p):
+    return p.returncode == 1, f"exit {p.returncode} {p.stdout.strip()} {p.stderr.strip()}"
+
+
 def check_verifiers():
+    """Every case goes through verify_jwt.py's verify() in this process and
+    through verify_jwt.mjs as a process; verify_jwt.py's command line (exit
+    codes, JSON out) is checked on one good and one bad token, since starting
+    Python with cryptography costs more than the check itself."""
+    import verify_jwt
+
     keys = make_keys()
     server, url = serve_jwks({"keys": [k[3] for k in keys]})
+    node = shutil.which("node")
+    have_jose = node and os.path.isdir(os.path.join(HERE, "node_modules", "jose"))
+    if not have_jose:
+        check("verify_jwt.mjs", False, "node or tests/scripts/node_modules/jose missing (npm ci)")
     jobs = []
+
+    def case(label, token, should_pass):
+        try:
+            got = verify_jwt.verify(url, token, ISSUER, AUDIENCE, typ="at+jwt")
+            check(f"verify_jwt.py {label}", should_pass and got.get("sub") == sub, f"accepted: {got}")
+        except jwt.PyJWTError as e:
+            check(f"verify_jwt.py {label}", not should_pass, f"{type(e).__name__}: {e}")
+        except Exception as e:  # a crash is no verdict, whatever was expected
+            check(f"verify_jwt.py {label}", False, f"crashed: {type(e).__name__}: {e}")
+        if have_jose:
+            argv = [node, os.path.join(HERE, "verify_jwt.mjs"), url, token, ISSUER, AUDIENCE]
+            jobs.append((f"verify_jwt.mjs {label}", argv, accepted(sub) if should_pass else refused))
+
     try:
         sub = claims()["sub"]
         for alg, kid, private, _ in keys:
-            for name, argv in verifier_commands(url, sign(alg, kid, private)):
-                jobs.append((
-                    f"{name} accepts a good {alg} token", argv,
-                    lambda p: (p.returncode == 0 and json.loads(p.stdout or "{}").get("sub") == sub, p.stderr.strip()),
-                ))
+            case(f"accepts a good {alg} token", sign(alg, kid, private), True)
 
         alg, kid, private, _ = keys[0]
         other = ec.generate_private_key(ec.SECP256R1())
@@ -164,34 +179,41 @@ def check_verifiers():
             "typ JWT instead of at+jwt": sign(alg, kid, private, typ="JWT"),
         }
         for what, token in bad.items():
-            for name, argv in verifier_commands(url, token):
-                jobs.append((
-                    f"{name} refuses a token with {what}", argv,
-                    lambda p: (p.returncode == 1, f"exit {p.returncode} {p.stdout.strip()} {p.stderr.strip()}"),
-                ))
+            case(f"refuses a token with {what}", token, False)
+
+        cli = [sys.executable, os.path.join(HERE, "verify_jwt.py"), "--typ", "at+jwt", url]
+        jobs.append(("verify_jwt.py (command) accepts a good token",
+                     cli + [sign(alg, kid, private), ISSUER, AUDIENCE], accepted(sub)))
+        jobs.append(("verify_jwt.py (command) refuses a bad token",
+                     cli + [bad["wrong audience"], ISSUER, AUDIENCE], refused))
         run_all(jobs)
     finally:
         server.shutdown()
 
 
 def check_totp():
+    import totp
+
     # RFC 6238 Appendix B, SHA-1 rows (ASCII "12345678901234567890"), last 6 digits.
     secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
     vectors = {59: "287082", 1111111109: "081804", 1111111111: "050471", 1234567890: "005924", 2000000000: "279037"}
-    totp = [sys.executable, os.path.join(HERE, "totp.py")]
 
     def prints(want):
         return lambda p: (p.returncode == 0 and p.stdout.strip() == want, f"got {p.stdout.strip()!r} {p.stderr.strip()}")
 
     jobs = []
     for t, want in vectors.items():
-        jobs.append((f"totp.py at {t}", totp + [secret, str(t)], prints(want)))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = totp.main([secret, str(t)])
+        check(f"totp.py at {t}", rc == 0 and out.getvalue().strip() == want, f"got {out.getvalue().strip()!r}")
         if shutil.which("oathtool"):
             jobs.append((f"oathtool agrees at {t}", ["oathtool", "--totp", "-b", "-N", f"@{t}", secret], prints(want)))
+    cli = [sys.executable, os.path.join(HERE, "totp.py")]
     # Unpadded, lower-case, spaced: how secrets appear in otpauth URIs and UIs.
     jobs.append(("totp.py accepts a spaced lower-case secret",
-                 totp + ["gezd gnbv gy3t qojq gezd gnbv gy3t qojq", "59"], prints("287082")))
-    jobs.append(("totp.py rejects a malformed secret", totp + ["not base32!"],
+                 cli + ["gezd gnbv gy3t qojq gezd gnbv gy3t qojq", "59"], prints("287082")))
+    jobs.append(("totp.py rejects a malformed secret", cli + ["not base32!"],
                  lambda p: (p.returncode == 2, f"exit {p.returncode} {p.stdout.strip()}")))
     run_all(jobs)
 

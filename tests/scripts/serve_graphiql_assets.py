@@ -83,12 +83,14 @@ INTROSPECTION = {
 class Handler(BaseHTTPRequestHandler):
     server_version = "fake-authd"
     assets = ASSETS
+    csp = True
 
     def send(self, status, body, content_type):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Security-Policy", CSP)
+        if self.csp:
+            self.send_header("Content-Security-Policy", CSP)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
@@ -141,8 +143,10 @@ def main():
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     parser.add_argument("--print-url", action="store_true", help="print only the page URL")
     parser.add_argument("--assets", default=ASSETS, help="folder to serve (default: crates/api/assets)")
+    parser.add_argument("--no-csp", action="store_true", help="omit the CSP header (to test the tests)")
     args = parser.parse_args()
     Handler.assets = args.assets
+    Handler.csp = not args.no_csp
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     url = f"http://127.0.0.1:{server.server_address[1]}/graphql"
     print(url if args.print_url else f"serving GraphiQL on {url} (Ctrl-C stops)", flush=True)

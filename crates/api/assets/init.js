@@ -55,9 +55,28 @@
   // them in localStorage under a prefix so they never collide with an app
   // that shares this origin's storage.
   var prefix = 'authd-graphiql:' + endpoint + ':';
+
+  // Bearer tokens must never reach localStorage, where any script that ever
+  // runs on the auth origin could read them. shouldPersistHeaders: false
+  // covers the tabs, but GraphiQL 3's query history saves each run's headers
+  // regardless, so every value is scrubbed of `headers` before it is stored.
+  function withoutHeaders(key, value) {
+    if (/(^|:)headers$/.test(key)) return null;
+    if (typeof value !== 'string' || value.indexOf('"headers"') === -1) return value;
+    try {
+      return JSON.stringify(JSON.parse(value, function (k, v) { return k === 'headers' ? null : v; }));
+    } catch (e) {
+      return null; // cannot tell what it holds: do not store it
+    }
+  }
+
   var storage = {
     getItem: function (key) { return window.localStorage.getItem(prefix + key); },
-    setItem: function (key, value) { window.localStorage.setItem(prefix + key, value); },
+    setItem: function (key, value) {
+      var safe = withoutHeaders(key, value);
+      if (safe === null) window.localStorage.removeItem(prefix + key);
+      else window.localStorage.setItem(prefix + key, safe);
+    },
     removeItem: function (key) { window.localStorage.removeItem(prefix + key); },
     get length() { return ownKeys().length; },
     clear: function () { ownKeys().forEach(function (key) { window.localStorage.removeItem(key); }); },

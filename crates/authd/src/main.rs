@@ -1,1 +1,89 @@
-fn main(){}
+//! `authd`: see `authd --help`.
+
+use std::process::ExitCode;
+
+use authd::cli::{Cli, Command, TenantCommand};
+use authd::config::Config;
+use clap::Parser;
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Schema { which } = cli.command {
+        print!("{}", authd::cli::schema_sdl(which));
+        return Ok(());
+    }
+    let config = Config::from_env()?;
+    init_logging(config.log_json);
+    match cli.command {
+        Command::Serve => {
+            // The embedded default migrates itself on open; Postgres is
+            // migrated by `authd migrate` (as the owner role).
+            let running = authd::start(config).await?;
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            running.shutdown().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Migrate => {
+            authd::cli::migrate(&config).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Tenant { command: TenantCommand::Create { slug, name, admin_email } } => {
+            authd::cli::tenant_create(&config, slug, name, admin_email).await
+        }
+        Command::Schema { .. } => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming the variable and the problem; no backtrace.
+            eprintln!("authd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -75,7 +75,8 @@ impl From<Error> for authd_core::Error {
 /// Every method is atomic: a backend applies each call as one indivisible
 /// step (one Lua script on Redis, one critical section in memory), so
 /// concurrent calls from any number of replicas never interleave inside one.
-/// TTLs shorter than a millisecond are rounded up to one millisecond.
+/// TTLs are kept to the millisecond: shorter ones are rounded up to one
+/// millisecond, and longer than about 35,000 years down to that.
 #[async_trait]
 pub trait TokenStore: Send + Sync + 'static {
     /// Answers when the store is reachable (readiness).
@@ -115,7 +116,11 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<RotateOutcome>;
 
     /// Looks up the live session whose *current* refresh token is `hash`.
-    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>>;
+    async fn session_by_refresh(
+        &self,
+        tenant: TenantId,
+        hash: &str,
+    ) -> Result<Option<SessionRecord>>;
 
     async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>>;
 
@@ -127,7 +132,12 @@ pub trait TokenStore: Send + Sync + 'static {
     /// lifetime). Returns whether a live session was revoked. Idempotent; the
     /// `sid` is put on the deny list even if no live session had it (a deny
     /// entry already there is never shortened).
-    async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool>;
+    async fn revoke_session(
+        &self,
+        tenant: TenantId,
+        sid: SessionId,
+        deny_ttl: Duration,
+    ) -> Result<bool>;
 
     /// Revokes every live session of the user except `keep` (if given).
     /// Returns how many were revoked.
@@ -154,7 +164,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// and must not contain `:`, so that no `id` (which may come from a
     /// client) can reach another kind's records; a `kind` with `:` is refused
     /// with [`Error::Internal`] by every single-use method.
-    async fn put_once(&self, tenant: TenantId, kind: &str, id: &str, value: &str, ttl: Duration) -> Result<bool>;
+    async fn put_once(
+        &self,
+        tenant: TenantId,
+        kind: &str,
+        id: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool>;
 
     /// Atomically reads and deletes (`kind`, `id`): at most one caller ever
     /// gets the value.
@@ -166,7 +183,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Atomically increments the attempt counter of (`kind`, `id`) and, when
     /// it reaches `max`, deletes the record. Returns the new count, or `None`
     /// if the record does not exist.
-    async fn count_attempt(&self, tenant: TenantId, kind: &str, id: &str, max: u32) -> Result<Option<u32>>;
+    async fn count_attempt(
+        &self,
+        tenant: TenantId,
+        kind: &str,
+        id: &str,
+        max: u32,
+    ) -> Result<Option<u32>>;
 
     /// Atomically sets `key` to `step` only if `step` is greater than the
     /// value stored (RFC 6238 §5.2: a TOTP step is accepted once). Returns
@@ -187,8 +210,14 @@ pub trait TokenStore: Send + Sync + 'static {
     /// millisecond), and one request is allowed again from then on. A refused
     /// request does not consume anything. `limit == 0` refuses everything
     /// (retry after `period`); a zero `period` allows everything.
-    async fn rate_check(&self, tenant: TenantId, key: &str, limit: u32, period: Duration, now_ms: i64)
-    -> Result<RateDecision>;
+    async fn rate_check(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        limit: u32,
+        period: Duration,
+        now_ms: i64,
+    ) -> Result<RateDecision>;
 
     /// Clears a rate-limit key (e.g. failures after a success).
     async fn rate_reset(&self, tenant: TenantId, key: &str) -> Result<()>;
@@ -210,12 +239,21 @@ const MAX_EXACT_STEP: u64 = 1 << 53;
 
 pub(crate) fn check_step(step: i64) -> Result<()> {
     if step.unsigned_abs() > MAX_EXACT_STEP {
-        return Err(Error::Internal(format!("counter step {step} is out of range")));
+        return Err(Error::Internal(format!(
+            "counter step {step} is out of range"
+        )));
     }
     Ok(())
 }
 
+/// The longest TTL kept (about 35,000 years): `Duration::MAX` means "for
+/// ever" to a caller, and must neither overflow Redis's expiry arithmetic nor
+/// leave Lua's exact integers.
+const MAX_TTL_MS: u64 = 1 << 50;
+
 /// A TTL in whole milliseconds, at least one (Redis refuses `PX 0`).
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, i64::MAX as u64)
+    u64::try_from(ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_TTL_MS)
 }

@@ -71,14 +71,21 @@ impl MemoryTokenStore {
         let now = clock();
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { tenants: HashMap::new(), next_sweep: now + SWEEP_EVERY }),
+                state: Mutex::new(State {
+                    tenants: HashMap::new(),
+                    next_sweep: now + SWEEP_EVERY,
+                }),
                 clock: Arc::new(clock),
             }),
         }
     }
 
     /// Runs `f` on the tenant's state, under the lock, with the current time.
-    fn with_tenant<T>(&self, tenant: TenantId, f: impl FnOnce(&mut TenantState, Instant) -> T) -> T {
+    fn with_tenant<T>(
+        &self,
+        tenant: TenantId,
+        f: impl FnOnce(&mut TenantState, Instant) -> T,
+    ) -> T {
         let now = (self.inner.clock)();
         let mut state = self.inner.state.lock();
         state.maybe_sweep(now);
@@ -112,8 +119,8 @@ struct Expiring<T> {
 }
 
 impl<T> Expiring<T> {
-    fn until(value: T, expires: Instant) -> Self {
-        Self { value, expires: Some(expires) }
+    fn new(value: T, expires: Option<Instant>) -> Self {
+        Self { value, expires }
     }
 
     fn live(&self, now: Instant) -> bool {
@@ -122,7 +129,11 @@ impl<T> Expiring<T> {
 }
 
 /// Returns the live entry under `key`, dropping it if it has expired.
-fn live<'a, K, Q, V>(map: &'a mut HashMap<K, Expiring<V>>, key: &Q, now: Instant) -> Option<&'a mut V>
+fn live_entry<'a, K, Q, V>(
+    map: &'a mut HashMap<K, Expiring<V>>,
+    key: &Q,
+    now: Instant,
+) -> Option<&'a mut Expiring<V>>
 where
     K: Borrow<Q> + Hash + Eq,
     Q: Hash + Eq + ?Sized,
@@ -130,14 +141,43 @@ where
     if map.get(key).is_some_and(|e| !e.live(now)) {
         map.remove(key);
     }
-    map.get_mut(key).map(|e| &mut e.value)
+    map.get_mut(key)
+}
+
+/// Returns the live value under `key`, dropping it if it has expired.
+fn live<'a, K, Q, V>(
+    map: &'a mut HashMap<K, Expiring<V>>,
+    key: &Q,
+    now: Instant,
+) -> Option<&'a mut V>
+where
+    K: Borrow<Q> + Hash + Eq,
+    Q: Hash + Eq + ?Sized,
+{
+    live_entry(map, key, now).map(|e| &mut e.value)
+}
+
+/// When an entry written now with `ttl` expires (`None`: beyond what an
+/// `Instant` can hold, so never).
+fn expiry(now: Instant, ttl: Duration) -> Option<Instant> {
+    now.checked_add(Duration::from_millis(ttl_ms(ttl)))
+}
+
+/// Whether expiry `a` is no earlier than `b` (`None` is never).
+fn outlasts(a: Option<Instant>, b: Option<Instant>) -> bool {
+    match (a, b) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => a >= b,
+    }
 }
 
 struct Session {
     record: SessionRecord,
     /// The hash of the one refresh token that rotates.
     current: String,
-    /// Every refresh hash this session ever had, to forget them on revocation.
+    /// The session's refresh hashes still in `refresh` (current and rotated
+    /// away), to forget them on revocation; pruned on rotation.
     family: Vec<String>,
 }
 
@@ -202,18 +242,13 @@ impl TenantState {
                 self.user_sessions.remove(&user);
             }
         }
-        let until = now + Duration::from_millis(ttl_ms(deny_ttl));
-        let keep = live(&mut self.deny, &sid, now).is_some()
-            && self.deny.get(&sid).and_then(|e| e.expires).is_some_and(|e| e >= until);
-        if !keep {
-            self.deny.insert(sid, Expiring::until((), until));
+        let until = expiry(now, deny_ttl);
+        let current = live_entry(&mut self.deny, &sid, now).map(|e| e.expires);
+        if !current.is_some_and(|c| outlasts(c, until)) {
+            self.deny.insert(sid, Expiring::new((), until));
         }
         user
     }
-}
-
-fn expiry(now: Instant, ttl: Duration) -> Instant {
-    now + Duration::from_millis(ttl_ms(ttl))
 }
 
 #[async_trait]
@@ -234,7 +269,7 @@ impl TokenStore for MemoryTokenStore {
             let sid = session.id;
             t.sessions.insert(
                 sid,
-                Expiring::until(
+                Expiring::new(
                     Session {
                         record: session.clone(),
                         current: refresh_hash.to_owned(),
@@ -243,8 +278,12 @@ impl TokenStore for MemoryTokenStore {
                     until,
                 ),
             );
-            t.refresh.insert(refresh_hash.to_owned(), Expiring::until(sid, until));
-            t.user_sessions.entry(session.user_id).or_default().insert(sid);
+            t.refresh
+                .insert(refresh_hash.to_owned(), Expiring::new(sid, until));
+            t.user_sessions
+                .entry(session.user_id)
+                .or_default()
+                .insert(sid);
         });
         Ok(())
     }
@@ -272,19 +311,31 @@ impl TokenStore for MemoryTokenStore {
                 return RotateOutcome::Reused { session: sid, user };
             }
             let until = expiry(now, ttl);
+            t.refresh
+                .insert(new_hash.to_owned(), Expiring::new(sid, until));
+            let Some(entry) = t.sessions.get_mut(&sid) else {
+                return RotateOutcome::NotFound;
+            };
+            entry.expires = until;
+            let session = &mut entry.value;
             session.current = new_hash.to_owned();
-            session.family.push(new_hash.to_owned());
             session.record.last_used_at = now_unix;
-            let record = session.record.clone();
-            if let Some(e) = t.sessions.get_mut(&sid) {
-                e.expires = Some(until);
-            }
-            t.refresh.insert(new_hash.to_owned(), Expiring::until(sid, until));
-            RotateOutcome::Rotated(record)
+            // Forget the hashes whose entries expired, so a session kept
+            // alive for months does not grow without bound.
+            let refresh = &t.refresh;
+            session.family.push(new_hash.to_owned());
+            session
+                .family
+                .retain(|h| refresh.get(h).is_some_and(|e| e.live(now)));
+            RotateOutcome::Rotated(session.record.clone())
         }))
     }
 
-    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>> {
+    async fn session_by_refresh(
+        &self,
+        tenant: TenantId,
+        hash: &str,
+    ) -> Result<Option<SessionRecord>> {
         Ok(self.with_tenant(tenant, |t, now| {
             let sid = *live(&mut t.refresh, hash, now)?;
             let session = live(&mut t.sessions, &sid, now)?;
@@ -293,13 +344,18 @@ impl TokenStore for MemoryTokenStore {
     }
 
     async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>> {
-        Ok(self.with_tenant(tenant, |t, now| live(&mut t.sessions, &sid, now).map(|s| s.record.clone())))
+        Ok(self.with_tenant(tenant, |t, now| {
+            live(&mut t.sessions, &sid, now).map(|s| s.record.clone())
+        }))
     }
 
     async fn list_sessions(&self, tenant: TenantId, user: UserId) -> Result<Vec<SessionRecord>> {
         Ok(self.with_tenant(tenant, |t, now| {
-            let sids: Vec<SessionId> =
-                t.user_sessions.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+            let sids: Vec<SessionId> = t
+                .user_sessions
+                .get(&user)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
             let mut out = Vec::with_capacity(sids.len());
             for sid in sids {
                 match live(&mut t.sessions, &sid, now) {
@@ -319,7 +375,12 @@ impl TokenStore for MemoryTokenStore {
         }))
     }
 
-    async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool> {
+    async fn revoke_session(
+        &self,
+        tenant: TenantId,
+        sid: SessionId,
+        deny_ttl: Duration,
+    ) -> Result<bool> {
         Ok(self.with_tenant(tenant, |t, now| t.revoke(sid, deny_ttl, now).is_some()))
     }
 
@@ -331,8 +392,11 @@ impl TokenStore for MemoryTokenStore {
         deny_ttl: Duration,
     ) -> Result<u64> {
         Ok(self.with_tenant(tenant, |t, now| {
-            let sids: Vec<SessionId> =
-                t.user_sessions.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+            let sids: Vec<SessionId> = t
+                .user_sessions
+                .get(&user)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
             let mut revoked = 0;
             for sid in sids.into_iter().filter(|sid| Some(*sid) != keep) {
                 if live(&mut t.sessions, &sid, now).is_some() {
@@ -355,7 +419,14 @@ impl TokenStore for MemoryTokenStore {
         Ok(())
     }
 
-    async fn put_once(&self, tenant: TenantId, kind: &str, id: &str, value: &str, ttl: Duration) -> Result<bool> {
+    async fn put_once(
+        &self,
+        tenant: TenantId,
+        kind: &str,
+        id: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
         check_kind(kind)?;
         Ok(self.with_tenant(tenant, |t, now| {
             let key = (kind.to_owned(), id.to_owned());
@@ -364,7 +435,13 @@ impl TokenStore for MemoryTokenStore {
             }
             t.once.insert(
                 key,
-                Expiring::until(OnceRecord { value: value.to_owned(), attempts: 0 }, expiry(now, ttl)),
+                Expiring::new(
+                    OnceRecord {
+                        value: value.to_owned(),
+                        attempts: 0,
+                    },
+                    expiry(now, ttl),
+                ),
             );
             true
         }))
@@ -386,7 +463,13 @@ impl TokenStore for MemoryTokenStore {
         }))
     }
 
-    async fn count_attempt(&self, tenant: TenantId, kind: &str, id: &str, max: u32) -> Result<Option<u32>> {
+    async fn count_attempt(
+        &self,
+        tenant: TenantId,
+        kind: &str,
+        id: &str,
+        max: u32,
+    ) -> Result<Option<u32>> {
         check_kind(kind)?;
         Ok(self.with_tenant(tenant, |t, now| {
             let key = (kind.to_owned(), id.to_owned());
@@ -402,17 +485,19 @@ impl TokenStore for MemoryTokenStore {
 
     async fn advance_counter(&self, tenant: TenantId, key: &str, step: i64) -> Result<bool> {
         check_step(step)?;
-        Ok(self.with_tenant(tenant, |t, _| match t.counters.get_mut(key) {
-            Some(cur) if *cur >= step => false,
-            Some(cur) => {
-                *cur = step;
-                true
-            }
-            None => {
-                t.counters.insert(key.to_owned(), step);
-                true
-            }
-        }))
+        Ok(
+            self.with_tenant(tenant, |t, _| match t.counters.get_mut(key) {
+                Some(cur) if *cur >= step => false,
+                Some(cur) => {
+                    *cur = step;
+                    true
+                }
+                None => {
+                    t.counters.insert(key.to_owned(), step);
+                    true
+                }
+            }),
+        )
     }
 
     async fn rate_check(
@@ -431,7 +516,10 @@ impl TokenStore for MemoryTokenStore {
             let stored = live(&mut t.rates, key, now).copied();
             let decision = params.decide(stored);
             if let Some((tat, ttl)) = decision.store {
-                t.rates.insert(key.to_owned(), Expiring::until(tat, now + Duration::from_millis(ttl)));
+                t.rates.insert(
+                    key.to_owned(),
+                    Expiring::new(tat, now.checked_add(Duration::from_millis(ttl))),
+                );
             }
             decision.answer
         }))

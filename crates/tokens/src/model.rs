@@ -22,13 +22,20 @@ pub struct SessionRecord {
 pub enum RotateOutcome {
     Rotated(SessionRecord),
     /// The token was already rotated: the session (this id) is now revoked.
-    Reused { session: SessionId, user: UserId },
+    Reused {
+        session: SessionId,
+        user: UserId,
+    },
     NotFound,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateDecision {
-    Allowed { remaining: u32 },
+    Allowed {
+        remaining: u32,
+    },
     /// Refused; the next request is allowed after this many milliseconds.
-    Limited { retry_after_ms: u64 },
+    Limited {
+        retry_after_ms: u64,
+    },
 }

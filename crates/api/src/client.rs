@@ -1,0 +1,122 @@
+//! Who is calling: client IP (forwarding headers believed only from trusted
+//! proxies), request ids, cookies and CORS.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use ipnet::IpNet;
+
+/// The client address: the peer, unless the peer is a trusted proxy, in which
+/// case the right-most address of `X-Forwarded-For` (or `Forwarded: for=`)
+/// that is not itself a trusted proxy. A forged header from an untrusted peer
+/// is ignored, so it cannot dodge per-IP limits.
+pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer.map(|p| p.ip())?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for value in headers.get_all("forwarded") {
+        let Ok(s) = value.to_str() else { continue };
+        for element in s.split(',') {
+            for pair in element.split(';') {
+                let Some((k, v)) = pair.trim().split_once('=') else { continue };
+                if k.trim().eq_ignore_ascii_case("for") {
+                    if let Some(ip) = parse_forwarded_for(v.trim()) {
+                        chain.push(ip);
+                    }
+                }
+            }
+        }
+    }
+    if chain.is_empty() {
+        for value in headers.get_all("x-forwarded-for") {
+            let Ok(s) = value.to_str() else { continue };
+            chain.extend(s.split(',').filter_map(|p| p.trim().parse::<IpAddr>().ok()));
+        }
+    }
+    Some(chain.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer))
+}
+
+fn parse_forwarded_for(v: &str) -> Option<IpAddr> {
+    let v = v.trim_matches('"');
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    v.parse().ok().or_else(|| v.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
+}
+
+/// The caller's request id if it is sane, else a fresh one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+pub fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect())
+}
+
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+pub const ACCESS_COOKIE: &str = "authd_access";
+pub const REFRESH_COOKIE: &str = "authd_refresh";
+
+/// A `Set-Cookie` value scoped to the tenant's path (API.md, Cookies).
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")).ok()
+}
+
+pub fn origin(headers: &HeaderMap) -> Option<String> {
+    headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
+        let peer: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(client_ip(Some(peer), &h, &[]), Some(peer.ip()));
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_believed_right_to_left() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.0.0.5")]);
+        assert_eq!(client_ip(Some(peer), &h, &trusted), Some("198.51.100.7".parse().unwrap()));
+        let h = headers(&[("forwarded", "for=\"[2001:db8::1]:443\";proto=https")]);
+        assert_eq!(client_ip(Some(peer), &h, &trusted), Some("2001:db8::1".parse().unwrap()));
+    }
+}

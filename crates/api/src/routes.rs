@@ -1,0 +1,306 @@
+//! The router. The public listener serves tenants (`/t/{tenant}/…`), health
+//! and GraphiQL; the platform API and `/metrics` go on the admin listener when
+//! one is configured, else on the public one too.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use authd_core::{Error, ErrorCode};
+use authd_tenancy::audit::RequestMeta;
+use chrono::Utc;
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::assets;
+use crate::client;
+use crate::errors::error_body;
+use crate::graphql::{execute, parse_request};
+use crate::platform_schema::PlatformRequest;
+use crate::tenant_schema::TenantRequest;
+
+/// Routes of the public listener.
+pub fn public_router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/t/{tenant}/graphql", get(tenant_graphiql).post(tenant_graphql).options(tenant_preflight))
+        .route("/t/{tenant}/.well-known/jwks.json", get(jwks))
+        .route("/t/{tenant}/.well-known/openid-configuration", get(discovery))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/graphiql-assets/{file}", get(asset));
+    if state.config.platform_on_public {
+        router = router.route("/graphql", get(platform_graphiql).post(platform_graphql)).route("/metrics", get(metrics));
+    }
+    let limit = state.config.max_body_bytes;
+    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
+}
+
+/// Routes of the admin listener: the platform API and `/metrics`.
+pub fn admin_router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/graphql", get(platform_graphiql).post(platform_graphql))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/graphiql-assets/{file}", get(asset))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::TenantNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::TenantDisabled => StatusCode::FORBIDDEN,
+        ErrorCode::BadUserInput => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: Error) -> Response {
+    let status = status_of(e.code());
+    let retry = match &e {
+        Error::RateLimited { retry_after } => Some(*retry_after),
+        _ => None,
+    };
+    let mut resp = (status, axum::Json(error_body(e))).into_response();
+    if let Some(secs) = retry {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+fn meta(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> RequestMeta {
+    RequestMeta {
+        ip: client::client_ip(Some(peer), headers, &state.config.trusted_proxies).map(|ip| ip.to_string()),
+        user_agent: client::user_agent(headers),
+        request_id: Some(client::request_id(headers)),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when storage and the token store answer, and not shutting down.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutting_down.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let deps = &state.platform.deps;
+    let check = async { tokio::try_join!(async { deps.store.ping().await.map_err(|e| e.to_string()) }, async {
+        deps.tokens.ping().await.map_err(|e| e.to_string())
+    }) };
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "a backing service does not answer").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "a backing service does not answer").into_response(),
+    }
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    assets::asset(&file)
+}
+
+async fn tenant_graphiql(Path(tenant): Path<String>) -> Response {
+    if authd_core::Slug::parse(&tenant).is_err() {
+        return error_response(Error::bad_input("tenant", "not a valid tenant slug"));
+    }
+    assets::graphiql_page(&format!("/t/{tenant}/graphql"))
+}
+
+async fn platform_graphiql() -> Response {
+    assets::graphiql_page("/graphql")
+}
+
+/// CORS headers for an allowed origin.
+fn cors(resp: &mut Response, origin: &str) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+async fn tenant_preflight(State(state): State<AppState>, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let Some(origin) = client::origin(&headers) else { return resp };
+    let Ok(rt) = state.platform.tenant(&tenant).await else { return resp };
+    if rt.snapshot().record.settings.allowed_origins.iter().any(|o| *o == origin) {
+        cors(&mut resp, &origin);
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type, authorization, x-auth-mode, x-request-id"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    resp
+}
+
+async fn tenant_graphql(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rt = match state.platform.tenant(&tenant).await {
+        Ok(rt) => rt,
+        Err(Error::BadInput { .. }) => return error_response(Error::bad_input("tenant", "not a valid tenant slug")),
+        Err(e) => return error_response(e),
+    };
+    let request = match parse_request(&headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let origin = client::origin(&headers);
+    let settings = &rt.snapshot().record.settings;
+    let origin_allowed = origin.as_ref().is_some_and(|o| settings.allowed_origins.iter().any(|a| a == o));
+    let cookie_mode = headers
+        .get("x-auth-mode")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("cookie"));
+    let data = TenantRequest::new(
+        state.platform.deps.clone(),
+        rt,
+        meta(&state, peer, &headers),
+        client::bearer(&headers),
+        client::cookie(&headers, client::ACCESS_COOKIE),
+        client::cookie(&headers, client::REFRESH_COOKIE),
+        origin_allowed,
+        cookie_mode,
+        state.config.public_url.starts_with("https://"),
+    );
+    let data = std::sync::Arc::new(data);
+    let response = execute(&state.tenant_schema, request.data(data.clone())).await;
+    let mut resp = axum::Json(response).into_response();
+    for c in data.set_cookies.lock().drain(..) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let (Some(origin), true) = (origin, origin_allowed) {
+        cors(&mut resp, &origin);
+    }
+    resp
+}
+
+fn platform_authorized(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let token = client::bearer(headers)?;
+    let expected = state.platform_token.expose_secret().as_bytes();
+    // Constant-time: the comparison's duration does not reveal a prefix.
+    let ok: bool = token.as_bytes().ct_eq(expected).into();
+    ok.then(|| {
+        let fp = state.platform.deps.keyring.keyed_hash("operator-token-id", token.as_bytes());
+        format!("platform-token:{}", &fp[..12.min(fp.len())])
+    })
+}
+
+async fn platform_graphql(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(operator) = platform_authorized(&state, &headers) else {
+        let mut resp = error_response(Error::Unauthenticated);
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    };
+    let request = match parse_request(&headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let data = PlatformRequest { platform: state.platform.clone(), meta: meta(&state, peer, &headers), operator };
+    let response = execute(&state.platform_schema, request.data(data)).await;
+    let mut resp = axum::Json(response).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn cacheable_json(state: &AppState, value: serde_json::Value) -> Response {
+    let mut resp = axum::Json(value).into_response();
+    let max_age = state.platform.deps.config.jwks_max_age.as_secs();
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        resp.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    resp
+}
+
+async fn jwks(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
+    match state.platform.tenant(&tenant).await {
+        Ok(rt) => cacheable_json(&state, rt.snapshot().keys.jwks(Utc::now())),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn discovery(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
+    match state.platform.tenant(&tenant).await {
+        Ok(rt) => {
+            let issuer = state.platform.deps.config.issuer(rt.slug.as_str());
+            cacheable_json(
+                &state,
+                serde_json::json!({
+                    "issuer": issuer,
+                    "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+                    "graphql_endpoint": format!("{issuer}/graphql"),
+                    "id_token_signing_alg_values_supported": ["ES256", "EdDSA", "RS256"],
+                    "access_token_signing_alg_values_supported": ["ES256", "EdDSA", "RS256"],
+                    "subject_types_supported": ["public"],
+                    "response_types_supported": ["code"],
+                    "token_endpoint_auth_methods_supported": ["none"],
+                    "code_challenge_methods_supported": ["S256"],
+                }),
+            )
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+/// Prometheus text exposition of the process counters.
+async fn metrics(State(state): State<AppState>) -> Response {
+    use authd_tenancy::metrics as m;
+    let stats = state.platform.deps.hasher.stats();
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    };
+    family("authd_active_tenants", "gauge", "Tenant supervisors running.", state.platform.active_tenants() as u64);
+    family("authd_actor_restarts_total", "counter", "Tenant children restarted after a failure.", m::ACTOR_RESTARTS.load(Ordering::Relaxed));
+    family(
+        "authd_password_verifications_total",
+        "counter",
+        "Argon2 verifications performed.",
+        m::PASSWORD_VERIFICATIONS.load(Ordering::Relaxed),
+    );
+    family("authd_password_hashes_total", "counter", "Argon2 hashes computed.", m::PASSWORD_HASHES.load(Ordering::Relaxed));
+    family("authd_hash_queue_depth", "gauge", "Hashing jobs waiting for a worker.", stats.queued.load(Ordering::Relaxed));
+    family("authd_hash_refused_total", "counter", "Hashing jobs refused (tenant queue full).", stats.refused.load(Ordering::Relaxed));
+    let mut resp = out.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}
+
+#[allow(dead_code)]
+fn _methods() -> Method {
+    Method::POST
+}
