@@ -27,9 +27,9 @@
 # Everything else is passed to `cargo test --workspace --all-targets`, e.g.
 #   scripts/test.sh -- refresh_token          # only tests whose name matches
 #   scripts/test.sh --no-lint -- --nocapture
-# (`-p` and `--test` do not narrow it: cargo ignores `-p` with --workspace and
-# --all-targets already selects every target; for that, use --setup-only once
-# --keep as above.)
+# (`-p` and `--test` do not narrow it: cargo ignores `-p` with --workspace, and
+# --all-targets already selects every target; for that, use
+# `--setup-only --keep` as above and run cargo yourself.)
 #
 # Environment (all optional):
 #   AUTHD_TEST_DATABASE_URL        a Postgres superuser URL to use as is
@@ -116,7 +116,7 @@ mkdir -p "$ENV_DIR"
 # killed run does not hold the lock (stop_leftovers deals with it instead).
 if have flock; then
   exec 9>"$ENV_DIR/.lock"
-  flock -n 9 || die "another scripts/test.sh is running in this checkout ($ENV_DIR/.lock)"
+  flock -n 9 || die "another scripts/test.sh (or a process it started) is running in this checkout: fuser -v $ENV_DIR/.lock"
 fi
 
 # ---------------------------------------------------------------------------
@@ -208,7 +208,7 @@ pg_superuser_ok() {
 # /usr/lib/postgresql/<major>/bin and only the wrappers are on PATH.
 pg_bindir() {
   local d
-  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+  for d in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
     [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && { echo "$d"; return 0; }
   done
   if have pg_config && [[ -x "$(pg_config --bindir)/initdb" ]]; then
@@ -466,8 +466,11 @@ stop_leftovers() {
 # Test tools
 # ---------------------------------------------------------------------------
 
-# A sha256 of the given files, to tell whether an install is up to date.
-fingerprint() { cat "$@" | sha256sum | cut -d' ' -f1; }
+# A sha256 of the given files, to tell whether an install is up to date
+# (shasum where coreutils' sha256sum is missing, as on macOS).
+fingerprint() {
+  if have sha256sum; then cat "$@" | sha256sum; else cat "$@" | shasum -a 256; fi | cut -d' ' -f1
+}
 
 setup_python() {
   step "Python tools"
@@ -586,11 +589,17 @@ have cargo || die "cargo not found (install Rust with rustup)"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 if [[ $LINT -eq 1 ]]; then
+  # Cheap checks of the non-Rust parts first, so they fail in seconds.
+  step "GraphiQL assets and test scripts"
+  bash scripts/update-graphiql-assets.sh --check
+  "$AUTHD_TEST_PYTHON" -m py_compile "$SCRIPTS_DIR"/*.py
   step "cargo fmt --all -- --check"
   cargo fmt --all -- --check
   step "cargo clippy --workspace --all-targets -- -D warnings"
-  cargo clippy --workspace --all-targets -- -D warnings
+  cargo clippy --workspace --all-targets -- -D warnings 9>&-
 fi
 
+# fd 9 (the lock) is closed for cargo so that a process a test leaks cannot
+# hold it and block the next run.
 step "cargo test --workspace --all-targets ${CARGO_TEST_ARGS[*]}"
-cargo test --workspace --all-targets "${CARGO_TEST_ARGS[@]}"
+cargo test --workspace --all-targets "${CARGO_TEST_ARGS[@]}" 9>&-

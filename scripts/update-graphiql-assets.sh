@@ -61,12 +61,10 @@ check_assets() {
     echo "index.html has inline script or an inline event handler (CSP forbids them)" >&2
     bad=1
   fi
-  for f in graphiql.min.css; do
-    if grep -oE '(@import|url\()[[:space:]]*["'"'"']?(https?:)?//[^)"'"'"' ]*' "$ASSETS/$f"; then
-      echo "$f loads a stylesheet, font or image from another origin" >&2
-      bad=1
-    fi
-  done
+  if grep -oE '(@import|url\()[[:space:]]*["'"'"']?(https?:)?//[^)"'"'"' ]*' "$ASSETS/graphiql.min.css" "$ASSETS/init.css"; then
+    echo "a stylesheet loads a stylesheet, font or image from another origin" >&2
+    bad=1
+  fi
   if [[ -f "$ASSETS/SHA256SUMS" ]]; then
     (cd "$ASSETS" && sha256sum --quiet -c SHA256SUMS) || { echo "SHA256SUMS does not match" >&2; bad=1; }
   fi

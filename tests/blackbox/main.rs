@@ -1,1 +1,10 @@
-fn main(){}
+//! Black-box tests: each starts a whole authd (in process, on a free port)
+//! and talks to it over HTTP, on the embedded default and on Postgres + Redis.
+//! One test binary, to keep link times down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod platform;
+mod smoke;

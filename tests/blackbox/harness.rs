@@ -1,0 +1,246 @@
+//! The test kit: starts a whole authd in process on a free port, on the
+//! embedded default or on a fresh Postgres database (one per test) and a
+//! per-test Redis key prefix, and hands tests an HTTP client for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use authd::config::Config;
+use authd::Running;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+/// Which storage a server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in a temp dir, in-process token store.
+    Embedded,
+    /// A fresh Postgres database and a Redis key prefix.
+    Production,
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("AUTHD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("AUTHD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Replaces the database name of a Postgres URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("postgres url");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// Creates an empty database and migrates it as the owner (superuser).
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect(
+        "Postgres must answer at AUTHD_TEST_DATABASE_URL (scripts/test.sh sets it up)",
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create db");
+    let url = with_database(&admin, &name);
+    authd_store::postgres::migrate_postgres(&url).await.expect("migrate");
+    url
+}
+
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub url: String,
+    pub platform_token: String,
+    pub backend: Backend,
+    pub database_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub data_dir: std::path::PathBuf,
+    pub http: reqwest::Client,
+    pub env: HashMap<String, String>,
+}
+
+/// Test configuration: cheap argon2, a free port, no shutdown delay.
+pub fn base_env(backend: Backend, data_dir: &std::path::Path) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("AUTHD_LISTEN", "127.0.0.1:0"),
+        ("AUTHD_ARGON2_MEMORY_KIB", "64"),
+        ("AUTHD_ARGON2_ITERATIONS", "1"),
+        ("AUTHD_HASH_THREADS", "2"),
+        ("AUTHD_SHUTDOWN_DELAY_SECS", "0"),
+        ("AUTHD_DRAIN_SECS", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    env.insert("AUTHD_DATA_DIR".into(), data_dir.display().to_string());
+    if backend == Backend::Production {
+        env.insert("AUTHD_MASTER_KEY".into(), authd_core::crypto::MasterKey::generate().to_base64());
+        env.insert("AUTHD_PLATFORM_TOKEN".into(), authd_core::crypto::random_token(32));
+        env.insert("REDIS_URL".into(), redis_url());
+        env.insert("AUTHD_REDIS_PREFIX".into(), format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+    }
+    env
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts a server; `tweak` may change the environment it reads.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut HashMap<String, String>)) -> Self {
+        let data_dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+        let mut env = base_env(backend, &data_dir);
+        if backend == Backend::Production {
+            env.insert("DATABASE_URL".into(), fresh_database().await);
+        }
+        tweak(&mut env);
+        Self::start_env(backend, env, data_dir).await
+    }
+
+    /// Starts a server from a full environment (e.g. a second replica).
+    pub async fn start_env(backend: Backend, env: HashMap<String, String>, data_dir: std::path::PathBuf) -> Self {
+        let lookup = env.clone();
+        let config = Config::from_lookup(move |k| lookup.get(k).cloned()).expect("test config");
+        let running = authd::start(config).await.expect("server starts");
+        let url = format!("http://{}", running.addr);
+        let platform_token = running.platform_token().expose_secret().to_owned();
+        let http = reqwest::Client::builder().build().expect("client");
+        Self {
+            url,
+            platform_token,
+            backend,
+            database_url: env.get("DATABASE_URL").cloned(),
+            redis_prefix: env.get("AUTHD_REDIS_PREFIX").cloned(),
+            data_dir,
+            http,
+            env,
+            running: Some(running),
+        }
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub fn deps(&self) -> &Arc<authd_tenancy::Deps> {
+        &self.running().platform.deps
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// POSTs a GraphQL document to `path` and returns the JSON body.
+    pub async fn post(&self, path: &str, bearer: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut req = self.http.post(format!("{}{}", self.url, path)).json(&json!({ "query": query, "variables": variables }));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp = req.send().await.expect("request");
+        resp.json().await.expect("json body")
+    }
+
+    pub async fn platform(&self, query: &str, variables: Value) -> Value {
+        let token = self.platform_token.clone();
+        self.post("/graphql", Some(&token), query, variables).await
+    }
+
+    pub async fn gql(&self, slug: &str, bearer: Option<&str>, query: &str, variables: Value) -> Value {
+        self.post(&format!("/t/{slug}/graphql"), bearer, query, variables).await
+    }
+
+    /// Creates a tenant with a random slug and returns it with its admin's credentials.
+    pub async fn tenant(&self) -> Tenant {
+        let slug = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        self.tenant_named(&slug).await
+    }
+
+    pub async fn tenant_named(&self, slug: &str) -> Tenant {
+        let admin_email = format!("admin@{slug}.example.com");
+        let admin_password = "correct horse battery staple".to_owned();
+        let body = self
+            .platform(
+                "mutation($i: CreateTenantInput!) { createTenant(input: $i) { id slug issuer } }",
+                json!({ "i": { "slug": slug, "name": format!("Tenant {slug}"), "adminEmail": admin_email, "adminPassword": admin_password } }),
+            )
+            .await;
+        let t = &body["data"]["createTenant"];
+        assert!(t.is_object(), "createTenant failed: {body}");
+        Tenant {
+            id: t["id"].as_str().unwrap().to_owned(),
+            slug: slug.to_owned(),
+            issuer: t["issuer"].as_str().unwrap().to_owned(),
+            admin_email,
+            admin_password,
+        }
+    }
+
+    pub async fn register(&self, slug: &str, email: &str, password: &str) -> Value {
+        self.gql(
+            slug,
+            None,
+            "mutation($i: RegisterInput!) { register(input: $i) { id email role } }",
+            json!({ "i": { "email": email, "password": password } }),
+        )
+        .await
+    }
+
+    /// Logs in and returns `(accessToken, refreshToken)`, panicking on failure.
+    pub async fn login(&self, slug: &str, email: &str, password: &str) -> (String, String) {
+        let body = self.login_raw(slug, email, password).await;
+        let t = &body["data"]["login"];
+        let access = t["accessToken"].as_str().unwrap_or_else(|| panic!("login failed: {body}")).to_owned();
+        (access, t["refreshToken"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub async fn login_raw(&self, slug: &str, email: &str, password: &str) -> Value {
+        self.gql(
+            slug,
+            None,
+            "mutation($i: LoginInput!) { login(input: $i) { __typename ... on AuthTokens { accessToken refreshToken expiresIn tokenType user { id email role } } ... on MfaChallenge { challengeId methods expiresIn } } }",
+            json!({ "i": { "email": email, "password": password } }),
+        )
+        .await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub id: String,
+    pub slug: String,
+    pub issuer: String,
+    pub admin_email: String,
+    pub admin_password: String,
+}
+
+/// The error code of the first GraphQL error in `body`, if any.
+pub fn code(body: &Value) -> Option<&str> {
+    body["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// Runs an async test body on both backends: `both!(name, body_fn)`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$body($crate::harness::Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_redis() {
+                super::$body($crate::harness::Backend::Production).await
+            }
+        }
+    };
+}
