@@ -594,7 +594,7 @@ if [[ $LINT -eq 1 ]]; then
   bash scripts/update-graphiql-assets.sh --check
   "$AUTHD_TEST_PYTHON" -m py_compile "$SCRIPTS_DIR"/*.py
   step "cargo fmt --all -- --check"
-  cargo fmt --all -- --check
+  cargo fmt --all -- --check 9>&-
   step "cargo clippy --workspace --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings 9>&-
 fi

@@ -7,4 +7,6 @@
 mod harness;
 
 mod platform;
+mod schema;
 mod smoke;
+mod supervision;

@@ -30,10 +30,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ASSETS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crates", "api", "assets"))
 ASSET_BASE = "/graphiql-assets"
-# What authd sends with the GraphiQL page (API.md: no third-party script).
+# What authd sends with the GraphiQL page and its assets (crates/api/src/assets.rs).
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; font-src 'self' data:"
+    "img-src 'self' data:; connect-src 'self'; font-src 'self' data:; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'none'"
 )
 ENDPOINT = re.compile(r"^/(t/[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])/)?graphql$")
 
@@ -92,6 +93,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.csp:
             self.send_header("Content-Security-Policy", CSP)
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("X-Frame-Options", "DENY")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         if self.command != "HEAD":

@@ -119,17 +119,17 @@ fn unb64(s: &str) -> std::result::Result<String, Error> {
 
 pub struct PlatformQuery;
 
-#[Object]
+#[Object(name = "Query")]
 impl PlatformQuery {
     /// Every tenant, oldest first.
     async fn tenants(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 50)] first: i32,
+        #[graphql(default_with = "Some(50)")] first: Option<i32>,
         after: Option<String>,
     ) -> Result<Connection<String, Tenant>> {
         let r = req(ctx)?;
-        let limit = page_size(Some(first), 50)?;
+        let limit = page_size(first, 50)?;
         let after = match after {
             Some(c) => Some(
                 unb64(&c)
@@ -156,11 +156,11 @@ impl PlatformQuery {
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 50)] first: i32,
+        #[graphql(default_with = "Some(50)")] first: Option<i32>,
         after: Option<String>,
     ) -> Result<Connection<String, AuditEvent>> {
         let r = req(ctx)?;
-        let limit = page_size(Some(first), 50)?;
+        let limit = page_size(first, 50)?;
         let cursor = after.as_deref().map(crate::tenant_schema::parse_event_cursor).transpose().gql()?;
         let mut rows = r.platform.platform_events(cursor, limit + 1).await.gql()?;
         let has_next = rows.len() > limit as usize;
@@ -176,7 +176,7 @@ impl PlatformQuery {
 
 pub struct PlatformMutation;
 
-#[Object]
+#[Object(name = "Mutation")]
 impl PlatformMutation {
     /// Creates a tenant, its first signing key and its first admin, in one transaction.
     async fn create_tenant(&self, ctx: &Context<'_>, input: CreateTenantInput) -> Result<Tenant> {

@@ -251,11 +251,11 @@ impl User {
         self.record.created_at
     }
     /// The user's own recent security events, newest first.
-    async fn recent_activity(&self, ctx: &Context<'_>, #[graphql(default = 20)] first: i32) -> Result<Vec<AuditEvent>> {
+    async fn recent_activity(&self, ctx: &Context<'_>, #[graphql(default_with = "Some(20)")] first: Option<i32>) -> Result<Vec<AuditEvent>> {
         if !self.activity_visible {
             return Err(to_graphql(Error::forbidden("only the user and tenant admins see this")));
         }
-        let limit = page_size(Some(first), 20)?;
+        let limit = page_size(first, 20)?;
         let r = req(ctx)?;
         let filter = AuditFilter { user_id: Some(self.record.id), ..Default::default() };
         let events = r.deps.store.audit_events(r.rt.id, &filter, None, limit).await.map_err(Error::from).gql()?;
@@ -343,10 +343,23 @@ impl AuditEvent {
     }
 }
 
-/// Limits per tenant (see `RateLimitPolicy` in the README).
-#[derive(SimpleObject, InputObject)]
-#[graphql(input_name = "RateLimitPolicyInput", name = "RateLimitPolicy")]
+/// Limits per tenant; counts per window (see the README).
+#[derive(SimpleObject)]
+#[graphql(name = "RateLimitPolicy")]
 pub struct GqlRateLimits {
+    login_per_ip_per_minute: i32,
+    failed_logins_per_account_per_hour: i32,
+    failed_logins_per_account_ip_per_15_minutes: i32,
+    registrations_per_ip_per_hour: i32,
+    mfa_attempts_per_account_per_15_minutes: i32,
+    refresh_per_session_per_minute: i32,
+    tenant_requests_per_second: i32,
+}
+
+/// Every field optional: only those given change.
+#[derive(InputObject)]
+#[graphql(name = "RateLimitPolicyInput")]
+pub struct RateLimitPolicyInput {
     login_per_ip_per_minute: Option<i32>,
     failed_logins_per_account_per_hour: Option<i32>,
     failed_logins_per_account_ip_per_15_minutes: Option<i32>,
@@ -356,8 +369,8 @@ pub struct GqlRateLimits {
     tenant_requests_per_second: Option<i32>,
 }
 
-fn to_i32(v: u32) -> Option<i32> {
-    Some(i32::try_from(v).unwrap_or(i32::MAX))
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
 }
 
 impl From<&RateLimitPolicy> for GqlRateLimits {
@@ -381,7 +394,7 @@ fn non_negative(field: &str, v: Option<i32>, current: u32) -> std::result::Resul
     }
 }
 
-impl GqlRateLimits {
+impl RateLimitPolicyInput {
     fn merge(self, p: &RateLimitPolicy) -> std::result::Result<RateLimitPolicy, Error> {
         Ok(RateLimitPolicy {
             login_per_ip_per_minute: non_negative("loginPerIpPerMinute", self.login_per_ip_per_minute, p.login_per_ip_per_minute)?,
@@ -461,7 +474,7 @@ pub struct TenantSettingsInput {
     allowed_origins: Option<Vec<String>>,
     link_by_verified_email: Option<bool>,
     audit_retention_days: Option<i32>,
-    rate_limits: Option<GqlRateLimits>,
+    rate_limits: Option<RateLimitPolicyInput>,
 }
 
 fn int_field(field: &str, v: Option<i32>, current: u32) -> std::result::Result<u32, Error> {
@@ -538,7 +551,7 @@ pub fn parse_event_cursor(c: &str) -> std::result::Result<authd_store::EventCurs
 
 pub struct TenantQuery;
 
-#[Object]
+#[Object(name = "Query")]
 impl TenantQuery {
     /// The signed-in user.
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {
@@ -569,12 +582,12 @@ impl TenantQuery {
     async fn users(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 50)] first: i32,
+        #[graphql(default_with = "Some(50)")] first: Option<i32>,
         after: Option<String>,
         email_prefix: Option<String>,
     ) -> Result<Connection<String, User>> {
         let r = req(ctx)?;
-        let limit = page_size(Some(first), 50)?;
+        let limit = page_size(first, 50)?;
         let after = match after {
             Some(c) => Some(decode_cursor("after", &c).and_then(|s| s.parse::<UserId>()).map_err(|_| {
                 Error::bad_input("after", "not a cursor from this API")
@@ -602,7 +615,7 @@ impl TenantQuery {
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
-        #[graphql(default = 50)] first: i32,
+        #[graphql(default_with = "Some(50)")] first: Option<i32>,
         after: Option<String>,
         #[graphql(name = "type")] kind: Option<String>,
         user_id: Option<ID>,
@@ -610,7 +623,7 @@ impl TenantQuery {
         until: Option<DateTime<Utc>>,
     ) -> Result<Connection<String, AuditEvent>> {
         let r = req(ctx)?;
-        let limit = page_size(Some(first), 50)?;
+        let limit = page_size(first, 50)?;
         let cursor = after.as_deref().map(parse_event_cursor).transpose().gql()?;
         let user_id = match user_id {
             Some(id) => Some(id.parse::<UserId>().map_err(|_| Error::bad_input("userId", "not a user id")).gql()?),
@@ -632,7 +645,7 @@ impl TenantQuery {
 
 pub struct TenantMutation;
 
-#[Object]
+#[Object(name = "Mutation")]
 impl TenantMutation {
     /// Creates a password account.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<User> {
@@ -723,9 +736,9 @@ impl TenantMutation {
 
     /// Tenant admins: adds a signing key, published now, signing after one
     /// JWKS cache lifetime (or at once with `immediate`).
-    async fn rotate_signing_key(&self, ctx: &Context<'_>, #[graphql(default = false)] immediate: bool) -> Result<SigningKey> {
+    async fn rotate_signing_key(&self, ctx: &Context<'_>, #[graphql(default_with = "Some(false)")] immediate: Option<bool>) -> Result<SigningKey> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        Ok(r.tenant().rotate_signing_key(&p, immediate, &r.meta).await.gql()?.into())
+        Ok(r.tenant().rotate_signing_key(&p, immediate.unwrap_or(false), &r.meta).await.gql()?.into())
     }
 }
