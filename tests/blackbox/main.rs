@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod graphiql;
 mod platform;
 mod schema;
 mod smoke;
