@@ -67,3 +67,12 @@ fn contract_names_are_in_the_schemas() {
         assert!(platform.contains(needle), "platform schema lacks {needle:?}");
     }
 }
+
+/// The README's configuration table names every variable the binary reads.
+#[test]
+fn readme_documents_every_configuration_variable() {
+    let readme = repo_file("README.md");
+    for (name, _, _) in authd::config::VARIABLES {
+        assert!(readme.contains(&format!("`{name}`")), "README.md does not document {name}");
+    }
+}

@@ -15,7 +15,8 @@ use crate::errors::error_body;
 /// Aliased fields allowed in one document. Limits that protect credentials
 /// count each resolver call anyway; this keeps documents small.
 pub const MAX_ALIASES: usize = 30;
-pub const MAX_DEPTH: usize = 12;
+/// Deep enough for the standard introspection query (GraphiQL), no deeper.
+pub const MAX_DEPTH: usize = 16;
 pub const MAX_COMPLEXITY: usize = 1000;
 /// The largest page any connection returns.
 pub const MAX_PAGE: i32 = 100;
