@@ -195,6 +195,58 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes events older than `before` (retention). Returns how many.
     async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64>;
+
+    // ---- tenant: two-factor (TOTP and recovery codes) ----
+
+    /// Stores (or clears) a pending, unconfirmed TOTP secret. A pending
+    /// enrollment changes nothing else. Returns whether the user exists.
+    async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool>;
+
+    /// Confirms the pending enrollment: the pending secret becomes the
+    /// user's secret, `step` its last used time step, the recovery codes are
+    /// replaced by `recovery_hashes`, and `event` recorded, in one
+    /// transaction. Returns false (and changes nothing) when no enrollment is
+    /// pending or the pending secret is not `pending_sealed` any more.
+    async fn enable_totp(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        pending_sealed: &str,
+        step: i64,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool>;
+
+    /// Turns TOTP off and deletes the recovery codes, with the event.
+    async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()>;
+
+    /// Replaces the recovery codes, with the event, in one transaction.
+    async fn replace_recovery_codes(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<()>;
+
+    /// Marks one unused recovery code among `candidates` used, recording the
+    /// event in the same transaction. Returns whether one was.
+    async fn use_recovery_code(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        candidates: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool>;
+
+    /// How many unused recovery codes the user has.
+    async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64>;
+
+    /// Atomically records `step` as the user's last accepted TOTP step if it
+    /// is later than the stored one (RFC 6238 §5.2: a code is accepted once).
+    /// Returns false for a replayed or older step: exactly one of two
+    /// concurrent calls with the same step succeeds.
+    async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool>;
 }
 
 /// Role stored as text.

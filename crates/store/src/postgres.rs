@@ -540,6 +540,156 @@ impl Store for PgStore {
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+
+    async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let done = sqlx::query("UPDATE users SET totp_pending_sealed = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant.0)
+            .bind(user.0)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enable_totp(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        pending_sealed: &str,
+        step: i64,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let done = sqlx::query(
+            "UPDATE users SET totp_secret_sealed = totp_pending_sealed, totp_pending_sealed = NULL, \
+             totp_enabled = true, totp_last_step = $4, updated_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND totp_pending_sealed = $3",
+        )
+        .bind(tenant.0)
+        .bind(user.0)
+        .bind(pending_sealed)
+        .bind(step)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        sqlx::query(
+            "UPDATE users SET totp_secret_sealed = NULL, totp_pending_sealed = NULL, totp_enabled = false, \
+             totp_last_step = NULL, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.0)
+        .bind(user.0)
+        .execute(&mut *tx)
+        .await?;
+        insert_recovery_codes(&mut tx, tenant, user, &[]).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn use_recovery_code(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        candidates: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        // One row at most: the first unused match.
+        let used: Option<String> = sqlx::query_scalar(
+            "UPDATE recovery_codes SET used_at = now() WHERE tenant_id = $1 AND user_id = $2 AND code_hash = \
+             (SELECT code_hash FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 AND used_at IS NULL \
+              AND code_hash = ANY($3) LIMIT 1 FOR UPDATE) AND used_at IS NULL RETURNING code_hash",
+        )
+        .bind(tenant.0)
+        .bind(user.0)
+        .bind(candidates)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if used.is_none() {
+            return Ok(false);
+        }
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 AND used_at IS NULL",
+        )
+        .bind(tenant.0)
+        .bind(user.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let done = sqlx::query(
+            "UPDATE users SET totp_last_step = $3 WHERE tenant_id = $1 AND id = $2 AND totp_enabled \
+             AND (totp_last_step IS NULL OR totp_last_step < $3)",
+        )
+        .bind(tenant.0)
+        .bind(user.0)
+        .bind(step)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Replaces a user's recovery codes (deleting the old set).
+async fn insert_recovery_codes(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    user: UserId,
+    hashes: &[String],
+) -> Result<()> {
+    sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2")
+        .bind(tenant.0)
+        .bind(user.0)
+        .execute(&mut **tx)
+        .await?;
+    for h in hashes {
+        sqlx::query("INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES ($1, $2, $3, now())")
+            .bind(tenant.0)
+            .bind(user.0)
+            .bind(h)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Escapes `%`, `_` and `\` so a user-supplied prefix matches literally.

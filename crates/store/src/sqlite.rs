@@ -555,4 +555,158 @@ impl Store for SqliteStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
+        let done = sqlx::query("UPDATE users SET totp_pending_sealed = ?3, updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2")
+            .bind(tenant.to_string())
+            .bind(user.to_string())
+            .bind(sealed)
+            .bind(micros(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enable_totp(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        pending_sealed: &str,
+        step: i64,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.tx().await?;
+        let done = sqlx::query(
+            "UPDATE users SET totp_secret_sealed = totp_pending_sealed, totp_pending_sealed = NULL, \
+             totp_enabled = 1, totp_last_step = ?4, updated_at = ?5 \
+             WHERE tenant_id = ?1 AND id = ?2 AND totp_pending_sealed = ?3",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(pending_sealed)
+        .bind(step)
+        .bind(micros(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.tx().await?;
+        sqlx::query(
+            "UPDATE users SET totp_secret_sealed = NULL, totp_pending_sealed = NULL, totp_enabled = 0, \
+             totp_last_step = NULL, updated_at = ?3 WHERE tenant_id = ?1 AND id = ?2",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(micros(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        insert_recovery_codes(&mut tx, tenant, user, &[]).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tx().await?;
+        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn use_recovery_code(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        candidates: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.tx().await?;
+        let mut used = false;
+        for c in candidates {
+            let done = sqlx::query(
+                "UPDATE recovery_codes SET used_at = ?4 WHERE tenant_id = ?1 AND user_id = ?2 AND code_hash = ?3 \
+                 AND used_at IS NULL",
+            )
+            .bind(tenant.to_string())
+            .bind(user.to_string())
+            .bind(c)
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                used = true;
+                break;
+            }
+        }
+        if !used {
+            return Ok(false);
+        }
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM recovery_codes WHERE tenant_id = ?1 AND user_id = ?2 AND used_at IS NULL",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE users SET totp_last_step = ?3 WHERE tenant_id = ?1 AND id = ?2 AND totp_enabled = 1 \
+             AND (totp_last_step IS NULL OR totp_last_step < ?3)",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(step)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Replaces a user's recovery codes (deleting the old set).
+async fn insert_recovery_codes(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: TenantId,
+    user: UserId,
+    hashes: &[String],
+) -> Result<()> {
+    sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = ?1 AND user_id = ?2")
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .execute(&mut **tx)
+        .await?;
+    for h in hashes {
+        sqlx::query("INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(tenant.to_string())
+            .bind(user.to_string())
+            .bind(h)
+            .bind(micros(Utc::now()))
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }

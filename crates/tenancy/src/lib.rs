@@ -25,6 +25,7 @@
 //! - [`keyset`]: a tenant's signing keys: current signer, verifier, JWKS, rotation.
 //! - [`auth`]: accounts, login, tokens and sessions.
 //! - [`admin`]: tenant-admin operations.
+//! - [`mfa`]: TOTP enrollment, MFA challenges and recovery codes.
 //! - [`hashing`]: the fair password-hashing pool.
 //! - [`audit`]: audit events and their batched sink.
 //! - [`metrics`]: process-wide counters.
@@ -36,6 +37,7 @@ pub mod children;
 pub mod hashing;
 pub mod keyset;
 pub mod metrics;
+pub mod mfa;
 pub mod platform;
 pub mod runtime;
 pub mod tenant;
