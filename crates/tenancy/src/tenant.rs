@@ -66,6 +66,8 @@ pub struct TenantState {
     failures: HashMap<ChildKind, Vec<Instant>>,
     restarts: Arc<AtomicU64>,
     reloading: bool,
+    /// When the audit retention job last ran for this tenant.
+    last_retention: Option<Instant>,
 }
 
 async fn spawn_session(
@@ -129,6 +131,7 @@ impl Actor for TenantSupervisor {
             failures: HashMap::new(),
             restarts: Arc::new(AtomicU64::new(0)),
             reloading: false,
+            last_retention: None,
         })
     }
 
@@ -153,6 +156,7 @@ impl Actor for TenantSupervisor {
                     myself.stop(Some("idle".into()));
                 } else {
                     reload(&myself, state);
+                    retention(state);
                 }
             }
             TenantMsg::Reload => reload(&myself, state),
@@ -244,6 +248,29 @@ fn reload(myself: &ActorRef<TenantMsg>, state: &mut TenantState) {
                 // Keep serving the last snapshot; the next tick tries again.
                 let _ = me.cast(TenantMsg::ReloadFailed);
             }
+        }
+    });
+}
+
+/// How often a running tenant deletes audit events older than its
+/// `auditRetentionDays`.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// The audit retention job: the only path by which events leave (besides
+/// tenant deletion). Runs in a task; the handler never waits on storage.
+fn retention(state: &mut TenantState) {
+    if state.last_retention.is_some_and(|t| t.elapsed() < RETENTION_EVERY) {
+        return;
+    }
+    state.last_retention = Some(Instant::now());
+    let days = state.runtime.snapshot().record.settings.audit_retention_days;
+    let (deps, id) = (state.deps.clone(), state.runtime.id);
+    tokio::spawn(async move {
+        let before = chrono::Utc::now() - chrono::Duration::days(i64::from(days));
+        match deps.store.purge_audit_events(id, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tenant = %id, removed = n, days, "audit retention removed old events"),
+            Err(e) => tracing::warn!(tenant = %id, error = %e, "audit retention failed; retrying in an hour"),
         }
     });
 }
