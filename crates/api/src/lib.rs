@@ -10,7 +10,7 @@
 //! - [`graphql`]: request hygiene (JSON POST only, no batching, size/depth/complexity/alias limits) and execution.
 //! - [`errors`]: the one mapping from domain errors to GraphQL errors.
 //! - [`client`]: client IP (trusted proxies), request ids, cookies and CORS.
-//! - [`tenant_schema`] and [`platform_schema`]: the GraphQL types and resolvers.
+//! - [`tenant_schema`], [`tenant_mfa`] and [`platform_schema`]: the GraphQL types and resolvers.
 //! - [`assets`]: GraphiQL, served from the binary.
 
 pub mod assets;
@@ -19,6 +19,7 @@ pub mod errors;
 pub mod graphql;
 pub mod platform_schema;
 pub mod routes;
+pub mod tenant_mfa;
 pub mod tenant_schema;
 
 use std::sync::Arc;

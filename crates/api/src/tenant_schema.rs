@@ -23,10 +23,15 @@ use crate::client::{ACCESS_COOKIE, REFRESH_COOKIE, set_cookie};
 use crate::errors::{GqlResult, to_graphql};
 use crate::graphql::{MAX_COMPLEXITY, MAX_DEPTH, page_size};
 
-pub type TenantSchema = Schema<TenantQuery, TenantMutation, EmptySubscription>;
+pub type TenantSchema = Schema<TenantQuery, MutationRoot, EmptySubscription>;
+
+/// The tenant schema's `Mutation`: the core operations and the two-factor ones.
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Mutation")]
+pub struct MutationRoot(TenantMutation, crate::tenant_mfa::MfaMutation);
 
 pub fn build() -> TenantSchema {
-    Schema::build(TenantQuery, TenantMutation, EmptySubscription)
+    Schema::build(TenantQuery, MutationRoot::default(), EmptySubscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -137,7 +142,7 @@ impl TenantRequest {
         cookies.extend(set_cookie(REFRESH_COOKIE, "", &path, 0, self.secure_cookies));
     }
 
-    fn auth_tokens(&self, tokens: IssuedTokens) -> AuthTokens {
+    pub(crate) fn auth_tokens(&self, tokens: IssuedTokens) -> AuthTokens {
         self.remember(&tokens, self.deps.config.refresh_token_ttl.as_secs());
         AuthTokens {
             access_token: tokens.access_token,
@@ -643,9 +648,10 @@ impl TenantQuery {
 
 // ------------------------------------------------------------------ mutation
 
+#[derive(Default)]
 pub struct TenantMutation;
 
-#[Object(name = "Mutation")]
+#[Object]
 impl TenantMutation {
     /// Creates a password account.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<User> {

@@ -115,13 +115,20 @@ impl TenantCtx<'_> {
         Ok(phc)
     }
 
-    /// Exactly one argon2 verification, on the pool, whatever `phc` is.
-    async fn verify(&self, phc: String, pw: &str) -> Result<password::Verified> {
+    /// Exactly one argon2 verification, on the pool, whatever `phc` is;
+    /// `None` (no such user, or no password) verifies against the dummy hash.
+    /// The dummy is resolved on the pool too: the first one is computed there,
+    /// never on an async worker.
+    async fn verify(&self, phc: Option<String>, pw: &str) -> Result<password::Verified> {
         let params = self.deps.config.argon2.clone();
         let pw = zeroize::Zeroizing::new(pw.to_owned());
         self.deps
             .hasher
             .run_labeled(self.rt.id, "verify", move || {
+                let phc = match phc {
+                    Some(p) => p,
+                    None => password::dummy_phc(&params)?,
+                };
                 metrics::PASSWORD_VERIFICATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 password::verify_password(&params, &phc, &pw)
             })
@@ -130,11 +137,7 @@ impl TenantCtx<'_> {
 
     /// Verifies a user's password (re-authentication for sensitive changes).
     pub async fn check_password(&self, user: &UserRecord, pw: &str) -> Result<()> {
-        let phc = match &user.password_hash {
-            Some(p) => p.clone(),
-            None => password::dummy_phc(&self.deps.config.argon2)?,
-        };
-        let verified = self.verify(phc, pw).await?;
+        let verified = self.verify(user.password_hash.clone(), pw).await?;
         if verified.ok && user.password_hash.is_some() { Ok(()) } else { Err(Error::InvalidCredentials) }
     }
 
@@ -148,10 +151,7 @@ impl TenantCtx<'_> {
             return Err(Error::bad_input("password", "a password is at most 4096 bytes"));
         }
         let user = self.deps.store.user_by_email(self.rt.id, email.as_str()).await?;
-        let phc = match user.as_ref().and_then(|u| u.password_hash.clone()) {
-            Some(p) => p,
-            None => password::dummy_phc(&self.deps.config.argon2)?,
-        };
+        let phc = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.verify(phc, pw).await?;
         let reason = match &user {
             None => Some("unknown_email"),
@@ -179,9 +179,13 @@ impl TenantCtx<'_> {
                 user = updated;
             }
         }
-        let tokens = self.start_session(user, vec!["pwd".into()], meta).await?;
-        self.audit_later(kinds::LOGIN_SUCCEEDED, meta, Some(tokens.user.id), Some(tokens.user.id), Some(serde_json::json!({ "amr": ["pwd"] })));
-        Ok(LoginOutcome::Tokens(Box::new(tokens)))
+        // A user with TOTP gets a challenge, not tokens (`verifyMfa` finishes).
+        let outcome = self.second_factor_or_tokens(user, vec!["pwd".into()], meta).await?;
+        if let LoginOutcome::Tokens(tokens) = &outcome {
+            let id = tokens.user.id;
+            self.audit_later(kinds::LOGIN_SUCCEEDED, meta, Some(id), Some(id), Some(serde_json::json!({ "amr": ["pwd"] })));
+        }
+        Ok(outcome)
     }
 
     /// Creates a session for a signed-in user and issues its first tokens.
