@@ -244,3 +244,40 @@ macro_rules! both {
         }
     };
 }
+
+/// Everything the servers in this test binary log (all tests share it), so
+/// tests can assert that no secret ever reaches a log line.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.get_or_init(init_logs).lock()).into_owned()
+}
+
+/// Installs the capturing subscriber (idempotent); call before starting servers.
+pub fn capture_logs() {
+    LOGS.get_or_init(init_logs);
+}
+
+static LOGS: std::sync::OnceLock<Arc<parking_lot::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+#[derive(Clone)]
+struct LogWriter(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() -> Arc<parking_lot::Mutex<Vec<u8>>> {
+    let buf = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let writer = LogWriter(buf.clone());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("debug,sqlx=info,hyper=info,h2=info,reqwest=info"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init();
+    buf
+}

@@ -6,8 +6,13 @@
 
 mod harness;
 
+mod admin;
 mod graphiql;
+mod mfa;
+mod hygiene;
 mod platform;
+mod rls;
 mod schema;
 mod smoke;
 mod supervision;
+mod tokens;

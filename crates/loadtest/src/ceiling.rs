@@ -18,7 +18,11 @@ pub struct Ceiling {
 
 /// Hashes on `threads` OS threads for about `duration`. Blocking: call it
 /// from `spawn_blocking` (or outside the runtime).
-pub fn measure(params: Argon2Params, threads: usize, duration: Duration) -> anyhow::Result<Ceiling> {
+pub fn measure(
+    params: Argon2Params,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<Ceiling> {
     let threads = threads.max(1);
     let barrier = Barrier::new(threads);
     let per_thread: Vec<anyhow::Result<(u64, Duration)>> = std::thread::scope(|scope| {
@@ -42,7 +46,10 @@ pub fn measure(params: Argon2Params, threads: usize, duration: Duration) -> anyh
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a hashing thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a hashing thread panicked")))
+            })
             .collect()
     });
     let mut hashes = 0;
@@ -63,7 +70,11 @@ mod tests {
 
     #[test]
     fn cheap_parameters_hash_many_times_a_second() {
-        let params = Argon2Params { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let params = Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
         let c = measure(params, 2, Duration::from_millis(200)).unwrap();
         assert!(c.hashes > 2, "{c:?}");
         assert!(c.per_sec > 10.0, "{c:?}");

@@ -62,7 +62,14 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: usize, tenant: usize) -> Self {
-        Self { id, tenant, users: Vec::new(), next_user: 0, seq: 0, tokens: None }
+        Self {
+            id,
+            tenant,
+            users: Vec::new(),
+            next_user: 0,
+            seq: 0,
+            tokens: None,
+        }
     }
 
     /// The user to log in as next: one of ours, else one of the tenant's.
@@ -82,8 +89,14 @@ impl Worker {
     }
 
     async fn relogin(&mut self, shared: &Shared) -> bool {
-        let Some(email) = self.next_login(shared) else { return false };
-        match shared.api.login(&shared.slugs[self.tenant], &email, &shared.password).await {
+        let Some(email) = self.next_login(shared) else {
+            return false;
+        };
+        match shared
+            .api
+            .login(&shared.slugs[self.tenant], &email, &shared.password)
+            .await
+        {
             Ok(t) => {
                 self.tokens = Some(t);
                 true
@@ -94,7 +107,12 @@ impl Worker {
 
     /// Requests until `deadline`; a request started before it is finished
     /// and counted.
-    async fn run(mut self, shared: Arc<Shared>, phase: Phase, deadline: Instant) -> (Worker, Samples) {
+    async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        phase: Phase,
+        deadline: Instant,
+    ) -> (Worker, Samples) {
         let mut samples = Samples::default();
         let slug = shared.slugs[self.tenant].clone();
         while Instant::now() < deadline {
@@ -114,14 +132,22 @@ impl Worker {
                         samples.error("NO_USERS");
                         break;
                     };
-                    shared.api.login(&slug, &email, &shared.password).await.map(|t| self.tokens = Some(t))
+                    shared
+                        .api
+                        .login(&slug, &email, &shared.password)
+                        .await
+                        .map(|t| self.tokens = Some(t))
                 }
                 Phase::Refresh => {
                     let Some(current) = self.tokens.as_ref().map(|t| t.refresh.clone()) else {
                         samples.error("NO_TOKENS");
                         break;
                     };
-                    shared.api.refresh(&slug, &current).await.map(|t| self.tokens = Some(t))
+                    shared
+                        .api
+                        .refresh(&slug, &current)
+                        .await
+                        .map(|t| self.tokens = Some(t))
                 }
                 Phase::Me => {
                     let Some(access) = self.tokens.as_ref().map(|t| t.access.clone()) else {

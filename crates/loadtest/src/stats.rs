@@ -19,7 +19,8 @@ pub struct Samples {
 
 impl Samples {
     pub fn ok(&mut self, latency: Duration) {
-        self.ok_micros.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        self.ok_micros
+            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 
     pub fn error(&mut self, code: &str) {
@@ -40,7 +41,6 @@ pub struct Summary {
     pub name: String,
     pub ok: u64,
     pub errors: BTreeMap<String, u64>,
-    pub elapsed: Duration,
     /// Successful requests per second of wall time.
     pub per_sec: f64,
     pub p50_ms: f64,
@@ -76,7 +76,6 @@ impl Summary {
             p99_ms: ms(percentile(sorted, 0.99)),
             max_ms: ms(sorted.last().copied()),
             errors: samples.errors,
-            elapsed,
         }
     }
 
@@ -107,7 +106,11 @@ impl Summary {
         if self.errors.is_empty() {
             return "-".into();
         }
-        self.errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
+        self.errors
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

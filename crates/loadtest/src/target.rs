@@ -32,7 +32,8 @@ impl Target {
     /// comes from the environment as for `authd serve`, so `DATABASE_URL` and
     /// `REDIS_URL` there put the spawned server on Postgres and Redis.
     pub async fn spawn(argon2: Argon2Params, hash_threads: usize) -> anyhow::Result<Self> {
-        let data_dir = std::env::temp_dir().join(format!("authd-load-{}", uuid::Uuid::new_v4().simple()));
+        let data_dir =
+            std::env::temp_dir().join(format!("authd-load-{}", uuid::Uuid::new_v4().simple()));
         let overrides: HashMap<&'static str, String> = [
             ("AUTHD_LISTEN", "127.0.0.1:0".to_owned()),
             ("AUTHD_PUBLIC_URL", "http://127.0.0.1".to_owned()),
@@ -47,16 +48,25 @@ impl Target {
         ]
         .into_iter()
         .collect();
-        let config = Config::from_lookup(|k| overrides.get(k).cloned().or_else(|| std::env::var(k).ok()))
-            .context("configuration of the spawned server")?;
+        let config =
+            Config::from_lookup(|k| overrides.get(k).cloned().or_else(|| std::env::var(k).ok()))
+                .context("configuration of the spawned server")?;
         let storage = match &config.storage {
             Storage::Postgres { .. } => "Postgres",
             Storage::Embedded => "embedded SQLite",
         };
-        let tokens = if config.redis_url.is_some() { "Redis" } else { "in-process token store" };
-        let running = authd::start(config).await.context("cannot start the in-process server")?;
+        let tokens = if config.redis_url.is_some() {
+            "Redis"
+        } else {
+            "in-process token store"
+        };
+        let running = authd::start(config)
+            .await
+            .context("cannot start the in-process server")?;
         let url = format!("http://{}", running.addr);
-        let platform_url = running.admin_addr.map_or_else(|| url.clone(), |a| format!("http://{a}"));
+        let platform_url = running
+            .admin_addr
+            .map_or_else(|| url.clone(), |a| format!("http://{a}"));
         let platform_token = running.platform_token().expose_secret().to_owned();
         Ok(Self {
             description: format!("in-process authd at {url} ({storage} + {tokens})"),
@@ -69,9 +79,16 @@ impl Target {
 
     /// An external server. The platform token comes from the flag, else the
     /// file, else the embedded default's `./authd-data/platform-token`.
-    pub fn external(url: &str, platform_url: Option<&str>, token: Option<String>, token_file: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn external(
+        url: &str,
+        platform_url: Option<&str>,
+        token: Option<String>,
+        token_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         if !url.starts_with("http://") {
-            bail!("--url must be an http:// URL (this tool speaks plain HTTP; put it next to the server, not behind TLS)");
+            bail!(
+                "--url must be an http:// URL (this tool speaks plain HTTP; put it next to the server, not behind TLS)"
+            );
         }
         let platform_token = match (token, token_file) {
             (Some(t), _) => t,
@@ -79,7 +96,9 @@ impl Target {
             (None, None) => {
                 let default = Path::new("authd-data/platform-token");
                 if !default.exists() {
-                    bail!("give the platform token: --platform-token, --platform-token-file or AUTHD_PLATFORM_TOKEN");
+                    bail!(
+                        "give the platform token: --platform-token, --platform-token-file or AUTHD_PLATFORM_TOKEN"
+                    );
                 }
                 read_token(default)?
             }
@@ -87,7 +106,8 @@ impl Target {
         let url = url.trim_end_matches('/').to_owned();
         Ok(Self {
             description: format!("external authd at {url}"),
-            platform_url: platform_url.map_or_else(|| url.clone(), |p| p.trim_end_matches('/').to_owned()),
+            platform_url: platform_url
+                .map_or_else(|| url.clone(), |p| p.trim_end_matches('/').to_owned()),
             url,
             platform_token,
             spawned: None,
@@ -108,6 +128,7 @@ impl Target {
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read the platform token from {}", path.display()))?;
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the platform token from {}", path.display()))?;
     Ok(token.trim().to_owned())
 }
