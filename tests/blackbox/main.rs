@@ -7,6 +7,7 @@
 mod harness;
 
 mod admin;
+mod audit;
 mod graphiql;
 mod mfa;
 mod hygiene;
