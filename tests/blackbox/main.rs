@@ -11,6 +11,7 @@ mod audit;
 mod graphiql;
 mod mfa;
 mod hygiene;
+mod limits;
 mod platform;
 mod rls;
 mod schema;

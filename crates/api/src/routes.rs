@@ -167,6 +167,10 @@ async fn tenant_graphql(
         Err(Error::BadInput { .. }) => return error_response(Error::bad_input("tenant", "not a valid tenant slug")),
         Err(e) => return error_response(e),
     };
+    // The tenant-wide quota: one tenant cannot exhaust the platform (429 + Retry-After).
+    if let Err(e) = rt.check_quota() {
+        return error_response(e);
+    }
     let request = match parse_request(&headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,

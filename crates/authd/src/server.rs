@@ -137,7 +137,16 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
     let keyring = Arc::new(master_keyring(config)?);
     let hasher = HashPool::new(config.hash_threads, config.hash_queue_per_tenant)?;
     let audit = AuditSink::start(store.clone());
-    Ok(Arc::new(Deps { store, tokens, keyring, hasher, audit, config: tenancy_config(config) }))
+    Ok(Arc::new(Deps {
+        store,
+        tokens,
+        keyring,
+        hasher,
+        audit,
+        config: tenancy_config(config),
+        clock: Default::default(),
+        fallback: authd_tenancy::limits::Fallback::new(config.replicas),
+    }))
 }
 
 /// A running server.

@@ -79,6 +79,7 @@ impl TenantCtx<'_> {
     // ------------------------------------------------------------ accounts
 
     pub async fn register(&self, email: &str, pw: &str, meta: &RequestMeta) -> Result<UserRecord> {
+        self.before_register(meta).await?;
         let email = Email::parse(email)?;
         let settings = self.snapshot().record.settings.clone();
         PasswordPolicy { min_length: settings.password_min_length as usize }.check(pw)?;
@@ -102,7 +103,7 @@ impl TenantCtx<'_> {
     }
 
     async fn hash(&self, pw: &str) -> Result<String> {
-        let params = self.deps.config.argon2.clone();
+        let params = self.deps.config.argon2;
         let pw = zeroize::Zeroizing::new(pw.to_owned());
         let phc = self
             .deps
@@ -120,7 +121,7 @@ impl TenantCtx<'_> {
     /// The dummy is resolved on the pool too: the first one is computed there,
     /// never on an async worker.
     async fn verify(&self, phc: Option<String>, pw: &str) -> Result<password::Verified> {
-        let params = self.deps.config.argon2.clone();
+        let params = self.deps.config.argon2;
         let pw = zeroize::Zeroizing::new(pw.to_owned());
         self.deps
             .hasher
@@ -150,6 +151,15 @@ impl TenantCtx<'_> {
         if pw.len() > MAX_PASSWORD_BYTES {
             return Err(Error::bad_input("password", "a password is at most 4096 bytes"));
         }
+        // Limits first: a refused attempt costs no hashing. Unknown emails
+        // count exactly like existing ones.
+        let account = crate::limits::account_key(self, email.as_str());
+        if let Err(e) = self.before_login(&account, meta).await {
+            if matches!(e, Error::RateLimited { .. }) {
+                self.audit_later(kinds::LOGIN_FAILED, meta, None, None, Some(serde_json::json!({ "reason": "rate_limited" })));
+            }
+            return Err(e);
+        }
         let user = self.deps.store.user_by_email(self.rt.id, email.as_str()).await?;
         let phc = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.verify(phc, pw).await?;
@@ -170,6 +180,7 @@ impl TenantCtx<'_> {
             return Err(Error::InvalidCredentials);
         }
         let Some(mut user) = user else { return Err(Error::InvalidCredentials) };
+        self.login_succeeded(&account, meta).await;
         if verified.needs_rehash {
             // Parameters were raised since this hash was made: upgrade it now
             // that we hold the password.
@@ -264,6 +275,10 @@ impl TenantCtx<'_> {
             return Err(Error::Unauthenticated);
         }
         let old = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh_token.as_bytes());
+        // Refresh calls per session: a live token names its session.
+        if let Some(session) = self.deps.tokens.session_by_refresh(self.rt.id, &old).await? {
+            self.before_refresh(session.id, meta).await?;
+        }
         let new_token = crypto::random_token(32);
         let new = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
         let now = Utc::now().timestamp();

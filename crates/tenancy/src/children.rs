@@ -101,6 +101,7 @@ impl Actor for RateLimiterActor {
 
     async fn pre_start(&self, _myself: ActorRef<RateMsg>, runtime: Arc<TenantRuntime>) -> Result<RateState, ActorProcessingErr> {
         let policy = runtime.snapshot().record.settings.rate_limits.clone();
+        runtime.update_quota(policy.tenant_requests_per_second);
         Ok(RateState { runtime, policy })
     }
 
@@ -108,6 +109,7 @@ impl Actor for RateLimiterActor {
         match msg {
             RateMsg::PolicyChanged => {
                 state.policy = state.runtime.snapshot().record.settings.rate_limits.clone();
+                state.runtime.update_quota(state.policy.tenant_requests_per_second);
             }
             #[cfg(feature = "testing")]
             RateMsg::Crash => {

@@ -26,6 +26,7 @@
 //! - [`auth`]: accounts, login, tokens and sessions.
 //! - [`admin`]: tenant-admin operations.
 //! - [`mfa`]: TOTP enrollment, MFA challenges and recovery codes.
+//! - [`limits`]: per-tenant rate limits and brute-force protection.
 //! - [`hashing`]: the fair password-hashing pool.
 //! - [`audit`]: audit events and their batched sink.
 //! - [`metrics`]: process-wide counters.
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod children;
 pub mod hashing;
 pub mod keyset;
+pub mod limits;
 pub mod metrics;
 pub mod mfa;
 pub mod platform;
@@ -93,6 +95,10 @@ pub struct Deps {
     pub hasher: hashing::HashPool,
     pub audit: audit::AuditSink,
     pub config: TenancyConfig,
+    /// The clock rate limits read (tests move it).
+    pub clock: limits::Clock,
+    /// In-process limits used while the token store is unreachable.
+    pub fallback: limits::Fallback,
 }
 
 impl TenancyConfig {

@@ -148,6 +148,7 @@ impl TenantCtx<'_> {
             Some(u) if !u.disabled => u,
             _ => return Err(Error::MfaInvalid),
         };
+        self.before_mfa(user.id, meta).await?;
         let method = self.accept_second_factor(&user, code, meta).await?;
         let Some(method) = method else {
             let _ = self.deps.tokens.count_attempt(self.rt.id, CHALLENGE_KIND, challenge_id, MAX_WRONG_CODES).await?;

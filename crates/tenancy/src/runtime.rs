@@ -27,10 +27,28 @@ pub struct TenantRuntime {
     last_used: AtomicI64,
     alive: AtomicBool,
     supervisor: parking_lot::RwLock<Option<ActorRef<TenantMsg>>>,
+    /// The tenant-wide request quota of this replica (a local governor the
+    /// `RateLimiterActor` rebuilds when the policy changes), so one tenant
+    /// cannot exhaust the platform.
+    quota: ArcSwap<Quota>,
+}
+
+/// A direct GCRA limiter and the rate it was built for.
+pub struct Quota {
+    per_second: u32,
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl Quota {
+    pub fn new(per_second: u32) -> Self {
+        let n = std::num::NonZeroU32::new(per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        Self { per_second, limiter: governor::RateLimiter::direct(governor::Quota::per_second(n)) }
+    }
 }
 
 impl TenantRuntime {
     pub(crate) fn new(snapshot: TenantSnapshot) -> Arc<Self> {
+        let snapshot_quota = snapshot.record.settings.rate_limits.tenant_requests_per_second;
         Arc::new(Self {
             id: snapshot.record.id,
             slug: snapshot.record.slug.clone(),
@@ -38,6 +56,7 @@ impl TenantRuntime {
             last_used: AtomicI64::new(now_millis()),
             alive: AtomicBool::new(true),
             supervisor: parking_lot::RwLock::new(None),
+            quota: ArcSwap::from_pointee(Quota::new(snapshot_quota)),
         })
     }
 
@@ -71,6 +90,28 @@ impl TenantRuntime {
 
     pub fn supervisor(&self) -> Option<ActorRef<TenantMsg>> {
         self.supervisor.read().clone()
+    }
+
+    /// Counts one request against the tenant's quota on this replica;
+    /// `RATE_LIMITED` when it is spent.
+    pub fn check_quota(&self) -> authd_core::Result<()> {
+        let quota = self.quota.load();
+        match quota.limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                use governor::clock::Clock;
+                let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+                crate::metrics::RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
+                Err(authd_core::Error::RateLimited { retry_after: wait.as_millis().div_ceil(1000).max(1) as u64 })
+            }
+        }
+    }
+
+    /// Rebuilds the quota if the policy's rate changed (the rate limiter actor calls this).
+    pub(crate) fn update_quota(&self, per_second: u32) {
+        if self.quota.load().per_second != per_second {
+            self.quota.store(Arc::new(Quota::new(per_second)));
+        }
     }
 }
 
