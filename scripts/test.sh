@@ -585,6 +585,10 @@ if [[ $SETUP_ONLY -eq 1 ]]; then
   exit 0
 fi
 
+# The Helm chart and the Dockerfile, offline (pinned helm binaries and
+# kubernetes-validate are fetched once into target/test-env).
+bash scripts/check-helm.sh
+
 have cargo || die "cargo not found (install Rust with rustup)"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
@@ -603,3 +607,6 @@ fi
 # hold it and block the next run.
 step "cargo test --workspace --all-targets ${CARGO_TEST_ARGS[*]}"
 cargo test --workspace --all-targets "${CARGO_TEST_ARGS[@]}" 9>&-
+
+# The container image's runtime contract, on the binary cargo test just built.
+bash scripts/check-runtime.sh 9>&-

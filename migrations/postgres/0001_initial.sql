@@ -165,8 +165,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON users, signing_keys, recovery_codes, oau
 GRANT SELECT, INSERT ON audit_events TO authd_app;
 
 -- Retention is the only way events leave (besides tenant deletion): a
--- function owned by the migration role, limited to one tenant and to events
--- older than the given time.
+-- function owned by the migration role, limited to the transaction's own
+-- tenant (it refuses any other, so the service cannot purge a tenant it is
+-- not acting for) and to events older than the given time.
 CREATE FUNCTION authd_purge_audit_events(p_tenant uuid, p_before timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -176,7 +177,10 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    IF p_tenant IS DISTINCT FROM NULLIF(current_setting('app.tenant_id', true), '')::uuid THEN
+        RAISE EXCEPTION 'authd_purge_audit_events: tenant % is not the transaction''s tenant', p_tenant
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     DELETE FROM audit_events WHERE tenant_id = p_tenant AND at < p_before;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;

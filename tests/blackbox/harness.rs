@@ -275,7 +275,9 @@ fn init_logs() -> Arc<parking_lot::Mutex<Vec<u8>>> {
     let buf = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let writer = LogWriter(buf.clone());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("debug,sqlx=info,hyper=info,h2=info,reqwest=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,authd=debug,authd_api=debug,authd_tenancy=debug,authd_store=debug,authd_tokens=debug,authd_core=debug,audit=info",
+        ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .try_init();

@@ -9,6 +9,7 @@ mod harness;
 mod admin;
 mod audit;
 mod graphiql;
+mod helm;
 mod mfa;
 mod hygiene;
 mod limits;

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use crate::both;
 use crate::harness::{self, Backend, TestServer, code};
 
-const CREATE: &str = "mutation($i: CreateTenantInput!) { createTenant(input: $i) { id slug name issuer disabled createdAt } }";
+const CREATE: &str =
+    "mutation($i: CreateTenantInput!) { createTenant(input: $i) { id slug name issuer disabled createdAt } }";
 const PASSWORD: &str = "correct horse battery staple";
 
 async fn create(s: &TestServer, slug: &str, name: &str, email: &str, password: &str) -> Value {
@@ -98,11 +99,13 @@ pub(crate) async fn owned_rows(s: &TestServer, tenant: TenantId) -> BTreeMap<Str
         Backend::Production => {
             let mut conn = sqlx::PgConnection::connect(s.database_url.as_deref().unwrap()).await.unwrap();
             for t in crate::rls::tenant_owned_tables(&mut conn).await {
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{t}\" WHERE tenant_id = $1")))
-                    .bind(tenant.0)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM \"{t}\" WHERE tenant_id = $1"
+                )))
+                .bind(tenant.0)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
                 out.insert(t, n);
             }
         }
@@ -118,11 +121,13 @@ pub(crate) async fn owned_rows(s: &TestServer, tenant: TenantId) -> BTreeMap<Str
             .unwrap();
             assert!(tables.len() >= 3, "tenant-owned tables not found: {tables:?}");
             for t in tables {
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{t}\" WHERE tenant_id = ?1")))
-                    .bind(tenant.to_string())
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT count(*) FROM \"{t}\" WHERE tenant_id = ?1"
+                )))
+                .bind(tenant.to_string())
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
                 out.insert(t, n);
             }
         }
@@ -154,7 +159,8 @@ async fn create_tenant_creates_admin_and_first_key(backend: Backend) {
     assert_eq!(tokens["user"]["email"], "admin@acme.example.com");
     let access = tokens["accessToken"].as_str().unwrap();
     let users = s.gql("acme", Some(access), "{ users { edges { node { id email role } } } }", json!({})).await;
-    let edges = users["data"]["users"]["edges"].as_array().unwrap_or_else(|| panic!("admin cannot list users: {users}"));
+    let edges =
+        users["data"]["users"]["edges"].as_array().unwrap_or_else(|| panic!("admin cannot list users: {users}"));
     assert_eq!(edges.len(), 1, "{users}");
     assert_eq!(edges[0]["node"]["role"], "ADMIN");
     let admin_id = edges[0]["node"]["id"].as_str().unwrap().to_owned();
@@ -169,7 +175,12 @@ async fn create_tenant_creates_admin_and_first_key(backend: Backend) {
 
     // The tenant's own audit log records the admin's creation...
     let events = s
-        .gql("acme", Some(access), "{ auditEvents(type: \"user.registered\") { edges { node { type subjectId } } } }", json!({}))
+        .gql(
+            "acme",
+            Some(access),
+            "{ auditEvents(type: \"user.registered\") { edges { node { type subjectId } } } }",
+            json!({}),
+        )
         .await;
     let events = events["data"]["auditEvents"]["edges"].as_array().unwrap_or_else(|| panic!("{events}"));
     assert_eq!(events.len(), 1);
@@ -189,7 +200,10 @@ async fn create_tenant_creates_admin_and_first_key(backend: Backend) {
     assert_eq!(rows["signing_keys"], 1, "{rows:?}");
     assert!(rows["audit_events"] >= 1, "{rows:?}");
 }
-both!(create_tenant_creates_the_tenant_its_first_admin_and_its_first_signing_key, create_tenant_creates_admin_and_first_key);
+both!(
+    create_tenant_creates_the_tenant_its_first_admin_and_its_first_signing_key,
+    create_tenant_creates_admin_and_first_key
+);
 
 // ------------------------------------------------------------------ read
 
@@ -202,7 +216,8 @@ async fn tenants_pagination(backend: Backend) {
              pageInfo { hasNextPage hasPreviousPage endCursor } } }";
     let page1 = s.platform(q, json!({ "a": null })).await;
     let conn = &page1["data"]["tenants"];
-    let slugs: Vec<&str> = conn["edges"].as_array().unwrap().iter().map(|e| e["node"]["slug"].as_str().unwrap()).collect();
+    let slugs: Vec<&str> =
+        conn["edges"].as_array().unwrap().iter().map(|e| e["node"]["slug"].as_str().unwrap()).collect();
     assert_eq!(slugs, ["first-one", "second-one"], "oldest first: {page1}");
     assert_eq!(conn["pageInfo"]["hasNextPage"], true, "{page1}");
     let end = conn["pageInfo"]["endCursor"].as_str().unwrap().to_owned();
@@ -210,7 +225,8 @@ async fn tenants_pagination(backend: Backend) {
 
     let page2 = s.platform(q, json!({ "a": end })).await;
     let conn = &page2["data"]["tenants"];
-    let slugs: Vec<&str> = conn["edges"].as_array().unwrap().iter().map(|e| e["node"]["slug"].as_str().unwrap()).collect();
+    let slugs: Vec<&str> =
+        conn["edges"].as_array().unwrap().iter().map(|e| e["node"]["slug"].as_str().unwrap()).collect();
     assert_eq!(slugs, ["third-one"], "{page2}");
     assert_eq!(conn["pageInfo"]["hasNextPage"], false, "{page2}");
     assert_eq!(conn["pageInfo"]["hasPreviousPage"], true, "{page2}");
@@ -222,7 +238,8 @@ async fn tenants_pagination(backend: Backend) {
 
     // A cursor that did not come from the API is bad input, not a crash.
     for bad in ["not a cursor", "bm90LWEtdXVpZA"] {
-        let body = s.platform("query($a: String) { tenants(after: $a) { edges { cursor } } }", json!({ "a": bad })).await;
+        let body =
+            s.platform("query($a: String) { tenants(after: $a) { edges { cursor } } }", json!({ "a": bad })).await;
         assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
         assert_eq!(field(&body), Some("after"), "{body}");
     }
@@ -369,7 +386,9 @@ both!(delete_tenant_removes_everything_it_owned_and_frees_the_slug, delete_tenan
 
 /// Token-store keys of `tenant` (Redis only; the in-process store has none to count).
 async fn redis_keys(s: &TestServer, tenant: TenantId) -> usize {
-    let Some(prefix) = &s.redis_prefix else { return 0 };
+    let Some(prefix) = &s.redis_prefix else {
+        return 0;
+    };
     let client = redis::Client::open(harness::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> =
@@ -415,7 +434,13 @@ async fn platform_token_required(backend: Backend) {
         assert!(body["data"].is_null());
     }
     // Queries are refused too, and none of the mutations above did anything.
-    let resp = s.http.post(format!("{}/graphql", s.url)).json(&json!({ "query": "{ tenants { edges { cursor } } }" })).send().await.unwrap();
+    let resp = s
+        .http
+        .post(format!("{}/graphql", s.url))
+        .json(&json!({ "query": "{ tenants { edges { cursor } } }" }))
+        .send()
+        .await
+        .unwrap();
     let read: Value = resp.json().await.unwrap();
     assert_eq!(code(&read), Some("UNAUTHENTICATED"), "{read}");
     assert_eq!(tenant_slugs(&s).await, ["token-test"]);
@@ -716,7 +741,13 @@ async fn readyz_turns_503_while_postgres_does_not_answer() {
     proxy.stop();
     assert_eq!(readyz_status(&s).await, 503);
     assert_eq!(get(&s, "/healthz").await.status().as_u16(), 200, "liveness does not depend on storage");
-    let resp = s.http.post(format!("{}/t/never-loaded/graphql", s.url)).json(&json!({ "query": "{ __typename }" })).send().await.unwrap();
+    let resp = s
+        .http
+        .post(format!("{}/t/never-loaded/graphql", s.url))
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
     let body: Value = serde_json::from_str(&text).unwrap();

@@ -14,7 +14,7 @@ use authd_store::{AuditEvent, AuditFilter, UserChange};
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::both;
-use crate::harness::{Backend, TestServer, Tenant};
+use crate::harness::{Backend, Tenant, TestServer};
 
 /// Tables in `public` whose primary key leads with `tenant_id`.
 pub(crate) async fn tenant_owned_tables(conn: &mut PgConnection) -> Vec<String> {
@@ -66,7 +66,11 @@ async fn attempt(
 ) -> Result<u64, (String, String)> {
     let mut tx = conn.begin().await.unwrap();
     if let Some(t) = tenant {
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(t.to_string()).execute(&mut *tx).await.unwrap();
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(t.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
     }
     let mut query = sqlx::query(sql(statement.to_owned()));
     if let Some(b) = bind {
@@ -94,7 +98,9 @@ fn value_for(table: &str, column: &str, ty: &str) -> String {
         "bytea" => "'\\x00'::bytea".into(),
         "inet" => "'127.0.0.1'::inet".into(),
         t if t.ends_with("[]") => format!("'{{}}'::{t}"),
-        other => panic!("{table}.{column} has type {other}: teach rls.rs's value_for to fabricate one"),
+        other => {
+            panic!("{table}.{column} has type {other}: teach rls.rs's value_for to fabricate one")
+        }
     }
 }
 
@@ -167,10 +173,13 @@ async fn fabricate_row(su: &mut PgConnection, table: &str, tenant: &TenantId) {
 
 /// One row of `table` owned by `tenant`, as JSON (superuser).
 async fn row_json(su: &mut PgConnection, table: &str, tenant: &TenantId) -> String {
-    sqlx::query_scalar(sql(format!("SELECT row_to_json(x)::text FROM {} x WHERE tenant_id = '{tenant}' LIMIT 1", q(table))))
-        .fetch_one(su)
-        .await
-        .unwrap()
+    sqlx::query_scalar(sql(format!(
+        "SELECT row_to_json(x)::text FROM {} x WHERE tenant_id = '{tenant}' LIMIT 1",
+        q(table)
+    )))
+    .fetch_one(su)
+    .await
+    .unwrap()
 }
 
 async fn app_can(su: &mut PgConnection, table: &str, privilege: &str) -> bool {
@@ -212,10 +221,12 @@ async fn application_role_sees_and_writes_only_the_current_tenants_rows_in_every
     }
 
     // The role: owns nothing, bypasses nothing.
-    let role = sqlx::query("SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'authd_app'")
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
+    let role = sqlx::query(
+        "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'authd_app'",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
     for flag in ["rolsuper", "rolbypassrls", "rolcreaterole", "rolcreatedb"] {
         assert!(!role.get::<bool, _>(flag), "authd_app has {flag}");
     }
@@ -278,7 +289,8 @@ async fn application_role_sees_and_writes_only_the_current_tenants_rows_in_every
                 .unwrap();
         let guarded = |e: &Option<String>| e.as_deref().is_some_and(|e| e.contains("app.tenant_id"));
         if policies.is_empty() || !policies.iter().all(|(using, check)| guarded(using) && guarded(check)) {
-            failures.push(format!("{t}: policies do not all read app.tenant_id for USING and WITH CHECK: {policies:?}"));
+            failures
+                .push(format!("{t}: policies do not all read app.tenant_id for USING and WITH CHECK: {policies:?}"));
         }
 
         // No tenant set on a fresh connection: nothing, and no error.
@@ -290,8 +302,13 @@ async fn application_role_sees_and_writes_only_the_current_tenants_rows_in_every
 
         // Tenant A set: a query that forgets its filter sees A's rows only.
         let mut tx = app.begin().await.unwrap();
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(ta.to_string()).execute(&mut *tx).await.unwrap();
-        let seen: i64 = sqlx::query_scalar(sql(format!("SELECT count(*) FROM {table}"))).fetch_one(&mut *tx).await.unwrap();
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(ta.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let seen: i64 =
+            sqlx::query_scalar(sql(format!("SELECT count(*) FROM {table}"))).fetch_one(&mut *tx).await.unwrap();
         let seen_b: i64 = sqlx::query_scalar(sql(format!("SELECT count(*) FROM {table} WHERE tenant_id = '{tb}'")))
             .fetch_one(&mut *tx)
             .await
@@ -304,7 +321,8 @@ async fn application_role_sees_and_writes_only_the_current_tenants_rows_in_every
         // The setting was transaction-local: the next transaction on the
         // same connection sees nothing, without an error.
         let mut tx = app.begin().await.unwrap();
-        let after: Result<i64, _> = sqlx::query_scalar(sql(format!("SELECT count(*) FROM {table}"))).fetch_one(&mut *tx).await;
+        let after: Result<i64, _> =
+            sqlx::query_scalar(sql(format!("SELECT count(*) FROM {table}"))).fetch_one(&mut *tx).await;
         tx.commit().await.unwrap();
         match after {
             Ok(0) => {}
@@ -396,7 +414,6 @@ async fn application_role_may_only_append_and_read_audit_events() {
 /// The retention function runs as its owner, past the application role's
 /// restrictions; with tenant A set it must not be usable to purge B's events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a forward migration: authd_purge_audit_events must refuse a tenant other than app.tenant_id (see the issue-2 test report)"]
 async fn retention_purge_cannot_reach_another_tenants_events() {
     let s = TestServer::start(Backend::Production).await;
     let (a, b) = seed_two_tenants(&s).await;
@@ -409,7 +426,8 @@ async fn retention_purge_cannot_reach_another_tenants_events() {
     // Whether the call fails or deletes nothing, B's events must all remain.
     let mut tx = app.begin().await.unwrap();
     sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(ta.to_string()).execute(&mut *tx).await.unwrap();
-    let _ = sqlx::query("SELECT authd_purge_audit_events($1, now() + interval '1 day')").bind(tb.0).execute(&mut *tx).await;
+    let _ =
+        sqlx::query("SELECT authd_purge_audit_events($1, now() + interval '1 day')").bind(tb.0).execute(&mut *tx).await;
     let _ = tx.commit().await;
     assert_eq!(count(&mut su, "audit_events", Some(&tb)).await, before, "A's transaction purged B's audit events");
 }
@@ -472,4 +490,3 @@ async fn store_reads_are_tenant_scoped(backend: Backend) {
     assert_eq!(b_after.len(), b_events.len(), "purging A's events removed some of B's");
 }
 both!(store_reads_for_one_tenant_never_return_another_tenants_rows, store_reads_are_tenant_scoped);
-

@@ -50,10 +50,10 @@ impl<T> GqlResult<T> for Result<T, Error> {
 pub fn error_body(e: Error) -> serde_json::Value {
     let err = to_graphql(e);
     let mut ext = serde_json::Map::new();
-    if let Some(extensions) = err.extensions {
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&extensions) {
-            ext = map;
-        }
+    if let Some(extensions) = err.extensions
+        && let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&extensions)
+    {
+        ext = map;
     }
     serde_json::json!({ "errors": [{ "message": err.message, "extensions": ext }] })
 }

@@ -3,12 +3,14 @@
 //! in size, depth, complexity and aliases. Every error leaves with a contract
 //! code.
 
+use std::collections::{HashMap, HashSet};
+
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{ObjectType, Request, Schema, SubscriptionType};
+use authd_core::Error;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use authd_core::Error;
 
 use crate::errors::error_body;
 
@@ -25,7 +27,10 @@ fn reject(status: StatusCode, e: Error) -> Response {
     (status, axum::Json(error_body(e))).into_response()
 }
 
-/// Parses a GraphQL POST body, refusing what the contract refuses.
+/// Parses a GraphQL POST body, refusing what the contract refuses. The
+/// refusal is the finished HTTP response (large, but built only on the
+/// refused path, so boxing it would buy nothing).
+#[allow(clippy::result_large_err)]
 pub fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<Request, Response> {
     let json_content = headers
         .get(header::CONTENT_TYPE)
@@ -51,30 +56,112 @@ pub fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<Request, Respo
         reject(StatusCode::BAD_REQUEST, Error::bad_input_msg(None, "the body is not a GraphQL request"))
     })?;
     if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
-        if count_aliases(&doc) > MAX_ALIASES {
+        let size = expanded_size(&doc);
+        if size.aliases > MAX_ALIASES {
             return Err(reject(
                 StatusCode::BAD_REQUEST,
                 Error::bad_input_msg(None, format!("a document may use at most {MAX_ALIASES} aliases")),
+            ));
+        }
+        if size.fields > MAX_COMPLEXITY {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                Error::bad_input_msg(None, format!("a document may select at most {MAX_COMPLEXITY} fields")),
+            ));
+        }
+        if size.depth > MAX_DEPTH {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                Error::bad_input_msg(None, format!("a document may nest at most {MAX_DEPTH} fields deep")),
             ));
         }
     }
     Ok(request)
 }
 
-fn count_aliases(doc: &ExecutableDocument) -> usize {
-    fn walk(set: &SelectionSet) -> usize {
-        set.items
-            .iter()
-            .map(|s| match &s.node {
-                Selection::Field(f) => usize::from(f.node.alias.is_some()) + walk(&f.node.selection_set.node),
-                Selection::InlineFragment(f) => walk(&f.node.selection_set.node),
-                Selection::FragmentSpread(_) => 0,
-            })
-            .sum()
+/// What a document amounts to once every fragment spread is expanded.
+#[derive(Clone, Copy, Default)]
+struct Size {
+    fields: usize,
+    aliases: usize,
+    /// Fields on the longest path from the operation down.
+    depth: usize,
+}
+
+impl Size {
+    /// Selections side by side: counts add up, depth is the deeper one's.
+    fn add(self, other: Size) -> Size {
+        Size {
+            fields: self.fields.saturating_add(other.fields),
+            aliases: self.aliases.saturating_add(other.aliases),
+            depth: self.depth.max(other.depth),
+        }
     }
-    let ops: usize = doc.operations.iter().map(|(_, op)| walk(&op.node.selection_set.node)).sum();
-    let frags: usize = doc.fragments.values().map(|f| walk(&f.node.selection_set.node)).sum();
-    ops + frags
+}
+
+/// Counts field selections and aliases with each fragment counted as often
+/// as it is spread, and depth through fragments. async-graphql's own limits
+/// do not: its complexity does not multiply a fragment by its spreads, so a
+/// "fragment bomb" (each fragment spreading the next one a dozen times) of a
+/// few hundred bytes would otherwise cost minutes of validation and
+/// execution, and its depth limit stops at a fragment spread, so nesting
+/// through fragments reached its recursion limit (32) instead of
+/// `MAX_DEPTH`. Fragments are sized once each (memoized), so this walk is
+/// linear in the document; nesting (through fields, inline fragments and
+/// chains of spreads) deeper than `MAX_NESTING` counts as too big rather
+/// than risking the stack.
+fn expanded_size(doc: &ExecutableDocument) -> Size {
+    const MAX_NESTING: usize = 128;
+    const TOO_BIG: Size = Size { fields: usize::MAX, aliases: 0, depth: usize::MAX };
+    struct Walk<'a> {
+        doc: &'a ExecutableDocument,
+        sized: HashMap<&'a str, Size>,
+        visiting: HashSet<&'a str>,
+        nesting: usize,
+    }
+    impl<'a> Walk<'a> {
+        fn set(&mut self, set: &'a SelectionSet) -> Size {
+            if self.nesting >= MAX_NESTING {
+                return TOO_BIG;
+            }
+            self.nesting += 1;
+            let size = set.items.iter().fold(Size::default(), |total, s| {
+                let size = match &s.node {
+                    Selection::Field(f) => {
+                        let inner = self.set(&f.node.selection_set.node);
+                        Size {
+                            fields: inner.fields.saturating_add(1),
+                            aliases: inner.aliases.saturating_add(usize::from(f.node.alias.is_some())),
+                            depth: inner.depth.saturating_add(1),
+                        }
+                    }
+                    Selection::InlineFragment(f) => self.set(&f.node.selection_set.node),
+                    Selection::FragmentSpread(f) => self.fragment(f.node.fragment_name.node.as_str()),
+                };
+                total.add(size)
+            });
+            self.nesting -= 1;
+            size
+        }
+        fn fragment(&mut self, name: &'a str) -> Size {
+            if let Some(size) = self.sized.get(name) {
+                return *size;
+            }
+            // A cycle is invalid and validation reports it; it adds nothing here.
+            if !self.visiting.insert(name) {
+                return Size::default();
+            }
+            let size = match self.doc.fragments.get(name) {
+                Some(f) => self.set(&f.node.selection_set.node),
+                None => Size::default(),
+            };
+            self.visiting.remove(name);
+            self.sized.insert(name, size);
+            size
+        }
+    }
+    let mut walk = Walk { doc, sized: HashMap::new(), visiting: HashSet::new(), nesting: 0 };
+    doc.operations.iter().fold(Size::default(), |total, (_, op)| total.add(walk.set(&op.node.selection_set.node)))
 }
 
 /// Executes one request and gives every error a contract code: errors that
@@ -99,7 +186,10 @@ where
 pub fn page_size(first: Option<i32>, default: i32) -> async_graphql::Result<u32> {
     let first = first.unwrap_or(default);
     if !(1..=MAX_PAGE).contains(&first) {
-        return Err(crate::errors::to_graphql(Error::bad_input("first", format!("first must be between 1 and {MAX_PAGE}"))));
+        return Err(crate::errors::to_graphql(Error::bad_input(
+            "first",
+            format!("first must be between 1 and {MAX_PAGE}"),
+        )));
     }
     Ok(u32::try_from(first).unwrap_or(50))
 }

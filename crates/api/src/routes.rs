@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use authd_core::{Error, ErrorCode};
+use authd_tenancy::audit::RequestMeta;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use authd_core::{Error, ErrorCode};
-use authd_tenancy::audit::RequestMeta;
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
@@ -36,7 +36,8 @@ pub fn public_router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/graphiql-assets/{file}", get(asset));
     if state.config.platform_on_public {
-        router = router.route("/graphql", get(platform_graphiql).post(platform_graphql)).route("/metrics", get(metrics));
+        router =
+            router.route("/graphql", get(platform_graphiql).post(platform_graphql)).route("/metrics", get(metrics));
     }
     let limit = state.config.max_body_bytes;
     router.layer(DefaultBodyLimit::max(limit)).with_state(state)
@@ -74,10 +75,10 @@ fn error_response(e: Error) -> Response {
         _ => None,
     };
     let mut resp = (status, axum::Json(error_body(e))).into_response();
-    if let Some(secs) = retry {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+    if let Some(secs) = retry
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
 }
@@ -100,9 +101,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let deps = &state.platform.deps;
-    let check = async { tokio::try_join!(async { deps.store.ping().await.map_err(|e| e.to_string()) }, async {
-        deps.tokens.ping().await.map_err(|e| e.to_string())
-    }) };
+    let check = async {
+        tokio::try_join!(async { deps.store.ping().await.map_err(|e| e.to_string()) }, async {
+            deps.tokens.ping().await.map_err(|e| e.to_string())
+        })
+    };
     match tokio::time::timeout(Duration::from_secs(2), check).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
         Ok(Err(e)) => {
@@ -142,7 +145,7 @@ async fn tenant_preflight(State(state): State<AppState>, Path(tenant): Path<Stri
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let Some(origin) = client::origin(&headers) else { return resp };
     let Ok(rt) = state.platform.tenant(&tenant).await else { return resp };
-    if rt.snapshot().record.settings.allowed_origins.iter().any(|o| *o == origin) {
+    if rt.snapshot().record.settings.allowed_origins.contains(&origin) {
         cors(&mut resp, &origin);
         let h = resp.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST"));
@@ -178,10 +181,8 @@ async fn tenant_graphql(
     let origin = client::origin(&headers);
     let settings = &rt.snapshot().record.settings;
     let origin_allowed = origin.as_ref().is_some_and(|o| settings.allowed_origins.iter().any(|a| a == o));
-    let cookie_mode = headers
-        .get("x-auth-mode")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("cookie"));
+    let cookie_mode =
+        headers.get("x-auth-mode").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("cookie"));
     let data = TenantRequest::new(
         state.platform.deps.clone(),
         rt,
@@ -288,16 +289,36 @@ async fn metrics(State(state): State<AppState>) -> Response {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     };
     family("authd_active_tenants", "gauge", "Tenant supervisors running.", state.platform.active_tenants() as u64);
-    family("authd_actor_restarts_total", "counter", "Tenant children restarted after a failure.", m::ACTOR_RESTARTS.load(Ordering::Relaxed));
+    family(
+        "authd_actor_restarts_total",
+        "counter",
+        "Tenant children restarted after a failure.",
+        m::ACTOR_RESTARTS.load(Ordering::Relaxed),
+    );
     family(
         "authd_password_verifications_total",
         "counter",
         "Argon2 verifications performed.",
         m::PASSWORD_VERIFICATIONS.load(Ordering::Relaxed),
     );
-    family("authd_password_hashes_total", "counter", "Argon2 hashes computed.", m::PASSWORD_HASHES.load(Ordering::Relaxed));
-    family("authd_hash_queue_depth", "gauge", "Hashing jobs waiting for a worker.", stats.queued.load(Ordering::Relaxed));
-    family("authd_hash_refused_total", "counter", "Hashing jobs refused (tenant queue full).", stats.refused.load(Ordering::Relaxed));
+    family(
+        "authd_password_hashes_total",
+        "counter",
+        "Argon2 hashes computed.",
+        m::PASSWORD_HASHES.load(Ordering::Relaxed),
+    );
+    family(
+        "authd_hash_queue_depth",
+        "gauge",
+        "Hashing jobs waiting for a worker.",
+        stats.queued.load(Ordering::Relaxed),
+    );
+    family(
+        "authd_hash_refused_total",
+        "counter",
+        "Hashing jobs refused (tenant queue full).",
+        stats.refused.load(Ordering::Relaxed),
+    );
     let mut resp = out.into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

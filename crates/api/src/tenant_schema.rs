@@ -617,6 +617,7 @@ impl TenantQuery {
     }
 
     /// Tenant admins: audit events, newest first.
+    #[allow(clippy::too_many_arguments)] // one per GraphQL argument
     async fn audit_events(
         &self,
         ctx: &Context<'_>,

@@ -88,6 +88,7 @@ fn admin_password() -> anyhow::Result<String> {
 }
 
 pub async fn tenant_create(config: &Config, slug: String, name: String, admin_email: String) -> anyhow::Result<()> {
+    config.require_production_secrets()?;
     let admin_password = admin_password()?;
     let deps = crate::server::build_deps(config).await?;
     let platform = authd_tenancy::Platform::start(deps).await?;

@@ -63,6 +63,8 @@ pub enum Storage {
 pub struct Config {
     pub listen: SocketAddr,
     pub public_url: String,
+    /// `AUTHD_PUBLIC_URL` was not set: it follows the bound address.
+    pub public_url_from_listen: bool,
     pub storage: Storage,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -161,6 +163,21 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 }
 
 impl Config {
+    /// Production storage needs its secrets from the environment: generating
+    /// them would give every replica a different key. (`authd migrate` needs
+    /// neither, so only the commands that serve or seal call this.)
+    pub fn require_production_secrets(&self) -> Result<(), ConfigError> {
+        if matches!(self.storage, Storage::Postgres { .. }) {
+            if self.master_key.is_none() {
+                return Err(err("AUTHD_MASTER_KEY", "required with DATABASE_URL (base64 of 32 random bytes)"));
+            }
+            if self.platform_token.is_none() {
+                return Err(err("AUTHD_PLATFORM_TOKEN", "required with DATABASE_URL"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -168,6 +185,7 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(get);
         let listen: SocketAddr = env.parse("AUTHD_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let public_url_from_listen = env.plain("AUTHD_PUBLIC_URL").is_none();
         let public_url = env.plain("AUTHD_PUBLIC_URL").unwrap_or_else(|| format!("http://{listen}"));
         match url::Url::parse(&public_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -186,9 +204,10 @@ impl Config {
             None => Storage::Embedded,
         };
         let redis_url = env.secret("REDIS_URL")?;
-        if let Some(url) = &redis_url {
+        if let Some(url) = redis_url.as_ref().filter(|u| !u.starts_with("redis+cluster://")) {
             for seed in url.split(',') {
-                let ok = url::Url::parse(seed.trim()).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"));
+                let ok = url::Url::parse(seed.trim())
+                    .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"));
                 if !ok {
                     return Err(err("REDIS_URL", format!("{} is not a redis:// URL", mask_url(seed.trim()))));
                 }
@@ -217,14 +236,6 @@ impl Config {
                 return Err(err("AUTHD_PLATFORM_TOKEN", "must be at least 32 characters"));
             }
         }
-        if matches!(storage, Storage::Postgres { .. }) {
-            if master_key.is_none() {
-                return Err(err("AUTHD_MASTER_KEY", "required with DATABASE_URL (base64 of 32 random bytes)"));
-            }
-            if platform_token.is_none() {
-                return Err(err("AUTHD_PLATFORM_TOKEN", "required with DATABASE_URL"));
-            }
-        }
         let admin_listen = match env.plain("AUTHD_ADMIN_LISTEN") {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| err("AUTHD_ADMIN_LISTEN", format!("cannot parse {v:?}")))?),
@@ -247,6 +258,7 @@ impl Config {
         Ok(Self {
             listen,
             public_url,
+            public_url_from_listen,
             storage,
             redis_url,
             redis_prefix,
@@ -294,13 +306,21 @@ mod tests {
             (vec![("AUTHD_LISTEN", "nonsense")], "AUTHD_LISTEN"),
             (vec![("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
             (vec![("AUTHD_MASTER_KEY", "c2hvcnQ=")], "AUTHD_MASTER_KEY"),
-            (vec![("DATABASE_URL", "postgres://localhost/x")], "AUTHD_MASTER_KEY"),
             (vec![("AUTHD_TRUSTED_PROXIES", "10.0.0.0/33")], "AUTHD_TRUSTED_PROXIES"),
             (vec![("REDIS_URL", "http://x")], "REDIS_URL"),
         ] {
             let e = cfg(&pairs).err().unwrap();
             assert_eq!(e.var, var, "{e}");
         }
+    }
+
+    #[test]
+    fn production_storage_requires_its_secrets_to_serve_but_not_to_migrate() {
+        let c = cfg(&[("DATABASE_URL", "postgres://localhost/x")]).unwrap();
+        assert_eq!(c.require_production_secrets().unwrap_err().var, "AUTHD_MASTER_KEY");
+        let key = authd_core::crypto::MasterKey::generate().to_base64();
+        let c = cfg(&[("DATABASE_URL", "postgres://localhost/x"), ("AUTHD_MASTER_KEY", &key)]).unwrap();
+        assert_eq!(c.require_production_secrets().unwrap_err().var, "AUTHD_PLATFORM_TOKEN");
     }
 
     #[test]

@@ -199,7 +199,16 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stop: watch::Rec
 }
 
 /// Starts the service: storage, token store, actor tree and listeners.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
+    config.require_production_secrets()?;
+    // Bind first: with port 0 the issuer must name the port actually bound.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow!("AUTHD_LISTEN: cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if config.public_url_from_listen {
+        config.public_url = format!("http://{addr}");
+    }
     tracing::info!(config = ?config, "starting authd");
     let deps = build_deps(&config).await?;
     let token = platform_token(&config)?;
@@ -211,10 +220,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_body_bytes: 64 * 1024,
     };
     let state = AppState::new(platform.clone(), api, token);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow!("AUTHD_LISTEN: cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(serve(listener, authd_api::public_router(state.clone()), shutdown_rx.clone()))];
     let mut admin_addr = None;

@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 const REGISTER: &str = "mutation($i: RegisterInput!) { register(input: $i) { id } }";
-const LOGIN: &str = "mutation($i: LoginInput!) { login(input: $i) { __typename ... on AuthTokens { accessToken refreshToken } } }";
-const REFRESH: &str =
-    "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";
+const LOGIN: &str =
+    "mutation($i: LoginInput!) { login(input: $i) { __typename ... on AuthTokens { accessToken refreshToken } } }";
+const REFRESH: &str = "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";
 const ME: &str = "query { me { id } }";
 
 /// An access token and the refresh token of the same session.
@@ -50,37 +50,17 @@ impl Api {
     }
 
     /// One GraphQL request; `Err` carries the error code.
-    async fn call(
-        &self,
-        url: &str,
-        bearer: Option<&str>,
-        query: &str,
-        variables: Value,
-    ) -> Result<Value, String> {
-        let mut req = self
-            .http
-            .post(url)
-            .json(&json!({ "query": query, "variables": variables }));
+    async fn call(&self, url: &str, bearer: Option<&str>, query: &str, variables: Value) -> Result<Value, String> {
+        let mut req = self.http.post(url).json(&json!({ "query": query, "variables": variables }));
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
-        let resp = req.send().await.map_err(|e| {
-            if e.is_timeout() {
-                "TIMEOUT".to_owned()
-            } else {
-                "TRANSPORT".to_owned()
-            }
-        })?;
+        let resp =
+            req.send().await.map_err(|e| if e.is_timeout() { "TIMEOUT".to_owned() } else { "TRANSPORT".to_owned() })?;
         let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .map_err(|_| format!("HTTP_{}", status.as_u16()))?;
+        let body: Value = resp.json().await.map_err(|_| format!("HTTP_{}", status.as_u16()))?;
         if let Some(first) = body.get("errors").and_then(|e| e.get(0)) {
-            let code = first
-                .pointer("/extensions/code")
-                .and_then(Value::as_str)
-                .unwrap_or("UNKNOWN");
+            let code = first.pointer("/extensions/code").and_then(Value::as_str).unwrap_or("UNKNOWN");
             return Err(code.to_owned());
         }
         if !status.is_success() {
@@ -95,9 +75,7 @@ impl Api {
 
     pub async fn register(&self, slug: &str, email: &str, password: &str) -> Result<(), String> {
         let vars = json!({ "i": { "email": email, "password": password } });
-        self.call(&self.tenant_url(slug), None, REGISTER, vars)
-            .await
-            .map(|_| ())
+        self.call(&self.tenant_url(slug), None, REGISTER, vars).await.map(|_| ())
     }
 
     pub async fn login(&self, slug: &str, email: &str, password: &str) -> Result<Tokens, String> {
@@ -111,21 +89,12 @@ impl Api {
     }
 
     pub async fn refresh(&self, slug: &str, refresh_token: &str) -> Result<Tokens, String> {
-        let body = self
-            .call(
-                &self.tenant_url(slug),
-                None,
-                REFRESH,
-                json!({ "t": refresh_token }),
-            )
-            .await?;
+        let body = self.call(&self.tenant_url(slug), None, REFRESH, json!({ "t": refresh_token })).await?;
         tokens(&body["data"]["refresh"])
     }
 
     pub async fn me(&self, slug: &str, access_token: &str) -> Result<(), String> {
-        let body = self
-            .call(&self.tenant_url(slug), Some(access_token), ME, json!({}))
-            .await?;
+        let body = self.call(&self.tenant_url(slug), Some(access_token), ME, json!({})).await?;
         match body.pointer("/data/me/id") {
             Some(Value::String(_)) => Ok(()),
             _ => Err("BAD_RESPONSE".into()),
@@ -141,26 +110,15 @@ impl Api {
         query: &str,
         variables: Value,
     ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .post(url)
-            .json(&json!({ "query": query, "variables": variables }));
+        let mut req = self.http.post(url).json(&json!({ "query": query, "variables": variables }));
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{what}: cannot reach {url}"))?;
+        let resp = req.send().await.with_context(|| format!("{what}: cannot reach {url}"))?;
         let status = resp.status();
-        let body: Value = resp
-            .json()
-            .await
-            .with_context(|| format!("{what}: {url} answered HTTP {status} without JSON"))?;
-        if let Some(errors) = body
-            .get("errors")
-            .filter(|e| e.as_array().is_some_and(|a| !a.is_empty()))
-        {
+        let body: Value =
+            resp.json().await.with_context(|| format!("{what}: {url} answered HTTP {status} without JSON"))?;
+        if let Some(errors) = body.get("errors").filter(|e| e.as_array().is_some_and(|a| !a.is_empty())) {
             bail!("{what} failed (HTTP {status}): {errors}");
         }
         Ok(body["data"].clone())
@@ -193,12 +151,7 @@ impl Api {
     /// Raises the tenant's rate limits (as its admin) so that the run
     /// measures the server's capacity, not its throttling: every simulated
     /// client comes from one IP and refreshes far faster than a person would.
-    pub async fn lift_rate_limits(
-        &self,
-        slug: &str,
-        admin_email: &str,
-        admin_password: &str,
-    ) -> anyhow::Result<()> {
+    pub async fn lift_rate_limits(&self, slug: &str, admin_email: &str, admin_password: &str) -> anyhow::Result<()> {
         let admin = self
             .login(slug, admin_email, admin_password)
             .await
@@ -236,10 +189,7 @@ impl Api {
 
 fn tokens(v: &Value) -> Result<Tokens, String> {
     match (v["accessToken"].as_str(), v["refreshToken"].as_str()) {
-        (Some(a), Some(r)) => Ok(Tokens {
-            access: a.to_owned(),
-            refresh: r.to_owned(),
-        }),
+        (Some(a), Some(r)) => Ok(Tokens { access: a.to_owned(), refresh: r.to_owned() }),
         _ => Err("BAD_RESPONSE".into()),
     }
 }

@@ -17,11 +17,13 @@
 //! - [`client`]: GraphQL calls (measured operations and tenant set-up).
 //! - [`phases`]: simulated clients and the timed phases.
 //! - [`ceiling`]: the argon2id hashes/s these cores can do.
+//! - [`cpu`]: CPU time from `/proc`, the noise-resistant view.
 //! - [`stats`]: samples, percentiles and the per-phase summary.
 //! - [`report`]: the tables and the one-line summary.
 
 mod ceiling;
 mod client;
+mod cpu;
 mod phases;
 mod report;
 mod stats;
@@ -39,7 +41,7 @@ use clap::Parser;
 use crate::ceiling::Ceiling;
 use crate::client::Api;
 use crate::phases::{Phase, Shared, Worker, run_phase};
-use crate::report::{Fairness, Report};
+use crate::report::{Ceilings, Fairness, Report};
 use crate::target::Target;
 
 /// Load test for authd: register, login, refresh and `me` under N tenants
@@ -75,6 +77,11 @@ struct Args {
     /// Length of each argon2id ceiling measurement in seconds (default 3, or 1 with --quick).
     #[arg(long)]
     ceiling_secs: Option<f64>,
+    /// How the ceiling hashes: `raw` argon2id into memory kept per thread
+    /// (the algorithm's cost), or `authd`'s own `hash_password`, which
+    /// allocates on every call.
+    #[arg(long, value_enum, default_value = "raw")]
+    ceiling_mode: ceiling::Mode,
     /// Short phases for a smoke run.
     #[arg(long)]
     quick: bool,
@@ -116,6 +123,7 @@ struct Args {
 struct Plan {
     phase: Duration,
     ceiling: Duration,
+    ceiling_mode: ceiling::Mode,
     argon2: Argon2Params,
     hash_threads: usize,
     cpus: usize,
@@ -134,24 +142,13 @@ impl Plan {
             bail!("--tenants and --concurrency must be at least 1");
         }
         if args.fairness && (args.tenants < 2 || args.concurrency < 2) {
-            bail!(
-                "--fairness needs at least 2 tenants and 2 clients (tenant A floods, tenant B measures)"
-            );
+            bail!("--fairness needs at least 2 tenants and 2 clients (tenant A floods, tenant B measures)");
         }
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Ok(Self {
-            phase: secs(
-                args.duration_secs
-                    .unwrap_or(if args.quick { 2.0 } else { 8.0 }),
-                "--duration-secs",
-            )?,
-            ceiling: secs(
-                args.ceiling_secs
-                    .unwrap_or(if args.quick { 1.0 } else { 3.0 }),
-                "--ceiling-secs",
-            )?,
+            phase: secs(args.duration_secs.unwrap_or(if args.quick { 2.0 } else { 8.0 }), "--duration-secs")?,
+            ceiling: secs(args.ceiling_secs.unwrap_or(if args.quick { 1.0 } else { 3.0 }), "--ceiling-secs")?,
+            ceiling_mode: args.ceiling_mode,
             argon2: Argon2Params {
                 memory_kib: args.argon2_memory_kib,
                 iterations: args.argon2_iterations,
@@ -164,71 +161,52 @@ impl Plan {
 }
 
 async fn ceiling(plan: &Plan) -> anyhow::Result<Ceiling> {
-    let (params, threads, duration) = (plan.argon2, plan.hash_threads, plan.ceiling);
-    tokio::task::spawn_blocking(move || ceiling::measure(params, threads, duration))
+    let (mode, params, threads, duration) = (plan.ceiling_mode, plan.argon2, plan.hash_threads, plan.ceiling);
+    tokio::task::spawn_blocking(move || ceiling::measure(mode, params, threads, duration))
         .await
         .context("the ceiling measurement did not finish")?
 }
 
 /// Creates the tenants and lifts their rate limits; returns their slugs.
-async fn create_tenants(
-    api: &Api,
-    target: &Target,
-    n: usize,
-    run_id: &str,
-) -> anyhow::Result<Vec<String>> {
+async fn create_tenants(api: &Api, target: &Target, n: usize, run_id: &str) -> anyhow::Result<Vec<String>> {
     let mut slugs = Vec::with_capacity(n);
     for i in 0..n {
         let slug = format!("load-{run_id}-{i}");
         let admin_email = format!("admin@{slug}.example.com");
         let admin_password = format!("load-admin-{}", uuid::Uuid::new_v4().simple());
-        api.create_tenant(&target.platform_token, &slug, &admin_email, &admin_password)
-            .await?;
+        api.create_tenant(&target.platform_token, &slug, &admin_email, &admin_password).await?;
         slugs.push(slug.clone());
-        api.lift_rate_limits(&slug, &admin_email, &admin_password)
-            .await?;
+        api.lift_rate_limits(&slug, &admin_email, &admin_password).await?;
     }
     Ok(slugs)
 }
 
-async fn run(
-    args: &Args,
-    plan: &Plan,
-    target: &Target,
-    slugs: &mut Vec<String>,
-) -> anyhow::Result<Report> {
-    let api = Api::new(
-        &target.url,
-        &target.platform_url,
-        args.concurrency + args.fairness_flood.unwrap_or(0) + 16,
-    )?;
+async fn run(args: &Args, plan: &Plan, target: &Target, slugs: &mut Vec<String>) -> anyhow::Result<Report> {
+    let pool = args.concurrency + if args.fairness { flood_clients(args) + args.fairness_clients } else { 0 };
+    let api = Api::new(&target.url, &target.platform_url, pool)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     eprintln!("setting up {} tenants…", args.tenants);
     *slugs = create_tenants(&api, target, args.tenants, &run_id).await?;
-
-    eprintln!(
-        "measuring the argon2id ceiling ({:.0} s)…",
-        plan.ceiling.as_secs_f64()
-    );
-    let before = ceiling(plan).await?;
 
     let mut shared = Arc::new(Shared {
         api: api.clone(),
         slugs: slugs.clone(),
         password: format!("load-user-{}", uuid::Uuid::new_v4().simple()),
         users: Vec::new(),
+        measure_cpu: target.is_spawned(),
     });
-    let mut workers: Vec<Worker> = (0..args.concurrency)
-        .map(|i| Worker::new(i, i % args.tenants))
-        .collect();
+    let mut workers: Vec<Worker> = (0..args.concurrency).map(|i| Worker::new(i, i % args.tenants)).collect();
     let mut phases = Vec::new();
+    // The ceiling is measured right before and right after each phase that
+    // hashes (register, login), so that each ratio compares two figures
+    // taken under the same share of a machine whose load changes.
+    let mut ceilings = Vec::new();
     for phase in [Phase::Register, Phase::Login, Phase::Refresh, Phase::Me] {
-        eprintln!(
-            "phase {} ({:.0} s, {} clients)…",
-            phase.name(),
-            plan.phase.as_secs_f64(),
-            workers.len()
-        );
+        if matches!(phase, Phase::Register | Phase::Login) {
+            eprintln!("argon2id ceiling ({:.0} s)…", plan.ceiling.as_secs_f64());
+            ceilings.push(ceiling(plan).await?);
+        }
+        eprintln!("phase {} ({:.0} s, {} clients)…", phase.name(), plan.phase.as_secs_f64(), workers.len());
         let (back, summary) = run_phase(&shared, workers, phase, phase.name(), plan.phase).await?;
         workers = back;
         phases.push(summary);
@@ -239,31 +217,26 @@ async fn run(
                 users[w.tenant].extend(w.users.iter().cloned());
             }
             if let Some(empty) = users.iter().take(args.concurrency).position(Vec::is_empty) {
-                bail!(
-                    "no user could be registered in tenant {} (see the register errors)",
-                    slugs[empty]
-                );
+                bail!("no user could be registered in tenant {} (see the register errors)", slugs[empty]);
             }
             shared = Arc::new(Shared {
                 api: api.clone(),
                 slugs: slugs.clone(),
                 password: shared.password.clone(),
                 users,
+                measure_cpu: shared.measure_cpu,
             });
         }
+        if phase == Phase::Login {
+            eprintln!("argon2id ceiling ({:.0} s)…", plan.ceiling.as_secs_f64());
+            ceilings.push(ceiling(plan).await?);
+        }
     }
-
-    eprintln!(
-        "measuring the argon2id ceiling again ({:.0} s)…",
-        plan.ceiling.as_secs_f64()
-    );
-    let after = ceiling(plan).await?;
-
-    let fairness = if args.fairness {
-        Some(fairness(args, plan, &shared).await?)
-    } else {
-        None
+    let [before_register, before_login, after_login] = ceilings[..] else {
+        bail!("expected three ceiling measurements, got {}", ceilings.len());
     };
+
+    let fairness = if args.fairness { Some(fairness(args, plan, &shared).await?) } else { None };
     Ok(Report {
         target: target.description.clone(),
         tenants: args.tenants,
@@ -273,12 +246,16 @@ async fn run(
         hash_threads: plan.hash_threads,
         cpus: plan.cpus,
         phases,
-        ceiling_before: before,
-        ceiling_after: after,
+        ceiling_mode: plan.ceiling_mode,
+        ceilings: Ceilings { before_register, before_login, after_login },
         fairness,
         expected_codes: args.expected_codes.clone(),
         max_error_percent: args.max_error_percent,
     })
+}
+
+fn flood_clients(args: &Args) -> usize {
+    args.fairness_flood.unwrap_or(4 * args.concurrency).max(1)
 }
 
 /// Tenant B's login latency with `fairness_clients` clients, alone and then
@@ -286,31 +263,21 @@ async fn run(
 /// serves tenants round-robin, so B should wait for at most one hash per
 /// busy tenant, not for A's queue.
 async fn fairness(args: &Args, plan: &Plan, shared: &Arc<Shared>) -> anyhow::Result<Fairness> {
-    let flood = args.fairness_flood.unwrap_or(4 * args.concurrency).max(1);
+    let flood = flood_clients(args);
     let b_clients = args.fairness_clients.max(1);
-    let b_workers = |base: usize| {
-        (0..b_clients)
-            .map(move |i| Worker::new(base + i, 1))
-            .collect::<Vec<_>>()
-    };
-    eprintln!(
-        "fairness: tenant B alone ({b_clients} clients, {:.0} s)…",
-        plan.phase.as_secs_f64()
-    );
+    let b_workers = |base: usize| (0..b_clients).map(move |i| Worker::new(base + i, 1)).collect::<Vec<_>>();
+    eprintln!("fairness: tenant B alone ({b_clients} clients, {:.0} s)…", plan.phase.as_secs_f64());
     let (_, alone) = run_phase(shared, b_workers(0), Phase::Login, "B alone", plan.phase).await?;
     eprintln!("fairness: tenant B while tenant A floods ({flood} clients)…");
     let a_workers: Vec<Worker> = (0..flood).map(|i| Worker::new(10_000 + i, 0)).collect();
     let (a, b) = tokio::join!(
         run_phase(shared, a_workers, Phase::Login, "A flood", plan.phase),
-        run_phase(
-            shared,
-            b_workers(b_clients),
-            Phase::Login,
-            "B under flood",
-            plan.phase
-        ),
+        run_phase(shared, b_workers(b_clients), Phase::Login, "B under flood", plan.phase),
     );
-    let ((_, a), (_, b)) = (a?, b?);
+    let ((_, mut a), (_, mut b)) = (a?, b?);
+    // Both ran at once: the process's CPU time is theirs together, not each's.
+    a.cpu_ms_per_ok = None;
+    b.cpu_ms_per_ok = None;
     Ok(Fairness {
         tenant_a: shared.slugs[0].clone(),
         tenant_b: shared.slugs[1].clone(),
@@ -337,23 +304,21 @@ async fn main_async(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut slugs = Vec::new();
     let result = run(&args, &plan, &target, &mut slugs).await;
-    if !target.is_spawned() && !args.keep_tenants && !slugs.is_empty() {
-        if let Ok(api) = Api::new(&target.url, &target.platform_url, 1) {
-            for slug in &slugs {
-                if let Err(e) = api.delete_tenant(&target.platform_token, slug).await {
-                    eprintln!("warning: {e:#}");
-                }
+    if !target.is_spawned()
+        && !args.keep_tenants
+        && !slugs.is_empty()
+        && let Ok(api) = Api::new(&target.url, &target.platform_url, 1)
+    {
+        for slug in &slugs {
+            if let Err(e) = api.delete_tenant(&target.platform_token, slug).await {
+                eprintln!("warning: {e:#}");
             }
         }
     }
     target.stop().await;
     let report = result?;
     report.print();
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn main() -> ExitCode {
@@ -365,10 +330,7 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("authd-load: cannot start the runtime: {e}");

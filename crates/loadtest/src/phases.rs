@@ -44,6 +44,9 @@ pub struct Shared {
     /// Users registered so far, per tenant; read by workers that registered
     /// none of their own (e.g. the fairness phase's clients).
     pub users: Vec<Vec<String>>,
+    /// The server runs in this process, so the process's CPU time is the
+    /// server's (and the clients') cost of a phase.
+    pub measure_cpu: bool,
 }
 
 /// One simulated client.
@@ -62,23 +65,13 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: usize, tenant: usize) -> Self {
-        Self {
-            id,
-            tenant,
-            users: Vec::new(),
-            next_user: 0,
-            seq: 0,
-            tokens: None,
-        }
+        Self { id, tenant, users: Vec::new(), next_user: 0, seq: 0, tokens: None }
     }
 
     /// The user to log in as next: one of ours, else one of the tenant's.
     fn next_login(&mut self, shared: &Shared) -> Option<String> {
-        let pool: &[String] = if self.users.is_empty() {
-            shared.users.get(self.tenant).map_or(&[], Vec::as_slice)
-        } else {
-            &self.users
-        };
+        let pool: &[String] =
+            if self.users.is_empty() { shared.users.get(self.tenant).map_or(&[], Vec::as_slice) } else { &self.users };
         if pool.is_empty() {
             return None;
         }
@@ -92,11 +85,7 @@ impl Worker {
         let Some(email) = self.next_login(shared) else {
             return false;
         };
-        match shared
-            .api
-            .login(&shared.slugs[self.tenant], &email, &shared.password)
-            .await
-        {
+        match shared.api.login(&shared.slugs[self.tenant], &email, &shared.password).await {
             Ok(t) => {
                 self.tokens = Some(t);
                 true
@@ -107,12 +96,7 @@ impl Worker {
 
     /// Requests until `deadline`; a request started before it is finished
     /// and counted.
-    async fn run(
-        mut self,
-        shared: Arc<Shared>,
-        phase: Phase,
-        deadline: Instant,
-    ) -> (Worker, Samples) {
+    async fn run(mut self, shared: Arc<Shared>, phase: Phase, deadline: Instant) -> (Worker, Samples) {
         let mut samples = Samples::default();
         let slug = shared.slugs[self.tenant].clone();
         while Instant::now() < deadline {
@@ -132,22 +116,14 @@ impl Worker {
                         samples.error("NO_USERS");
                         break;
                     };
-                    shared
-                        .api
-                        .login(&slug, &email, &shared.password)
-                        .await
-                        .map(|t| self.tokens = Some(t))
+                    shared.api.login(&slug, &email, &shared.password).await.map(|t| self.tokens = Some(t))
                 }
                 Phase::Refresh => {
                     let Some(current) = self.tokens.as_ref().map(|t| t.refresh.clone()) else {
                         samples.error("NO_TOKENS");
                         break;
                     };
-                    shared
-                        .api
-                        .refresh(&slug, &current)
-                        .await
-                        .map(|t| self.tokens = Some(t))
+                    shared.api.refresh(&slug, &current).await.map(|t| self.tokens = Some(t))
                 }
                 Phase::Me => {
                     let Some(access) = self.tokens.as_ref().map(|t| t.access.clone()) else {
@@ -186,6 +162,7 @@ pub async fn run_phase(
     label: &str,
     duration: Duration,
 ) -> anyhow::Result<(Vec<Worker>, Summary)> {
+    let cpu_started = if shared.measure_cpu { crate::cpu::process_ns() } else { None };
     let started = Instant::now();
     let deadline = started + duration;
     let mut set = JoinSet::new();
@@ -202,6 +179,7 @@ pub async fn run_phase(
     // Wall time includes the tail of requests started before the deadline,
     // which are counted too.
     let elapsed = started.elapsed();
+    let cpu = cpu_started.zip(crate::cpu::process_ns()).map(|(a, b)| b.saturating_sub(a));
     back.sort_by_key(|w| w.id);
-    Ok((back, Summary::new(label, samples, elapsed)))
+    Ok((back, Summary::new(label, samples, elapsed).with_cpu(cpu)))
 }

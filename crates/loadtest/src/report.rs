@@ -15,6 +15,44 @@ pub struct Fairness {
     pub flood_clients: usize,
 }
 
+/// The argon2id ceiling, measured around the phases that hash.
+pub struct Ceilings {
+    pub before_register: Ceiling,
+    pub before_login: Ceiling,
+    pub after_login: Ceiling,
+}
+
+impl Ceilings {
+    /// The two measurements taken just before and just after a phase.
+    fn around(&self, phase: &str) -> Option<[Ceiling; 2]> {
+        match phase {
+            "register" => Some([self.before_register, self.before_login]),
+            "login" => Some([self.before_login, self.after_login]),
+            _ => None,
+        }
+    }
+
+    /// The ceiling (hashes/s) a phase is compared with: the mean of the
+    /// measurements around it, taken under about the same machine load.
+    pub fn for_phase(&self, phase: &str) -> Option<f64> {
+        self.around(phase).map(|[a, b]| (a.per_sec + b.per_sec) / 2.0)
+    }
+
+    /// CPU time of one hash around a phase.
+    pub fn cpu_for_phase(&self, phase: &str) -> Option<f64> {
+        let [a, b] = self.around(phase)?;
+        Some((a.cpu_ms_per_hash? + b.cpu_ms_per_hash?) / 2.0)
+    }
+
+    /// Highest ÷ lowest measurement: how much the machine's load moved.
+    pub fn spread(&self) -> f64 {
+        let rates = [self.before_register, self.before_login, self.after_login].map(|c| c.per_sec);
+        let max = rates.iter().copied().fold(f64::MIN, f64::max);
+        let min = rates.iter().copied().fold(f64::MAX, f64::min);
+        if min > 0.0 { max / min } else { f64::INFINITY }
+    }
+}
+
 pub struct Report {
     pub target: String,
     pub tenants: usize,
@@ -24,43 +62,55 @@ pub struct Report {
     pub hash_threads: usize,
     pub cpus: usize,
     pub phases: Vec<Summary>,
-    pub ceiling_before: Ceiling,
-    pub ceiling_after: Ceiling,
+    pub ceiling_mode: crate::ceiling::Mode,
+    pub ceilings: Ceilings,
     pub fairness: Option<Fairness>,
     pub expected_codes: Vec<String>,
     pub max_error_percent: f64,
 }
 
+fn opt(v: Option<f64>, width: usize, decimals: usize) -> String {
+    match v {
+        Some(v) => format!("{v:>width$.decimals$}"),
+        None => format!("{:>width$}", "-"),
+    }
+}
+
+const HEADER: &str = "\
+| phase              |      ok | errors |    req/s |  p50 ms |  p99 ms |  max ms | CPU ms/req |
+|:-------------------|--------:|-------:|---------:|--------:|--------:|--------:|-----------:|";
+
 fn row(label: &str, s: &Summary) -> String {
     format!(
-        "| {label:<24} | {:>7} | {:>6} | {:>8.1} | {:>7.1} | {:>7.1} | {:>7.1} |",
+        "| {label:<18} | {:>7} | {:>6} | {:>8.1} | {:>7.1} | {:>7.1} | {:>7.1} | {} |",
         s.ok,
         s.error_count(),
         s.per_sec,
         s.p50_ms,
         s.p99_ms,
-        s.max_ms
+        s.max_ms,
+        opt(s.cpu_ms_per_ok, 10, 2),
     )
 }
 
-const HEADER: &str = "| phase                    |      ok | errors |    req/s |  p50 ms |  p99 ms |  max ms |\n\
-                      |:-------------------------|--------:|-------:|---------:|--------:|--------:|--------:|";
-
 impl Report {
-    /// The ceiling the ratios use: the mean of the two measurements, which
-    /// bracket the phases in time and so share their share of a noisy machine.
-    pub fn ceiling(&self) -> f64 {
-        (self.ceiling_before.per_sec + self.ceiling_after.per_sec) / 2.0
-    }
-
     fn phase(&self, name: &str) -> Option<&Summary> {
         self.phases.iter().find(|s| s.name == name)
     }
 
-    /// Measured rate ÷ ceiling.
+    /// A phase's rate ÷ the ceiling measured around it.
     pub fn ratio(&self, name: &str) -> Option<f64> {
-        let c = self.ceiling();
-        self.phase(name).filter(|_| c > 0.0).map(|s| s.per_sec / c)
+        let c = self.ceilings.for_phase(name).filter(|c| *c > 0.0)?;
+        self.phase(name).map(|s| s.per_sec / c)
+    }
+
+    /// CPU of one hash ÷ CPU of one request: the share of a request's cost
+    /// that is the hash it cannot avoid. Unlike [`Report::ratio`] it hardly
+    /// moves with the machine's load.
+    pub fn cpu_ratio(&self, name: &str) -> Option<f64> {
+        let hash = self.ceilings.cpu_for_phase(name)?;
+        let request = self.phase(name)?.cpu_ms_per_ok.filter(|c| *c > 0.0)?;
+        Some(hash / request)
     }
 
     fn all_summaries(&self) -> Vec<&Summary> {
@@ -81,11 +131,7 @@ impl Report {
             }
             let pct = s.unexpected_error_percent(&self.expected_codes);
             if pct > self.max_error_percent {
-                out.push(format!(
-                    "{}: {pct:.2}% unexpected errors ({})",
-                    s.name,
-                    s.errors_line()
-                ));
+                out.push(format!("{}: {pct:.2}% unexpected errors ({})", s.name, s.errors_line()));
             }
         }
         out
@@ -99,7 +145,7 @@ impl Report {
         println!();
         println!("target: {}", self.target);
         println!(
-            "load: {} tenants, {} clients, {:.1} s per phase; argon2id m={} KiB t={} p={} on {} hashing threads ({} CPUs)",
+            "load: {} tenants, {} clients, {:.1} s per phase; argon2id m={} KiB t={} p={} on {} hashing threads; {} CPUs",
             self.tenants,
             self.concurrency,
             self.phase_secs,
@@ -125,37 +171,46 @@ impl Report {
             println!("errors by code: {}", with_errors.join("; "));
         }
 
+        let c = &self.ceilings;
         println!();
-        println!(
-            "| argon2id ceiling, {:>2} threads | hashes | hashes/s |",
-            self.hash_threads
-        );
-        println!("|:------------------------------|-------:|---------:|");
-        println!(
-            "| before the phases             | {:>6} | {:>8.1} |",
-            self.ceiling_before.hashes, self.ceiling_before.per_sec
-        );
-        println!(
-            "| after the phases              | {:>6} | {:>8.1} |",
-            self.ceiling_after.hashes, self.ceiling_after.per_sec
-        );
-        println!(
-            "| mean (used for the ratios)    |        | {:>8.1} |",
-            self.ceiling()
-        );
+        let mode = match self.ceiling_mode {
+            crate::ceiling::Mode::Raw => "raw",
+            crate::ceiling::Mode::Authd => "authd",
+        };
+        let title = format!("argon2id ceiling ({mode}, {} threads)", self.hash_threads);
+        println!("| {title:<35} | hashes | hashes/s | CPU ms/hash |");
+        println!("|:------------------------------------|-------:|---------:|------------:|");
+        for (label, m) in [
+            ("before register", c.before_register),
+            ("between register and login", c.before_login),
+            ("after login", c.after_login),
+        ] {
+            println!("| {label:<35} | {:>6} | {:>8.1} | {} |", m.hashes, m.per_sec, opt(m.cpu_ms_per_hash, 11, 2));
+        }
         println!();
-        println!("| ratio              | value |");
-        println!("|:-------------------|------:|");
+        println!("| phase    |  req/s | ceiling hashes/s | req/s ÷ ceiling | CPU: hash ÷ request |");
+        println!("|:---------|-------:|-----------------:|----------------:|--------------------:|");
         for name in ["login", "register"] {
-            if let Some(r) = self.ratio(name) {
-                println!("| {:<18} | {r:>5.2} |", format!("{name} / ceiling"));
+            if let (Some(s), Some(ceiling), Some(r)) = (self.phase(name), c.for_phase(name), self.ratio(name)) {
+                println!(
+                    "| {name:<8} | {:>6.1} | {ceiling:>16.1} | {r:>15.2} | {} |",
+                    s.per_sec,
+                    opt(self.cpu_ratio(name), 19, 2)
+                );
             }
+        }
+        if c.spread() > 1.25 {
+            println!();
+            println!(
+                "note: the ceiling moved by {:.0}% during the run: the machine is busy, so `req/s ÷ ceiling` is approximate; `CPU: hash ÷ request` is the steadier figure",
+                (c.spread() - 1.0) * 100.0
+            );
         }
 
         if let Some(f) = &self.fairness {
             println!();
             println!(
-                "fairness: tenant B ({}) logs in alone, then while tenant A ({}) floods with {} clients",
+                "fairness: tenant B ({}) logs in alone, then while tenant A ({}) floods logins with {} clients",
                 f.tenant_b, f.tenant_a, f.flood_clients
             );
             println!();
@@ -163,8 +218,8 @@ impl Report {
             println!("{}", row("B alone", &f.b_alone));
             println!("{}", row("B while A floods", &f.b_under_flood));
             println!("{}", row("A's flood", &f.a_flood));
-            println!();
             if f.b_alone.p99_ms > 0.0 {
+                println!();
                 println!(
                     "B's login p99 under A's flood: {:.2}× its p99 alone",
                     f.b_under_flood.p99_ms / f.b_alone.p99_ms
@@ -178,21 +233,19 @@ impl Report {
 
     pub fn summary_line(&self) -> String {
         let failures = self.failures();
-        let verdict = if failures.is_empty() {
-            "PASS".to_owned()
-        } else {
-            format!("FAIL ({})", failures.join("; "))
-        };
+        let verdict = if failures.is_empty() { "PASS".to_owned() } else { format!("FAIL ({})", failures.join("; ")) };
         let mut parts = Vec::new();
-        if let (Some(l), Some(r)) = (self.phase("login"), self.ratio("login")) {
+        if let (Some(l), Some(r), Some(ceiling)) =
+            (self.phase("login"), self.ratio("login"), self.ceilings.for_phase("login"))
+        {
+            let cpu = self.cpu_ratio("login").map(|c| format!(", CPU {c:.2}")).unwrap_or_default();
             parts.push(format!(
-                "login {:.1}/s = {r:.2} of the argon2id ceiling ({:.1} hashes/s)",
-                l.per_sec,
-                self.ceiling()
+                "login {:.1}/s p99 {:.0} ms = {r:.2} of the argon2id ceiling ({ceiling:.1} hashes/s{cpu})",
+                l.per_sec, l.p99_ms
             ));
         }
-        if let Some(r) = self.ratio("register") {
-            parts.push(format!("register {r:.2}"));
+        if let (Some(s), Some(r)) = (self.phase("register"), self.ratio("register")) {
+            parts.push(format!("register {:.1}/s = {r:.2}", s.per_sec));
         }
         for name in ["refresh", "me"] {
             if let Some(s) = self.phase(name) {
@@ -201,16 +254,14 @@ impl Report {
         }
         if let Some(f) = &self.fairness {
             parts.push(format!(
-                "fairness: B p99 {:.1} → {:.1} ms under flood",
+                "fairness: B p99 {:.0} → {:.0} ms under flood",
                 f.b_alone.p99_ms, f.b_under_flood.p99_ms
             ));
         }
-        let (unexpected, total) = self.all_summaries().iter().fold((0, 0), |(u, t), s| {
-            (
-                u + s.unexpected_errors(&self.expected_codes),
-                t + s.ok + s.error_count(),
-            )
-        });
+        let (unexpected, total) = self
+            .all_summaries()
+            .iter()
+            .fold((0, 0), |(u, t), s| (u + s.unexpected_errors(&self.expected_codes), t + s.ok + s.error_count()));
         parts.push(format!("unexpected errors {unexpected}/{total}"));
         format!("authd-load: {verdict}: {}", parts.join("; "))
     }

@@ -19,8 +19,7 @@ pub struct Samples {
 
 impl Samples {
     pub fn ok(&mut self, latency: Duration) {
-        self.ok_micros
-            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        self.ok_micros.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 
     pub fn error(&mut self, code: &str) {
@@ -46,6 +45,9 @@ pub struct Summary {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU time of the whole process per successful request, when the
+    /// server runs in this process (Linux only).
+    pub cpu_ms_per_ok: Option<f64>,
 }
 
 /// The `q` quantile (0..=1) of sorted values, nearest-rank: the smallest value
@@ -76,7 +78,14 @@ impl Summary {
             p99_ms: ms(percentile(sorted, 0.99)),
             max_ms: ms(sorted.last().copied()),
             errors: samples.errors,
+            cpu_ms_per_ok: None,
         }
+    }
+
+    /// Records the CPU time the process spent in the phase.
+    pub fn with_cpu(mut self, cpu_ns: Option<u64>) -> Self {
+        self.cpu_ms_per_ok = cpu_ns.filter(|_| self.ok > 0).map(|ns| ns as f64 / 1e6 / self.ok as f64);
+        self
     }
 
     pub fn error_count(&self) -> u64 {
@@ -106,11 +115,7 @@ impl Summary {
         if self.errors.is_empty() {
             return "-".into();
         }
-        self.errors
-            .iter()
-            .map(|(c, n)| format!("{c} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.errors.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
     }
 }
 

@@ -32,8 +32,7 @@ impl Target {
     /// comes from the environment as for `authd serve`, so `DATABASE_URL` and
     /// `REDIS_URL` there put the spawned server on Postgres and Redis.
     pub async fn spawn(argon2: Argon2Params, hash_threads: usize) -> anyhow::Result<Self> {
-        let data_dir =
-            std::env::temp_dir().join(format!("authd-load-{}", uuid::Uuid::new_v4().simple()));
+        let data_dir = std::env::temp_dir().join(format!("authd-load-{}", uuid::Uuid::new_v4().simple()));
         let overrides: HashMap<&'static str, String> = [
             ("AUTHD_LISTEN", "127.0.0.1:0".to_owned()),
             ("AUTHD_PUBLIC_URL", "http://127.0.0.1".to_owned()),
@@ -48,25 +47,16 @@ impl Target {
         ]
         .into_iter()
         .collect();
-        let config =
-            Config::from_lookup(|k| overrides.get(k).cloned().or_else(|| std::env::var(k).ok()))
-                .context("configuration of the spawned server")?;
+        let config = Config::from_lookup(|k| overrides.get(k).cloned().or_else(|| std::env::var(k).ok()))
+            .context("configuration of the spawned server")?;
         let storage = match &config.storage {
             Storage::Postgres { .. } => "Postgres",
             Storage::Embedded => "embedded SQLite",
         };
-        let tokens = if config.redis_url.is_some() {
-            "Redis"
-        } else {
-            "in-process token store"
-        };
-        let running = authd::start(config)
-            .await
-            .context("cannot start the in-process server")?;
+        let tokens = if config.redis_url.is_some() { "Redis" } else { "in-process token store" };
+        let running = authd::start(config).await.context("cannot start the in-process server")?;
         let url = format!("http://{}", running.addr);
-        let platform_url = running
-            .admin_addr
-            .map_or_else(|| url.clone(), |a| format!("http://{a}"));
+        let platform_url = running.admin_addr.map_or_else(|| url.clone(), |a| format!("http://{a}"));
         let platform_token = running.platform_token().expose_secret().to_owned();
         Ok(Self {
             description: format!("in-process authd at {url} ({storage} + {tokens})"),
@@ -96,9 +86,7 @@ impl Target {
             (None, None) => {
                 let default = Path::new("authd-data/platform-token");
                 if !default.exists() {
-                    bail!(
-                        "give the platform token: --platform-token, --platform-token-file or AUTHD_PLATFORM_TOKEN"
-                    );
+                    bail!("give the platform token: --platform-token, --platform-token-file or AUTHD_PLATFORM_TOKEN");
                 }
                 read_token(default)?
             }
@@ -106,8 +94,7 @@ impl Target {
         let url = url.trim_end_matches('/').to_owned();
         Ok(Self {
             description: format!("external authd at {url}"),
-            platform_url: platform_url
-                .map_or_else(|| url.clone(), |p| p.trim_end_matches('/').to_owned()),
+            platform_url: platform_url.map_or_else(|| url.clone(), |p| p.trim_end_matches('/').to_owned()),
             url,
             platform_token,
             spawned: None,

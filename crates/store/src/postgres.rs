@@ -533,11 +533,13 @@ impl Store for PgStore {
     }
 
     async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
+        let mut tx = self.tenant_tx(tenant).await?;
         let n: i64 = sqlx::query_scalar("SELECT authd_purge_audit_events($1, $2)")
             .bind(tenant.0)
             .bind(before)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

@@ -2,10 +2,12 @@
 //! verifier over every published key, and the JWKS.
 //!
 //! Lifecycle: a key is *next* from creation until `activates_at`, *current*
-//! from then until a newer key activates, and *retired* after that. Next keys
-//! are published before they sign (resource servers that cached the JWKS
-//! already know them); retired keys stay published, and verify, until every
-//! token they signed has expired, then rotation deletes them.
+//! from then until a newer key (by creation) activates, and *retired* after
+//! that. Next keys are published before they sign (resource servers that
+//! cached the JWKS already know them); retired keys stay published, and
+//! verify, until every token they signed has expired, then rotation deletes
+//! them. A key created later but activated sooner (`immediate`, or a change
+//! of algorithm) supersedes a pending one: the pending key never signs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +47,7 @@ struct LoadedKey {
     jwk: serde_json::Value,
 }
 
-/// The decoded keys of one tenant, oldest activation first.
+/// The decoded keys of one tenant, oldest first (by creation).
 pub struct KeySet {
     keys: Vec<LoadedKey>,
     verifier: Verifier,
@@ -71,12 +73,15 @@ impl KeySet {
                 jwk: material.public_jwk(),
             });
         }
-        keys.sort_by(|a, b| a.info.activates_at.cmp(&b.info.activates_at).then(a.info.kid.cmp(&b.info.kid)));
+        // By creation, not activation: a key scheduled earlier must not take
+        // over from a newer one that was activated at once (an immediate
+        // rotation after a compromise, or a new algorithm).
+        keys.sort_by(|a, b| a.info.created_at.cmp(&b.info.created_at).then(a.info.kid.cmp(&b.info.kid)));
         Ok(Self { keys, verifier: Verifier::new(verification)? })
     }
 
-    /// The key that signs at `now`: the latest activated one (or, if none has
-    /// activated yet, the earliest).
+    /// The key that signs at `now`: the newest activated one (or, if none has
+    /// activated yet, the oldest).
     fn current(&self, now: DateTime<Utc>) -> Option<&LoadedKey> {
         self.keys.iter().rev().find(|k| k.info.activates_at <= now).or_else(|| self.keys.first())
     }
@@ -94,9 +99,10 @@ impl KeySet {
         self.verifier.verify(token, issuer, audience, now.timestamp())
     }
 
-    /// When each key stopped signing: the activation of the next activated key.
+    /// When each key stopped signing: the first activation, so far, of a key
+    /// created after it.
     fn retired_at(&self, index: usize, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.keys[index + 1..].iter().map(|k| k.info.activates_at).find(|t| *t <= now)
+        self.keys[index + 1..].iter().map(|k| k.info.activates_at).filter(|t| *t <= now).min()
     }
 
     /// Keys to publish at `now`: next, current, and retired ones whose tokens
@@ -185,4 +191,126 @@ pub async fn rotate(
     deps.store.add_signing_key(runtime.id, &record, &expired, &event).await?;
     audit::log_event(runtime.id, &event);
     Ok(KeyInfo { kid: record.kid, algorithm: alg, created_at: now, activates_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authd_core::crypto::MasterKey;
+
+    fn record(
+        keyring: &Keyring,
+        tenant: TenantId,
+        alg: SigningAlgorithm,
+        created: DateTime<Utc>,
+        activates: DateTime<Utc>,
+    ) -> SigningKeyRecord {
+        let material = SigningKeyMaterial::generate(alg).unwrap();
+        let kid = material.kid().to_owned();
+        let sealed = keyring.seal(
+            &material.to_pkcs8_der(),
+            &SealContext {
+                tenant,
+                purpose: SEAL_PURPOSE,
+                row: &kid,
+            },
+        );
+        SigningKeyRecord {
+            kid,
+            algorithm: alg,
+            private_key_sealed: sealed,
+            public_jwk: material.public_jwk(),
+            created_at: created,
+            activates_at: activates,
+        }
+    }
+
+    fn kids(infos: Vec<KeyInfo>) -> Vec<String> {
+        infos.into_iter().map(|k| k.kid).collect()
+    }
+
+    #[test]
+    fn a_scheduled_key_signs_after_one_cache_lifetime_and_is_published_before() {
+        let keyring = Keyring::new(MasterKey::generate(), Vec::new());
+        let tenant = TenantId::new();
+        let t0 = Utc::now() - chrono::Duration::hours(2);
+        let t1 = t0 + chrono::Duration::minutes(10);
+        let k0 = record(&keyring, tenant, SigningAlgorithm::Es256, t0, t0);
+        let k1 = record(
+            &keyring,
+            tenant,
+            SigningAlgorithm::Es256,
+            t1,
+            t1 + chrono::Duration::minutes(5),
+        );
+        let set = KeySet::build(&keyring, tenant, &[k1.clone(), k0.clone()], t0).unwrap();
+        let at = |m: i64| t1 + chrono::Duration::minutes(m);
+        assert_eq!(
+            set.current_info(at(1)).unwrap().kid,
+            k0.kid,
+            "the next key does not sign yet"
+        );
+        assert_eq!(
+            kids(set.published(at(1))),
+            vec![k0.kid.clone(), k1.kid.clone()],
+            "but it is published"
+        );
+        assert_eq!(set.current_info(at(6)).unwrap().kid, k1.kid);
+        // The retired key stays published while its tokens may live, then goes.
+        assert!(kids(set.published(at(60))).contains(&k0.kid));
+        assert_eq!(kids(set.published(at(75))), vec![k1.kid.clone()]);
+        assert_eq!(set.expired(at(75)), vec![k0.kid.clone()]);
+    }
+
+    #[test]
+    fn a_newer_key_activated_at_once_supersedes_a_pending_one() {
+        // A rotation scheduled K1 (ES256, five minutes ahead); then the
+        // algorithm changed to EdDSA, which rotates at once to K2. K1 must
+        // never take over from K2.
+        let keyring = Keyring::new(MasterKey::generate(), Vec::new());
+        let tenant = TenantId::new();
+        let t0 = Utc::now() - chrono::Duration::hours(2);
+        let t1 = t0 + chrono::Duration::minutes(10);
+        let t2 = t1 + chrono::Duration::minutes(1);
+        let k0 = record(&keyring, tenant, SigningAlgorithm::Es256, t0, t0);
+        let k1 = record(
+            &keyring,
+            tenant,
+            SigningAlgorithm::Es256,
+            t1,
+            t1 + chrono::Duration::minutes(5),
+        );
+        let k2 = record(&keyring, tenant, SigningAlgorithm::EdDsa, t2, t2);
+        let set =
+            KeySet::build(&keyring, tenant, &[k0.clone(), k1.clone(), k2.clone()], t0).unwrap();
+        let at = |m: i64| t2 + chrono::Duration::minutes(m);
+        for minutes in [0, 4, 5, 30, 120] {
+            let current = set.current_info(at(minutes)).unwrap();
+            assert_eq!(
+                (current.kid, current.algorithm),
+                (k2.kid.clone(), SigningAlgorithm::EdDsa),
+                "{minutes} min after"
+            );
+        }
+        // K0 retired when K2 activated, not when K1 would have.
+        assert!(kids(set.published(at(64))).contains(&k0.kid));
+        assert!(!kids(set.published(at(66))).contains(&k0.kid));
+        // Every token signed so far still verifies.
+        let claims = AccessClaims {
+            iss: "https://auth.example.com/t/acme".into(),
+            sub: uuid::Uuid::new_v4(),
+            aud: "acme".into(),
+            tid: tenant.0,
+            sid: uuid::Uuid::new_v4(),
+            jti: uuid::Uuid::new_v4(),
+            iat: at(0).timestamp(),
+            exp: at(0).timestamp() + 600,
+            amr: vec!["pwd".into()],
+            role: "user".into(),
+            mfa_enrollment_required: false,
+        };
+        let token = set.sign(&claims, at(0)).unwrap();
+        set.verify(&token, "https://auth.example.com/t/acme", "acme", at(1))
+            .unwrap();
+    }
 }

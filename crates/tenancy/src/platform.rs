@@ -64,11 +64,11 @@ impl Actor for PlatformSupervisor {
         match msg {
             PlatformMsg::Start(snapshot, reply) => {
                 let slug = snapshot.record.slug.as_str().to_owned();
-                if let Some(existing) = state.tenants.get(&slug).map(|r| r.clone()) {
-                    if existing.is_alive() {
-                        let _ = reply.send(Ok(existing));
-                        return Ok(());
-                    }
+                if let Some(existing) = state.tenants.get(&slug).map(|r| r.clone())
+                    && existing.is_alive()
+                {
+                    let _ = reply.send(Ok(existing));
+                    return Ok(());
                 }
                 let runtime = TenantRuntime::new(*snapshot);
                 let args = TenantArgs { runtime: runtime.clone(), deps: state.deps.clone() };
@@ -77,7 +77,8 @@ impl Actor for PlatformSupervisor {
                     Ok((actor, _)) => {
                         state.by_actor.insert(actor.get_id(), slug.clone());
                         state.tenants.insert(slug, runtime.clone());
-                        crate::metrics::ACTIVE_TENANTS.store(state.tenants.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        crate::metrics::ACTIVE_TENANTS
+                            .store(state.tenants.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let _ = reply.send(Ok(runtime));
                     }
                     Err(e) => {
@@ -169,17 +170,18 @@ impl Platform {
     /// The running tenant for `slug`, starting it if needed. Unknown slug:
     /// `TENANT_NOT_FOUND`; disabled: `TENANT_DISABLED`; malformed: `BAD_USER_INPUT`.
     pub async fn tenant(&self, slug: &str) -> Result<Arc<TenantRuntime>> {
-        if let Some(rt) = self.tenants.get(slug).map(|r| r.clone()) {
-            if rt.is_alive() {
-                rt.touch();
-                return check_enabled(rt);
-            }
+        if let Some(rt) = self.tenants.get(slug).map(|r| r.clone())
+            && rt.is_alive()
+        {
+            rt.touch();
+            return check_enabled(rt);
         }
         let slug = Slug::parse(slug)?;
         let record = self.deps.store.tenant_by_slug(slug.as_str()).await?.ok_or(Error::TenantNotFound)?;
         let snapshot = load_snapshot(&self.deps, record).await?;
-        let rt = ractor::call_t!(self.supervisor, PlatformMsg::Start, CALL_TIMEOUT.as_millis() as u64, Box::new(snapshot))
-            .map_err(call_err)??;
+        let rt =
+            ractor::call_t!(self.supervisor, PlatformMsg::Start, CALL_TIMEOUT.as_millis() as u64, Box::new(snapshot))
+                .map_err(call_err)??;
         rt.touch();
         check_enabled(rt)
     }
@@ -195,7 +197,8 @@ impl Platform {
     }
 
     async fn stop_tenant(&self, slug: &str) {
-        let _ = ractor::call_t!(self.supervisor, PlatformMsg::StopTenant, CALL_TIMEOUT.as_millis() as u64, slug.to_owned());
+        let _ =
+            ractor::call_t!(self.supervisor, PlatformMsg::StopTenant, CALL_TIMEOUT.as_millis() as u64, slug.to_owned());
     }
 
     pub async fn create_tenant(&self, input: CreateTenant, operator: &str, meta: &RequestMeta) -> Result<TenantRecord> {
@@ -214,16 +217,14 @@ impl Platform {
                 other => other,
             })?;
         let tenant_id = TenantId::new();
-        let params = self.deps.config.argon2.clone();
+        let params = self.deps.config.argon2;
         let password = input.admin_password;
-        let phc = self
-            .deps
-            .hasher
-            .run(tenant_id, move || authd_core::password::hash_password(&params, &password))
-            .await??;
+        let phc =
+            self.deps.hasher.run(tenant_id, move || authd_core::password::hash_password(&params, &password)).await??;
         crate::metrics::PASSWORD_HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Utc::now();
-        let key = crate::keyset::new_key_record(&self.deps.keyring, tenant_id, settings.signing_algorithm, now, now).await?;
+        let key =
+            crate::keyset::new_key_record(&self.deps.keyring, tenant_id, settings.signing_algorithm, now, now).await?;
         let admin = NewUser {
             id: UserId::new(),
             email: Some(email.as_str().to_owned()),
@@ -265,12 +266,8 @@ impl Platform {
         let slug = Slug::parse(slug)?;
         let kind = if disabled { kinds::TENANT_DISABLED } else { kinds::TENANT_ENABLED };
         let event = platform_event(kind, None, &slug, operator, meta);
-        let record = self
-            .deps
-            .store
-            .set_tenant_disabled(&slug, disabled, &event)
-            .await?
-            .ok_or(Error::TenantNotFound)?;
+        let record =
+            self.deps.store.set_tenant_disabled(&slug, disabled, &event).await?.ok_or(Error::TenantNotFound)?;
         log_platform_event(&event);
         // The next request reloads the tenant with its new state.
         self.stop_tenant(slug.as_str()).await;
@@ -314,7 +311,13 @@ fn check_enabled(rt: Arc<TenantRuntime>) -> Result<Arc<TenantRuntime>> {
     if rt.snapshot().record.disabled { Err(Error::TenantDisabled) } else { Ok(rt) }
 }
 
-fn platform_event(kind: &str, tenant: Option<TenantId>, slug: &Slug, operator: &str, meta: &RequestMeta) -> PlatformEvent {
+fn platform_event(
+    kind: &str,
+    tenant: Option<TenantId>,
+    slug: &Slug,
+    operator: &str,
+    meta: &RequestMeta,
+) -> PlatformEvent {
     PlatformEvent {
         id: authd_core::EventId::new(),
         at: Utc::now(),

@@ -24,6 +24,9 @@ pub struct TenantRuntime {
     pub id: TenantId,
     pub slug: Slug,
     snapshot: ArcSwap<TenantSnapshot>,
+    /// Bumped by every snapshot replacement, so a reload that read storage
+    /// before a local change cannot put the old state back.
+    generation: std::sync::atomic::AtomicU64,
     last_used: AtomicI64,
     alive: AtomicBool,
     supervisor: parking_lot::RwLock<Option<ActorRef<TenantMsg>>>,
@@ -31,6 +34,7 @@ pub struct TenantRuntime {
     /// `RateLimiterActor` rebuilds when the policy changes), so one tenant
     /// cannot exhaust the platform.
     quota: ArcSwap<Quota>,
+    replace_lock: parking_lot::Mutex<()>,
 }
 
 /// A direct GCRA limiter and the rate it was built for.
@@ -53,10 +57,12 @@ impl TenantRuntime {
             id: snapshot.record.id,
             slug: snapshot.record.slug.clone(),
             snapshot: ArcSwap::from_pointee(snapshot),
+            generation: std::sync::atomic::AtomicU64::new(0),
             last_used: AtomicI64::new(now_millis()),
             alive: AtomicBool::new(true),
             supervisor: parking_lot::RwLock::new(None),
             quota: ArcSwap::from_pointee(Quota::new(snapshot_quota)),
+            replace_lock: parking_lot::Mutex::new(()),
         })
     }
 
@@ -65,7 +71,25 @@ impl TenantRuntime {
     }
 
     pub(crate) fn replace_snapshot(&self, snapshot: TenantSnapshot) {
+        let _guard = self.replace_lock.lock();
         self.snapshot.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the snapshot only if nothing replaced it since `generation`
+    /// was read (a reload started then). Returns whether it did.
+    pub(crate) fn replace_snapshot_if(&self, generation: u64, snapshot: TenantSnapshot) -> bool {
+        let _guard = self.replace_lock.lock();
+        if self.generation.load(Ordering::Acquire) != generation {
+            return false;
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     pub(crate) fn touch(&self) {

@@ -38,8 +38,9 @@ pub enum TenantMsg {
     Tick,
     /// Reload the snapshot now (after a local change).
     Reload,
-    /// A reload finished (sent by the task doing the I/O).
-    Reloaded(Box<TenantSnapshot>),
+    /// A reload finished (sent by the task doing the I/O); the generation
+    /// of the snapshot when it started.
+    Reloaded(Box<TenantSnapshot>, u64),
     ReloadFailed,
     /// The session actor, for key rotation.
     SessionActor(RpcReplyPort<ActorRef<SessionMsg>>),
@@ -66,6 +67,8 @@ pub struct TenantState {
     failures: HashMap<ChildKind, Vec<Instant>>,
     restarts: Arc<AtomicU64>,
     reloading: bool,
+    /// A reload was asked for while one was in flight.
+    reload_again: bool,
     /// When the audit retention job last ran for this tenant.
     last_retention: Option<Instant>,
 }
@@ -131,6 +134,7 @@ impl Actor for TenantSupervisor {
             failures: HashMap::new(),
             restarts: Arc::new(AtomicU64::new(0)),
             reloading: false,
+            reload_again: false,
             last_retention: None,
         })
     }
@@ -159,13 +163,29 @@ impl Actor for TenantSupervisor {
                     retention(state);
                 }
             }
-            TenantMsg::Reload => reload(&myself, state),
-            TenantMsg::Reloaded(snapshot) => {
-                state.reloading = false;
-                state.runtime.replace_snapshot(*snapshot);
-                let _ = state.limiter.cast(RateMsg::PolicyChanged);
+            TenantMsg::Reload => {
+                if state.reloading {
+                    // The one in flight may have read storage before the change.
+                    state.reload_again = true;
+                } else {
+                    reload(&myself, state);
+                }
             }
-            TenantMsg::ReloadFailed => state.reloading = false,
+            TenantMsg::Reloaded(snapshot, generation) => {
+                state.reloading = false;
+                let applied = state.runtime.replace_snapshot_if(generation, *snapshot);
+                if applied {
+                    let _ = state.limiter.cast(RateMsg::PolicyChanged);
+                }
+                if !applied || std::mem::take(&mut state.reload_again) {
+                    // A change landed while storage was read: read again.
+                    reload(&myself, state);
+                }
+            }
+            TenantMsg::ReloadFailed => {
+                state.reloading = false;
+                state.reload_again = false;
+            }
             TenantMsg::SessionActor(reply) => {
                 let _ = reply.send(state.session.clone());
             }
@@ -234,10 +254,11 @@ fn reload(myself: &ActorRef<TenantMsg>, state: &mut TenantState) {
     }
     state.reloading = true;
     let (me, deps, id) = (myself.clone(), state.deps.clone(), state.runtime.id);
+    let generation = state.runtime.generation();
     tokio::spawn(async move {
         match crate::platform::load_snapshot_by_id(&deps, id).await {
             Ok(Some(snapshot)) => {
-                let _ = me.cast(TenantMsg::Reloaded(Box::new(snapshot)));
+                let _ = me.cast(TenantMsg::Reloaded(Box::new(snapshot), generation));
             }
             Ok(None) => {
                 // Deleted by another replica.

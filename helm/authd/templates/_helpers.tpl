@@ -180,9 +180,6 @@ a message naming the values to change.
 {{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
 {{- fail "authd: podDisruptionBudget: set minAvailable or maxUnavailable, not both (null the other)" }}
 {{- end }}
-{{- if and .Values.serviceMonitor.enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.adminFrom) }}
-{{- fail "authd: serviceMonitor with networkPolicy needs networkPolicy.adminFrom to admit Prometheus to the admin port" }}
-{{- end }}
 {{- end }}
 
 {{- define "authd.terminationGracePeriodSeconds" -}}
@@ -190,5 +187,40 @@ a message naming the values to change.
 {{- add (int .Values.config.shutdownDelaySecs) (int .Values.config.drainSecs) 10 }}
 {{- else }}
 {{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* OTEL_RESOURCE_ATTRIBUTES: namespace, pod (from K8S_POD_NAME) and otel.resourceAttributes. */}}
+{{- define "authd.otelResourceAttributes" -}}
+{{- $attrs := list (printf "k8s.namespace.name=%s" .Release.Namespace) "k8s.pod.name=$(K8S_POD_NAME)" }}
+{{- range $k, $v := .Values.otel.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%v" $k $v) }}
+{{- end }}
+{{- join "," $attrs }}
+{{- end }}
+
+{{/*
+The migration Job's secret files, as YAML NAME: key-in-its-Secret. `authd
+migrate` reads the configuration like `serve` does, so with DATABASE_URL it
+needs the master key and the platform token too.
+*/}}
+{{- define "authd.migrationKeys" -}}
+{{- $s := .Values.secret }}
+{{- if $s.existingSecret }}
+DATABASE_URL: {{ default $s.existingSecretKeys.DATABASE_URL $s.existingSecretKeys.migrationDatabaseUrl | quote }}
+AUTHD_MASTER_KEY: {{ $s.existingSecretKeys.AUTHD_MASTER_KEY | quote }}
+AUTHD_PLATFORM_TOKEN: {{ $s.existingSecretKeys.AUTHD_PLATFORM_TOKEN | quote }}
+{{- else }}
+DATABASE_URL: DATABASE_URL
+AUTHD_MASTER_KEY: AUTHD_MASTER_KEY
+AUTHD_PLATFORM_TOKEN: AUTHD_PLATFORM_TOKEN
+{{- end }}
+{{- end }}
+
+{{- define "authd.migrationSecretName" -}}
+{{- if .Values.secret.existingSecret }}
+{{- .Values.secret.existingSecret }}
+{{- else }}
+{{- include "authd.suffixed" (list . "migrate") }}
 {{- end }}
 {{- end }}
