@@ -790,3 +790,69 @@ async fn readyz_turns_503_when_the_database_is_dropped() {
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{db}\" WITH (FORCE)"))).execute(&mut admin).await.unwrap();
     assert_eq!(readyz_status(&s).await, 503);
 }
+
+/// Polls `check` until it holds, for a bounded number of tries (another
+/// replica's change arrives with its periodic reload).
+async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Replicas share Postgres and Redis: a tenant disabled, re-enabled or
+/// deleted through one replica stops (or resumes) being served by another
+/// that had it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_and_delete_reach_the_other_replicas() {
+    let first = TestServer::start_with(Backend::Production, |env| {
+        env.insert("AUTHD_TENANT_REFRESH_MS".into(), "100".into());
+    })
+    .await;
+    let mut env = first.env.clone();
+    let data_dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+    env.insert("AUTHD_DATA_DIR".into(), data_dir.display().to_string());
+    let second = TestServer::start_env(Backend::Production, env, data_dir).await;
+    let t = first.tenant_named("shared").await;
+    // The second replica has the tenant running (and its keys cached).
+    second.login("shared", &t.admin_email, &t.admin_password).await;
+    let jwks_code = |s: &TestServer| {
+        let url = format!("{}/t/shared/.well-known/jwks.json", s.url);
+        let http = s.http.clone();
+        async move {
+            let body: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            code(&body).map(str::to_owned)
+        }
+    };
+    assert_eq!(jwks_code(&second).await, None);
+
+    let set = "mutation($d: Boolean!) { setTenantDisabled(slug: \"shared\", disabled: $d) { disabled } }";
+    first.platform(set, json!({ "d": true })).await;
+    assert!(
+        eventually(|| async { jwks_code(&second).await.as_deref() == Some("TENANT_DISABLED") }).await,
+        "the other replica still serves a disabled tenant"
+    );
+    let login = second.login_raw("shared", &t.admin_email, &t.admin_password).await;
+    assert_eq!(code(&login), Some("TENANT_DISABLED"), "{login}");
+
+    first.platform(set, json!({ "d": false })).await;
+    assert!(
+        eventually(|| async { jwks_code(&second).await.is_none() }).await,
+        "re-enabling does not reach the other replica"
+    );
+
+    first.platform("mutation { deleteTenant(slug: \"shared\") }", json!({})).await;
+    assert!(
+        eventually(|| async { jwks_code(&second).await.as_deref() == Some("TENANT_NOT_FOUND") }).await,
+        "the other replica still serves a deleted tenant"
+    );
+    let login = second.login_raw("shared", &t.admin_email, &t.admin_password).await;
+    assert_eq!(code(&login), Some("TENANT_NOT_FOUND"), "{login}");
+}

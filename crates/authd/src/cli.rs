@@ -28,6 +28,10 @@ pub enum Command {
         #[arg(value_enum)]
         which: SchemaKind,
     },
+    /// Re-seal every signing key and TOTP secret under AUTHD_MASTER_KEY,
+    /// opening them with it or with AUTHD_MASTER_KEY_PREVIOUS (after a
+    /// master-key rotation).
+    Reseal,
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -97,5 +101,21 @@ pub async fn tenant_create(config: &Config, slug: String, name: String, admin_em
     platform.shutdown().await;
     let t = result.map_err(|e| anyhow!("{}: {e}", e.code()))?;
     println!("created tenant {} ({}) issuer {}", t.slug, t.id, platform.deps.config.issuer(t.slug.as_str()));
+    Ok(())
+}
+
+pub async fn reseal(config: &Config) -> anyhow::Result<()> {
+    if config.master_key.is_none() {
+        bail!("AUTHD_MASTER_KEY: required (the new master key to seal under)");
+    }
+    let deps = crate::server::build_deps(config).await?;
+    let report = authd_tenancy::reseal::reseal_all(&deps).await.map_err(|e| anyhow!("{}: {e}", e.code()))?;
+    println!(
+        "resealed {} signing keys and {} TOTP secrets across {} tenants under master key {}",
+        report.signing_keys,
+        report.totp_secrets,
+        report.tenants,
+        deps.keyring.current().id()
+    );
     Ok(())
 }

@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
+        Command::Reseal => authd::cli::reseal(&config).await,
         Command::Tenant { command: TenantCommand::Create { slug, name, admin_email } } => {
             authd::cli::tenant_create(&config, slug, name, admin_email).await
         }

@@ -112,3 +112,34 @@ fn tenant_create_reads_the_password_from_stdin_and_persists_across_restarts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("BAD_USER_INPUT"));
 }
+
+#[test]
+fn reseal_moves_every_sealed_key_to_the_new_master_key() {
+    let dir = temp_dir();
+    let k1 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let k2 = "H+Dd3B8eHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQ=";
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut c = authd();
+        c.args(args)
+            .env("AUTHD_DATA_DIR", &dir)
+            .env("AUTHD_ARGON2_MEMORY_KIB", "64")
+            .env("AUTHD_ARGON2_ITERATIONS", "1")
+            .env("AUTHD_ADMIN_PASSWORD", "a long enough admin passphrase");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&["tenant", "create", "--slug", "seal-a", "--name", "A", "--admin-email", "a@a.test"], &[("AUTHD_MASTER_KEY", k1)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Under the new key alone, the old sealed signing key cannot be opened.
+    let out = run(&["reseal"], &[("AUTHD_MASTER_KEY", k2)]);
+    assert!(!out.status.success(), "opening needs the previous key");
+    let out = run(&["reseal"], &[("AUTHD_MASTER_KEY", k2), ("AUTHD_MASTER_KEY_PREVIOUS", k1)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resealed 1 signing keys"), "{}", String::from_utf8_lossy(&out.stdout));
+    // Now everything opens with the new key alone, and nothing is left to do.
+    let out = run(&["reseal"], &[("AUTHD_MASTER_KEY", k2)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resealed 0 signing keys"));
+}

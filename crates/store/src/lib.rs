@@ -247,6 +247,18 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false for a replayed or older step: exactly one of two
     /// concurrent calls with the same step succeeds.
     async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool>;
+
+    // ---- master-key rotation (`authd reseal`) ----
+
+    /// Every sealed TOTP secret of the tenant: (user, active, pending).
+    async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>>;
+
+    /// Replaces sealed TOTP secrets (re-sealed under a new master key), in one transaction.
+    async fn reseal_totp_secrets(
+        &self,
+        tenant: TenantId,
+        sealed: &[(UserId, Option<String>, Option<String>)],
+    ) -> Result<()>;
 }
 
 /// Role stored as text.

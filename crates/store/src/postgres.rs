@@ -669,6 +669,42 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let rows = sqlx::query(
+            "SELECT id, totp_secret_sealed, totp_pending_sealed FROM users WHERE tenant_id = $1 \
+             AND (totp_secret_sealed IS NOT NULL OR totp_pending_sealed IS NOT NULL)",
+        )
+        .bind(tenant.0)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| Ok((UserId(r.try_get("id")?), r.try_get("totp_secret_sealed")?, r.try_get("totp_pending_sealed")?)))
+            .collect()
+    }
+
+    async fn reseal_totp_secrets(
+        &self,
+        tenant: TenantId,
+        sealed: &[(UserId, Option<String>, Option<String>)],
+    ) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        for (user, active, pending) in sealed {
+            sqlx::query(
+                "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant.0)
+            .bind(user.0)
+            .bind(active)
+            .bind(pending)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Replaces a user's recovery codes (deleting the old set).

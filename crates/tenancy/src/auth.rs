@@ -282,11 +282,18 @@ impl TenantCtx<'_> {
         let new_token = crypto::random_token(32);
         let new = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
         let now = Utc::now().timestamp();
-        let outcome = self
-            .deps
-            .tokens
-            .rotate_refresh(self.rt.id, &old, &new, now, self.deps.config.refresh_token_ttl)
-            .await?;
+        let ttl = self.deps.config.refresh_token_ttl;
+        let mut outcome = self.deps.tokens.rotate_refresh(self.rt.id, &old, &new, now, ttl).await?;
+        // After a master-key rotation, tokens issued before it hash under a
+        // previous key (tried only while previous keys are configured).
+        if outcome == RotateOutcome::NotFound {
+            for candidate in self.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, refresh_token.as_bytes()).iter().skip(1) {
+                outcome = self.deps.tokens.rotate_refresh(self.rt.id, candidate, &new, now, ttl).await?;
+                if outcome != RotateOutcome::NotFound {
+                    break;
+                }
+            }
+        }
         match outcome {
             RotateOutcome::Rotated(session) => {
                 let user = self.deps.store.user_by_id(self.rt.id, session.user_id).await?;

@@ -24,7 +24,7 @@ use crate::Deps;
 use crate::audit::{self, RequestMeta, kinds};
 use crate::runtime::TenantRuntime;
 
-const SEAL_PURPOSE: &str = "signing-key";
+pub(crate) const SEAL_PURPOSE: &str = "signing-key";
 
 /// How long a retired key stays published: the longest access-token lifetime
 /// plus clock-skew margin.

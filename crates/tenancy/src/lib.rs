@@ -30,6 +30,7 @@
 //! - [`hashing`]: the fair password-hashing pool.
 //! - [`audit`]: audit events and their batched sink.
 //! - [`metrics`]: process-wide counters.
+//! - [`reseal`]: re-sealing secrets after a master-key rotation.
 
 pub mod admin;
 pub mod audit;
@@ -41,6 +42,7 @@ pub mod limits;
 pub mod metrics;
 pub mod mfa;
 pub mod platform;
+pub mod reseal;
 pub mod runtime;
 pub mod tenant;
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::audit::{self, RequestMeta, kinds};
 use crate::auth::{IssuedTokens, LoginOutcome, Principal, TenantCtx, deny_ttl};
 
-const SEAL_PURPOSE: &str = "totp-secret";
+pub(crate) const SEAL_PURPOSE: &str = "totp-secret";
 const RECOVERY_PURPOSE: &str = "recovery-code";
 const CHALLENGE_KIND: &str = "mfa";
 const CHALLENGE_TTL: Duration = Duration::from_secs(300);
