@@ -4,9 +4,9 @@
 #   scripts/test.sh [--setup-only [--keep]] [--no-lint] [CARGO TEST ARGS...]
 #   scripts/test.sh --stop
 #
-# The integration tests need a real Postgres, Redis (and soon a Redis
-# Cluster), Python and Node tools and a headless Chromium. This script finds or
-# starts each of them, exports where they are, runs cargo, and stops whatever
+# The integration tests need a real Postgres, Redis, a Redis Cluster, Python
+# and Node tools and a headless Chromium. This script finds or starts each of
+# them, exports where they are, runs cargo, and stops whatever
 # it started. It is what CI runs (.ci/run) and what a new laptop runs, so it
 # assumes nothing is installed beyond bash, cargo, python3 and node/npm, and
 # installs the rest with apt when it may (root, or password-less sudo).
@@ -39,8 +39,8 @@
 #   AUTHD_TEST_FORCE_PRIVATE_REDIS=1  start a private Redis even if one answers on 6379
 #
 # Exported to the tests:
-#   AUTHD_TEST_DATABASE_URL, AUTHD_TEST_REDIS_URL, AUTHD_TEST_REDIS_CLUSTER_URL
-#   (only when the cluster came up), AUTHD_TEST_PYTHON (venv python with the
+#   AUTHD_TEST_DATABASE_URL, AUTHD_TEST_REDIS_URL, AUTHD_TEST_REDIS_CLUSTER_URL,
+#   AUTHD_TEST_PYTHON (venv python with the
 #   pinned tools), AUTHD_TEST_NODE (node), AUTHD_TEST_SCRIPTS (absolute path of
 #   tests/scripts: cargo runs test binaries with the crate as cwd, so a
 #   relative path would not resolve), AUTHD_TEST_CHROMIUM and
@@ -431,12 +431,10 @@ setup_redis_cluster() {
     note "using AUTHD_TEST_REDIS_CLUSTER_URL as given"
   else
     ensure_redis_installed
-    # Not required yet: tests that need a cluster skip without this variable.
-    if ! start_redis_cluster; then
-      warn "could not start a Redis Cluster (see $ENV_DIR/redis-cluster); cluster tests will not run"
-      unset AUTHD_TEST_REDIS_CLUSTER_URL
-      return 0
-    fi
+    # Required: the token-lifecycle and rate-limit tests also run against it
+    # (the `all!` macro in tests/blackbox/harness.rs) and fail without it.
+    start_redis_cluster ||
+      die "could not start a Redis Cluster (see $ENV_DIR/redis-cluster), or set AUTHD_TEST_REDIS_CLUSTER_URL"
   fi
   export AUTHD_TEST_REDIS_CLUSTER_URL
   note "AUTHD_TEST_REDIS_CLUSTER_URL=$AUTHD_TEST_REDIS_CLUSTER_URL"

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use authd::config::Config;
 use authd::Running;
+use authd::config::Config;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -17,6 +17,16 @@ pub enum Backend {
     Embedded,
     /// A fresh Postgres database and a Redis key prefix.
     Production,
+    /// Like `Production`, but the token store is the local 3-master Redis
+    /// Cluster (`AUTHD_TEST_REDIS_CLUSTER_URL`, started by scripts/test.sh).
+    Cluster,
+}
+
+impl Backend {
+    /// Postgres storage (and a Redis token store).
+    pub fn is_postgres(self) -> bool {
+        matches!(self, Backend::Production | Backend::Cluster)
+    }
 }
 
 pub fn pg_admin_url() -> String {
@@ -25,6 +35,21 @@ pub fn pg_admin_url() -> String {
 
 pub fn redis_url() -> String {
     std::env::var("AUTHD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Comma-separated `redis://` seeds of the test Redis Cluster. Required: a
+/// cluster test that silently skipped would prove nothing.
+pub fn redis_cluster_url() -> String {
+    std::env::var("AUTHD_TEST_REDIS_CLUSTER_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .expect("AUTHD_TEST_REDIS_CLUSTER_URL must name the seeds of a Redis Cluster (scripts/test.sh starts one)")
+}
+
+tokio::task_local! {
+    /// The Redis key prefix servers started by an `all!` cluster test use, so
+    /// that the test can inspect every key they wrote afterwards.
+    static CLUSTER_PREFIX: String;
 }
 
 /// Replaces the database name of a Postgres URL.
@@ -39,9 +64,9 @@ pub async fn fresh_database() -> String {
     use sqlx::Connection;
     let admin = pg_admin_url();
     let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect(
-        "Postgres must answer at AUTHD_TEST_DATABASE_URL (scripts/test.sh sets it up)",
-    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("Postgres must answer at AUTHD_TEST_DATABASE_URL (scripts/test.sh sets it up)");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create db");
     let url = with_database(&admin, &name);
     authd_store::postgres::migrate_postgres(&url).await.expect("migrate");
@@ -74,11 +99,18 @@ pub fn base_env(backend: Backend, data_dir: &std::path::Path) -> HashMap<String,
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     env.insert("AUTHD_DATA_DIR".into(), data_dir.display().to_string());
-    if backend == Backend::Production {
+    if backend.is_postgres() {
         env.insert("AUTHD_MASTER_KEY".into(), authd_core::crypto::MasterKey::generate().to_base64());
         env.insert("AUTHD_PLATFORM_TOKEN".into(), authd_core::crypto::random_token(32));
-        env.insert("REDIS_URL".into(), redis_url());
-        env.insert("AUTHD_REDIS_PREFIX".into(), format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+        let random_prefix = || format!("authd-test-{}", uuid::Uuid::new_v4().simple());
+        let (url, prefix) = match backend {
+            Backend::Cluster => {
+                (redis_cluster_url(), CLUSTER_PREFIX.try_with(Clone::clone).unwrap_or_else(|_| random_prefix()))
+            }
+            _ => (redis_url(), random_prefix()),
+        };
+        env.insert("REDIS_URL".into(), url);
+        env.insert("AUTHD_REDIS_PREFIX".into(), prefix);
     }
     env
 }
@@ -92,7 +124,7 @@ impl TestServer {
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut HashMap<String, String>)) -> Self {
         let data_dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
         let mut env = base_env(backend, &data_dir);
-        if backend == Backend::Production {
+        if backend.is_postgres() {
             env.insert("DATABASE_URL".into(), fresh_database().await);
         }
         tweak(&mut env);
@@ -136,7 +168,8 @@ impl TestServer {
 
     /// POSTs a GraphQL document to `path` and returns the JSON body.
     pub async fn post(&self, path: &str, bearer: Option<&str>, query: &str, variables: Value) -> Value {
-        let mut req = self.http.post(format!("{}{}", self.url, path)).json(&json!({ "query": query, "variables": variables }));
+        let mut req =
+            self.http.post(format!("{}{}", self.url, path)).json(&json!({ "query": query, "variables": variables }));
         if let Some(b) = bearer {
             req = req.bearer_auth(b);
         }
@@ -243,6 +276,86 @@ macro_rules! both {
             }
         }
     };
+}
+
+/// Runs an async test body on the embedded default, on Postgres + Redis and
+/// on Postgres + the local Redis Cluster: `all!(name, body_fn)`. The cluster
+/// variant then checks that every key the servers wrote carries a tenant's
+/// hash tag ([`check_cluster_keys`]).
+#[macro_export]
+macro_rules! all {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$body($crate::harness::Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_redis() {
+                super::$body($crate::harness::Backend::Production).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                $crate::harness::on_cluster(super::$body($crate::harness::Backend::Cluster)).await
+            }
+        }
+    };
+}
+
+/// Runs a cluster test body with a known key prefix, then checks its keys.
+pub async fn on_cluster(body: impl std::future::Future<Output = ()>) {
+    let prefix = format!("authd-test-{}", uuid::Uuid::new_v4().simple());
+    CLUSTER_PREFIX.scope(prefix.clone(), body).await;
+    let seen = check_cluster_keys(&prefix).await;
+    eprintln!("cluster: {seen} keys under {prefix} carry their tenant's hash tag");
+}
+
+/// Every key under `prefix` on every node of the test cluster is
+/// `{prefix}:{<tenant uuid>}:…`, so all of a tenant's keys hash to that
+/// tenant's slot (and a multi-key script never crosses slots). Returns how
+/// many keys were seen.
+pub async fn check_cluster_keys(prefix: &str) -> usize {
+    let mut seen = 0;
+    for seed in redis_cluster_url().split(',') {
+        let client = redis::Client::open(seed.trim()).expect("cluster seed URL");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("cluster node answers");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .expect("SCAN");
+            for key in keys {
+                seen += 1;
+                let rest = &key[prefix.len() + 1..];
+                let tag = rest
+                    .strip_prefix('{')
+                    .and_then(|r| r.split_once("}:"))
+                    .map(|(t, _)| t)
+                    .unwrap_or_else(|| panic!("key {key:?} does not start with a {{tenant}} hash tag"));
+                assert!(uuid::Uuid::parse_str(tag).is_ok(), "key {key:?}: hash tag {tag:?} is not a tenant id");
+                let key_slot: u16 =
+                    redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(&mut conn).await.unwrap();
+                let tenant_slot: u16 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(format!("{{{tag}}}"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(key_slot, tenant_slot, "key {key:?} is not in its tenant's slot");
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    seen
 }
 
 /// Everything the servers in this test binary log (all tests share it), so

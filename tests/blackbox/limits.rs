@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::both;
-use crate::harness::{Backend, TestServer, Tenant, code};
+use crate::all;
+use crate::harness::{Backend, Tenant, TestServer, code};
 
 async fn server(backend: Backend) -> TestServer {
     TestServer::start_with(backend, |env| {
@@ -56,7 +56,10 @@ async fn per_ip(backend: Backend) {
     let t = s.tenant().await;
     set_limits(&s, &t, json!({ "loginPerIpPerMinute": 3 })).await;
     for _ in 0..3 {
-        assert_eq!(code(&login_from(&s, &t.slug, "198.51.100.1", &t.admin_email, "wrong password here").await), Some("INVALID_CREDENTIALS"));
+        assert_eq!(
+            code(&login_from(&s, &t.slug, "198.51.100.1", &t.admin_email, "wrong password here").await),
+            Some("INVALID_CREDENTIALS")
+        );
     }
     let limited = login_from(&s, &t.slug, "198.51.100.1", &t.admin_email, &t.admin_password).await;
     assert_eq!(code(&limited), Some("RATE_LIMITED"), "{limited}");
@@ -65,7 +68,7 @@ async fn per_ip(backend: Backend) {
     let other = login_from(&s, &t.slug, "198.51.100.2", &t.admin_email, &t.admin_password).await;
     assert_eq!(other["data"]["login"]["__typename"], "AuthTokens", "{other}");
 }
-both!(login_attempts_are_limited_per_client_ip, per_ip);
+all!(login_attempts_are_limited_per_client_ip, per_ip);
 
 async fn burst(backend: Backend) {
     let s = server(backend).await;
@@ -82,7 +85,7 @@ async fn burst(backend: Backend) {
     assert_eq!(verifications as usize, invalid, "every verified attempt answered INVALID_CREDENTIALS");
     assert!(limited >= 45);
 }
-both!(a_concurrent_wrong_password_burst_performs_at_most_the_allowed_verifications, burst);
+all!(a_concurrent_wrong_password_burst_performs_at_most_the_allowed_verifications, burst);
 
 async fn unknown_like_known(backend: Backend) {
     let s = server(backend).await;
@@ -103,7 +106,7 @@ async fn unknown_like_known(backend: Backend) {
     assert_eq!(known, unknown, "RATE_LIMITED reveals nothing about which accounts exist");
     assert!(known.iter().any(|c| c.as_deref() == Some("RATE_LIMITED")), "{known:?}");
 }
-both!(unknown_emails_are_limited_exactly_like_existing_ones, unknown_like_known);
+all!(unknown_emails_are_limited_exactly_like_existing_ones, unknown_like_known);
 
 async fn retry_after_is_accurate(backend: Backend) {
     let s = server(backend).await;
@@ -119,13 +122,16 @@ async fn retry_after_is_accurate(backend: Backend) {
     assert!((29..=31).contains(&wait), "2 per minute: the next slot is ~30 s away, got {wait}");
     // One second early: still limited.
     s.deps().clock.advance(Duration::from_secs(wait - 1) - Duration::from_millis(500));
-    assert_eq!(code(&login_from(&s, &t.slug, ip, "clock@example.com", "clock user passphrase").await), Some("RATE_LIMITED"));
+    assert_eq!(
+        code(&login_from(&s, &t.slug, ip, "clock@example.com", "clock user passphrase").await),
+        Some("RATE_LIMITED")
+    );
     // At retryAfter (±1 s): allowed.
     s.deps().clock.advance(Duration::from_millis(1500));
     let ok = login_from(&s, &t.slug, ip, "clock@example.com", "clock user passphrase").await;
     assert_eq!(ok["data"]["login"]["__typename"], "AuthTokens", "{ok}");
 }
-both!(retry_after_matches_when_the_next_attempt_succeeds, retry_after_is_accurate);
+all!(retry_after_matches_when_the_next_attempt_succeeds, retry_after_is_accurate);
 
 async fn forged_xff(backend: Backend) {
     // No trusted proxies: X-Forwarded-For from the peer is not believed.
@@ -140,7 +146,7 @@ async fn forged_xff(backend: Backend) {
     // The admin's own login above counted as one attempt from the same peer.
     assert!(codes.iter().filter(|c| c.as_deref() == Some("RATE_LIMITED")).count() >= 2, "{codes:?}");
 }
-both!(forged_forwarded_for_from_an_untrusted_peer_is_ignored, forged_xff);
+all!(forged_forwarded_for_from_an_untrusted_peer_is_ignored, forged_xff);
 
 async fn tenants_are_independent(backend: Backend) {
     let s = server(backend).await;
@@ -155,14 +161,18 @@ async fn tenants_are_independent(backend: Backend) {
     let ok = login_from(&s, &b.slug, ip, &b.admin_email, &b.admin_password).await;
     assert_eq!(ok["data"]["login"]["__typename"], "AuthTokens", "tenant B is not limited by A: {ok}");
 }
-both!(one_tenant_being_limited_does_not_limit_another, tenants_are_independent);
+all!(one_tenant_being_limited_does_not_limit_another, tenants_are_independent);
 
 async fn aliases_count_per_call(backend: Backend) {
     let s = server(backend).await;
     let t = s.tenant().await;
     set_limits(&s, &t, json!({ "loginPerIpPerMinute": 3 })).await;
     let fields: Vec<String> = (0..10)
-        .map(|i| format!("a{i}: login(input: {{ email: \"z@example.com\", password: \"wrong password {i}\" }}) {{ __typename }}"))
+        .map(|i| {
+            format!(
+                "a{i}: login(input: {{ email: \"z@example.com\", password: \"wrong password {i}\" }}) {{ __typename }}"
+            )
+        })
         .collect();
     let body: Value = s
         .http
@@ -179,29 +189,37 @@ async fn aliases_count_per_call(backend: Backend) {
     let limited = errors.iter().filter(|e| e["extensions"]["code"] == "RATE_LIMITED").count();
     assert_eq!(limited, 7, "10 aliased logins get the attempts of 10 requests: {body}");
 }
-both!(aliased_logins_count_once_per_call, aliases_count_per_call);
+all!(aliased_logins_count_once_per_call, aliases_count_per_call);
 
 async fn success_resets(backend: Backend) {
     let s = server(backend).await;
     let t = s.tenant().await;
     let ip = "198.51.100.60";
     for _ in 0..4 {
-        assert_eq!(code(&login_from(&s, &t.slug, ip, &t.admin_email, "wrong wrong wrong").await), Some("INVALID_CREDENTIALS"));
+        assert_eq!(
+            code(&login_from(&s, &t.slug, ip, &t.admin_email, "wrong wrong wrong").await),
+            Some("INVALID_CREDENTIALS")
+        );
     }
     let ok = login_from(&s, &t.slug, ip, &t.admin_email, &t.admin_password).await;
     assert_eq!(ok["data"]["login"]["__typename"], "AuthTokens");
     // The burst window was reset: four more failures are verified again, not refused.
     for _ in 0..4 {
-        assert_eq!(code(&login_from(&s, &t.slug, ip, &t.admin_email, "wrong wrong wrong").await), Some("INVALID_CREDENTIALS"));
+        assert_eq!(
+            code(&login_from(&s, &t.slug, ip, &t.admin_email, "wrong wrong wrong").await),
+            Some("INVALID_CREDENTIALS")
+        );
     }
 }
-both!(a_successful_login_resets_the_failure_counters, success_resets);
+all!(a_successful_login_resets_the_failure_counters, success_resets);
 
 async fn bad_policy(backend: Backend) {
     let s = server(backend).await;
     let t = s.tenant().await;
     let admin = s.login(&t.slug, &t.admin_email, &t.admin_password).await.0;
-    for (field, value) in [("failedLoginsPerAccountPerHour", 101), ("loginPerIpPerMinute", 0), ("registrationsPerIpPerHour", -1)] {
+    for (field, value) in
+        [("failedLoginsPerAccountPerHour", 101), ("loginPerIpPerMinute", 0), ("registrationsPerIpPerHour", -1)]
+    {
         let body = s
             .gql(&t.slug, Some(&admin), "mutation($r: RateLimitPolicyInput!) { updateTenantSettings(input: { rateLimits: $r }) { passwordMinLength } }", json!({ "r": { field: value } }))
             .await;
@@ -209,7 +227,7 @@ async fn bad_policy(backend: Backend) {
         assert_eq!(body["errors"][0]["extensions"]["field"], format!("rateLimits.{field}"));
     }
 }
-both!(rate_limit_policies_are_validated, bad_policy);
+all!(rate_limit_policies_are_validated, bad_policy);
 
 async fn tenant_quota(backend: Backend) {
     let s = server(backend).await;
@@ -233,7 +251,7 @@ async fn tenant_quota(backend: Backend) {
     assert!(!limited.is_empty(), "{statuses:?}");
     assert!(limited.iter().all(|(_, r)| r.as_deref().is_some_and(|r| r.parse::<u64>().is_ok())), "{statuses:?}");
 }
-both!(a_tenant_wide_quota_answers_429_with_retry_after, tenant_quota);
+all!(a_tenant_wide_quota_answers_429_with_retry_after, tenant_quota);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_sharing_redis_enforce_one_limit() {

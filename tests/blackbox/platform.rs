@@ -96,7 +96,7 @@ pub(crate) async fn owned_rows(s: &TestServer, tenant: TenantId) -> BTreeMap<Str
     use sqlx::Connection;
     let mut out = BTreeMap::new();
     match s.backend {
-        Backend::Production => {
+        Backend::Production | Backend::Cluster => {
             let mut conn = sqlx::PgConnection::connect(s.database_url.as_deref().unwrap()).await.unwrap();
             for t in crate::rls::tenant_owned_tables(&mut conn).await {
                 let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
