@@ -85,9 +85,24 @@ async fn every_event_type(backend: Backend) {
 
     // user.registered
     let pw = "an audited passphrase";
-    let reg = call(&s, &t.slug, None, "mutation($i: RegisterInput!) { register(input: $i) { id } }", json!({ "i": { "email": "bob@example.com", "password": pw } })).await;
+    let reg = call(
+        &s,
+        &t.slug,
+        None,
+        "mutation($i: RegisterInput!) { register(input: $i) { id } }",
+        json!({ "i": { "email": "bob@example.com", "password": pw } }),
+    )
+    .await;
     let bob = reg["data"]["register"]["id"].as_str().unwrap().to_owned();
-    let e = one(&events(&s, &t.slug, &admin, "user.registered").await.into_iter().filter(|e| e["subjectId"] == bob.as_str()).collect::<Vec<_>>(), "user.registered").clone();
+    let e = one(
+        &events(&s, &t.slug, &admin, "user.registered")
+            .await
+            .into_iter()
+            .filter(|e| e["subjectId"] == bob.as_str())
+            .collect::<Vec<_>>(),
+        "user.registered",
+    )
+    .clone();
     assert_eq!(e["subjectId"], bob.as_str());
 
     // login.failed with reason classes; the client only sees INVALID_CREDENTIALS.
@@ -105,14 +120,32 @@ async fn every_event_type(backend: Backend) {
     let bob_login = login(&s, &t.slug, "bob@example.com", pw).await;
     let bob_token = bob_login["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
     let bob_refresh = bob_login["data"]["login"]["refreshToken"].as_str().unwrap().to_owned();
-    let ok: Vec<Value> = events(&s, &t.slug, &admin, "login.succeeded").await.into_iter().filter(|e| e["subjectId"] == bob.as_str()).collect();
+    let ok: Vec<Value> = events(&s, &t.slug, &admin, "login.succeeded")
+        .await
+        .into_iter()
+        .filter(|e| e["subjectId"] == bob.as_str())
+        .collect();
     let e = one(&ok, "login.succeeded");
     assert_eq!(e["actorId"], bob.as_str());
 
     // refresh.reuse_detected
-    let r1 = call(&s, &t.slug, None, "mutation($r: String) { refresh(refreshToken: $r) { refreshToken } }", json!({ "r": bob_refresh })).await;
+    let r1 = call(
+        &s,
+        &t.slug,
+        None,
+        "mutation($r: String) { refresh(refreshToken: $r) { refreshToken } }",
+        json!({ "r": bob_refresh }),
+    )
+    .await;
     assert!(r1["data"]["refresh"]["refreshToken"].is_string());
-    let r2 = call(&s, &t.slug, None, "mutation($r: String) { refresh(refreshToken: $r) { refreshToken } }", json!({ "r": bob_refresh })).await;
+    let r2 = call(
+        &s,
+        &t.slug,
+        None,
+        "mutation($r: String) { refresh(refreshToken: $r) { refreshToken } }",
+        json!({ "r": bob_refresh }),
+    )
+    .await;
     assert_eq!(code(&r2), Some("TOKEN_REUSED"));
     let e = one(&events(&s, &t.slug, &admin, "refresh.reuse_detected").await, "refresh.reuse_detected").clone();
     assert_eq!(e["subjectId"], bob.as_str());
@@ -120,14 +153,30 @@ async fn every_event_type(backend: Backend) {
 
     // session.logout, session.revoked, session.logout_all
     let l = login(&s, &t.slug, "bob@example.com", pw).await;
-    let (tok, rt) = (l["data"]["login"]["accessToken"].as_str().unwrap().to_owned(), l["data"]["login"]["refreshToken"].as_str().unwrap().to_owned());
-    assert_eq!(call(&s, &t.slug, Some(&tok), "mutation($r: String) { logout(refreshToken: $r) }", json!({ "r": rt })).await["data"]["logout"], true);
+    let (tok, rt) = (
+        l["data"]["login"]["accessToken"].as_str().unwrap().to_owned(),
+        l["data"]["login"]["refreshToken"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(
+        call(&s, &t.slug, Some(&tok), "mutation($r: String) { logout(refreshToken: $r) }", json!({ "r": rt })).await["data"]
+            ["logout"],
+        true
+    );
     one(&events(&s, &t.slug, &admin, "session.logout").await, "session.logout");
-    let l1 = login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
-    let l2 = login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
+    let l1 =
+        login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
+    let l2 =
+        login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
     let sessions = call(&s, &t.slug, Some(&l1), "{ sessions { id current } }", json!({})).await;
-    let other = sessions["data"]["sessions"].as_array().unwrap().iter().find(|x| x["current"] == false).unwrap()["id"].as_str().unwrap().to_owned();
-    assert_eq!(call(&s, &t.slug, Some(&l1), "mutation($id: ID!) { revokeSession(id: $id) }", json!({ "id": other })).await["data"]["revokeSession"], true);
+    let other = sessions["data"]["sessions"].as_array().unwrap().iter().find(|x| x["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        call(&s, &t.slug, Some(&l1), "mutation($id: ID!) { revokeSession(id: $id) }", json!({ "id": other })).await["data"]
+            ["revokeSession"],
+        true
+    );
     one(&events(&s, &t.slug, &admin, "session.revoked").await, "session.revoked");
     let _ = l2;
     let n = call(&s, &t.slug, Some(&l1), "mutation { logoutAll }", json!({})).await;
@@ -147,7 +196,10 @@ async fn every_event_type(backend: Backend) {
         assert_eq!(e["actorId"], admin_id.as_str());
         assert_eq!(e["subjectId"], bob.as_str());
     }
-    assert_eq!(events(&s, &t.slug, &admin, "user.role_changed").await[0]["detail"], json!({ "from": "user", "to": "admin" }));
+    assert_eq!(
+        events(&s, &t.slug, &admin, "user.role_changed").await[0]["detail"],
+        json!({ "from": "user", "to": "admin" })
+    );
 
     // key.rotated, settings.changed (which fields, never values)
     assert!(call(&s, &t.slug, Some(&admin), "mutation { rotateSigningKey { kid } }", json!({})).await["data"]["rotateSigningKey"]["kid"].is_string());
@@ -160,38 +212,82 @@ async fn every_event_type(backend: Backend) {
     assert!(!e["detail"].to_string().contains("app.example.org"), "names, not values");
 
     // totp.enrolled, mfa.failed, mfa.succeeded, totp.replay_refused, recovery_code.used, totp.disabled
-    let begin = call(&s, &t.slug, Some(&l1), "mutation($p: String!) { beginTotpEnrollment(password: $p) { secret } }", json!({ "p": pw })).await;
+    let begin = call(
+        &s,
+        &t.slug,
+        Some(&l1),
+        "mutation($p: String!) { beginTotpEnrollment(password: $p) { secret } }",
+        json!({ "p": pw }),
+    )
+    .await;
     let _ = begin;
     let l = login(&s, &t.slug, "bob@example.com", pw).await;
     let tok = l["data"]["login"]["accessToken"].as_str().unwrap().to_owned();
-    let begin = call(&s, &t.slug, Some(&tok), "mutation($p: String!) { beginTotpEnrollment(password: $p) { secret } }", json!({ "p": pw })).await;
+    let begin = call(
+        &s,
+        &t.slug,
+        Some(&tok),
+        "mutation($p: String!) { beginTotpEnrollment(password: $p) { secret } }",
+        json!({ "p": pw }),
+    )
+    .await;
     let secret = begin["data"]["beginTotpEnrollment"]["secret"].as_str().unwrap().to_owned();
     let now = chrono::Utc::now().timestamp();
-    let codes = call(&s, &t.slug, Some(&tok), "mutation($c: String!) { confirmTotpEnrollment(code: $c) { codes } }", json!({ "c": pyotp(&secret, now).await })).await;
-    let recovery: Vec<String> = serde_json::from_value(codes["data"]["confirmTotpEnrollment"]["codes"].clone()).unwrap_or_else(|_| panic!("{codes}"));
+    let codes = call(
+        &s,
+        &t.slug,
+        Some(&tok),
+        "mutation($c: String!) { confirmTotpEnrollment(code: $c) { codes } }",
+        json!({ "c": pyotp(&secret, now).await }),
+    )
+    .await;
+    let recovery: Vec<String> = serde_json::from_value(codes["data"]["confirmTotpEnrollment"]["codes"].clone())
+        .unwrap_or_else(|_| panic!("{codes}"));
     one(&events(&s, &t.slug, &admin, "totp.enrolled").await, "totp.enrolled");
-    let ch = login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["challengeId"].as_str().unwrap().to_owned();
+    let ch =
+        login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["challengeId"].as_str().unwrap().to_owned();
     let verify = "mutation($i: VerifyMfaInput!) { verifyMfa(input: $i) { accessToken } }";
-    assert_eq!(code(&call(&s, &t.slug, None, verify, json!({ "i": { "challengeId": ch, "code": "000000" } })).await), Some("MFA_INVALID"));
+    assert_eq!(
+        code(&call(&s, &t.slug, None, verify, json!({ "i": { "challengeId": ch, "code": "000000" } })).await),
+        Some("MFA_INVALID")
+    );
     one(&events(&s, &t.slug, &admin, "mfa.failed").await, "mfa.failed");
     let ok = call(&s, &t.slug, None, verify, json!({ "i": { "challengeId": ch, "code": recovery[0] } })).await;
     let mfa_tok = ok["data"]["verifyMfa"]["accessToken"].as_str().unwrap_or_else(|| panic!("{ok}")).to_owned();
     one(&events(&s, &t.slug, &admin, "recovery_code.used").await, "recovery_code.used");
     one(&events(&s, &t.slug, &admin, "mfa.succeeded").await, "mfa.succeeded");
-    let ch = login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["challengeId"].as_str().unwrap().to_owned();
+    let ch =
+        login(&s, &t.slug, "bob@example.com", pw).await["data"]["login"]["challengeId"].as_str().unwrap().to_owned();
     let replay = pyotp(&secret, now).await; // the step confirm used
-    assert_eq!(code(&call(&s, &t.slug, None, verify, json!({ "i": { "challengeId": ch, "code": replay } })).await), Some("MFA_INVALID"));
+    assert_eq!(
+        code(&call(&s, &t.slug, None, verify, json!({ "i": { "challengeId": ch, "code": replay } })).await),
+        Some("MFA_INVALID")
+    );
     one(&events(&s, &t.slug, &admin, "totp.replay_refused").await, "totp.replay_refused");
     let next = pyotp(&secret, chrono::Utc::now().timestamp() + 30).await;
-    let off = call(&s, &t.slug, Some(&mfa_tok), "mutation($p: String!, $c: String!) { disableTotp(password: $p, code: $c) }", json!({ "p": pw, "c": next })).await;
+    let off = call(
+        &s,
+        &t.slug,
+        Some(&mfa_tok),
+        "mutation($p: String!, $c: String!) { disableTotp(password: $p, code: $c) }",
+        json!({ "p": pw, "c": next }),
+    )
+    .await;
     assert_eq!(off["data"]["disableTotp"], true, "{off}");
     one(&events(&s, &t.slug, &admin, "totp.disabled").await, "totp.disabled");
 
     // No event, stored or logged, holds a password, token, TOTP secret or recovery code.
-    let all = s.deps().store.audit_events(authd_core::TenantId(t.id.parse().unwrap()), &Default::default(), None, 1000).await.unwrap();
+    let all = s
+        .deps()
+        .store
+        .audit_events(authd_core::TenantId(t.id.parse().unwrap()), &Default::default(), None, 1000)
+        .await
+        .unwrap();
     let stored = format!("{all:?}");
     let logs = captured_logs();
-    for secret_value in [pw, t.admin_password.as_str(), &admin, &tok, &mfa_tok, &bob_refresh, &secret, &recovery[0], &recovery[5]] {
+    for secret_value in
+        [pw, t.admin_password.as_str(), &admin, &tok, &mfa_tok, &bob_refresh, &secret, &recovery[0], &recovery[5]]
+    {
         assert!(!stored.contains(secret_value), "an event detail holds a secret");
         assert!(!logs.contains(secret_value), "a log line holds a secret");
     }
@@ -209,19 +305,37 @@ async fn tenant_isolation(backend: Backend) {
     let cross = call(&s, &b.slug, Some(&a_admin), "{ auditEvents { edges { node { id } } } }", json!({})).await;
     assert_eq!(code(&cross), Some("UNAUTHENTICATED"));
     // Filtering A's events by B's user id finds nothing of B's.
-    let filtered = call(&s, &a.slug, Some(&a_admin), "query($u: ID) { auditEvents(userId: $u) { edges { node { id } } } }", json!({ "u": b_admin_id })).await;
+    let filtered = call(
+        &s,
+        &a.slug,
+        Some(&a_admin),
+        "query($u: ID) { auditEvents(userId: $u) { edges { node { id } } } }",
+        json!({ "u": b_admin_id }),
+    )
+    .await;
     assert_eq!(filtered["data"]["auditEvents"]["edges"], json!([]));
     // A's own list holds no event whose subject is B's admin.
     s.deps().audit.flush().await;
-    let mine = call(&s, &a.slug, Some(&a_admin), "{ auditEvents(first: 100) { edges { node { subjectId actorId } } } }", json!({})).await;
+    let mine = call(
+        &s,
+        &a.slug,
+        Some(&a_admin),
+        "{ auditEvents(first: 100) { edges { node { subjectId actorId } } } }",
+        json!({}),
+    )
+    .await;
     assert!(!mine.to_string().contains(&b_admin_id), "{mine}");
     // A non-admin cannot read the tenant's events at all.
     s.register(&a.slug, "plain@example.com", "plain user passphrase").await;
     let plain = s.login(&a.slug, "plain@example.com", "plain user passphrase").await.0;
-    assert_eq!(code(&call(&s, &a.slug, Some(&plain), "{ auditEvents { edges { node { id } } } }", json!({})).await), Some("FORBIDDEN"));
+    assert_eq!(
+        code(&call(&s, &a.slug, Some(&plain), "{ auditEvents { edges { node { id } } } }", json!({})).await),
+        Some("FORBIDDEN")
+    );
     // …but sees their own sign-in history.
     let me = call(&s, &a.slug, Some(&plain), "{ me { recentActivity { type } } }", json!({})).await;
-    let types: Vec<&str> = me["data"]["me"]["recentActivity"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    let types: Vec<&str> =
+        me["data"]["me"]["recentActivity"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
     assert!(types.contains(&"user.registered"), "{me}");
 }
 both!(a_tenant_admin_cannot_read_another_tenants_events, tenant_isolation);
@@ -281,11 +395,27 @@ async fn failed_change_leaves_no_event(backend: Backend) {
     assert_eq!(after.len(), before.len());
     // And through the API: a refused admin mutation writes no event.
     let admin = s.login(&t.slug, &t.admin_email, &t.admin_password).await.0;
-    let me = s.gql(&t.slug, Some(&admin), "{ me { id } }", json!({})).await["data"]["me"]["id"].as_str().unwrap().to_owned();
-    let refused = s.gql(&t.slug, Some(&admin), "mutation($u: ID!) { setUserRole(userId: $u, role: USER) { id } }", json!({ "u": me })).await;
+    let me =
+        s.gql(&t.slug, Some(&admin), "{ me { id } }", json!({})).await["data"]["me"]["id"].as_str().unwrap().to_owned();
+    let refused = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "mutation($u: ID!) { setUserRole(userId: $u, role: USER) { id } }",
+            json!({ "u": me }),
+        )
+        .await;
     assert_eq!(code(&refused), Some("BAD_USER_INPUT"), "the last admin stays: {refused}");
     s.deps().audit.flush().await;
-    let roles = store.audit_events(tenant, &authd_store::AuditFilter { kind: Some("user.role_changed".into()), ..Default::default() }, None, 10).await.unwrap();
+    let roles = store
+        .audit_events(
+            tenant,
+            &authd_store::AuditFilter { kind: Some("user.role_changed".into()), ..Default::default() },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
     assert!(roles.is_empty());
 }
 both!(a_failure_inside_a_change_leaves_neither_the_change_nor_its_event, failed_change_leaves_no_event);

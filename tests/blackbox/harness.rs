@@ -160,6 +160,7 @@ impl TestServer {
         &self.running().platform.deps
     }
 
+    #[allow(dead_code)] // for tests that stop a replica mid-test
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;

@@ -240,6 +240,7 @@ async fn body_limit(backend: Backend) {
     let (status, text) =
         post_raw(&s, "/t/bulky/graphql", Some("application/json"), None, serde_json::to_vec(&doc).unwrap()).await;
     assert_eq!(status, 413, "{text}");
+    assert_eq!(code(&parse(&text)), Some("BAD_USER_INPUT"), "a contract error, not the framework's text: {text}");
     assert_no_leak("oversized body", &text);
     assert!(!exists(&s, &t.slug, "big@example.com").await, "an oversized request executed");
 
@@ -252,9 +253,9 @@ async fn body_limit(backend: Backend) {
 
     let token = s.platform_token.clone();
     let big = json!({ "query": "{ __typename }", "variables": { "padding": "x".repeat(65 * 1024) } });
-    let (status, _) =
+    let (status, text) =
         post_raw(&s, "/graphql", Some("application/json"), Some(&token), serde_json::to_vec(&big).unwrap()).await;
-    assert_eq!(status, 413);
+    assert_eq!((status, code(&parse(&text))), (413, Some("BAD_USER_INPUT")), "{text}");
 }
 both!(bodies_over_64_kib_are_refused, body_limit);
 

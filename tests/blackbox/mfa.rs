@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::both;
 use crate::graphiql::test_python;
-use crate::harness::{Backend, TestServer, Tenant, capture_logs, captured_logs, code};
+use crate::harness::{Backend, Tenant, TestServer, capture_logs, captured_logs, code};
 
 const STEP: i64 = 30;
 
@@ -50,7 +50,8 @@ async fn fresh_step() {
 
 const ENROLL: &str = "mutation($p: String!) { beginTotpEnrollment(password: $p) { secret otpauthUri qrSvg } }";
 const CONFIRM: &str = "mutation($c: String!) { confirmTotpEnrollment(code: $c) { codes } }";
-const VERIFY: &str = "mutation($i: VerifyMfaInput!) { verifyMfa(input: $i) { accessToken refreshToken user { totpEnabled } } }";
+const VERIFY: &str =
+    "mutation($i: VerifyMfaInput!) { verifyMfa(input: $i) { accessToken refreshToken user { totpEnabled } } }";
 
 struct Enrolled {
     secret: String,
@@ -70,7 +71,12 @@ async fn enrolled_user(s: &TestServer, t: &Tenant) -> Enrolled {
     let secret = e["secret"].as_str().unwrap_or_else(|| panic!("{begin}")).to_owned();
     let uri = e["otpauthUri"].as_str().unwrap();
     assert!(uri.starts_with("otpauth://totp/"), "{uri}");
-    assert!(uri.contains(&format!("secret={secret}")) && uri.contains("algorithm=SHA1") && uri.contains("digits=6") && uri.contains("period=30"));
+    assert!(
+        uri.contains(&format!("secret={secret}"))
+            && uri.contains("algorithm=SHA1")
+            && uri.contains("digits=6")
+            && uri.contains("period=30")
+    );
     assert!(uri.contains(&format!("issuer={}", t_name_encoded(t))), "issuer is the tenant name: {uri}");
     assert!(e["qrSvg"].as_str().unwrap().contains("<svg"), "an SVG made in process");
     let svg = e["qrSvg"].as_str().unwrap();
@@ -133,11 +139,19 @@ async fn independent_codes_work_once_and_only_within_one_step(backend: Backend) 
     s.deps().audit.flush().await;
     let (admin, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
     let ev = s
-        .gql(&t.slug, Some(&admin), "{ auditEvents(type: \"totp.replay_refused\") { edges { node { type subjectId } } } }", json!({}))
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "{ auditEvents(type: \"totp.replay_refused\") { edges { node { type subjectId } } } }",
+            json!({}),
+        )
         .await;
     assert_eq!(ev["data"]["auditEvents"]["edges"].as_array().unwrap().len(), 1, "{ev}");
 }
-both!(independent_totp_codes_are_accepted_once_and_only_within_one_step, independent_codes_work_once_and_only_within_one_step);
+both!(
+    independent_totp_codes_are_accepted_once_and_only_within_one_step,
+    independent_codes_work_once_and_only_within_one_step
+);
 
 async fn oathtool_agrees(backend: Backend) {
     let s = TestServer::start(backend).await;
@@ -248,13 +262,28 @@ async fn secret_never_leaks(backend: Backend) {
     let c = challenge(&s, &t, &u).await;
     let ok = verify(&s, &t, &c, &u.recovery[0]).await;
     let token = ok["data"]["verifyMfa"]["accessToken"].as_str().unwrap().to_owned();
-    let me = s.gql(&t.slug, Some(&token), "{ me { id email totpEnabled recentActivity { type detail } } sessions { id } }", json!({})).await;
+    let me = s
+        .gql(
+            &t.slug,
+            Some(&token),
+            "{ me { id email totpEnabled recentActivity { type detail } } sessions { id } }",
+            json!({}),
+        )
+        .await;
     assert_eq!(me["data"]["me"]["totpEnabled"], true);
     let (admin, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
     s.deps().audit.flush().await;
     let events = s.gql(&t.slug, Some(&admin), "{ auditEvents(first: 100) { edges { node { type detail } } } users { edges { node { email totpEnabled } } } }", json!({})).await;
-    let types: Vec<&str> = events["data"]["auditEvents"]["edges"].as_array().unwrap().iter().filter_map(|e| e["node"]["type"].as_str()).collect();
-    assert!(types.contains(&"totp.enrolled") && types.contains(&"recovery_code.used") && types.contains(&"mfa.succeeded"), "{types:?}");
+    let types: Vec<&str> = events["data"]["auditEvents"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["node"]["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"totp.enrolled") && types.contains(&"recovery_code.used") && types.contains(&"mfa.succeeded"),
+        "{types:?}"
+    );
     let everything = format!("{me}{events}{}", captured_logs());
     let lower = u.secret.to_lowercase();
     assert!(!everything.contains(&u.secret) && !everything.contains(&lower), "the TOTP secret leaked");
@@ -274,7 +303,8 @@ async fn disable_needs_both_factors(backend: Backend) {
     let token = ok["data"]["verifyMfa"]["accessToken"].as_str().unwrap().to_owned();
     // Another session, which disabling revokes.
     let c2 = challenge(&s, &t, &u).await;
-    let other = verify(&s, &t, &c2, &u.recovery[1]).await["data"]["verifyMfa"]["accessToken"].as_str().unwrap().to_owned();
+    let other =
+        verify(&s, &t, &c2, &u.recovery[1]).await["data"]["verifyMfa"]["accessToken"].as_str().unwrap().to_owned();
     const DISABLE: &str = "mutation($p: String!, $c: String!) { disableTotp(password: $p, code: $c) }";
     fresh_step().await;
     let good = pyotp(&u.secret, now() + STEP).await;
@@ -297,7 +327,12 @@ async fn admins_must_enroll(backend: Backend) {
     let t = s.tenant().await;
     let (admin, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
     let set = s
-        .gql(&t.slug, Some(&admin), "mutation { updateTenantSettings(input: { requireMfaForAdmins: true }) { requireMfaForAdmins } }", json!({}))
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "mutation { updateTenantSettings(input: { requireMfaForAdmins: true }) { requireMfaForAdmins } }",
+            json!({}),
+        )
         .await;
     assert_eq!(set["data"]["updateTenantSettings"]["requireMfaForAdmins"], true, "{set}");
     let (limited, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
@@ -310,7 +345,8 @@ async fn admins_must_enroll(backend: Backend) {
     assert_eq!(me["data"]["me"]["email"], t.admin_email.as_str());
     // Enrollment is allowed with the limited token.
     let begin = s.gql(&t.slug, Some(&limited), ENROLL, json!({ "p": t.admin_password })).await;
-    let secret = begin["data"]["beginTotpEnrollment"]["secret"].as_str().unwrap_or_else(|| panic!("{begin}")).to_owned();
+    let secret =
+        begin["data"]["beginTotpEnrollment"]["secret"].as_str().unwrap_or_else(|| panic!("{begin}")).to_owned();
     fresh_step().await;
     let confirm = s.gql(&t.slug, Some(&limited), CONFIRM, json!({ "c": pyotp(&secret, now()).await })).await;
     assert!(confirm["data"]["confirmTotpEnrollment"]["codes"].is_array(), "{confirm}");

@@ -15,11 +15,21 @@ async fn register_login_me_refresh(backend: Backend) {
     assert_eq!(me["data"]["me"]["email"], "alice@example.com", "{me}");
     assert_eq!(me["data"]["me"]["role"], "USER");
     let r = s
-        .gql(&t.slug, None, "mutation($r: String) { refresh(refreshToken: $r) { accessToken refreshToken } }", json!({ "r": refresh }))
+        .gql(
+            &t.slug,
+            None,
+            "mutation($r: String) { refresh(refreshToken: $r) { accessToken refreshToken } }",
+            json!({ "r": refresh }),
+        )
         .await;
     assert!(r["data"]["refresh"]["accessToken"].is_string(), "{r}");
     let again = s
-        .gql(&t.slug, None, "mutation($r: String) { refresh(refreshToken: $r) { accessToken } }", json!({ "r": refresh }))
+        .gql(
+            &t.slug,
+            None,
+            "mutation($r: String) { refresh(refreshToken: $r) { accessToken } }",
+            json!({ "r": refresh }),
+        )
         .await;
     assert_eq!(code(&again), Some("TOKEN_REUSED"), "{again}");
 }

@@ -22,10 +22,10 @@ pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet
         for element in s.split(',') {
             for pair in element.split(';') {
                 let Some((k, v)) = pair.trim().split_once('=') else { continue };
-                if k.trim().eq_ignore_ascii_case("for") {
-                    if let Some(ip) = parse_forwarded_for(v.trim()) {
-                        chain.push(ip);
-                    }
+                if k.trim().eq_ignore_ascii_case("for")
+                    && let Some(ip) = parse_forwarded_for(v.trim())
+                {
+                    chain.push(ip);
                 }
             }
         }
@@ -84,7 +84,8 @@ pub const REFRESH_COOKIE: &str = "authd_refresh";
 /// A `Set-Cookie` value scoped to the tenant's path (API.md, Cookies).
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")).ok()
+    HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"))
+        .ok()
 }
 
 pub fn origin(headers: &HeaderMap) -> Option<String> {

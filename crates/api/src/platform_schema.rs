@@ -133,7 +133,9 @@ impl PlatformQuery {
         let after = match after {
             Some(c) => Some(
                 unb64(&c)
-                    .and_then(|s| s.parse::<TenantId>().map_err(|_| Error::bad_input("after", "not a cursor from this API")))
+                    .and_then(|s| {
+                        s.parse::<TenantId>().map_err(|_| Error::bad_input("after", "not a cursor from this API"))
+                    })
                     .gql()?,
             ),
             None => None,

@@ -10,6 +10,7 @@ use authd_core::{Error, ErrorCode};
 use authd_tenancy::audit::RequestMeta;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -81,6 +82,18 @@ fn error_response(e: Error) -> Response {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
+}
+
+/// A body that could not be read (over the size limit: 413) still gets a
+/// contract error, not the framework's plain-text message.
+fn body_refused(state: &AppState, rejection: BytesRejection) -> Response {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body is larger than {} bytes", state.config.max_body_bytes)
+    } else {
+        "the request body could not be read".to_owned()
+    };
+    (status, axum::Json(error_body(Error::bad_input_msg(None, message)))).into_response()
 }
 
 fn meta(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> RequestMeta {
@@ -163,7 +176,7 @@ async fn tenant_graphql(
     Path(tenant): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let rt = match state.platform.tenant(&tenant).await {
         Ok(rt) => rt,
@@ -174,6 +187,10 @@ async fn tenant_graphql(
     if let Err(e) = rt.check_quota() {
         return error_response(e);
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return body_refused(&state, rejection),
+    };
     let request = match parse_request(&headers, &body) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -222,12 +239,16 @@ async fn platform_graphql(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(operator) = platform_authorized(&state, &headers) else {
         let mut resp = error_response(Error::Unauthenticated);
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return body_refused(&state, rejection),
     };
     let request = match parse_request(&headers, &body) {
         Ok(r) => r,

@@ -256,7 +256,11 @@ impl User {
         self.record.created_at
     }
     /// The user's own recent security events, newest first.
-    async fn recent_activity(&self, ctx: &Context<'_>, #[graphql(default_with = "Some(20)")] first: Option<i32>) -> Result<Vec<AuditEvent>> {
+    async fn recent_activity(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "Some(20)")] first: Option<i32>,
+    ) -> Result<Vec<AuditEvent>> {
         if !self.activity_visible {
             return Err(to_graphql(Error::forbidden("only the user and tenant admins see this")));
         }
@@ -395,14 +399,20 @@ impl From<&RateLimitPolicy> for GqlRateLimits {
 fn non_negative(field: &str, v: Option<i32>, current: u32) -> std::result::Result<u32, Error> {
     match v {
         None => Ok(current),
-        Some(v) => u32::try_from(v).map_err(|_| Error::bad_input(format!("rateLimits.{field}"), "must not be negative")),
+        Some(v) => {
+            u32::try_from(v).map_err(|_| Error::bad_input(format!("rateLimits.{field}"), "must not be negative"))
+        }
     }
 }
 
 impl RateLimitPolicyInput {
     fn merge(self, p: &RateLimitPolicy) -> std::result::Result<RateLimitPolicy, Error> {
         Ok(RateLimitPolicy {
-            login_per_ip_per_minute: non_negative("loginPerIpPerMinute", self.login_per_ip_per_minute, p.login_per_ip_per_minute)?,
+            login_per_ip_per_minute: non_negative(
+                "loginPerIpPerMinute",
+                self.login_per_ip_per_minute,
+                p.login_per_ip_per_minute,
+            )?,
             failed_logins_per_account_per_hour: non_negative(
                 "failedLoginsPerAccountPerHour",
                 self.failed_logins_per_account_per_hour,
@@ -594,9 +604,12 @@ impl TenantQuery {
         let r = req(ctx)?;
         let limit = page_size(first, 50)?;
         let after = match after {
-            Some(c) => Some(decode_cursor("after", &c).and_then(|s| s.parse::<UserId>()).map_err(|_| {
-                Error::bad_input("after", "not a cursor from this API")
-            }).gql()?),
+            Some(c) => Some(
+                decode_cursor("after", &c)
+                    .and_then(|s| s.parse::<UserId>())
+                    .map_err(|_| Error::bad_input("after", "not a cursor from this API"))
+                    .gql()?,
+            ),
             None => None,
         };
         let p = r.principal().await.gql()?;
@@ -638,7 +651,8 @@ impl TenantQuery {
         let p = r.principal().await.gql()?;
         r.tenant().require_admin(&p).await.gql()?;
         let filter = AuditFilter { kind, user_id, since, until };
-        let mut rows = r.deps.store.audit_events(r.rt.id, &filter, cursor, limit + 1).await.map_err(Error::from).gql()?;
+        let mut rows =
+            r.deps.store.audit_events(r.rt.id, &filter, cursor, limit + 1).await.map_err(Error::from).gql()?;
         let has_next = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let mut conn = Connection::new(cursor.is_some(), has_next);
@@ -666,11 +680,13 @@ impl TenantMutation {
         let r = req(ctx)?;
         match r.tenant().login(&input.email, &input.password, &r.meta).await.gql()? {
             LoginOutcome::Tokens(t) => Ok(LoginResult::AuthTokens(r.auth_tokens(*t))),
-            LoginOutcome::MfaChallenge { challenge_id, methods, expires_in } => Ok(LoginResult::MfaChallenge(MfaChallenge {
-                challenge_id,
-                methods,
-                expires_in: i32::try_from(expires_in).unwrap_or(300),
-            })),
+            LoginOutcome::MfaChallenge { challenge_id, methods, expires_in } => {
+                Ok(LoginResult::MfaChallenge(MfaChallenge {
+                    challenge_id,
+                    methods,
+                    expires_in: i32::try_from(expires_in).unwrap_or(300),
+                }))
+            }
         }
     }
 
@@ -743,7 +759,11 @@ impl TenantMutation {
 
     /// Tenant admins: adds a signing key, published now, signing after one
     /// JWKS cache lifetime (or at once with `immediate`).
-    async fn rotate_signing_key(&self, ctx: &Context<'_>, #[graphql(default_with = "Some(false)")] immediate: Option<bool>) -> Result<SigningKey> {
+    async fn rotate_signing_key(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "Some(false)")] immediate: Option<bool>,
+    ) -> Result<SigningKey> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
         Ok(r.tenant().rotate_signing_key(&p, immediate.unwrap_or(false), &r.meta).await.gql()?.into())

@@ -46,7 +46,11 @@ pub const VARIABLES: &[(&str, bool, &str)] = &[
     ("AUTHD_ARGON2_PARALLELISM", false, "argon2id lanes (default 1)"),
     ("AUTHD_HASH_THREADS", false, "password-hashing threads (default: number of CPUs)"),
     ("AUTHD_HASH_QUEUE_PER_TENANT", false, "hashing jobs one tenant may queue before RATE_LIMITED (default 64)"),
-    ("AUTHD_REPLICAS", false, "how many replicas share the limits; while Redis is unreachable each enforces 1/N (default 1)"),
+    (
+        "AUTHD_REPLICAS",
+        false,
+        "how many replicas share the limits; while Redis is unreachable each enforces 1/N (default 1)",
+    ),
     ("AUTHD_DB_MAX_CONNECTIONS", false, "Postgres pool size (default 16)"),
     ("AUTHD_SHUTDOWN_DELAY_SECS", false, "on SIGTERM, keep serving this long with /readyz at 503 (default 5)"),
     ("AUTHD_DRAIN_SECS", false, "then let in-flight requests finish for at most this long (default 20)"),
@@ -94,10 +98,13 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("public_url", &self.public_url)
-            .field("storage", &match &self.storage {
-                Storage::Postgres { url } => format!("postgres ({})", mask_url(url)),
-                Storage::Embedded => format!("embedded sqlite in {}", self.data_dir.display()),
-            })
+            .field(
+                "storage",
+                &match &self.storage {
+                    Storage::Postgres { url } => format!("postgres ({})", mask_url(url)),
+                    Storage::Embedded => format!("embedded sqlite in {}", self.data_dir.display()),
+                },
+            )
             .field("redis", &self.redis_url.as_deref().map(mask_url))
             .field("master_key", &self.master_key.as_ref().map(|k| format!("id {}", k.id())))
             .field("platform_token", &self.platform_token.as_ref().map(|_| "***"))
@@ -206,8 +213,7 @@ impl Config {
         let redis_url = env.secret("REDIS_URL")?;
         if let Some(url) = redis_url.as_ref().filter(|u| !u.starts_with("redis+cluster://")) {
             for seed in url.split(',') {
-                let ok = url::Url::parse(seed.trim())
-                    .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"));
+                let ok = url::Url::parse(seed.trim()).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"));
                 if !ok {
                     return Err(err("REDIS_URL", format!("{} is not a redis:// URL", mask_url(seed.trim()))));
                 }
@@ -231,10 +237,10 @@ impl Config {
                 .collect::<Result<_, _>>()?,
         };
         let platform_token = env.secret("AUTHD_PLATFORM_TOKEN")?;
-        if let Some(t) = &platform_token {
-            if t.len() < 32 {
-                return Err(err("AUTHD_PLATFORM_TOKEN", "must be at least 32 characters"));
-            }
+        if let Some(t) = &platform_token
+            && t.len() < 32
+        {
+            return Err(err("AUTHD_PLATFORM_TOKEN", "must be at least 32 characters"));
         }
         let admin_listen = match env.plain("AUTHD_ADMIN_LISTEN") {
             None => None,

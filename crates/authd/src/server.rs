@@ -47,9 +47,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 async fn open_tokens(config: &Config) -> anyhow::Result<Arc<dyn TokenStore>> {
     Ok(match &config.redis_url {
         Some(url) => {
-            let store = RedisTokenStore::connect(url, &config.redis_prefix)
-                .await
-                .map_err(|e| anyhow!("REDIS_URL: {e}"))?;
+            let store =
+                RedisTokenStore::connect(url, &config.redis_prefix).await.map_err(|e| anyhow!("REDIS_URL: {e}"))?;
             // An evicted deny entry would revive a revoked session.
             store.check_eviction_policy().await.map_err(|e| anyhow!("REDIS_URL: {e}"))?;
             Arc::new(store)
@@ -109,7 +108,8 @@ fn platform_token(config: &Config) -> anyhow::Result<SecretString> {
         Some(t) => Ok(t.clone()),
         None => {
             let path = config.data_dir.join("platform-token");
-            let (v, created) = embedded_secret(&config.data_dir, "platform-token", || authd_core::crypto::random_token(32))?;
+            let (v, created) =
+                embedded_secret(&config.data_dir, "platform-token", || authd_core::crypto::random_token(32))?;
             if created {
                 tracing::info!(path = %path.display(), "generated the platform API token (read it from this file)");
             } else {
@@ -123,7 +123,7 @@ fn platform_token(config: &Config) -> anyhow::Result<SecretString> {
 fn tenancy_config(config: &Config) -> TenancyConfig {
     TenancyConfig {
         public_url: config.public_url.clone(),
-        argon2: config.argon2.clone(),
+        argon2: config.argon2,
         tenant_idle_timeout: config.tenant_idle_timeout,
         tenant_refresh_interval: config.tenant_refresh_interval,
         ..TenancyConfig::default()
@@ -224,9 +224,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let mut tasks = vec![tokio::spawn(serve(listener, authd_api::public_router(state.clone()), shutdown_rx.clone()))];
     let mut admin_addr = None;
     if let Some(admin) = config.admin_listen {
-        let l = TcpListener::bind(admin)
-            .await
-            .map_err(|e| anyhow!("AUTHD_ADMIN_LISTEN: cannot listen on {admin}: {e}"))?;
+        let l =
+            TcpListener::bind(admin).await.map_err(|e| anyhow!("AUTHD_ADMIN_LISTEN: cannot listen on {admin}: {e}"))?;
         admin_addr = Some(l.local_addr()?);
         tasks.push(tokio::spawn(serve(l, authd_api::admin_router(state.clone()), shutdown_rx)));
     }

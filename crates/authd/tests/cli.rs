@@ -130,14 +130,21 @@ fn reseal_moves_every_sealed_key_to_the_new_master_key() {
         }
         c.output().unwrap()
     };
-    let out = run(&["tenant", "create", "--slug", "seal-a", "--name", "A", "--admin-email", "a@a.test"], &[("AUTHD_MASTER_KEY", k1)]);
+    let out = run(
+        &["tenant", "create", "--slug", "seal-a", "--name", "A", "--admin-email", "a@a.test"],
+        &[("AUTHD_MASTER_KEY", k1)],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Under the new key alone, the old sealed signing key cannot be opened.
     let out = run(&["reseal"], &[("AUTHD_MASTER_KEY", k2)]);
     assert!(!out.status.success(), "opening needs the previous key");
     let out = run(&["reseal"], &[("AUTHD_MASTER_KEY", k2), ("AUTHD_MASTER_KEY_PREVIOUS", k1)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("resealed 1 signing keys"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("resealed 1 signing keys"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Now everything opens with the new key alone, and nothing is left to do.
     let out = run(&["reseal"], &[("AUTHD_MASTER_KEY", k2)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -63,11 +63,8 @@ impl MasterKey {
         // The id is a truncated hash, with its own label, so publishing it in
         // every sealed value reveals nothing usable about the key (32 bits of
         // a hash of a 256-bit secret).
-        let digest = Sha256::new()
-            .chain_update(KEY_ID_LABEL)
-            .chain_update([0u8])
-            .chain_update(bytes.as_slice())
-            .finalize();
+        let digest =
+            Sha256::new().chain_update(KEY_ID_LABEL).chain_update([0u8]).chain_update(bytes.as_slice()).finalize();
         let id = hex::encode(&digest[..4]);
         Self { bytes, id }
     }
@@ -89,10 +86,7 @@ impl MasterKey {
         let bytes: [u8; MASTER_KEY_LEN] = decoded.as_slice().try_into().map_err(|_| {
             Error::bad_input(
                 "master_key",
-                format!(
-                    "the master key must decode to exactly 32 bytes, but it decodes to {} bytes",
-                    decoded.len()
-                ),
+                format!("the master key must decode to exactly 32 bytes, but it decodes to {} bytes", decoded.len()),
             )
         })?;
         // A typed or patterned "key" (all zeros, "aaaa...", a repeated
@@ -142,23 +136,12 @@ impl MasterKey {
         let aad = ctx.associated_data(&self.id);
         // Encryption only fails for plaintexts beyond 256 GiB; were it ever to,
         // the empty ciphertext makes a value that fails to open (fails closed).
-        let ciphertext = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .unwrap_or_default();
+        let ciphertext =
+            cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad }).unwrap_or_default();
         let mut body = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         body.extend_from_slice(&nonce);
         body.extend_from_slice(&ciphertext);
-        format!(
-            "{SEAL_VERSION}.{}.{}",
-            self.id,
-            URL_SAFE_NO_PAD.encode(body)
-        )
+        format!("{SEAL_VERSION}.{}.{}", self.id, URL_SAFE_NO_PAD.encode(body))
     }
 
     fn open(&self, body: &[u8], ctx: &SealContext<'_>) -> Result<Zeroizing<Vec<u8>>> {
@@ -185,9 +168,7 @@ impl MasterKey {
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MasterKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -264,14 +245,10 @@ impl Keyring {
     pub fn open(&self, sealed: &str, ctx: &SealContext<'_>) -> Result<Zeroizing<Vec<u8>>> {
         let (key_id, body) = parse_sealed(sealed)?;
         let key = self.key_by_id(key_id).ok_or_else(|| {
-            Error::internal(format!(
-                "sealed value names master key {key_id:?}, which is not configured"
-            ))
+            Error::internal(format!("sealed value names master key {key_id:?}, which is not configured"))
         })?;
         let body = Zeroizing::new(
-            URL_SAFE_NO_PAD
-                .decode(body)
-                .map_err(|_| Error::internal("sealed value is not valid base64url"))?,
+            URL_SAFE_NO_PAD.decode(body).map_err(|_| Error::internal("sealed value is not valid base64url"))?,
         );
         key.open(&body, ctx)
     }
@@ -304,9 +281,7 @@ impl Keyring {
     /// previous key: what a lookup should try so that hashes stored before a
     /// master-key rotation still match.
     pub fn keyed_hash_candidates(&self, purpose: &str, data: &[u8]) -> Vec<String> {
-        self.keys()
-            .map(|key| keyed_hash_with(key, purpose, data))
-            .collect()
+        self.keys().map(|key| keyed_hash_with(key, purpose, data)).collect()
     }
 
     fn keys(&self) -> impl Iterator<Item = &MasterKey> {
@@ -341,11 +316,7 @@ fn hmac_sha256(key: &[u8; 32]) -> HmacSha256 {
 fn parse_sealed(sealed: &str) -> Result<(&str, &str)> {
     let mut parts = sealed.splitn(3, '.');
     match (parts.next(), parts.next(), parts.next()) {
-        (Some(SEAL_VERSION), Some(key_id), Some(body))
-            if !key_id.is_empty() && !body.is_empty() =>
-        {
-            Ok((key_id, body))
-        }
+        (Some(SEAL_VERSION), Some(key_id), Some(body)) if !key_id.is_empty() && !body.is_empty() => Ok((key_id, body)),
         _ => Err(Error::internal("value is not in the sealed format")),
     }
 }
@@ -385,11 +356,7 @@ mod tests {
     use uuid::Uuid;
 
     fn ctx<'a>(tenant: TenantId, purpose: &'a str, row: &'a str) -> SealContext<'a> {
-        SealContext {
-            tenant,
-            purpose,
-            row,
-        }
+        SealContext { tenant, purpose, row }
     }
 
     #[test]
@@ -489,19 +456,11 @@ mod tests {
         let mut body = URL_SAFE_NO_PAD.decode(body).unwrap();
         body[NONCE_LEN + 1] ^= 0x01;
         let flipped = format!("{prefix}.{}", URL_SAFE_NO_PAD.encode(&body));
-        assert!(
-            matches!(ring.open(&flipped, &c), Err(Error::Internal(m)) if m.contains("failed authentication"))
-        );
+        assert!(matches!(ring.open(&flipped, &c), Err(Error::Internal(m)) if m.contains("failed authentication")));
 
         let id = ring.current().id().to_owned();
         let short = format!("v1.{id}.AAAA");
-        for bad in [
-            flipped.as_str(),
-            "v1.abcd1234.",
-            "v2.x.y",
-            "garbage",
-            &short,
-        ] {
+        for bad in [flipped.as_str(), "v1.abcd1234.", "v2.x.y", "garbage", &short] {
             let err = ring.open(bad, &c).unwrap_err();
             assert!(matches!(err, Error::Internal(_)), "{bad}: {err:?}");
             assert!(!err.cause().unwrap_or_default().contains("plaintext-marker"));
@@ -552,10 +511,7 @@ mod tests {
         let subkey = mac.finalize().into_bytes();
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&subkey).unwrap();
         mac.update(b"abc");
-        assert_eq!(
-            ring.keyed_hash("login-code", b"abc"),
-            hex::encode(mac.finalize().into_bytes())
-        );
+        assert_eq!(ring.keyed_hash("login-code", b"abc"), hex::encode(mac.finalize().into_bytes()));
     }
 
     #[test]
@@ -582,10 +538,7 @@ mod tests {
     fn random_tokens_are_url_safe_unpadded_and_unique() {
         let t = random_token(32);
         assert_eq!(t.len(), 43); // 256 bits
-        assert!(
-            t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        );
+        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(URL_SAFE_NO_PAD.decode(&t).unwrap().len(), 32);
         assert_ne!(t, random_token(32));
         let a: [u8; 16] = random_bytes();

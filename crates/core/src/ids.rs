@@ -81,9 +81,7 @@ pub struct Slug(String);
 impl Slug {
     pub fn parse(s: &str) -> Result<Self> {
         let ok_len = (3..=63).contains(&s.len());
-        let ok_chars = s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let ok_ends = !s.starts_with('-') && !s.ends_with('-');
         if ok_len && ok_chars && ok_ends {
             Ok(Self(s.to_owned()))

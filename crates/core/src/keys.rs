@@ -92,20 +92,15 @@ impl SigningKeyMaterial {
     /// `der` is not a PKCS#8 key of the kind `alg` needs.
     pub fn from_pkcs8_der(alg: SigningAlgorithm, kid: &str, der: &[u8]) -> Result<Self> {
         if kid.is_empty() || kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::internal(
-                "a signing key id must be 1 to 128 printable ASCII characters",
-            ));
+            return Err(Error::internal("a signing key id must be 1 to 128 printable ASCII characters"));
         }
         let bad_key = |e: &dyn fmt::Display| {
-            Error::internal(format!(
-                "stored signing key {kid:?} is not a valid {} key: {e}",
-                alg.as_str()
-            ))
+            Error::internal(format!("stored signing key {kid:?} is not a valid {} key: {e}", alg.as_str()))
         };
         let public_jwk = match alg {
             SigningAlgorithm::Es256 => {
-                let key = <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_der(der)
-                    .map_err(|e| bad_key(&e))?;
+                let key =
+                    <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_der(der).map_err(|e| bad_key(&e))?;
                 let point = key.public_key().to_encoded_point(false);
                 let (Some(x), Some(y)) = (point.x(), point.y()) else {
                     return Err(bad_key(&"the public point is not affine"));
@@ -113,17 +108,14 @@ impl SigningKeyMaterial {
                 json!({ "kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y) })
             }
             SigningAlgorithm::EdDsa => {
-                let key =
-                    ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|e| bad_key(&e))?;
+                let key = ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|e| bad_key(&e))?;
                 json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(key.verifying_key().as_bytes()) })
             }
             SigningAlgorithm::Rs256 => {
-                let key = <RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(der)
-                    .map_err(|e| bad_key(&e))?;
+                let key =
+                    <RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(der).map_err(|e| bad_key(&e))?;
                 if key.size() * 8 < RSA_BITS {
-                    return Err(bad_key(&format!(
-                        "the modulus is shorter than {RSA_BITS} bits"
-                    )));
+                    return Err(bad_key(&format!("the modulus is shorter than {RSA_BITS} bits")));
                 }
                 json!({ "kty": "RSA", "n": b64(&key.n().to_bytes_be()), "e": b64(&key.e().to_bytes_be()) })
             }
@@ -134,12 +126,7 @@ impl SigningKeyMaterial {
             map.insert("alg".into(), alg.as_str().into());
             map.insert("use".into(), "sig".into());
         }
-        Ok(Self {
-            kid: kid.to_owned(),
-            alg,
-            der: Zeroizing::new(der.to_vec()),
-            public_jwk,
-        })
+        Ok(Self { kid: kid.to_owned(), alg, der: Zeroizing::new(der.to_vec()), public_jwk })
     }
 
     /// The key id, `kid` in token headers and the JWKS.
@@ -171,10 +158,7 @@ impl SigningKeyMaterial {
 
 impl fmt::Debug for SigningKeyMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKeyMaterial")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKeyMaterial").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -199,20 +183,14 @@ impl Signer {
             SigningAlgorithm::EdDsa => EncodingKey::from_ed_der(&material.der),
             // jsonwebtoken's RSA signer wants PKCS#1, not PKCS#8.
             SigningAlgorithm::Rs256 => {
-                let key =
-                    <RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(&material.der)
-                        .map_err(|e| Error::internal(format!("stored RSA key is invalid: {e}")))?;
-                let pkcs1 = key
-                    .to_pkcs1_der()
-                    .map_err(|e| Error::internal(format!("RSA key re-encoding failed: {e}")))?;
+                let key = <RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(&material.der)
+                    .map_err(|e| Error::internal(format!("stored RSA key is invalid: {e}")))?;
+                let pkcs1 =
+                    key.to_pkcs1_der().map_err(|e| Error::internal(format!("RSA key re-encoding failed: {e}")))?;
                 EncodingKey::from_rsa_der(pkcs1.as_bytes())
             }
         };
-        Ok(Self {
-            kid: material.kid.clone(),
-            alg: material.alg,
-            key,
-        })
+        Ok(Self { kid: material.kid.clone(), alg: material.alg, key })
     }
 
     /// The id of the key this signer uses.
@@ -237,10 +215,7 @@ impl Signer {
 
 impl fmt::Debug for Signer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signer")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("Signer").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -260,18 +235,11 @@ impl VerificationKey {
     /// lie on P-256, Ed25519 keys must not be of small order, and RSA moduli
     /// must have at least 2048 bits. Anything else is [`Error::Internal`].
     pub fn from_jwk(kid: &str, alg: SigningAlgorithm, jwk: &Value) -> Result<Self> {
-        let bad = |why: &str| {
-            Error::internal(format!(
-                "public key {kid:?} ({}) is unusable: {why}",
-                alg.as_str()
-            ))
-        };
+        let bad = |why: &str| Error::internal(format!("public key {kid:?} ({}) is unusable: {why}", alg.as_str()));
         let text = |name: &str| jwk.get(name).and_then(Value::as_str);
         let bytes = |name: &str| -> Result<Vec<u8>> {
             let value = text(name).ok_or_else(|| bad(&format!("missing {name}")))?;
-            URL_SAFE_NO_PAD
-                .decode(value)
-                .map_err(|_| bad(&format!("{name} is not base64url")))
+            URL_SAFE_NO_PAD.decode(value).map_err(|_| bad(&format!("{name} is not base64url")))
         };
         if text("kid").is_some_and(|k| k != kid) {
             return Err(bad("the JWK's kid differs"));
@@ -296,19 +264,15 @@ impl VerificationKey {
                 sec1.extend_from_slice(&x);
                 sec1.extend_from_slice(&y);
                 // Invalid-curve attacks: refuse points that are not on P-256.
-                p256::PublicKey::from_sec1_bytes(&sec1)
-                    .map_err(|_| bad("the point is not on P-256"))?;
+                p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| bad("the point is not on P-256"))?;
                 DecodingKey::from_ec_der(&sec1)
             }
             SigningAlgorithm::EdDsa => {
                 if text("kty") != Some("OKP") || text("crv") != Some("Ed25519") {
                     return Err(bad("not an Ed25519 key"));
                 }
-                let x: [u8; 32] = bytes("x")?
-                    .try_into()
-                    .map_err(|_| bad("x is not 32 bytes"))?;
-                let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
-                    .map_err(|_| bad("x is not a valid point"))?;
+                let x: [u8; 32] = bytes("x")?.try_into().map_err(|_| bad("x is not 32 bytes"))?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| bad("x is not a valid point"))?;
                 // A small-order key lets one signature verify for many messages.
                 if key.is_weak() {
                     return Err(bad("the key has small order"));
@@ -320,20 +284,15 @@ impl VerificationKey {
                     return Err(bad("not an RSA key"));
                 }
                 let (n, e) = (bytes("n")?, bytes("e")?);
-                let public =
-                    RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
-                        .map_err(|e| bad(&format!("invalid RSA key: {e}")))?;
+                let public = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
+                    .map_err(|e| bad(&format!("invalid RSA key: {e}")))?;
                 if public.size() * 8 < RSA_BITS {
                     return Err(bad("the modulus is shorter than 2048 bits"));
                 }
                 DecodingKey::from_rsa_raw_components(&n, &e)
             }
         };
-        Ok(Self {
-            kid: kid.to_owned(),
-            alg,
-            key,
-        })
+        Ok(Self { kid: kid.to_owned(), alg, key })
     }
 
     /// The key id.
@@ -349,10 +308,7 @@ impl VerificationKey {
 
 impl fmt::Debug for VerificationKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerificationKey")
-            .field("kid", &self.kid)
-            .field("alg", &self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("VerificationKey").field("kid", &self.kid).field("alg", &self.alg).finish_non_exhaustive()
     }
 }
 
@@ -371,10 +327,7 @@ impl Verifier {
         for key in keys {
             match map.entry(key.kid.clone()) {
                 Entry::Occupied(_) => {
-                    return Err(Error::internal(format!(
-                        "two verification keys share the kid {:?}",
-                        key.kid
-                    )));
+                    return Err(Error::internal(format!("two verification keys share the kid {:?}", key.kid)));
                 }
                 Entry::Vacant(slot) => {
                     slot.insert(key);
@@ -394,13 +347,7 @@ impl Verifier {
     /// another), and `exp` after `now` (Unix seconds) give or take
     /// [`EXP_LEEWAY_SECONDS`]. Every failure is [`Error::Unauthenticated`];
     /// the reason goes to the debug log only.
-    pub fn verify(
-        &self,
-        token: &str,
-        issuer: &str,
-        audience: &str,
-        now: i64,
-    ) -> Result<AccessClaims> {
+    pub fn verify(&self, token: &str, issuer: &str, audience: &str, now: i64) -> Result<AccessClaims> {
         self.check(token, issuer, audience, now).map_err(|reason| {
             tracing::debug!(reason, "access token refused");
             Error::Unauthenticated
@@ -427,9 +374,10 @@ impl Verifier {
         if header.alg != alg {
             return Err("alg differs from the key's");
         }
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
-        });
+        let typ_ok = header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt"));
         if !typ_ok {
             return Err("typ is not at+jwt");
         }
@@ -488,11 +436,7 @@ mod tests {
         }
     }
 
-    const ALGS: [SigningAlgorithm; 3] = [
-        SigningAlgorithm::Es256,
-        SigningAlgorithm::EdDsa,
-        SigningAlgorithm::Rs256,
-    ];
+    const ALGS: [SigningAlgorithm; 3] = [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa, SigningAlgorithm::Rs256];
 
     fn claims() -> AccessClaims {
         AccessClaims {
@@ -534,9 +478,7 @@ mod tests {
 
             let expected = claims();
             let token = Signer::new(&material).unwrap().sign(&expected).unwrap();
-            let got = verifier(&[&material])
-                .verify(&token, ISS, AUD, NOW)
-                .unwrap();
+            let got = verifier(&[&material]).verify(&token, ISS, AUD, NOW).unwrap();
             assert_eq!(got, expected, "{alg:?}");
         }
     }
@@ -550,20 +492,12 @@ mod tests {
             assert_eq!(again.public_jwk(), material.public_jwk());
             // A token signed by the reloaded key verifies under the original.
             let token = Signer::new(&again).unwrap().sign(&claims()).unwrap();
-            verifier(&[&material])
-                .verify(&token, ISS, AUD, NOW)
-                .unwrap();
+            verifier(&[&material]).verify(&token, ISS, AUD, NOW).unwrap();
         }
         let ec = key(SigningAlgorithm::Es256);
-        assert!(
-            SigningKeyMaterial::from_pkcs8_der(SigningAlgorithm::EdDsa, "k", &ec.to_pkcs8_der())
-                .is_err()
-        );
+        assert!(SigningKeyMaterial::from_pkcs8_der(SigningAlgorithm::EdDsa, "k", &ec.to_pkcs8_der()).is_err());
         assert!(SigningKeyMaterial::from_pkcs8_der(SigningAlgorithm::Es256, "k", b"junk").is_err());
-        assert!(
-            SigningKeyMaterial::from_pkcs8_der(SigningAlgorithm::Es256, "", &ec.to_pkcs8_der())
-                .is_err()
-        );
+        assert!(SigningKeyMaterial::from_pkcs8_der(SigningAlgorithm::Es256, "", &ec.to_pkcs8_der()).is_err());
     }
 
     #[test]
@@ -576,29 +510,17 @@ mod tests {
             assert_eq!(jwk["use"], "sig");
             match alg {
                 SigningAlgorithm::Es256 => {
-                    assert_eq!(
-                        (jwk["kty"].as_str(), jwk["crv"].as_str()),
-                        (Some("EC"), Some("P-256"))
-                    );
+                    assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("EC"), Some("P-256")));
                     assert!(jwk["x"].is_string() && jwk["y"].is_string());
                 }
                 SigningAlgorithm::EdDsa => {
-                    assert_eq!(
-                        (jwk["kty"].as_str(), jwk["crv"].as_str()),
-                        (Some("OKP"), Some("Ed25519"))
-                    );
+                    assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
                     assert!(jwk["x"].is_string());
                 }
                 SigningAlgorithm::Rs256 => {
                     assert_eq!(jwk["kty"], "RSA");
                     assert_eq!(jwk["e"], "AQAB");
-                    assert_eq!(
-                        URL_SAFE_NO_PAD
-                            .decode(jwk["n"].as_str().unwrap())
-                            .unwrap()
-                            .len(),
-                        256
-                    );
+                    assert_eq!(URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap().len(), 256);
                 }
             }
             for private in ["d", "p", "q", "dp", "dq", "qi"] {
@@ -616,11 +538,7 @@ mod tests {
         let b = key(SigningAlgorithm::Es256);
         assert_ne!(a.kid(), b.kid());
         assert_eq!(a.kid().len(), 22);
-        assert!(
-            a.kid()
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        );
+        assert!(a.kid().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
     #[test]
@@ -640,10 +558,7 @@ mod tests {
         let body = part(&serde_json::to_value(claims()).unwrap());
         for alg in ["none", "None", "NONE"] {
             let header = part(&json!({ "alg": alg, "typ": "at+jwt", "kid": material.kid() }));
-            assert!(
-                refused(v.verify(&format!("{header}.{body}."), ISS, AUD, NOW)),
-                "{alg}"
-            );
+            assert!(refused(v.verify(&format!("{header}.{body}."), ISS, AUD, NOW)), "{alg}");
         }
         // The same claims properly signed do pass: the refusal is the alg.
         let token = Signer::new(&material).unwrap().sign(&claims()).unwrap();
@@ -660,30 +575,21 @@ mod tests {
             match alg {
                 SigningAlgorithm::Es256 => {
                     let secret =
-                        <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_der(
-                            &material.to_pkcs8_der(),
-                        )
-                        .unwrap();
+                        <p256::SecretKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_der(&material.to_pkcs8_der())
+                            .unwrap();
                     let public = secret.public_key();
                     secrets.push(public.to_encoded_point(false).as_bytes().to_vec());
-                    let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(
-                        &public,
-                        Default::default(),
-                    )
-                    .unwrap();
+                    let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(&public, Default::default()).unwrap();
                     secrets.push(pem.into_bytes());
                 }
                 _ => {
-                    let secret = <RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(
-                        &material.to_pkcs8_der(),
-                    )
-                    .unwrap();
+                    let secret =
+                        <RsaPrivateKey as rsa::pkcs8::DecodePrivateKey>::from_pkcs8_der(&material.to_pkcs8_der())
+                            .unwrap();
                     let public = secret.to_public_key();
                     let der = rsa::pkcs1::EncodeRsaPublicKey::to_pkcs1_der(&public).unwrap();
                     secrets.push(der.as_bytes().to_vec());
-                    let pem =
-                        rsa::pkcs8::EncodePublicKey::to_public_key_pem(&public, Default::default())
-                            .unwrap();
+                    let pem = rsa::pkcs8::EncodePublicKey::to_public_key_pem(&public, Default::default()).unwrap();
                     secrets.push(pem.into_bytes());
                 }
             }
@@ -692,12 +598,7 @@ mod tests {
                     let mut header = Header::new(hs);
                     header.typ = Some("at+jwt".into());
                     header.kid = Some(material.kid().into());
-                    let token = jsonwebtoken::encode(
-                        &header,
-                        &claims(),
-                        &EncodingKey::from_secret(&secret),
-                    )
-                    .unwrap();
+                    let token = jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(&secret)).unwrap();
                     assert!(refused(v.verify(&token, ISS, AUD, NOW)), "{alg:?} {hs:?}");
                 }
             }
@@ -729,26 +630,16 @@ mod tests {
         // Same signature bytes, header without a kid.
         let (_, rest) = token.split_once('.').unwrap();
         let header = part(&json!({ "alg": "ES256", "typ": "at+jwt" }));
-        assert!(refused(verifier(&[&a]).verify(
-            &format!("{header}.{rest}"),
-            ISS,
-            AUD,
-            NOW
-        )));
+        assert!(refused(verifier(&[&a]).verify(&format!("{header}.{rest}"), ISS, AUD, NOW)));
     }
 
     #[test]
     fn another_key_with_the_same_kid_is_refused() {
         for alg in [SigningAlgorithm::Es256, SigningAlgorithm::EdDsa] {
             let genuine = key(alg);
-            let impostor =
-                SigningKeyMaterial::from_pkcs8_der(alg, genuine.kid(), &key(alg).to_pkcs8_der())
-                    .unwrap();
+            let impostor = SigningKeyMaterial::from_pkcs8_der(alg, genuine.kid(), &key(alg).to_pkcs8_der()).unwrap();
             let token = Signer::new(&impostor).unwrap().sign(&claims()).unwrap();
-            assert!(
-                refused(verifier(&[&genuine]).verify(&token, ISS, AUD, NOW)),
-                "{alg:?}"
-            );
+            assert!(refused(verifier(&[&genuine]).verify(&token, ISS, AUD, NOW)), "{alg:?}");
         }
     }
 
@@ -759,16 +650,8 @@ mod tests {
         let c = claims();
         let token = Signer::new(&material).unwrap().sign(&c).unwrap();
         assert!(v.verify(&token, ISS, AUD, c.exp - 1).is_ok());
-        assert!(
-            v.verify(&token, ISS, AUD, c.exp + EXP_LEEWAY_SECONDS - 1)
-                .is_ok()
-        );
-        assert!(refused(v.verify(
-            &token,
-            ISS,
-            AUD,
-            c.exp + EXP_LEEWAY_SECONDS
-        )));
+        assert!(v.verify(&token, ISS, AUD, c.exp + EXP_LEEWAY_SECONDS - 1).is_ok());
+        assert!(refused(v.verify(&token, ISS, AUD, c.exp + EXP_LEEWAY_SECONDS)));
         assert!(refused(v.verify(&token, ISS, AUD, c.exp + 3600)));
     }
 
@@ -777,12 +660,7 @@ mod tests {
         let material = key(SigningAlgorithm::Es256);
         let v = verifier(&[&material]);
         let token = Signer::new(&material).unwrap().sign(&claims()).unwrap();
-        assert!(refused(v.verify(
-            &token,
-            "https://auth.example.com/t/other",
-            AUD,
-            NOW
-        )));
+        assert!(refused(v.verify(&token, "https://auth.example.com/t/other", AUD, NOW)));
         assert!(refused(v.verify(&token, ISS, "other", NOW)));
         assert!(v.verify(&token, ISS, AUD, NOW).is_ok());
     }

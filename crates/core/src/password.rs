@@ -34,11 +34,7 @@ pub struct Argon2Params {
 
 impl Default for Argon2Params {
     fn default() -> Self {
-        Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-            parallelism: 1,
-        }
+        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
     }
 }
 
@@ -78,8 +74,8 @@ pub fn hash_password(params: &Argon2Params, password: &str) -> Result<String> {
 /// cannot be parsed or names an unknown algorithm is [`Error::Internal`]
 /// (storage is corrupt, which is not the user's fault).
 pub fn verify_password(params: &Argon2Params, phc: &str, password: &str) -> Result<Verified> {
-    let parsed = PasswordHash::new(phc)
-        .map_err(|e| Error::internal(format!("stored password hash is malformed: {e}")))?;
+    let parsed =
+        PasswordHash::new(phc).map_err(|e| Error::internal(format!("stored password hash is malformed: {e}")))?;
     let normalised = normalise(password);
     // The hash's parameters are read from the PHC string; this instance only
     // supplies the implementation (it has no pepper).
@@ -87,15 +83,10 @@ pub fn verify_password(params: &Argon2Params, phc: &str, password: &str) -> Resu
         Ok(()) => true,
         Err(argon2::password_hash::Error::PasswordInvalid) => false,
         Err(e) => {
-            return Err(Error::internal(format!(
-                "stored password hash cannot be verified: {e}"
-            )));
+            return Err(Error::internal(format!("stored password hash cannot be verified: {e}")));
         }
     };
-    Ok(Verified {
-        ok,
-        needs_rehash: needs_rehash(params, &parsed),
-    })
+    Ok(Verified { ok, needs_rehash: needs_rehash(params, &parsed) })
 }
 
 fn needs_rehash(params: &Argon2Params, parsed: &PasswordHash) -> bool {
@@ -151,11 +142,7 @@ const MIN_LENGTH_BOUNDS: (usize, usize) = (8, 64);
 /// The common passwords refused at registration, one per line, lowercase
 /// (zxcvbn's list, see `data/README.md`).
 static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
-    include_str!("../data/common-passwords.txt")
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect()
+    include_str!("../data/common-passwords.txt").lines().map(str::trim).filter(|line| !line.is_empty()).collect()
 });
 
 /// The rules a new password must meet, after NIST SP 800-63B §5.1.1.2: a
@@ -170,9 +157,7 @@ pub struct PasswordPolicy {
 
 impl Default for PasswordPolicy {
     fn default() -> Self {
-        Self {
-            min_length: MIN_LENGTH_BOUNDS.0,
-        }
+        Self { min_length: MIN_LENGTH_BOUNDS.0 }
     }
 }
 
@@ -188,15 +173,11 @@ impl PasswordPolicy {
         }
         // Clamped so that a bad setting can neither drop below NIST's floor
         // nor make every password impossible.
-        let min_length = self
-            .min_length
-            .clamp(MIN_LENGTH_BOUNDS.0, MIN_LENGTH_BOUNDS.1);
+        let min_length = self.min_length.clamp(MIN_LENGTH_BOUNDS.0, MIN_LENGTH_BOUNDS.1);
         if password.chars().count() < min_length {
             return Err(Error::bad_input(
                 "password",
-                format!(
-                    "The password is too short; it must be at least {min_length} characters long."
-                ),
+                format!("The password is too short; it must be at least {min_length} characters long."),
             ));
         }
         if is_common(password) {
@@ -222,11 +203,7 @@ mod tests {
 
     /// Cheap parameters so the tests stay fast; the real cost is covered by
     /// `default_params_are_owasp_argon2id`.
-    const FAST: Argon2Params = Argon2Params {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
+    const FAST: Argon2Params = Argon2Params { memory_kib: 64, iterations: 1, parallelism: 1 };
 
     fn bad_input_message(result: Result<()>) -> String {
         match result {
@@ -241,10 +218,7 @@ mod tests {
     #[test]
     fn default_params_are_owasp_argon2id() {
         let params = Argon2Params::default();
-        assert_eq!(
-            (params.memory_kib, params.iterations, params.parallelism),
-            (19456, 2, 1)
-        );
+        assert_eq!((params.memory_kib, params.iterations, params.parallelism), (19456, 2, 1));
         let phc = hash_password(&params, "correct horse battery staple").unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
     }
@@ -254,13 +228,7 @@ mod tests {
         let phc = hash_password(&FAST, "correct horse battery staple").unwrap();
         assert!(!phc.contains("correct"));
         let good = verify_password(&FAST, &phc, "correct horse battery staple").unwrap();
-        assert_eq!(
-            good,
-            Verified {
-                ok: true,
-                needs_rehash: false
-            }
-        );
+        assert_eq!(good, Verified { ok: true, needs_rehash: false });
         let bad = verify_password(&FAST, &phc, "correct horse battery stapler").unwrap();
         assert!(!bad.ok);
     }
@@ -276,55 +244,27 @@ mod tests {
     fn unicode_forms_of_the_same_password_match() {
         // "é" precomposed vs "e" + combining acute; full-width digits.
         let phc = hash_password(&FAST, "caf\u{e9} 123").unwrap();
-        assert!(
-            verify_password(&FAST, &phc, "cafe\u{301} \u{ff11}\u{ff12}\u{ff13}")
-                .unwrap()
-                .ok
-        );
+        assert!(verify_password(&FAST, &phc, "cafe\u{301} \u{ff11}\u{ff12}\u{ff13}").unwrap().ok);
     }
 
     #[test]
     fn changed_parameters_ask_for_a_rehash() {
         let phc = hash_password(&FAST, "pw-abcdefgh").unwrap();
-        let stronger = Argon2Params {
-            memory_kib: 128,
-            ..FAST
-        };
+        let stronger = Argon2Params { memory_kib: 128, ..FAST };
         let v = verify_password(&stronger, &phc, "pw-abcdefgh").unwrap();
-        assert_eq!(
-            v,
-            Verified {
-                ok: true,
-                needs_rehash: true
-            }
-        );
+        assert_eq!(v, Verified { ok: true, needs_rehash: true });
 
         // Another argon2 variant verifies but should be upgraded to argon2id.
-        let argon2i = Argon2::new(
-            Algorithm::Argon2i,
-            Version::V0x13,
-            Params::new(64, 1, 1, None).unwrap(),
-        );
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(64, 1, 1, None).unwrap());
         let phc_i = argon2i.hash_password(b"pw-abcdefgh").unwrap().to_string();
         assert!(phc_i.starts_with("$argon2i$"));
         let v = verify_password(&FAST, &phc_i, "pw-abcdefgh").unwrap();
-        assert_eq!(
-            v,
-            Verified {
-                ok: true,
-                needs_rehash: true
-            }
-        );
+        assert_eq!(v, Verified { ok: true, needs_rehash: true });
     }
 
     #[test]
     fn malformed_hashes_are_internal_errors() {
-        for bad in [
-            "",
-            "plaintext",
-            "$argon2id$v=19$m=64,t=1,p=1$",
-            "$bcrypt$whatever",
-        ] {
+        for bad in ["", "plaintext", "$argon2id$v=19$m=64,t=1,p=1$", "$bcrypt$whatever"] {
             let err = verify_password(&FAST, bad, "password").unwrap_err();
             assert!(matches!(err, Error::Internal(_)), "{bad}: {err:?}");
         }
@@ -335,32 +275,16 @@ mod tests {
         let phc = dummy_phc(&FAST).unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
         let v = verify_password(&FAST, &phc, "anything").unwrap();
-        assert_eq!(
-            v,
-            Verified {
-                ok: false,
-                needs_rehash: false
-            }
-        );
+        assert_eq!(v, Verified { ok: false, needs_rehash: false });
         assert_eq!(dummy_phc(&FAST).unwrap(), phc);
-        let other = Argon2Params {
-            iterations: 2,
-            ..FAST
-        };
+        let other = Argon2Params { iterations: 2, ..FAST };
         assert!(dummy_phc(&other).unwrap().contains("t=2"));
     }
 
     #[test]
     fn invalid_params_are_internal_errors() {
-        let broken = Argon2Params {
-            memory_kib: 1,
-            iterations: 0,
-            parallelism: 0,
-        };
-        assert!(matches!(
-            hash_password(&broken, "x"),
-            Err(Error::Internal(_))
-        ));
+        let broken = Argon2Params { memory_kib: 1, iterations: 0, parallelism: 0 };
+        assert!(matches!(hash_password(&broken, "x"), Err(Error::Internal(_))));
     }
 
     #[test]
@@ -404,14 +328,7 @@ mod tests {
     #[test]
     fn common_passwords_are_refused_whatever_their_case() {
         let policy = PasswordPolicy::default();
-        for common in [
-            "password",
-            "PassWord",
-            "iloveyou",
-            "QWERTYUIOP",
-            "password1",
-            "ｐａｓｓｗｏｒｄ",
-        ] {
+        for common in ["password", "PassWord", "iloveyou", "QWERTYUIOP", "password1", "ｐａｓｓｗｏｒｄ"] {
             let msg = bad_input_message(policy.check(common));
             assert!(msg.contains("commonly used"), "{common}: {msg}");
         }

@@ -40,12 +40,9 @@ impl TotpSecret {
     /// The secret from its raw bytes (e.g. just opened from its sealed form);
     /// anything but 20 bytes is [`Error::Internal`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let bytes: [u8; SECRET_LEN] = bytes.try_into().map_err(|_| {
-            Error::internal(format!(
-                "a TOTP secret is {SECRET_LEN} bytes, got {}",
-                bytes.len()
-            ))
-        })?;
+        let bytes: [u8; SECRET_LEN] = bytes
+            .try_into()
+            .map_err(|_| Error::internal(format!("a TOTP secret is {SECRET_LEN} bytes, got {}", bytes.len())))?;
         Ok(Self(Zeroizing::new(bytes)))
     }
 
@@ -87,19 +84,9 @@ pub fn otpauth_uri(secret: &TotpSecret, issuer: &str, label: &str) -> String {
     let issuer = percent_encode(&issuer.replace(':', " "));
     let label = percent_encode(&label.replace(':', " "));
     let secret = secret.to_base32();
-    let path = if issuer.is_empty() {
-        label
-    } else {
-        format!("{issuer}:{label}")
-    };
-    let issuer_param = if issuer.is_empty() {
-        String::new()
-    } else {
-        format!("&issuer={issuer}")
-    };
-    format!(
-        "otpauth://totp/{path}?secret={secret}{issuer_param}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECONDS}"
-    )
+    let path = if issuer.is_empty() { label } else { format!("{issuer}:{label}") };
+    let issuer_param = if issuer.is_empty() { String::new() } else { format!("&issuer={issuer}") };
+    format!("otpauth://totp/{path}?secret={secret}{issuer_param}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECONDS}")
 }
 
 /// RFC 3986 percent-encoding of everything but the unreserved characters,
@@ -119,8 +106,7 @@ fn percent_encode(s: &str) -> String {
 /// A QR code of `uri` as a standalone SVG document, rendered in process so
 /// the secret never goes to a third-party QR service.
 pub fn qr_svg(uri: &str) -> Result<String> {
-    let code = QrCode::new(uri.as_bytes())
-        .map_err(|e| Error::internal(format!("QR encoding failed: {e}")))?;
+    let code = QrCode::new(uri.as_bytes()).map_err(|e| Error::internal(format!("QR encoding failed: {e}")))?;
     Ok(code
         .render::<svg::Color<'_>>()
         .min_dimensions(200, 200)
@@ -145,19 +131,14 @@ pub fn parse_code(code: &str) -> Result<u32> {
         value = value * 10 + u32::from(b - b'0');
         digits += 1;
     }
-    if digits == DIGITS {
-        Ok(value)
-    } else {
-        Err(Error::MfaInvalid)
-    }
+    if digits == DIGITS { Ok(value) } else { Err(Error::MfaInvalid) }
 }
 
 /// The code for the time step containing `unix_seconds`, e.g. for tests and
 /// tools; format it with `{:06}`.
 pub fn code_at(secret: &TotpSecret, unix_seconds: u64) -> Result<u32> {
     let totp = secret.totp()?;
-    hotp_at_step(&totp, unix_seconds / STEP_SECONDS)
-        .ok_or_else(|| Error::internal("TOTP computation failed"))
+    hotp_at_step(&totp, unix_seconds / STEP_SECONDS).ok_or_else(|| Error::internal("TOTP computation failed"))
 }
 
 /// The time step (`now_unix / 30 + d`, `d` in -1..=1) whose code is `code`,
@@ -171,14 +152,7 @@ pub fn matching_step(secret: &TotpSecret, code: u32, now_unix: u64) -> Option<u6
     let totp = secret.totp().ok()?;
     let current = now_unix / STEP_SECONDS;
     let mut matched = None;
-    for step in [
-        current.checked_sub(1),
-        Some(current),
-        current.checked_add(1),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for step in [current.checked_sub(1), Some(current), current.checked_add(1)].into_iter().flatten() {
         let Some(expected) = hotp_at_step(&totp, step) else {
             continue;
         };
@@ -273,11 +247,7 @@ mod tests {
         for (time, code8) in RFC_VECTORS {
             let code6 = code8 % 1_000_000;
             assert_eq!(code_at(&secret, time).unwrap(), code6, "T={time}");
-            assert_eq!(
-                matching_step(&secret, code6, time),
-                Some(time / 30),
-                "T={time}"
-            );
+            assert_eq!(matching_step(&secret, code6, time), Some(time / 30), "T={time}");
         }
     }
 
@@ -316,17 +286,8 @@ mod tests {
     fn codes_parse_only_as_six_digits() {
         assert_eq!(parse_code("123456").unwrap(), 123_456);
         assert_eq!(parse_code(" 012 345 ").unwrap(), 12_345);
-        for bad in [
-            "",
-            "12345",
-            "1234567",
-            "12345a",
-            "١٢٣٤٥٦",
-            "+12345",
-            "-12345",
-            "123\u{a0}456",
-            &"1".repeat(100),
-        ] {
+        for bad in ["", "12345", "1234567", "12345a", "١٢٣٤٥٦", "+12345", "-12345", "123\u{a0}456", &"1".repeat(100)]
+        {
             assert!(matches!(parse_code(bad), Err(Error::MfaInvalid)), "{bad:?}");
         }
     }
@@ -392,11 +353,7 @@ mod tests {
             let parts: Vec<_> = code.split('-').collect();
             assert_eq!(parts.len(), 3);
             assert!(parts.iter().all(|p| p.len() == 4));
-            assert!(
-                code.bytes()
-                    .filter(|b| *b != b'-')
-                    .all(|b| RECOVERY_ALPHABET.contains(&b))
-            );
+            assert!(code.bytes().filter(|b| *b != b'-').all(|b| RECOVERY_ALPHABET.contains(&b)));
             assert!(!code.contains(['i', 'l', 'o', 'u']));
             assert_eq!(normalize_recovery_code(code), code.replace('-', ""));
         }

@@ -124,12 +124,7 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- tenant: settings ----
 
-    async fn update_settings(
-        &self,
-        tenant: TenantId,
-        settings: &TenantSettings,
-        event: &AuditEvent,
-    ) -> Result<()>;
+    async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()>;
 
     // ---- tenant: users ----
 
@@ -247,6 +242,51 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false for a replayed or older step: exactly one of two
     /// concurrent calls with the same step succeeds.
     async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool>;
+
+    // ---- tenant: OAuth providers and linked identities ----
+
+    /// The tenant's providers, by name.
+    async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>>;
+
+    /// Creates or replaces the provider `provider.name` (keeping its
+    /// `created_at`, and its sealed secret when `provider.client_secret_sealed`
+    /// is `None`), with the event, in one transaction.
+    async fn upsert_oauth_provider(
+        &self,
+        tenant: TenantId,
+        provider: &OAuthProviderRecord,
+        event: &AuditEvent,
+    ) -> Result<OAuthProviderRecord>;
+
+    /// Deletes a provider and the identities linked through it (a provider
+    /// added later under the same name may be another issuer, whose subjects
+    /// must not match old accounts), with the event. Returns whether it existed.
+    async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool>;
+
+    /// The user linked to (`provider`, `subject`), if any.
+    async fn user_by_identity(&self, tenant: TenantId, provider: &str, subject: &str) -> Result<Option<UserRecord>>;
+
+    /// Links (`provider`, `subject`) to an existing user, with the event.
+    /// An identity already linked is `Duplicate("id")`.
+    async fn link_identity(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+        subject: &str,
+        user: UserId,
+        event: &AuditEvent,
+    ) -> Result<()>;
+
+    /// Creates a user linked to (`provider`, `subject`), with the events, in
+    /// one transaction. A taken email is `Duplicate("email")`.
+    async fn create_user_with_identity(
+        &self,
+        tenant: TenantId,
+        user: &NewUser,
+        provider: &str,
+        subject: &str,
+        events: &[AuditEvent],
+    ) -> Result<UserRecord>;
 
     // ---- master-key rotation (`authd reseal`) ----
 

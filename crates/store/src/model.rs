@@ -128,3 +128,36 @@ pub struct UserChange {
     pub role: Option<Role>,
     pub disabled: Option<bool>,
 }
+
+/// A tenant's OAuth / OpenID Connect provider. The client secret is sealed
+/// with the master key (bound to tenant, purpose and provider name); `Debug`
+/// never shows it.
+#[derive(Clone, PartialEq)]
+pub struct OAuthProviderRecord {
+    /// The tenant's name for it (in URLs: `/t/{tenant}/oauth/{name}/callback`).
+    pub name: String,
+    /// `google`, `github` or `oidc`.
+    pub kind: String,
+    pub display_name: String,
+    pub client_id: String,
+    pub client_secret_sealed: Option<String>,
+    /// OIDC issuer, or for `github` the base URL of a GitHub Enterprise
+    /// Server (or a stand-in); `None` uses the kind's default.
+    pub issuer: Option<String>,
+    pub scopes: Vec<String>,
+    pub enabled: bool,
+    pub trust_email_verified: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for OAuthProviderRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthProviderRecord")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("issuer", &self.issuer)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}

@@ -27,11 +27,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/post
 /// Applies the Postgres migrations as the connecting (owner) role.
 pub async fn migrate_postgres(url: &str) -> Result<()> {
     let opts = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.to_string()))?;
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await?;
+    let pool =
+        PgPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(10)).connect_with(opts).await?;
     MIGRATOR.run(&pool).await.map_err(|e| Error::Internal(e.to_string()))?;
     pool.close().await;
     Ok(())
@@ -67,10 +64,7 @@ impl PgStore {
     /// A transaction scoped to one tenant: row-level security sees only its rows.
     async fn tenant_tx(&self, tenant: TenantId) -> Result<Transaction<'static, Postgres>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
         Ok(tx)
     }
 }
@@ -364,22 +358,24 @@ impl Store for PgStore {
 
     async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
         let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2")))
-            .bind(tenant.0)
-            .bind(email)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2")))
+                .bind(tenant.0)
+                .bind(email)
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
         let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2")))
-            .bind(tenant.0)
-            .bind(id.0)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2")))
+                .bind(tenant.0)
+                .bind(id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
         row.as_ref().map(user_from_row).transpose()
     }
@@ -438,12 +434,11 @@ impl Store for PgStore {
 
     async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
         let mut tx = self.tenant_tx(tenant).await?;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled",
-        )
-        .bind(tenant.0)
-        .fetch_one(&mut *tx)
-        .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled")
+                .bind(tenant.0)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -545,12 +540,14 @@ impl Store for PgStore {
 
     async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
         let mut tx = self.tenant_tx(tenant).await?;
-        let done = sqlx::query("UPDATE users SET totp_pending_sealed = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant.0)
-            .bind(user.0)
-            .bind(sealed)
-            .execute(&mut *tx)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE users SET totp_pending_sealed = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant.0)
+        .bind(user.0)
+        .bind(sealed)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
@@ -681,7 +678,9 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         rows.iter()
-            .map(|r| Ok((UserId(r.try_get("id")?), r.try_get("totp_secret_sealed")?, r.try_get("totp_pending_sealed")?)))
+            .map(|r| {
+                Ok((UserId(r.try_get("id")?), r.try_get("totp_secret_sealed")?, r.try_get("totp_pending_sealed")?))
+            })
             .collect()
     }
 
@@ -705,6 +704,124 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(())
     }
+
+    async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let rows = sqlx::query("SELECT * FROM oauth_providers WHERE tenant_id = $1 ORDER BY name")
+            .bind(tenant.0)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(provider_from_row).collect()
+    }
+
+    async fn upsert_oauth_provider(
+        &self,
+        tenant: TenantId,
+        p: &OAuthProviderRecord,
+        event: &AuditEvent,
+    ) -> Result<OAuthProviderRecord> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let scopes = serde_json::to_value(&p.scopes).map_err(|e| Error::Internal(e.to_string()))?;
+        let row = sqlx::query(
+            "INSERT INTO oauth_providers (tenant_id, name, kind, display_name, client_id, client_secret_sealed, \
+             issuer, scopes, enabled, trust_email_verified, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET kind = EXCLUDED.kind, display_name = EXCLUDED.display_name, \
+             client_id = EXCLUDED.client_id, \
+             client_secret_sealed = COALESCE(EXCLUDED.client_secret_sealed, oauth_providers.client_secret_sealed), \
+             issuer = EXCLUDED.issuer, scopes = EXCLUDED.scopes, enabled = EXCLUDED.enabled, \
+             trust_email_verified = EXCLUDED.trust_email_verified, updated_at = EXCLUDED.updated_at \
+             RETURNING *",
+        )
+        .bind(tenant.0)
+        .bind(&p.name)
+        .bind(&p.kind)
+        .bind(&p.display_name)
+        .bind(&p.client_id)
+        .bind(&p.client_secret_sealed)
+        .bind(&p.issuer)
+        .bind(scopes)
+        .bind(p.enabled)
+        .bind(p.trust_email_verified)
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = provider_from_row(&row)?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let deleted = sqlx::query("DELETE FROM oauth_providers WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant.0)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM user_identities WHERE tenant_id = $1 AND provider = $2")
+            .bind(tenant.0)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn user_by_identity(&self, tenant: TenantId, provider: &str, subject: &str) -> Result<Option<UserRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = \
+             (SELECT user_id FROM user_identities WHERE tenant_id = $1 AND provider = $2 AND subject = $3)"
+        )))
+        .bind(tenant.0)
+        .bind(provider)
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn link_identity(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+        subject: &str,
+        user: UserId,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        insert_identity(&mut tx, tenant, provider, subject, user).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_user_with_identity(
+        &self,
+        tenant: TenantId,
+        user: &NewUser,
+        provider: &str,
+        subject: &str,
+        events: &[AuditEvent],
+    ) -> Result<UserRecord> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let record = insert_user(&mut tx, tenant, user).await?;
+        insert_identity(&mut tx, tenant, provider, subject, user.id).await?;
+        for e in events {
+            insert_event(&mut tx, tenant, e).await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
 }
 
 /// Replaces a user's recovery codes (deleting the old set).
@@ -720,12 +837,14 @@ async fn insert_recovery_codes(
         .execute(&mut **tx)
         .await?;
     for h in hashes {
-        sqlx::query("INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES ($1, $2, $3, now())")
-            .bind(tenant.0)
-            .bind(user.0)
-            .bind(h)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES ($1, $2, $3, now())",
+        )
+        .bind(tenant.0)
+        .bind(user.0)
+        .bind(h)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
@@ -740,4 +859,40 @@ pub(crate) fn escape_like(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+fn provider_from_row(row: &PgRow) -> Result<OAuthProviderRecord> {
+    let scopes: serde_json::Value = row.try_get("scopes")?;
+    Ok(OAuthProviderRecord {
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        display_name: row.try_get("display_name")?,
+        client_id: row.try_get("client_id")?,
+        client_secret_sealed: row.try_get("client_secret_sealed")?,
+        issuer: row.try_get("issuer")?,
+        scopes: serde_json::from_value(scopes).map_err(|e| Error::Internal(e.to_string()))?,
+        enabled: row.try_get("enabled")?,
+        trust_email_verified: row.try_get("trust_email_verified")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+async fn insert_identity(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    provider: &str,
+    subject: &str,
+    user: UserId,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO user_identities (tenant_id, provider, subject, user_id, created_at) VALUES ($1, $2, $3, $4, now())",
+    )
+    .bind(tenant.0)
+    .bind(provider)
+    .bind(subject)
+    .bind(user.0)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

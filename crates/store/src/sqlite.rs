@@ -384,20 +384,22 @@ impl Store for SqliteStore {
     }
 
     async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND email = ?2")))
-            .bind(tenant.to_string())
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND email = ?2")))
+                .bind(tenant.to_string())
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = ?2")))
-            .bind(tenant.to_string())
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = ?2")))
+                .bind(tenant.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
@@ -455,12 +457,11 @@ impl Store for SqliteStore {
     }
 
     async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM users WHERE tenant_id = ?1 AND role = 'admin' AND disabled = 0",
-        )
-        .bind(tenant.to_string())
-        .fetch_one(&self.pool)
-        .await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users WHERE tenant_id = ?1 AND role = 'admin' AND disabled = 0")
+                .bind(tenant.to_string())
+                .fetch_one(&self.pool)
+                .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -557,13 +558,14 @@ impl Store for SqliteStore {
     }
 
     async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
-        let done = sqlx::query("UPDATE users SET totp_pending_sealed = ?3, updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2")
-            .bind(tenant.to_string())
-            .bind(user.to_string())
-            .bind(sealed)
-            .bind(micros(Utc::now()))
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE users SET totp_pending_sealed = ?3, updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2")
+                .bind(tenant.to_string())
+                .bind(user.to_string())
+                .bind(sealed)
+                .bind(micros(Utc::now()))
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -695,7 +697,9 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((UserId(uuid_col(r, "id")?), r.try_get("totp_secret_sealed")?, r.try_get("totp_pending_sealed")?)))
+            .map(|r| {
+                Ok((UserId(uuid_col(r, "id")?), r.try_get("totp_secret_sealed")?, r.try_get("totp_pending_sealed")?))
+            })
             .collect()
     }
 
@@ -718,6 +722,120 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
+        let rows = sqlx::query("SELECT * FROM oauth_providers WHERE tenant_id = ?1 ORDER BY name")
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(provider_from_row).collect()
+    }
+
+    async fn upsert_oauth_provider(
+        &self,
+        tenant: TenantId,
+        p: &OAuthProviderRecord,
+        event: &AuditEvent,
+    ) -> Result<OAuthProviderRecord> {
+        let mut tx = self.tx().await?;
+        let scopes = serde_json::to_string(&p.scopes).map_err(|e| Error::Internal(e.to_string()))?;
+        let row = sqlx::query(
+            "INSERT INTO oauth_providers (tenant_id, name, kind, display_name, client_id, client_secret_sealed, \
+             issuer, scopes, enabled, trust_email_verified, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET kind = EXCLUDED.kind, display_name = EXCLUDED.display_name, \
+             client_id = EXCLUDED.client_id, \
+             client_secret_sealed = COALESCE(EXCLUDED.client_secret_sealed, oauth_providers.client_secret_sealed), \
+             issuer = EXCLUDED.issuer, scopes = EXCLUDED.scopes, enabled = EXCLUDED.enabled, \
+             trust_email_verified = EXCLUDED.trust_email_verified, updated_at = EXCLUDED.updated_at \
+             RETURNING *",
+        )
+        .bind(tenant.to_string())
+        .bind(&p.name)
+        .bind(&p.kind)
+        .bind(&p.display_name)
+        .bind(&p.client_id)
+        .bind(&p.client_secret_sealed)
+        .bind(&p.issuer)
+        .bind(scopes)
+        .bind(p.enabled)
+        .bind(p.trust_email_verified)
+        .bind(micros(p.created_at))
+        .bind(micros(p.updated_at))
+        .fetch_one(&mut *tx)
+        .await?;
+        let record = provider_from_row(&row)?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.tx().await?;
+        let deleted = sqlx::query("DELETE FROM oauth_providers WHERE tenant_id = ?1 AND name = ?2")
+            .bind(tenant.to_string())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM user_identities WHERE tenant_id = ?1 AND provider = ?2")
+            .bind(tenant.to_string())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn user_by_identity(&self, tenant: TenantId, provider: &str, subject: &str) -> Result<Option<UserRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = \
+             (SELECT user_id FROM user_identities WHERE tenant_id = ?1 AND provider = ?2 AND subject = ?3)"
+        )))
+        .bind(tenant.to_string())
+        .bind(provider)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn link_identity(
+        &self,
+        tenant: TenantId,
+        provider: &str,
+        subject: &str,
+        user: UserId,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tx().await?;
+        insert_identity(&mut tx, tenant, provider, subject, user).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_user_with_identity(
+        &self,
+        tenant: TenantId,
+        user: &NewUser,
+        provider: &str,
+        subject: &str,
+        events: &[AuditEvent],
+    ) -> Result<UserRecord> {
+        let mut tx = self.tx().await?;
+        let record = insert_user(&mut tx, tenant, user).await?;
+        insert_identity(&mut tx, tenant, provider, subject, user.id).await?;
+        for e in events {
+            insert_event(&mut tx, tenant, e).await?;
+        }
+        tx.commit().await?;
+        Ok(record)
     }
 }
 
@@ -742,5 +860,42 @@ async fn insert_recovery_codes(
             .execute(&mut **tx)
             .await?;
     }
+    Ok(())
+}
+
+fn provider_from_row(row: &SqliteRow) -> Result<OAuthProviderRecord> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(OAuthProviderRecord {
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        display_name: row.try_get("display_name")?,
+        client_id: row.try_get("client_id")?,
+        client_secret_sealed: row.try_get("client_secret_sealed")?,
+        issuer: row.try_get("issuer")?,
+        scopes: serde_json::from_str(&scopes).map_err(|e| Error::Internal(e.to_string()))?,
+        enabled: row.try_get("enabled")?,
+        trust_email_verified: row.try_get("trust_email_verified")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        updated_at: from_micros(row.try_get("updated_at")?)?,
+    })
+}
+
+async fn insert_identity(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: TenantId,
+    provider: &str,
+    subject: &str,
+    user: UserId,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO user_identities (tenant_id, provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(tenant.to_string())
+    .bind(provider)
+    .bind(subject)
+    .bind(user.to_string())
+    .bind(micros(Utc::now()))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

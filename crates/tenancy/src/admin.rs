@@ -45,13 +45,23 @@ impl TenantCtx<'_> {
     }
 
     /// Disabling revokes every session of the user at once.
-    pub async fn set_user_disabled(&self, p: &Principal, user: &str, disabled: bool, meta: &RequestMeta) -> Result<UserRecord> {
+    pub async fn set_user_disabled(
+        &self,
+        p: &Principal,
+        user: &str,
+        disabled: bool,
+        meta: &RequestMeta,
+    ) -> Result<UserRecord> {
         let admin = self.require_admin(p).await?;
         let target = self.target_user(user).await?;
         if disabled && target.id == admin.id {
             return Err(Error::bad_input("userId", "an admin cannot disable their own account"));
         }
-        if disabled && target.role == Role::Admin && !target.disabled && self.deps.store.count_active_admins(self.rt.id).await? <= 1 {
+        if disabled
+            && target.role == Role::Admin
+            && !target.disabled
+            && self.deps.store.count_active_admins(self.rt.id).await? <= 1
+        {
             return Err(Error::bad_input("userId", "the tenant's last admin cannot be disabled"));
         }
         let kind = if disabled { kinds::USER_DISABLED } else { kinds::USER_ENABLED };
@@ -76,7 +86,8 @@ impl TenantCtx<'_> {
         if target.role == role {
             return Ok(target);
         }
-        if target.role == Role::Admin && !target.disabled && self.deps.store.count_active_admins(self.rt.id).await? <= 1 {
+        if target.role == Role::Admin && !target.disabled && self.deps.store.count_active_admins(self.rt.id).await? <= 1
+        {
             return Err(Error::bad_input("userId", "the tenant's last admin cannot be demoted"));
         }
         let event = audit::event(
@@ -99,11 +110,7 @@ impl TenantCtx<'_> {
 
     async fn target_user(&self, user: &str) -> Result<UserRecord> {
         let id: UserId = user.parse().map_err(|_| Error::bad_input("userId", "not a user id"))?;
-        self.deps
-            .store
-            .user_by_id(self.rt.id, id)
-            .await?
-            .ok_or_else(|| Error::bad_input("userId", "no such user"))
+        self.deps.store.user_by_id(self.rt.id, id).await?.ok_or_else(|| Error::bad_input("userId", "no such user"))
     }
 
     pub async fn tenant_settings(&self, p: &Principal) -> Result<TenantSettings> {
@@ -115,7 +122,12 @@ impl TenantCtx<'_> {
     /// into the current ones), records which fields changed, and reloads the
     /// tenant. A new signing algorithm takes effect through an immediate key
     /// rotation to a key of that algorithm; older keys stay published.
-    pub async fn update_settings(&self, p: &Principal, new: TenantSettings, meta: &RequestMeta) -> Result<TenantSettings> {
+    pub async fn update_settings(
+        &self,
+        p: &Principal,
+        new: TenantSettings,
+        meta: &RequestMeta,
+    ) -> Result<TenantSettings> {
         let admin = self.require_admin(p).await?;
         new.validate()?;
         let old = self.rt.snapshot().record.settings.clone();
@@ -153,13 +165,11 @@ impl TenantCtx<'_> {
     async fn rotate_key_inner(&self, actor: Option<UserId>, immediate: bool, meta: &RequestMeta) -> Result<KeyInfo> {
         let sup = self.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
         let timeout = std::time::Duration::from_secs(30);
-        let session = ractor::call_t!(sup, TenantMsg::SessionActor, 5000).map_err(|e| Error::unavailable(e.to_string()))?;
+        let session =
+            ractor::call_t!(sup, TenantMsg::SessionActor, 5000).map_err(|e| Error::unavailable(e.to_string()))?;
         let meta = meta.clone();
         let info = session
-            .call(
-                |reply| crate::children::SessionMsg::RotateKey { immediate, actor, meta, reply },
-                Some(timeout),
-            )
+            .call(|reply| crate::children::SessionMsg::RotateKey { immediate, actor, meta, reply }, Some(timeout))
             .await
             .map_err(|e| Error::unavailable(e.to_string()))?;
         let info = match info {

@@ -72,7 +72,14 @@ impl TenantCtx<'_> {
         snap.record.settings.audience_for(self.rt.slug.as_str()).to_owned()
     }
 
-    fn audit_later(&self, kind: &str, meta: &RequestMeta, actor: Option<UserId>, subject: Option<UserId>, detail: Option<serde_json::Value>) {
+    fn audit_later(
+        &self,
+        kind: &str,
+        meta: &RequestMeta,
+        actor: Option<UserId>,
+        subject: Option<UserId>,
+        detail: Option<serde_json::Value>,
+    ) {
         self.deps.audit.record(self.rt.id, audit::event(kind, meta, actor, subject, detail));
     }
 
@@ -156,7 +163,13 @@ impl TenantCtx<'_> {
         let account = crate::limits::account_key(self, email.as_str());
         if let Err(e) = self.before_login(&account, meta).await {
             if matches!(e, Error::RateLimited { .. }) {
-                self.audit_later(kinds::LOGIN_FAILED, meta, None, None, Some(serde_json::json!({ "reason": "rate_limited" })));
+                self.audit_later(
+                    kinds::LOGIN_FAILED,
+                    meta,
+                    None,
+                    None,
+                    Some(serde_json::json!({ "reason": "rate_limited" })),
+                );
             }
             return Err(e);
         }
@@ -194,7 +207,13 @@ impl TenantCtx<'_> {
         let outcome = self.second_factor_or_tokens(user, vec!["pwd".into()], meta).await?;
         if let LoginOutcome::Tokens(tokens) = &outcome {
             let id = tokens.user.id;
-            self.audit_later(kinds::LOGIN_SUCCEEDED, meta, Some(id), Some(id), Some(serde_json::json!({ "amr": ["pwd"] })));
+            self.audit_later(
+                kinds::LOGIN_SUCCEEDED,
+                meta,
+                Some(id),
+                Some(id),
+                Some(serde_json::json!({ "amr": ["pwd"] })),
+            );
         }
         Ok(outcome)
     }
@@ -213,10 +232,7 @@ impl TenantCtx<'_> {
         };
         let refresh = crypto::random_token(32);
         let hash = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh.as_bytes());
-        self.deps
-            .tokens
-            .create_session(self.rt.id, &session, &hash, self.deps.config.refresh_token_ttl)
-            .await?;
+        self.deps.tokens.create_session(self.rt.id, &session, &hash, self.deps.config.refresh_token_ttl).await?;
         let (access_token, expires_in) = self.sign_access(&user, &session)?;
         Ok(IssuedTokens { access_token, refresh_token: refresh, expires_in, session: session.id, user })
     }
@@ -287,7 +303,9 @@ impl TenantCtx<'_> {
         // After a master-key rotation, tokens issued before it hash under a
         // previous key (tried only while previous keys are configured).
         if outcome == RotateOutcome::NotFound {
-            for candidate in self.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, refresh_token.as_bytes()).iter().skip(1) {
+            for candidate in
+                self.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, refresh_token.as_bytes()).iter().skip(1)
+            {
                 outcome = self.deps.tokens.rotate_refresh(self.rt.id, candidate, &new, now, ttl).await?;
                 if outcome != RotateOutcome::NotFound {
                     break;
@@ -319,7 +337,12 @@ impl TenantCtx<'_> {
     }
 
     /// Revokes the session of `refresh_token`, or else the caller's session.
-    pub async fn logout(&self, refresh_token: Option<&str>, principal: Option<&Principal>, meta: &RequestMeta) -> Result<bool> {
+    pub async fn logout(
+        &self,
+        refresh_token: Option<&str>,
+        principal: Option<&Principal>,
+        meta: &RequestMeta,
+    ) -> Result<bool> {
         let session = match refresh_token {
             Some(t) if !t.is_empty() && t.len() <= 256 => {
                 let hash = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, t.as_bytes());
@@ -333,14 +356,26 @@ impl TenantCtx<'_> {
         };
         let revoked = self.deps.tokens.revoke_session(self.rt.id, sid, deny_ttl()).await?;
         if revoked {
-            self.audit_later(kinds::SESSION_LOGOUT, meta, Some(user), Some(user), Some(serde_json::json!({ "sessionId": sid.to_string() })));
+            self.audit_later(
+                kinds::SESSION_LOGOUT,
+                meta,
+                Some(user),
+                Some(user),
+                Some(serde_json::json!({ "sessionId": sid.to_string() })),
+            );
         }
         Ok(revoked)
     }
 
     pub async fn logout_all(&self, p: &Principal, meta: &RequestMeta) -> Result<u64> {
         let n = self.deps.tokens.revoke_user_sessions(self.rt.id, p.user, None, deny_ttl()).await?;
-        self.audit_later(kinds::SESSION_LOGOUT_ALL, meta, Some(p.user), Some(p.user), Some(serde_json::json!({ "revoked": n })));
+        self.audit_later(
+            kinds::SESSION_LOGOUT_ALL,
+            meta,
+            Some(p.user),
+            Some(p.user),
+            Some(serde_json::json!({ "revoked": n })),
+        );
         Ok(n)
     }
 
@@ -357,7 +392,13 @@ impl TenantCtx<'_> {
         }
         let revoked = self.deps.tokens.revoke_session(self.rt.id, sid, deny_ttl()).await?;
         if revoked {
-            self.audit_later(kinds::SESSION_REVOKED, meta, Some(p.user), Some(p.user), Some(serde_json::json!({ "sessionId": sid.to_string() })));
+            self.audit_later(
+                kinds::SESSION_REVOKED,
+                meta,
+                Some(p.user),
+                Some(p.user),
+                Some(serde_json::json!({ "sessionId": sid.to_string() })),
+            );
         }
         Ok(revoked)
     }

@@ -44,7 +44,11 @@ impl Actor for SessionActor {
     type State = SessionArgs;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionArgs, ActorProcessingErr> {
         Ok(args)
     }
 
@@ -99,13 +103,22 @@ impl Actor for RateLimiterActor {
     type State = RateState;
     type Arguments = Arc<TenantRuntime>;
 
-    async fn pre_start(&self, _myself: ActorRef<RateMsg>, runtime: Arc<TenantRuntime>) -> Result<RateState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RateMsg>,
+        runtime: Arc<TenantRuntime>,
+    ) -> Result<RateState, ActorProcessingErr> {
         let policy = runtime.snapshot().record.settings.rate_limits.clone();
         runtime.update_quota(policy.tenant_requests_per_second);
         Ok(RateState { runtime, policy })
     }
 
-    async fn handle(&self, _myself: ActorRef<RateMsg>, msg: RateMsg, state: &mut RateState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<RateMsg>,
+        msg: RateMsg,
+        state: &mut RateState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RateMsg::PolicyChanged => {
                 state.policy = state.runtime.snapshot().record.settings.rate_limits.clone();
@@ -145,11 +158,20 @@ impl Actor for OAuthProviderActor {
     type State = ProviderConfig;
     type Arguments = ProviderConfig;
 
-    async fn pre_start(&self, _myself: ActorRef<ProviderMsg>, config: ProviderConfig) -> Result<ProviderConfig, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ProviderMsg>,
+        config: ProviderConfig,
+    ) -> Result<ProviderConfig, ActorProcessingErr> {
         Ok(config)
     }
 
-    async fn handle(&self, _myself: ActorRef<ProviderMsg>, msg: ProviderMsg, state: &mut ProviderConfig) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<ProviderMsg>,
+        msg: ProviderMsg,
+        state: &mut ProviderConfig,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ProviderMsg::Name(reply) => {
                 let _ = reply.send(state.name.clone());

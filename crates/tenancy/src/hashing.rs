@@ -109,6 +109,7 @@ impl HashPool {
         let job: Job = Box::new(move || {
             let waited = u64::try_from(enqueued.elapsed().as_micros()).unwrap_or(u64::MAX);
             stats_shared.stats.wait_micros.fetch_add(waited, Ordering::Relaxed);
+            crate::metrics::HASH_WAIT_SECONDS.observe(&[], waited as f64 / 1e6);
             *stats_shared.stats.labeled.lock().entry((tenant, label)).or_default() += 1;
             // The receiver may be gone (request cancelled); nothing to do then.
             let _ = tx.send(f());
@@ -230,20 +231,34 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let blocker = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.run(t, move || { let _ = release_rx.recv(); }).await })
+            tokio::spawn(async move {
+                pool.run(t, move || {
+                    let _ = release_rx.recv();
+                })
+                .await
+            })
         };
         while pool.stats().queued.load(Ordering::Relaxed) != 0 || pool.stats().granted(t) == 0 {
             tokio::task::yield_now().await;
         }
-        let q1 = { let p = pool.clone(); tokio::spawn(async move { p.run(t, || ()).await }) };
-        let q2 = { let p = pool.clone(); tokio::spawn(async move { p.run(t, || ()).await }) };
+        let q1 = {
+            let p = pool.clone();
+            tokio::spawn(async move { p.run(t, || ()).await })
+        };
+        let q2 = {
+            let p = pool.clone();
+            tokio::spawn(async move { p.run(t, || ()).await })
+        };
         while pool.stats().queued.load(Ordering::Relaxed) < 2 {
             tokio::task::yield_now().await;
         }
         let refused = pool.run(t, || ()).await;
         assert!(matches!(refused, Err(Error::RateLimited { .. })));
         // Another tenant is not affected by t's full queue.
-        let other = { let p = pool.clone(); tokio::spawn(async move { p.run(TenantId::new(), || 7).await }) };
+        let other = {
+            let p = pool.clone();
+            tokio::spawn(async move { p.run(TenantId::new(), || 7).await })
+        };
         release_tx.send(()).unwrap();
         blocker.await.unwrap().unwrap();
         q1.await.unwrap().unwrap();

@@ -55,11 +55,17 @@ pub struct KeySet {
 
 impl KeySet {
     /// Opens the sealed private keys and builds signers and the verifier.
-    pub fn build(keyring: &Keyring, tenant: TenantId, records: &[SigningKeyRecord], _now: DateTime<Utc>) -> Result<Self> {
+    pub fn build(
+        keyring: &Keyring,
+        tenant: TenantId,
+        records: &[SigningKeyRecord],
+        _now: DateTime<Utc>,
+    ) -> Result<Self> {
         let mut keys = Vec::with_capacity(records.len());
         let mut verification = Vec::with_capacity(records.len());
         for r in records {
-            let der = keyring.open(&r.private_key_sealed, &SealContext { tenant, purpose: SEAL_PURPOSE, row: &r.kid })?;
+            let der =
+                keyring.open(&r.private_key_sealed, &SealContext { tenant, purpose: SEAL_PURPOSE, row: &r.kid })?;
             let material = SigningKeyMaterial::from_pkcs8_der(r.algorithm, &r.kid, &der)?;
             verification.push(material.verification_key()?);
             keys.push(LoadedKey {
@@ -144,8 +150,7 @@ pub async fn new_key_record(
     tokio::task::spawn_blocking(move || {
         let material = SigningKeyMaterial::generate(alg)?;
         let kid = material.kid().to_owned();
-        let sealed =
-            keyring.seal(&material.to_pkcs8_der(), &SealContext { tenant, purpose: SEAL_PURPOSE, row: &kid });
+        let sealed = keyring.seal(&material.to_pkcs8_der(), &SealContext { tenant, purpose: SEAL_PURPOSE, row: &kid });
         Ok(SigningKeyRecord {
             kid,
             algorithm: alg,
@@ -207,14 +212,7 @@ mod tests {
     ) -> SigningKeyRecord {
         let material = SigningKeyMaterial::generate(alg).unwrap();
         let kid = material.kid().to_owned();
-        let sealed = keyring.seal(
-            &material.to_pkcs8_der(),
-            &SealContext {
-                tenant,
-                purpose: SEAL_PURPOSE,
-                row: &kid,
-            },
-        );
+        let sealed = keyring.seal(&material.to_pkcs8_der(), &SealContext { tenant, purpose: SEAL_PURPOSE, row: &kid });
         SigningKeyRecord {
             kid,
             algorithm: alg,
@@ -236,25 +234,11 @@ mod tests {
         let t0 = Utc::now() - chrono::Duration::hours(2);
         let t1 = t0 + chrono::Duration::minutes(10);
         let k0 = record(&keyring, tenant, SigningAlgorithm::Es256, t0, t0);
-        let k1 = record(
-            &keyring,
-            tenant,
-            SigningAlgorithm::Es256,
-            t1,
-            t1 + chrono::Duration::minutes(5),
-        );
+        let k1 = record(&keyring, tenant, SigningAlgorithm::Es256, t1, t1 + chrono::Duration::minutes(5));
         let set = KeySet::build(&keyring, tenant, &[k1.clone(), k0.clone()], t0).unwrap();
         let at = |m: i64| t1 + chrono::Duration::minutes(m);
-        assert_eq!(
-            set.current_info(at(1)).unwrap().kid,
-            k0.kid,
-            "the next key does not sign yet"
-        );
-        assert_eq!(
-            kids(set.published(at(1))),
-            vec![k0.kid.clone(), k1.kid.clone()],
-            "but it is published"
-        );
+        assert_eq!(set.current_info(at(1)).unwrap().kid, k0.kid, "the next key does not sign yet");
+        assert_eq!(kids(set.published(at(1))), vec![k0.kid.clone(), k1.kid.clone()], "but it is published");
         assert_eq!(set.current_info(at(6)).unwrap().kid, k1.kid);
         // The retired key stays published while its tokens may live, then goes.
         assert!(kids(set.published(at(60))).contains(&k0.kid));
@@ -273,16 +257,9 @@ mod tests {
         let t1 = t0 + chrono::Duration::minutes(10);
         let t2 = t1 + chrono::Duration::minutes(1);
         let k0 = record(&keyring, tenant, SigningAlgorithm::Es256, t0, t0);
-        let k1 = record(
-            &keyring,
-            tenant,
-            SigningAlgorithm::Es256,
-            t1,
-            t1 + chrono::Duration::minutes(5),
-        );
+        let k1 = record(&keyring, tenant, SigningAlgorithm::Es256, t1, t1 + chrono::Duration::minutes(5));
         let k2 = record(&keyring, tenant, SigningAlgorithm::EdDsa, t2, t2);
-        let set =
-            KeySet::build(&keyring, tenant, &[k0.clone(), k1.clone(), k2.clone()], t0).unwrap();
+        let set = KeySet::build(&keyring, tenant, &[k0.clone(), k1.clone(), k2.clone()], t0).unwrap();
         let at = |m: i64| t2 + chrono::Duration::minutes(m);
         for minutes in [0, 4, 5, 30, 120] {
             let current = set.current_info(at(minutes)).unwrap();
@@ -310,7 +287,6 @@ mod tests {
             mfa_enrollment_required: false,
         };
         let token = set.sign(&claims, at(0)).unwrap();
-        set.verify(&token, "https://auth.example.com/t/acme", "acme", at(1))
-            .unwrap();
+        set.verify(&token, "https://auth.example.com/t/acme", "acme", at(1)).unwrap();
     }
 }

@@ -66,7 +66,9 @@ impl Fallback {
 
     fn check(&self, key: &str, limit: u32, period: Duration, now_ms: i64) -> RateDecision {
         let last = self.last_warning_ms.load(Ordering::Relaxed);
-        if now_ms - last >= 60_000 && self.last_warning_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        if now_ms - last >= 60_000
+            && self.last_warning_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
             tracing::warn!("token store unreachable: rate limits fall back to this replica's governors");
         }
         let local = (limit / self.replicas).max(1);
@@ -82,7 +84,8 @@ impl Fallback {
         match limiter.check_key(&key.to_owned()) {
             Ok(()) => RateDecision::Allowed { remaining: 0 },
             Err(not_until) => {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+                let wait =
+                    not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
                 RateDecision::Limited { retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(1000) }
             }
         }
@@ -139,7 +142,9 @@ impl TenantCtx<'_> {
         let now = self.deps.clock.now_ms();
         let decision = match self.deps.tokens.rate_check(self.rt.id, key, limit, period, now).await {
             Ok(d) => d,
-            Err(authd_tokens::Error::Unavailable(_)) => self.deps.fallback.check(&format!("{}:{key}", self.rt.id), limit, period, now),
+            Err(authd_tokens::Error::Unavailable(_)) => {
+                self.deps.fallback.check(&format!("{}:{key}", self.rt.id), limit, period, now)
+            }
             Err(e) => return Err(e.into()),
         };
         match decision {
@@ -175,9 +180,22 @@ impl TenantCtx<'_> {
         let pair = format!("fail-acct-ip:{account}:{ip}");
         // Growing delay: a few quick attempts, then one per window/limit, then locked.
         self.check(Limit::FailureBurst, &format!("{pair}:burst"), FAILURE_BURST, MINUTE, meta).await?;
-        self.check(Limit::FailedLoginsPerAccountIp, &pair, p.failed_logins_per_account_ip_per_15_minutes, QUARTER, meta).await?;
-        self.check(Limit::FailedLoginsPerAccount, &format!("fail-acct:{account}"), p.failed_logins_per_account_per_hour, HOUR, meta)
-            .await
+        self.check(
+            Limit::FailedLoginsPerAccountIp,
+            &pair,
+            p.failed_logins_per_account_ip_per_15_minutes,
+            QUARTER,
+            meta,
+        )
+        .await?;
+        self.check(
+            Limit::FailedLoginsPerAccount,
+            &format!("fail-acct:{account}"),
+            p.failed_logins_per_account_per_hour,
+            HOUR,
+            meta,
+        )
+        .await
     }
 
     /// A success resets the account's failure counters.
@@ -199,13 +217,25 @@ impl TenantCtx<'_> {
 
     pub(crate) async fn before_mfa(&self, user: authd_core::UserId, meta: &RequestMeta) -> Result<()> {
         let p = self.rt.snapshot().record.settings.rate_limits.clone();
-        self.check(Limit::MfaPerAccount, &format!("mfa:{user}"), p.mfa_attempts_per_account_per_15_minutes, QUARTER, meta)
-            .await
+        self.check(
+            Limit::MfaPerAccount,
+            &format!("mfa:{user}"),
+            p.mfa_attempts_per_account_per_15_minutes,
+            QUARTER,
+            meta,
+        )
+        .await
     }
 
     pub(crate) async fn before_refresh(&self, session: authd_core::SessionId, meta: &RequestMeta) -> Result<()> {
         let p = self.rt.snapshot().record.settings.rate_limits.clone();
-        self.check(Limit::RefreshPerSession, &format!("refresh:{session}"), p.refresh_per_session_per_minute, MINUTE, meta)
-            .await
+        self.check(
+            Limit::RefreshPerSession,
+            &format!("refresh:{session}"),
+            p.refresh_per_session_per_minute,
+            MINUTE,
+            meta,
+        )
+        .await
     }
 }

@@ -104,16 +104,20 @@ impl TenantCtx<'_> {
             return Ok(true);
         }
         // RFC 6238 §5.2 / ASVS 2.8.4: the same code is never accepted twice.
-        self.deps.audit.record(
-            self.rt.id,
-            audit::event(kinds::TOTP_REPLAY_REFUSED, meta, Some(user.id), Some(user.id), None),
-        );
+        self.deps
+            .audit
+            .record(self.rt.id, audit::event(kinds::TOTP_REPLAY_REFUSED, meta, Some(user.id), Some(user.id), None));
         Ok(false)
     }
 
     /// Checks a second factor: a 6-digit TOTP code or an unused recovery
     /// code (consumed, with its event in the same transaction).
-    async fn accept_second_factor(&self, user: &UserRecord, code: &str, meta: &RequestMeta) -> Result<Option<&'static str>> {
+    async fn accept_second_factor(
+        &self,
+        user: &UserRecord,
+        code: &str,
+        meta: &RequestMeta,
+    ) -> Result<Option<&'static str>> {
         let trimmed = code.trim();
         if trimmed.is_empty() || trimmed.len() > 64 {
             return Ok(None);
@@ -152,10 +156,7 @@ impl TenantCtx<'_> {
         let method = self.accept_second_factor(&user, code, meta).await?;
         let Some(method) = method else {
             let _ = self.deps.tokens.count_attempt(self.rt.id, CHALLENGE_KIND, challenge_id, MAX_WRONG_CODES).await?;
-            self.deps.audit.record(
-                self.rt.id,
-                audit::event(kinds::MFA_FAILED, meta, None, Some(user.id), None),
-            );
+            self.deps.audit.record(self.rt.id, audit::event(kinds::MFA_FAILED, meta, None, Some(user.id), None));
             return Err(Error::MfaInvalid);
         };
         // Single use: of two concurrent correct answers only one gets tokens.
@@ -235,7 +236,12 @@ impl TenantCtx<'_> {
 
     /// Replaces the recovery codes; needs a current TOTP code. Revokes the
     /// user's other sessions.
-    pub async fn regenerate_recovery_codes(&self, p: &Principal, code: &str, meta: &RequestMeta) -> Result<Vec<String>> {
+    pub async fn regenerate_recovery_codes(
+        &self,
+        p: &Principal,
+        code: &str,
+        meta: &RequestMeta,
+    ) -> Result<Vec<String>> {
         let user = self.me(p).await?;
         let code = totp::parse_code(code)?;
         if !self.accept_totp(&user, code, meta).await? {

@@ -36,7 +36,9 @@ pub async fn reseal_all(deps: &Deps) -> Result<ResealReport> {
             report.tenants += 1;
             let mut keys = Vec::new();
             for k in deps.store.signing_keys(tenant.id).await? {
-                if let Some(v) = reseal_value(deps, tenant.id, crate::keyset::SEAL_PURPOSE, &k.kid, &k.private_key_sealed)? {
+                if let Some(v) =
+                    reseal_value(deps, tenant.id, crate::keyset::SEAL_PURPOSE, &k.kid, &k.private_key_sealed)?
+                {
                     keys.push((k.kid, v));
                 }
             }

@@ -120,7 +120,11 @@ impl Actor for TenantSupervisor {
     type State = TenantState;
     type Arguments = TenantArgs;
 
-    async fn pre_start(&self, myself: ActorRef<TenantMsg>, args: TenantArgs) -> Result<TenantState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TenantMsg>,
+        args: TenantArgs,
+    ) -> Result<TenantState, ActorProcessingErr> {
         let session = spawn_session(&myself, &args.runtime, &args.deps).await?;
         let limiter = spawn_limiter(&myself, &args.runtime).await?;
         args.runtime.set_supervisor(myself.clone());

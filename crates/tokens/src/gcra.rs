@@ -40,9 +40,7 @@ pub(crate) struct Decision {
 }
 
 pub(crate) fn plan(limit: u32, period: Duration, now_ms: i64) -> Plan {
-    let period_us = i64::try_from(period.as_micros())
-        .unwrap_or(i64::MAX)
-        .min(MAX_PERIOD_US);
+    let period_us = i64::try_from(period.as_micros()).unwrap_or(i64::MAX).min(MAX_PERIOD_US);
     if limit == 0 {
         let retry_after_ms = u64::try_from(ceil_div(period_us, 1000)).unwrap_or(0);
         return Plan::Fixed(RateDecision::Limited { retry_after_ms });
@@ -54,38 +52,22 @@ pub(crate) fn plan(limit: u32, period: Duration, now_ms: i64) -> Plan {
     // Rounded up: never more than `limit` per `period`, and exact whenever
     // `limit` divides the period in microseconds (every practical policy).
     let interval_us = ceil_div(period_us, i64::from(limit));
-    Plan::Check(Params {
-        now_us,
-        interval_us,
-        tolerance_us: interval_us * i64::from(limit),
-    })
+    Plan::Check(Params { now_us, interval_us, tolerance_us: interval_us * i64::from(limit) })
 }
 
 impl Params {
     pub(crate) fn decide(&self, stored_tat: Option<i64>) -> Decision {
-        let Params {
-            now_us: now,
-            interval_us: interval,
-            tolerance_us: tolerance,
-        } = *self;
+        let Params { now_us: now, interval_us: interval, tolerance_us: tolerance } = *self;
         let tat = stored_tat.unwrap_or(now).max(now);
         let new_tat = tat + interval;
         let wait = new_tat - tolerance - now;
         if wait > 0 {
             let retry_after_ms = u64::try_from(ceil_div(wait, 1000)).unwrap_or(u64::MAX);
-            return Decision {
-                answer: RateDecision::Limited { retry_after_ms },
-                store: None,
-            };
+            return Decision { answer: RateDecision::Limited { retry_after_ms }, store: None };
         }
         let remaining = u32::try_from((now + tolerance - new_tat) / interval).unwrap_or(u32::MAX);
-        let ttl_ms = u64::try_from(ceil_div(new_tat - now, 1000))
-            .unwrap_or(1)
-            .max(1);
-        Decision {
-            answer: RateDecision::Allowed { remaining },
-            store: Some((new_tat, ttl_ms)),
-        }
+        let ttl_ms = u64::try_from(ceil_div(new_tat - now, 1000)).unwrap_or(1).max(1);
+        Decision { answer: RateDecision::Allowed { remaining }, store: Some((new_tat, ttl_ms)) }
     }
 }
 
@@ -115,12 +97,7 @@ mod tests {
             tat = d.store.map(|(t, _)| t);
         }
         let d = p.decide(tat);
-        assert_eq!(
-            d.answer,
-            RateDecision::Limited {
-                retry_after_ms: 2_000
-            }
-        );
+        assert_eq!(d.answer, RateDecision::Limited { retry_after_ms: 2_000 });
         assert!(d.store.is_none());
     }
 
@@ -132,25 +109,15 @@ mod tests {
         for _ in 0..3 {
             tat = p.decide(tat).store.map(|(t, _)| t);
         }
-        assert_eq!(
-            p.decide(tat).answer,
-            RateDecision::Limited {
-                retry_after_ms: 334
-            }
-        );
+        assert_eq!(p.decide(tat).answer, RateDecision::Limited { retry_after_ms: 334 });
     }
 
     #[test]
     fn zero_limit_refuses_and_zero_period_allows() {
         assert!(matches!(
             plan(0, Duration::from_secs(60), 0),
-            Plan::Fixed(RateDecision::Limited {
-                retry_after_ms: 60_000
-            })
+            Plan::Fixed(RateDecision::Limited { retry_after_ms: 60_000 })
         ));
-        assert!(matches!(
-            plan(7, Duration::ZERO, 0),
-            Plan::Fixed(RateDecision::Allowed { remaining: 7 })
-        ));
+        assert!(matches!(plan(7, Duration::ZERO, 0), Plan::Fixed(RateDecision::Allowed { remaining: 7 })));
     }
 }

@@ -116,11 +116,7 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> Result<RotateOutcome>;
 
     /// Looks up the live session whose *current* refresh token is `hash`.
-    async fn session_by_refresh(
-        &self,
-        tenant: TenantId,
-        hash: &str,
-    ) -> Result<Option<SessionRecord>>;
+    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>>;
 
     async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>>;
 
@@ -132,12 +128,7 @@ pub trait TokenStore: Send + Sync + 'static {
     /// lifetime). Returns whether a live session was revoked. Idempotent; the
     /// `sid` is put on the deny list even if no live session had it (a deny
     /// entry already there is never shortened).
-    async fn revoke_session(
-        &self,
-        tenant: TenantId,
-        sid: SessionId,
-        deny_ttl: Duration,
-    ) -> Result<bool>;
+    async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool>;
 
     /// Revokes every live session of the user except `keep` (if given).
     /// Returns how many were revoked.
@@ -164,14 +155,7 @@ pub trait TokenStore: Send + Sync + 'static {
     /// and must not contain `:`, so that no `id` (which may come from a
     /// client) can reach another kind's records; a `kind` with `:` is refused
     /// with [`Error::Internal`] by every single-use method.
-    async fn put_once(
-        &self,
-        tenant: TenantId,
-        kind: &str,
-        id: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool>;
+    async fn put_once(&self, tenant: TenantId, kind: &str, id: &str, value: &str, ttl: Duration) -> Result<bool>;
 
     /// Atomically reads and deletes (`kind`, `id`): at most one caller ever
     /// gets the value.
@@ -183,13 +167,7 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Atomically increments the attempt counter of (`kind`, `id`) and, when
     /// it reaches `max`, deletes the record. Returns the new count, or `None`
     /// if the record does not exist.
-    async fn count_attempt(
-        &self,
-        tenant: TenantId,
-        kind: &str,
-        id: &str,
-        max: u32,
-    ) -> Result<Option<u32>>;
+    async fn count_attempt(&self, tenant: TenantId, kind: &str, id: &str, max: u32) -> Result<Option<u32>>;
 
     /// Atomically sets `key` to `step` only if `step` is greater than the
     /// value stored (RFC 6238 §5.2: a TOTP step is accepted once). Returns
@@ -226,9 +204,7 @@ pub trait TokenStore: Send + Sync + 'static {
 /// Refuses a single-use `kind` that could collide with another kind's keys.
 pub(crate) fn check_kind(kind: &str) -> Result<()> {
     if kind.is_empty() || kind.contains(':') {
-        return Err(Error::Internal(format!(
-            "single-use kind {kind:?} must be non-empty and contain no ':'"
-        )));
+        return Err(Error::Internal(format!("single-use kind {kind:?} must be non-empty and contain no ':'")));
     }
     Ok(())
 }
@@ -239,9 +215,7 @@ const MAX_EXACT_STEP: u64 = 1 << 53;
 
 pub(crate) fn check_step(step: i64) -> Result<()> {
     if step.unsigned_abs() > MAX_EXACT_STEP {
-        return Err(Error::Internal(format!(
-            "counter step {step} is out of range"
-        )));
+        return Err(Error::Internal(format!("counter step {step} is out of range")));
     }
     Ok(())
 }
@@ -253,7 +227,5 @@ const MAX_TTL_MS: u64 = 1 << 50;
 
 /// A TTL in whole milliseconds, at least one (Redis refuses `PX 0`).
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis())
-        .unwrap_or(u64::MAX)
-        .clamp(1, MAX_TTL_MS)
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS)
 }

@@ -25,8 +25,7 @@ use parking_lot::Mutex;
 
 use crate::gcra::{self, Plan};
 use crate::{
-    REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionRecord, TokenStore, check_kind,
-    check_step, ttl_ms,
+    REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionRecord, TokenStore, check_kind, check_step, ttl_ms,
 };
 
 /// How often an operation sweeps every expired entry out of the store.
@@ -71,21 +70,14 @@ impl MemoryTokenStore {
         let now = clock();
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    tenants: HashMap::new(),
-                    next_sweep: now + SWEEP_EVERY,
-                }),
+                state: Mutex::new(State { tenants: HashMap::new(), next_sweep: now + SWEEP_EVERY }),
                 clock: Arc::new(clock),
             }),
         }
     }
 
     /// Runs `f` on the tenant's state, under the lock, with the current time.
-    fn with_tenant<T>(
-        &self,
-        tenant: TenantId,
-        f: impl FnOnce(&mut TenantState, Instant) -> T,
-    ) -> T {
+    fn with_tenant<T>(&self, tenant: TenantId, f: impl FnOnce(&mut TenantState, Instant) -> T) -> T {
         let now = (self.inner.clock)();
         let mut state = self.inner.state.lock();
         state.maybe_sweep(now);
@@ -129,11 +121,7 @@ impl<T> Expiring<T> {
 }
 
 /// Returns the live entry under `key`, dropping it if it has expired.
-fn live_entry<'a, K, Q, V>(
-    map: &'a mut HashMap<K, Expiring<V>>,
-    key: &Q,
-    now: Instant,
-) -> Option<&'a mut Expiring<V>>
+fn live_entry<'a, K, Q, V>(map: &'a mut HashMap<K, Expiring<V>>, key: &Q, now: Instant) -> Option<&'a mut Expiring<V>>
 where
     K: Borrow<Q> + Hash + Eq,
     Q: Hash + Eq + ?Sized,
@@ -145,11 +133,7 @@ where
 }
 
 /// Returns the live value under `key`, dropping it if it has expired.
-fn live<'a, K, Q, V>(
-    map: &'a mut HashMap<K, Expiring<V>>,
-    key: &Q,
-    now: Instant,
-) -> Option<&'a mut V>
+fn live<'a, K, Q, V>(map: &'a mut HashMap<K, Expiring<V>>, key: &Q, now: Instant) -> Option<&'a mut V>
 where
     K: Borrow<Q> + Hash + Eq,
     Q: Hash + Eq + ?Sized,
@@ -278,12 +262,8 @@ impl TokenStore for MemoryTokenStore {
                     until,
                 ),
             );
-            t.refresh
-                .insert(refresh_hash.to_owned(), Expiring::new(sid, until));
-            t.user_sessions
-                .entry(session.user_id)
-                .or_default()
-                .insert(sid);
+            t.refresh.insert(refresh_hash.to_owned(), Expiring::new(sid, until));
+            t.user_sessions.entry(session.user_id).or_default().insert(sid);
         });
         Ok(())
     }
@@ -311,8 +291,7 @@ impl TokenStore for MemoryTokenStore {
                 return RotateOutcome::Reused { session: sid, user };
             }
             let until = expiry(now, ttl);
-            t.refresh
-                .insert(new_hash.to_owned(), Expiring::new(sid, until));
+            t.refresh.insert(new_hash.to_owned(), Expiring::new(sid, until));
             let Some(entry) = t.sessions.get_mut(&sid) else {
                 return RotateOutcome::NotFound;
             };
@@ -324,18 +303,12 @@ impl TokenStore for MemoryTokenStore {
             // alive for months does not grow without bound.
             let refresh = &t.refresh;
             session.family.push(new_hash.to_owned());
-            session
-                .family
-                .retain(|h| refresh.get(h).is_some_and(|e| e.live(now)));
+            session.family.retain(|h| refresh.get(h).is_some_and(|e| e.live(now)));
             RotateOutcome::Rotated(session.record.clone())
         }))
     }
 
-    async fn session_by_refresh(
-        &self,
-        tenant: TenantId,
-        hash: &str,
-    ) -> Result<Option<SessionRecord>> {
+    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>> {
         Ok(self.with_tenant(tenant, |t, now| {
             let sid = *live(&mut t.refresh, hash, now)?;
             let session = live(&mut t.sessions, &sid, now)?;
@@ -344,18 +317,13 @@ impl TokenStore for MemoryTokenStore {
     }
 
     async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>> {
-        Ok(self.with_tenant(tenant, |t, now| {
-            live(&mut t.sessions, &sid, now).map(|s| s.record.clone())
-        }))
+        Ok(self.with_tenant(tenant, |t, now| live(&mut t.sessions, &sid, now).map(|s| s.record.clone())))
     }
 
     async fn list_sessions(&self, tenant: TenantId, user: UserId) -> Result<Vec<SessionRecord>> {
         Ok(self.with_tenant(tenant, |t, now| {
-            let sids: Vec<SessionId> = t
-                .user_sessions
-                .get(&user)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
+            let sids: Vec<SessionId> =
+                t.user_sessions.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
             let mut out = Vec::with_capacity(sids.len());
             for sid in sids {
                 match live(&mut t.sessions, &sid, now) {
@@ -375,12 +343,7 @@ impl TokenStore for MemoryTokenStore {
         }))
     }
 
-    async fn revoke_session(
-        &self,
-        tenant: TenantId,
-        sid: SessionId,
-        deny_ttl: Duration,
-    ) -> Result<bool> {
+    async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool> {
         Ok(self.with_tenant(tenant, |t, now| t.revoke(sid, deny_ttl, now).is_some()))
     }
 
@@ -392,11 +355,8 @@ impl TokenStore for MemoryTokenStore {
         deny_ttl: Duration,
     ) -> Result<u64> {
         Ok(self.with_tenant(tenant, |t, now| {
-            let sids: Vec<SessionId> = t
-                .user_sessions
-                .get(&user)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
+            let sids: Vec<SessionId> =
+                t.user_sessions.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
             let mut revoked = 0;
             for sid in sids.into_iter().filter(|sid| Some(*sid) != keep) {
                 if live(&mut t.sessions, &sid, now).is_some() {
@@ -419,30 +379,14 @@ impl TokenStore for MemoryTokenStore {
         Ok(())
     }
 
-    async fn put_once(
-        &self,
-        tenant: TenantId,
-        kind: &str,
-        id: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool> {
+    async fn put_once(&self, tenant: TenantId, kind: &str, id: &str, value: &str, ttl: Duration) -> Result<bool> {
         check_kind(kind)?;
         Ok(self.with_tenant(tenant, |t, now| {
             let key = (kind.to_owned(), id.to_owned());
             if live(&mut t.once, &key, now).is_some() {
                 return false;
             }
-            t.once.insert(
-                key,
-                Expiring::new(
-                    OnceRecord {
-                        value: value.to_owned(),
-                        attempts: 0,
-                    },
-                    expiry(now, ttl),
-                ),
-            );
+            t.once.insert(key, Expiring::new(OnceRecord { value: value.to_owned(), attempts: 0 }, expiry(now, ttl)));
             true
         }))
     }
@@ -463,13 +407,7 @@ impl TokenStore for MemoryTokenStore {
         }))
     }
 
-    async fn count_attempt(
-        &self,
-        tenant: TenantId,
-        kind: &str,
-        id: &str,
-        max: u32,
-    ) -> Result<Option<u32>> {
+    async fn count_attempt(&self, tenant: TenantId, kind: &str, id: &str, max: u32) -> Result<Option<u32>> {
         check_kind(kind)?;
         Ok(self.with_tenant(tenant, |t, now| {
             let key = (kind.to_owned(), id.to_owned());
@@ -485,19 +423,17 @@ impl TokenStore for MemoryTokenStore {
 
     async fn advance_counter(&self, tenant: TenantId, key: &str, step: i64) -> Result<bool> {
         check_step(step)?;
-        Ok(
-            self.with_tenant(tenant, |t, _| match t.counters.get_mut(key) {
-                Some(cur) if *cur >= step => false,
-                Some(cur) => {
-                    *cur = step;
-                    true
-                }
-                None => {
-                    t.counters.insert(key.to_owned(), step);
-                    true
-                }
-            }),
-        )
+        Ok(self.with_tenant(tenant, |t, _| match t.counters.get_mut(key) {
+            Some(cur) if *cur >= step => false,
+            Some(cur) => {
+                *cur = step;
+                true
+            }
+            None => {
+                t.counters.insert(key.to_owned(), step);
+                true
+            }
+        }))
     }
 
     async fn rate_check(
@@ -516,10 +452,7 @@ impl TokenStore for MemoryTokenStore {
             let stored = live(&mut t.rates, key, now).copied();
             let decision = params.decide(stored);
             if let Some((tat, ttl)) = decision.store {
-                t.rates.insert(
-                    key.to_owned(),
-                    Expiring::new(tat, now.checked_add(Duration::from_millis(ttl))),
-                );
+                t.rates.insert(key.to_owned(), Expiring::new(tat, now.checked_add(Duration::from_millis(ttl))));
             }
             decision.answer
         }))

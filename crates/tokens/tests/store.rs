@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use authd_core::{SessionId, TenantId, UserId};
 use authd_tokens::{
-    Error, MemoryTokenStore, REUSE_DENY_TTL, RateDecision, RedisTokenStore, RotateOutcome,
-    SessionRecord, TokenStore,
+    Error, MemoryTokenStore, REUSE_DENY_TTL, RateDecision, RedisTokenStore, RotateOutcome, SessionRecord, TokenStore,
 };
 use tokio::sync::Barrier;
 use uuid::Uuid;
@@ -52,13 +51,8 @@ impl RedisFixture {
         let prefix = format!("authd-test-{}", Uuid::new_v4().simple());
         let store = RedisTokenStore::connect(&redis_url(), &prefix)
             .await
-            .unwrap_or_else(|e| {
-                panic!("these tests need the Redis at REDIS_URL, which failed: {e}")
-            });
-        Self {
-            store: Arc::new(store),
-            prefix,
-        }
+            .unwrap_or_else(|e| panic!("these tests need the Redis at REDIS_URL, which failed: {e}"));
+        Self { store: Arc::new(store), prefix }
     }
 }
 
@@ -80,9 +74,7 @@ impl Drop for RedisFixture {
             Some(nodes) => redis::cluster::ClusterClient::new(nodes)
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| clean(&mut c)),
-            None => redis::Client::open(url)
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| clean(&mut c)),
+            None => redis::Client::open(url).and_then(|c| c.get_connection()).and_then(|mut c| clean(&mut c)),
         };
     }
 }
@@ -95,13 +87,7 @@ fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     Some(
         url.replace("+cluster://", "://")
             .split(',')
-            .map(|n| {
-                if n.contains("://") {
-                    n.to_owned()
-                } else {
-                    format!("redis://{n}")
-                }
-            })
+            .map(|n| if n.contains("://") { n.to_owned() } else { format!("redis://{n}") })
             .collect(),
     )
 }
@@ -194,12 +180,7 @@ fn hash() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
-async fn new_session(
-    s: &Store,
-    tenant: TenantId,
-    user: UserId,
-    created_at: i64,
-) -> (SessionRecord, String) {
+async fn new_session(s: &Store, tenant: TenantId, user: UserId, created_at: i64) -> (SessionRecord, String) {
     let rec = record(user, created_at);
     let h = hash();
     s.create_session(tenant, &rec, &h, TTL).await.unwrap();
@@ -214,17 +195,10 @@ async fn a_new_session_rotates_and_records_its_last_use(s: Store) {
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), Some(rec.clone()));
 
     let h2 = hash();
-    let RotateOutcome::Rotated(rotated) = s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap()
-    else {
+    let RotateOutcome::Rotated(rotated) = s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap() else {
         panic!("the current token must rotate");
     };
-    assert_eq!(
-        rotated,
-        SessionRecord {
-            last_used_at: 2_000,
-            ..rec.clone()
-        }
-    );
+    assert_eq!(rotated, SessionRecord { last_used_at: 2_000, ..rec.clone() });
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), Some(rotated));
 
     // The new token rotates in turn.
@@ -237,10 +211,7 @@ async fn a_new_session_rotates_and_records_its_last_use(s: Store) {
 
 async fn an_unknown_refresh_token_is_not_found(s: Store) {
     let t = TenantId::new();
-    assert_eq!(
-        s.rotate_refresh(t, &hash(), &hash(), 1, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
+    assert_eq!(s.rotate_refresh(t, &hash(), &hash(), 1, TTL).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.session_by_refresh(t, &hash()).await.unwrap(), None);
     assert_eq!(s.get_session(t, SessionId::new()).await.unwrap(), None);
 }
@@ -250,41 +221,24 @@ async fn refresh_token_reuse_revokes_the_whole_session(s: Store) {
     let (rec, h1) = new_session(&s, t, u, 1_000).await;
     let (other, other_h) = new_session(&s, t, u, 1_001).await;
     let h2 = hash();
-    assert!(matches!(
-        s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
 
     // The thief (or the victim) presents the rotated-away token.
     assert_eq!(
         s.rotate_refresh(t, &h1, &hash(), 3_000, TTL).await.unwrap(),
-        RotateOutcome::Reused {
-            session: rec.id,
-            user: u
-        }
+        RotateOutcome::Reused { session: rec.id, user: u }
     );
     // The whole family is gone: the current token no longer works either,
     // and access tokens of the session are refused.
-    assert_eq!(
-        s.rotate_refresh(t, &h2, &hash(), 3_001, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
-    assert_eq!(
-        s.rotate_refresh(t, &h1, &hash(), 3_002, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
+    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 3_001, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3_002, TTL).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.session_by_refresh(t, &h2).await.unwrap(), None);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
     // The user's other session is untouched.
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![other.clone()]);
     assert!(!s.is_session_denied(t, other.id).await.unwrap());
-    assert!(matches!(
-        s.rotate_refresh(t, &other_h, &hash(), 3_003, TTL)
-            .await
-            .unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, &other_h, &hash(), 3_003, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 /// Races `n` rotations of the same token, lined up on a barrier.
@@ -295,9 +249,7 @@ async fn race_rotations(s: &Store, t: TenantId, old: &str, n: usize) -> Vec<Rota
             let (s, barrier, old) = (s.clone(), barrier.clone(), old.to_owned());
             tokio::spawn(async move {
                 barrier.wait().await;
-                s.rotate_refresh(t, &old, &hash(), 2_000, TTL)
-                    .await
-                    .unwrap()
+                s.rotate_refresh(t, &old, &hash(), 2_000, TTL).await.unwrap()
             })
         })
         .collect();
@@ -313,23 +265,10 @@ async fn two_concurrent_rotations_give_one_rotated_and_one_reused(s: Store) {
     for round in 0..25 {
         let (rec, h) = new_session(&s, t, u, round).await;
         let outcomes = race_rotations(&s, t, &h, 2).await;
-        let rotated = outcomes
-            .iter()
-            .filter(|o| matches!(o, RotateOutcome::Rotated(_)))
-            .count();
-        let reused: Vec<_> = outcomes
-            .iter()
-            .filter(|o| matches!(o, RotateOutcome::Reused { .. }))
-            .collect();
+        let rotated = outcomes.iter().filter(|o| matches!(o, RotateOutcome::Rotated(_))).count();
+        let reused: Vec<_> = outcomes.iter().filter(|o| matches!(o, RotateOutcome::Reused { .. })).collect();
         assert_eq!(rotated, 1, "round {round}: {outcomes:?}");
-        assert_eq!(
-            reused,
-            vec![&RotateOutcome::Reused {
-                session: rec.id,
-                user: u
-            }],
-            "round {round}"
-        );
+        assert_eq!(reused, vec![&RotateOutcome::Reused { session: rec.id, user: u }], "round {round}");
         assert!(s.is_session_denied(t, rec.id).await.unwrap());
     }
 }
@@ -339,43 +278,22 @@ async fn many_concurrent_rotations_give_exactly_one_rotated(s: Store) {
     let (_, h) = new_session(&s, t, u, 1).await;
     let outcomes = race_rotations(&s, t, &h, 32).await;
     let count = |f: fn(&RotateOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
-    assert_eq!(
-        count(|o| matches!(o, RotateOutcome::Rotated(_))),
-        1,
-        "{outcomes:?}"
-    );
+    assert_eq!(count(|o| matches!(o, RotateOutcome::Rotated(_))), 1, "{outcomes:?}");
     // The first loser revokes the session; later ones find nothing left.
-    assert_eq!(
-        count(|o| matches!(o, RotateOutcome::Reused { .. })),
-        1,
-        "{outcomes:?}"
-    );
+    assert_eq!(count(|o| matches!(o, RotateOutcome::Reused { .. })), 1, "{outcomes:?}");
     assert_eq!(count(|o| *o == RotateOutcome::NotFound), 30, "{outcomes:?}");
 }
 
 async fn session_by_refresh_finds_only_the_current_token(s: Store) {
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1_000).await;
-    assert_eq!(
-        s.session_by_refresh(t, &h1).await.unwrap(),
-        Some(rec.clone())
-    );
+    assert_eq!(s.session_by_refresh(t, &h1).await.unwrap(), Some(rec.clone()));
     let h2 = hash();
     s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap();
-    assert_eq!(
-        s.session_by_refresh(t, &h1).await.unwrap(),
-        None,
-        "a rotated-away token is not current"
-    );
-    assert_eq!(
-        s.session_by_refresh(t, &h2).await.unwrap().map(|r| r.id),
-        Some(rec.id)
-    );
+    assert_eq!(s.session_by_refresh(t, &h1).await.unwrap(), None, "a rotated-away token is not current");
+    assert_eq!(s.session_by_refresh(t, &h2).await.unwrap().map(|r| r.id), Some(rec.id));
     // Looking up is not using: the old token is still detected as reused.
-    assert!(matches!(
-        s.rotate_refresh(t, &h1, &hash(), 3_000, TTL).await.unwrap(),
-        RotateOutcome::Reused { .. }
-    ));
+    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3_000, TTL).await.unwrap(), RotateOutcome::Reused { .. }));
 }
 
 async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store) {
@@ -386,10 +304,7 @@ async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store)
 
     assert!(s.revoke_session(t, rec.id, DENY).await.unwrap());
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
-    assert_eq!(
-        s.rotate_refresh(t, &h, &hash(), 3, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
+    assert_eq!(s.rotate_refresh(t, &h, &hash(), 3, TTL).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![other.clone()]);
     // Idempotent: nothing live to revoke any more, still denied.
@@ -397,12 +312,7 @@ async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store)
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
 
     assert!(!s.is_session_denied(t, other.id).await.unwrap());
-    assert!(matches!(
-        s.rotate_refresh(t, &other_h, &hash(), 4, TTL)
-            .await
-            .unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, &other_h, &hash(), 4, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 async fn revoke_user_sessions_keeps_the_given_session(s: Store) {
@@ -412,32 +322,16 @@ async fn revoke_user_sessions_keeps_the_given_session(s: Store) {
     let (kept, kept_h) = new_session(&s, t, u, 3).await;
     let (theirs, theirs_h) = new_session(&s, t, someone_else, 4).await;
 
-    assert_eq!(
-        s.revoke_user_sessions(t, u, Some(kept.id), DENY)
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(s.revoke_user_sessions(t, u, Some(kept.id), DENY).await.unwrap(), 2);
     for (rec, h) in [(&a, &a_h), (&b, &b_h)] {
         assert!(s.is_session_denied(t, rec.id).await.unwrap());
-        assert_eq!(
-            s.rotate_refresh(t, h, &hash(), 5, TTL).await.unwrap(),
-            RotateOutcome::NotFound
-        );
+        assert_eq!(s.rotate_refresh(t, h, &hash(), 5, TTL).await.unwrap(), RotateOutcome::NotFound);
     }
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![kept.clone()]);
     assert!(!s.is_session_denied(t, kept.id).await.unwrap());
-    assert!(matches!(
-        s.rotate_refresh(t, &kept_h, &hash(), 6, TTL).await.unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, &kept_h, &hash(), 6, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
     assert!(!s.is_session_denied(t, theirs.id).await.unwrap());
-    assert!(matches!(
-        s.rotate_refresh(t, &theirs_h, &hash(), 7, TTL)
-            .await
-            .unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, &theirs_h, &hash(), 7, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
 
     // Without `keep`, every session goes; then there is nothing left to count.
     assert_eq!(s.revoke_user_sessions(t, u, None, DENY).await.unwrap(), 1);
@@ -452,29 +346,16 @@ async fn list_sessions_returns_live_sessions_in_creation_order(s: Store) {
     // Created out of order, and one without user agent, IP or methods.
     let (late, _) = new_session(&s, t, u, 300).await;
     let (early, early_h) = new_session(&s, t, u, 100).await;
-    let bare = SessionRecord {
-        user_agent: None,
-        ip: None,
-        amr: vec![],
-        ..record(u, 200)
-    };
+    let bare = SessionRecord { user_agent: None, ip: None, amr: vec![], ..record(u, 200) };
     s.create_session(t, &bare, &hash(), TTL).await.unwrap();
     let (_, _) = new_session(&s, t, UserId::new(), 150).await;
 
-    assert_eq!(
-        s.list_sessions(t, u).await.unwrap(),
-        vec![early.clone(), bare.clone(), late.clone()]
-    );
+    assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![early.clone(), bare.clone(), late.clone()]);
 
     // A rotation shows in the list; a revoked session leaves it.
-    s.rotate_refresh(t, &early_h, &hash(), 400, TTL)
-        .await
-        .unwrap();
+    s.rotate_refresh(t, &early_h, &hash(), 400, TTL).await.unwrap();
     s.revoke_session(t, bare.id, DENY).await.unwrap();
-    let early = SessionRecord {
-        last_used_at: 400,
-        ..early
-    };
+    let early = SessionRecord { last_used_at: 400, ..early };
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![early, late]);
 }
 
@@ -485,119 +366,55 @@ async fn tenants_are_isolated(s: Store) {
     assert_eq!(s.get_session(b, rec.id).await.unwrap(), None);
     assert_eq!(s.session_by_refresh(b, &h).await.unwrap(), None);
     assert_eq!(s.list_sessions(b, u).await.unwrap(), vec![]);
-    assert_eq!(
-        s.rotate_refresh(b, &h, &hash(), 2, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
+    assert_eq!(s.rotate_refresh(b, &h, &hash(), 2, TTL).await.unwrap(), RotateOutcome::NotFound);
     assert!(!s.revoke_session(b, rec.id, DENY).await.unwrap());
     assert_eq!(s.revoke_user_sessions(b, u, None, DENY).await.unwrap(), 0);
     // B's deny entry for that sid says nothing about A.
     assert!(s.is_session_denied(b, rec.id).await.unwrap());
     assert!(!s.is_session_denied(a, rec.id).await.unwrap());
     // A's session survived all of it.
-    assert!(matches!(
-        s.rotate_refresh(a, &h, &hash(), 3, TTL).await.unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(a, &h, &hash(), 3, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
 
-    assert!(
-        s.put_once(a, "mfa", "challenge", "for-a", TTL)
-            .await
-            .unwrap()
-    );
+    assert!(s.put_once(a, "mfa", "challenge", "for-a", TTL).await.unwrap());
     assert_eq!(s.peek(b, "mfa", "challenge").await.unwrap(), None);
     assert_eq!(s.take_once(b, "mfa", "challenge").await.unwrap(), None);
-    assert_eq!(
-        s.count_attempt(b, "mfa", "challenge", 1).await.unwrap(),
-        None
-    );
-    assert!(
-        s.put_once(b, "mfa", "challenge", "for-b", TTL)
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        s.take_once(a, "mfa", "challenge").await.unwrap().as_deref(),
-        Some("for-a")
-    );
-    assert_eq!(
-        s.take_once(b, "mfa", "challenge").await.unwrap().as_deref(),
-        Some("for-b")
-    );
+    assert_eq!(s.count_attempt(b, "mfa", "challenge", 1).await.unwrap(), None);
+    assert!(s.put_once(b, "mfa", "challenge", "for-b", TTL).await.unwrap());
+    assert_eq!(s.take_once(a, "mfa", "challenge").await.unwrap().as_deref(), Some("for-a"));
+    assert_eq!(s.take_once(b, "mfa", "challenge").await.unwrap().as_deref(), Some("for-b"));
 
     assert!(s.advance_counter(a, "totp", 10).await.unwrap());
     assert!(s.advance_counter(b, "totp", 10).await.unwrap());
 
     let period = Duration::from_secs(60);
-    assert_eq!(
-        s.rate_check(a, "login", 1, period, 0).await.unwrap(),
-        RateDecision::Allowed { remaining: 0 }
-    );
-    assert_eq!(
-        s.rate_check(b, "login", 1, period, 0).await.unwrap(),
-        RateDecision::Allowed { remaining: 0 }
-    );
+    assert_eq!(s.rate_check(a, "login", 1, period, 0).await.unwrap(), RateDecision::Allowed { remaining: 0 });
+    assert_eq!(s.rate_check(b, "login", 1, period, 0).await.unwrap(), RateDecision::Allowed { remaining: 0 });
 }
 
 // ---- single-use records ----
 
 async fn a_single_use_record_is_stored_once_and_taken_once(s: Store) {
     let t = TenantId::new();
-    assert!(
-        s.put_once(t, "oauth_state", "st-1", "value-1", TTL)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !s.put_once(t, "oauth_state", "st-1", "other", TTL)
-            .await
-            .unwrap(),
-        "ids are never overwritten"
-    );
-    assert_eq!(
-        s.peek(t, "oauth_state", "st-1").await.unwrap().as_deref(),
-        Some("value-1")
-    );
-    assert_eq!(
-        s.peek(t, "oauth_state", "st-1").await.unwrap().as_deref(),
-        Some("value-1")
-    );
+    assert!(s.put_once(t, "oauth_state", "st-1", "value-1", TTL).await.unwrap());
+    assert!(!s.put_once(t, "oauth_state", "st-1", "other", TTL).await.unwrap(), "ids are never overwritten");
+    assert_eq!(s.peek(t, "oauth_state", "st-1").await.unwrap().as_deref(), Some("value-1"));
+    assert_eq!(s.peek(t, "oauth_state", "st-1").await.unwrap().as_deref(), Some("value-1"));
     // The same id under another kind is another record.
     assert_eq!(s.peek(t, "login_code", "st-1").await.unwrap(), None);
 
-    assert_eq!(
-        s.take_once(t, "oauth_state", "st-1")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("value-1")
-    );
+    assert_eq!(s.take_once(t, "oauth_state", "st-1").await.unwrap().as_deref(), Some("value-1"));
     assert_eq!(s.take_once(t, "oauth_state", "st-1").await.unwrap(), None);
     assert_eq!(s.peek(t, "oauth_state", "st-1").await.unwrap(), None);
     // Ids may hold anything a client sends, `:` included.
-    assert!(
-        s.put_once(t, "oauth_state", "a:b*c?[d]", "v", TTL)
-            .await
-            .unwrap()
-    );
-    assert_eq!(
-        s.take_once(t, "oauth_state", "a:b*c?[d]")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("v")
-    );
+    assert!(s.put_once(t, "oauth_state", "a:b*c?[d]", "v", TTL).await.unwrap());
+    assert_eq!(s.take_once(t, "oauth_state", "a:b*c?[d]").await.unwrap().as_deref(), Some("v"));
 }
 
 async fn take_once_under_concurrency_gives_the_value_to_one_caller(s: Store) {
     let t = TenantId::new();
     for round in 0..5 {
         let id = format!("code-{round}");
-        assert!(
-            s.put_once(t, "login_code", &id, "payload", TTL)
-                .await
-                .unwrap()
-        );
+        assert!(s.put_once(t, "login_code", &id, "payload", TTL).await.unwrap());
         let barrier = Arc::new(Barrier::new(16));
         let tasks: Vec<_> = (0..16)
             .map(|_| {
@@ -625,11 +442,7 @@ async fn count_attempt_deletes_the_record_at_max(s: Store) {
     assert!(s.put_once(t, "mfa", "ch", "state", TTL).await.unwrap());
     assert_eq!(s.count_attempt(t, "mfa", "ch", 3).await.unwrap(), Some(1));
     assert_eq!(s.count_attempt(t, "mfa", "ch", 3).await.unwrap(), Some(2));
-    assert_eq!(
-        s.peek(t, "mfa", "ch").await.unwrap().as_deref(),
-        Some("state"),
-        "still usable below max"
-    );
+    assert_eq!(s.peek(t, "mfa", "ch").await.unwrap().as_deref(), Some("state"), "still usable below max");
     assert_eq!(s.count_attempt(t, "mfa", "ch", 3).await.unwrap(), Some(3));
     assert_eq!(s.peek(t, "mfa", "ch").await.unwrap(), None, "gone at max");
     assert_eq!(s.count_attempt(t, "mfa", "ch", 3).await.unwrap(), None);
@@ -638,19 +451,10 @@ async fn count_attempt_deletes_the_record_at_max(s: Store) {
 
 async fn single_use_kinds_with_a_colon_are_refused(s: Store) {
     let t = TenantId::new();
-    assert!(matches!(
-        s.put_once(t, "mfa:x", "id", "v", TTL).await,
-        Err(Error::Internal(_))
-    ));
-    assert!(matches!(
-        s.take_once(t, "mfa:x", "id").await,
-        Err(Error::Internal(_))
-    ));
+    assert!(matches!(s.put_once(t, "mfa:x", "id", "v", TTL).await, Err(Error::Internal(_))));
+    assert!(matches!(s.take_once(t, "mfa:x", "id").await, Err(Error::Internal(_))));
     assert!(matches!(s.peek(t, "", "id").await, Err(Error::Internal(_))));
-    assert!(matches!(
-        s.count_attempt(t, "a:b", "id", 1).await,
-        Err(Error::Internal(_))
-    ));
+    assert!(matches!(s.count_attempt(t, "a:b", "id", 1).await, Err(Error::Internal(_))));
 }
 
 // ---- counters ----
@@ -659,14 +463,8 @@ async fn advance_counter_accepts_each_step_once(s: Store) {
     let t = TenantId::new();
     let key = format!("totp:{}", UserId::new());
     assert!(s.advance_counter(t, &key, 56_666_000).await.unwrap());
-    assert!(
-        !s.advance_counter(t, &key, 56_666_000).await.unwrap(),
-        "the same step twice"
-    );
-    assert!(
-        !s.advance_counter(t, &key, 56_665_999).await.unwrap(),
-        "an earlier step"
-    );
+    assert!(!s.advance_counter(t, &key, 56_666_000).await.unwrap(), "the same step twice");
+    assert!(!s.advance_counter(t, &key, 56_665_999).await.unwrap(), "an earlier step");
     assert!(s.advance_counter(t, &key, 56_666_001).await.unwrap());
     assert!(s.advance_counter(t, "negative", -5).await.unwrap());
     assert!(!s.advance_counter(t, "negative", -6).await.unwrap());
@@ -675,10 +473,7 @@ async fn advance_counter_accepts_each_step_once(s: Store) {
     assert!(s.advance_counter(t, "big", big - 1).await.unwrap());
     assert!(s.advance_counter(t, "big", big).await.unwrap());
     assert!(!s.advance_counter(t, "big", big).await.unwrap());
-    assert!(matches!(
-        s.advance_counter(t, "big", big + 1).await,
-        Err(Error::Internal(_))
-    ));
+    assert!(matches!(s.advance_counter(t, "big", big + 1).await, Err(Error::Internal(_))));
 }
 
 async fn advance_counter_under_concurrency_accepts_one_caller(s: Store) {
@@ -709,51 +504,32 @@ async fn rate_check_allows_a_burst_of_limit_then_limits_until_retry_after(s: Sto
     let period = Duration::from_secs(10); // 5 per 10 s: one every 2 s
     let t0 = 1_700_000_000_000_i64;
     for remaining in (0..5).rev() {
-        assert_eq!(
-            s.rate_check(t, "login:ip", 5, period, t0).await.unwrap(),
-            RateDecision::Allowed { remaining }
-        );
+        assert_eq!(s.rate_check(t, "login:ip", 5, period, t0).await.unwrap(), RateDecision::Allowed { remaining });
     }
     assert_eq!(
         s.rate_check(t, "login:ip", 5, period, t0).await.unwrap(),
-        RateDecision::Limited {
-            retry_after_ms: 2_000
-        }
+        RateDecision::Limited { retry_after_ms: 2_000 }
     );
     // A refused request costs nothing: the wait only shrinks with time.
     assert_eq!(
-        s.rate_check(t, "login:ip", 5, period, t0 + 1_500)
-            .await
-            .unwrap(),
-        RateDecision::Limited {
-            retry_after_ms: 500
-        }
+        s.rate_check(t, "login:ip", 5, period, t0 + 1_500).await.unwrap(),
+        RateDecision::Limited { retry_after_ms: 500 }
     );
     assert_eq!(
-        s.rate_check(t, "login:ip", 5, period, t0 + 1_999)
-            .await
-            .unwrap(),
+        s.rate_check(t, "login:ip", 5, period, t0 + 1_999).await.unwrap(),
         RateDecision::Limited { retry_after_ms: 1 }
     );
     assert_eq!(
-        s.rate_check(t, "login:ip", 5, period, t0 + 2_000)
-            .await
-            .unwrap(),
+        s.rate_check(t, "login:ip", 5, period, t0 + 2_000).await.unwrap(),
         RateDecision::Allowed { remaining: 0 }
     );
     assert_eq!(
-        s.rate_check(t, "login:ip", 5, period, t0 + 2_000)
-            .await
-            .unwrap(),
-        RateDecision::Limited {
-            retry_after_ms: 2_000
-        }
+        s.rate_check(t, "login:ip", 5, period, t0 + 2_000).await.unwrap(),
+        RateDecision::Limited { retry_after_ms: 2_000 }
     );
     // After a whole quiet period, the whole burst is back.
     assert_eq!(
-        s.rate_check(t, "login:ip", 5, period, t0 + 12_000)
-            .await
-            .unwrap(),
+        s.rate_check(t, "login:ip", 5, period, t0 + 12_000).await.unwrap(),
         RateDecision::Allowed { remaining: 4 }
     );
 }
@@ -763,37 +539,15 @@ async fn rate_limits_are_per_key_and_reset_clears_them(s: Store) {
     let period = Duration::from_secs(60);
     let now = 1_700_000_000_000_i64;
     for _ in 0..3 {
-        assert!(matches!(
-            s.rate_check(t, "a", 3, period, now).await.unwrap(),
-            RateDecision::Allowed { .. }
-        ));
+        assert!(matches!(s.rate_check(t, "a", 3, period, now).await.unwrap(), RateDecision::Allowed { .. }));
     }
-    assert_eq!(
-        s.rate_check(t, "a", 3, period, now).await.unwrap(),
-        RateDecision::Limited {
-            retry_after_ms: 20_000
-        }
-    );
-    assert_eq!(
-        s.rate_check(t, "b", 3, period, now).await.unwrap(),
-        RateDecision::Allowed { remaining: 2 }
-    );
+    assert_eq!(s.rate_check(t, "a", 3, period, now).await.unwrap(), RateDecision::Limited { retry_after_ms: 20_000 });
+    assert_eq!(s.rate_check(t, "b", 3, period, now).await.unwrap(), RateDecision::Allowed { remaining: 2 });
     s.rate_reset(t, "a").await.unwrap();
-    assert_eq!(
-        s.rate_check(t, "a", 3, period, now).await.unwrap(),
-        RateDecision::Allowed { remaining: 2 }
-    );
+    assert_eq!(s.rate_check(t, "a", 3, period, now).await.unwrap(), RateDecision::Allowed { remaining: 2 });
     // Degenerate policies.
-    assert_eq!(
-        s.rate_check(t, "c", 0, period, now).await.unwrap(),
-        RateDecision::Limited {
-            retry_after_ms: 60_000
-        }
-    );
-    assert_eq!(
-        s.rate_check(t, "c", 4, Duration::ZERO, now).await.unwrap(),
-        RateDecision::Allowed { remaining: 4 }
-    );
+    assert_eq!(s.rate_check(t, "c", 0, period, now).await.unwrap(), RateDecision::Limited { retry_after_ms: 60_000 });
+    assert_eq!(s.rate_check(t, "c", 4, Duration::ZERO, now).await.unwrap(), RateDecision::Allowed { remaining: 4 });
 }
 
 // ---- expiry and purge ----
@@ -813,24 +567,15 @@ async fn records_expire_after_their_ttl(s: Store) {
     tokio::time::sleep(Duration::from_millis(1_300)).await;
 
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
-    assert_eq!(
-        s.rotate_refresh(t, &h, &hash(), 4, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
+    assert_eq!(s.rotate_refresh(t, &h, &hash(), 4, TTL).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.session_by_refresh(t, &h).await.unwrap(), None);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![long.clone()]);
     assert_eq!(s.peek(t, "mfa", "short").await.unwrap(), None);
-    assert!(
-        s.put_once(t, "mfa", "short", "again", short).await.unwrap(),
-        "an expired id is free again"
-    );
+    assert!(s.put_once(t, "mfa", "short", "again", short).await.unwrap(), "an expired id is free again");
     assert!(!s.is_session_denied(t, denied.id).await.unwrap());
     // Revoking the expired session finds nothing live.
     assert!(!s.revoke_session(t, rec.id, DENY).await.unwrap());
-    assert!(matches!(
-        s.rotate_refresh(t, &long_h, &hash(), 5, TTL).await.unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, &long_h, &hash(), 5, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 async fn an_endless_ttl_is_kept_not_refused(s: Store) {
@@ -838,12 +583,7 @@ async fn an_endless_ttl_is_kept_not_refused(s: Store) {
     let rec = record(u, 1);
     let h = hash();
     s.create_session(t, &rec, &h, Duration::MAX).await.unwrap();
-    assert!(matches!(
-        s.rotate_refresh(t, &h, &hash(), 2, Duration::MAX)
-            .await
-            .unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, &h, &hash(), 2, Duration::MAX).await.unwrap(), RotateOutcome::Rotated(_)));
     assert!(s.put_once(t, "mfa", "x", "v", Duration::MAX).await.unwrap());
     assert!(s.revoke_session(t, rec.id, Duration::MAX).await.unwrap());
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
@@ -858,9 +598,7 @@ async fn purge_tenant_removes_only_that_tenant(s: Store) {
         s.revoke_session(t, SessionId::new(), DENY).await.unwrap();
         assert!(s.put_once(t, "mfa", "x", "v", TTL).await.unwrap());
         assert!(s.advance_counter(t, "totp", 7).await.unwrap());
-        s.rate_check(t, "login", 1, Duration::from_secs(60), 0)
-            .await
-            .unwrap();
+        s.rate_check(t, "login", 1, Duration::from_secs(60), 0).await.unwrap();
         sessions.push((t, rec, h));
     }
 
@@ -869,27 +607,16 @@ async fn purge_tenant_removes_only_that_tenant(s: Store) {
     for (t, rec, h) in sessions {
         let alive = t == kept;
         assert_eq!(s.get_session(t, rec.id).await.unwrap().is_some(), alive);
-        assert_eq!(
-            s.list_sessions(t, u).await.unwrap().len(),
-            usize::from(alive)
-        );
+        assert_eq!(s.list_sessions(t, u).await.unwrap().len(), usize::from(alive));
         assert_eq!(s.peek(t, "mfa", "x").await.unwrap().is_some(), alive);
         // A purged counter starts over; a kept one still refuses the step.
         assert_eq!(s.advance_counter(t, "totp", 7).await.unwrap(), !alive);
         let limited = matches!(
-            s.rate_check(t, "login", 1, Duration::from_secs(60), 0)
-                .await
-                .unwrap(),
+            s.rate_check(t, "login", 1, Duration::from_secs(60), 0).await.unwrap(),
             RateDecision::Limited { .. }
         );
         assert_eq!(limited, alive);
-        assert_eq!(
-            matches!(
-                s.rotate_refresh(t, &h, &hash(), 2, TTL).await.unwrap(),
-                RotateOutcome::Rotated(_)
-            ),
-            alive
-        );
+        assert_eq!(matches!(s.rotate_refresh(t, &h, &hash(), 2, TTL).await.unwrap(), RotateOutcome::Rotated(_)), alive);
     }
     // Purging is idempotent.
     s.purge_tenant(gone).await.unwrap();
@@ -910,43 +637,24 @@ async fn memory_entries_expire_on_the_injected_clock() {
     let (t, u) = (TenantId::new(), UserId::new());
 
     let (rec, h1) = new_session(&s, t, u, 1).await; // TTL: 600 s
-    assert!(
-        s.put_once(t, "mfa", "c", "v", Duration::from_secs(300))
-            .await
-            .unwrap()
-    );
-    s.revoke_session(t, SessionId::new(), REUSE_DENY_TTL)
-        .await
-        .unwrap();
+    assert!(s.put_once(t, "mfa", "c", "v", Duration::from_secs(300)).await.unwrap());
+    s.revoke_session(t, SessionId::new(), REUSE_DENY_TTL).await.unwrap();
 
     advance(599_000);
     let h2 = hash();
-    assert!(matches!(
-        s.rotate_refresh(t, &h1, &h2, 2, TTL).await.unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
-    assert_eq!(
-        s.peek(t, "mfa", "c").await.unwrap(),
-        None,
-        "the 300 s record is gone"
-    );
+    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert_eq!(s.peek(t, "mfa", "c").await.unwrap(), None, "the 300 s record is gone");
 
     // Rotation renewed the session for another 600 s from now.
     advance(599_000);
     assert!(s.get_session(t, rec.id).await.unwrap().is_some());
     // The first token, issued 1198 s ago, is past its own lifetime: its reuse
     // is no longer recognised (and so no longer revokes).
-    assert_eq!(
-        s.rotate_refresh(t, &h1, &hash(), 3, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
+    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3, TTL).await.unwrap(), RotateOutcome::NotFound);
 
     advance(2_000);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
-    assert_eq!(
-        s.rotate_refresh(t, &h2, &hash(), 4, TTL).await.unwrap(),
-        RotateOutcome::NotFound
-    );
+    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 4, TTL).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![]);
 }
 
@@ -962,10 +670,7 @@ async fn memory_reuse_denies_for_the_longest_access_token_lifetime() {
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1).await;
     s.rotate_refresh(t, &h1, &hash(), 2, TTL).await.unwrap();
-    assert!(matches!(
-        s.rotate_refresh(t, &h1, &hash(), 3, TTL).await.unwrap(),
-        RotateOutcome::Reused { .. }
-    ));
+    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3, TTL).await.unwrap(), RotateOutcome::Reused { .. }));
     offset_ms.store(REUSE_DENY_TTL.as_millis() as u64 - 1, Ordering::SeqCst);
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
     offset_ms.store(REUSE_DENY_TTL.as_millis() as u64, Ordering::SeqCst);
@@ -977,15 +682,9 @@ async fn memory_reuse_denies_for_the_longest_access_token_lifetime() {
 #[tokio::test]
 async fn redis_connect_fails_fast_when_redis_is_down() {
     let started = Instant::now();
-    let err = RedisTokenStore::connect("redis://127.0.0.1:1", "authd-test")
-        .await
-        .unwrap_err();
+    let err = RedisTokenStore::connect("redis://127.0.0.1:1", "authd-test").await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(2_500),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(2_500), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -995,23 +694,12 @@ async fn redis_ping_fails_fast_when_redis_is_down() {
         let started = Instant::now();
         let err = s.ping().await.unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-        assert!(
-            started.elapsed() < Duration::from_millis(2_500),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_millis(2_500), "took {:?}", started.elapsed());
     }
     let started = Instant::now();
-    let err = s
-        .rotate_refresh(TenantId::new(), &hash(), &hash(), 1, TTL)
-        .await
-        .unwrap_err();
+    let err = s.rotate_refresh(TenantId::new(), &hash(), &hash(), 1, TTL).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(2_500),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(2_500), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -1024,37 +712,20 @@ async fn redis_lazy_store_works_once_redis_answers() {
 #[tokio::test]
 async fn redis_refuses_a_key_prefix_that_could_break_the_layout() {
     for bad in ["", "a{b}", "a*", "has space", &"x".repeat(65)] {
-        assert!(
-            matches!(
-                RedisTokenStore::connect_lazy(&redis_url(), bad),
-                Err(Error::Misconfigured(_))
-            ),
-            "{bad:?}"
-        );
+        assert!(matches!(RedisTokenStore::connect_lazy(&redis_url(), bad), Err(Error::Misconfigured(_))), "{bad:?}");
     }
 }
 
 #[tokio::test]
 async fn redis_eviction_policy_check_accepts_the_test_server() {
     let fixture = RedisFixture::new().await;
-    let policy: Vec<String> = raw_query(
-        redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .clone(),
-    )
-    .await;
-    let s = RedisTokenStore::connect(&redis_url(), &fixture.prefix)
-        .await
-        .unwrap();
+    let policy: Vec<String> = raw_query(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").clone()).await;
+    let s = RedisTokenStore::connect(&redis_url(), &fixture.prefix).await.unwrap();
     let checked = s.check_eviction_policy().await;
     if policy.get(1).map(String::as_str) == Some("noeviction") {
         checked.unwrap();
     } else {
-        assert!(
-            matches!(checked, Err(Error::Misconfigured(_))),
-            "{policy:?}: {checked:?}"
-        );
+        assert!(matches!(checked, Err(Error::Misconfigured(_))), "{policy:?}: {checked:?}");
     }
 }
 
@@ -1073,9 +744,7 @@ async fn redis_every_key_carries_the_tenant_hash_tag() {
     s.put_once(t, "mfa", "id", "v", TTL).await.unwrap();
     s.count_attempt(t, "mfa", "id", 5).await.unwrap();
     s.advance_counter(t, "totp", 1).await.unwrap();
-    s.rate_check(t, "login", 5, Duration::from_secs(60), 0)
-        .await
-        .unwrap();
+    s.rate_check(t, "login", 5, Duration::from_secs(60), 0).await.unwrap();
 
     let keys = raw_keys(&format!("{}:*", fixture.prefix)).await;
     let ns = format!("{}:{{{}}}:", fixture.prefix, t);
@@ -1084,16 +753,10 @@ async fn redis_every_key_carries_the_tenant_hash_tag() {
         assert!(k.starts_with(&ns), "{k} is outside the tenant's namespace");
     }
     // The revoked session left no refresh keys behind.
-    assert!(
-        !keys.iter().any(|k| k.ends_with(&h1) || k.ends_with(&h2)),
-        "{keys:?}"
-    );
+    assert!(!keys.iter().any(|k| k.ends_with(&h1) || k.ends_with(&h2)), "{keys:?}");
 
     s.purge_tenant(t).await.unwrap();
-    assert_eq!(
-        raw_keys(&format!("{}:*", fixture.prefix)).await,
-        Vec::<String>::new()
-    );
+    assert_eq!(raw_keys(&format!("{}:*", fixture.prefix)).await, Vec::<String>::new());
 }
 
 /// A session kept alive by rotation keeps only the refresh hashes that can
@@ -1110,10 +773,7 @@ async fn redis_a_long_lived_session_forgets_its_expired_refresh_hashes() {
     for i in 0..5 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let next = hash();
-        assert!(matches!(
-            s.rotate_refresh(t, &h, &next, i, ttl).await.unwrap(),
-            RotateOutcome::Rotated(_)
-        ));
+        assert!(matches!(s.rotate_refresh(t, &h, &next, i, ttl).await.unwrap(), RotateOutcome::Rotated(_)));
         h = next;
     }
     // Issued at 0, 0.4, ..., 2.0 s with a 1 s lifetime: at most the last
@@ -1125,8 +785,5 @@ async fn redis_a_long_lived_session_forgets_its_expired_refresh_hashes() {
     assert!(rt_keys.len() <= 3, "{rt_keys:?}");
 
     assert!(s.revoke_session(t, rec.id, DENY).await.unwrap());
-    assert_eq!(
-        raw_keys(&format!("{}:{{{}}}:rt:*", fixture.prefix, t)).await,
-        Vec::<String>::new()
-    );
+    assert_eq!(raw_keys(&format!("{}:{{{}}}:rt:*", fixture.prefix, t)).await, Vec::<String>::new());
 }
