@@ -150,3 +150,90 @@ fn reseal_moves_every_sealed_key_to_the_new_master_key() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resealed 0 signing keys"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A raw HTTP/1.1 request (no client library needed).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The README's first command, as a newcomer runs it: `authd serve` with
+/// nothing configured serves the platform API on the embedded default, with
+/// the token in a 0600 file under ./authd-data, and the data survives a restart.
+#[test]
+fn the_readme_run_command_serves_the_platform_api_on_the_embedded_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    assert!(readme.contains("cargo run -p authd -- serve"), "README's first command");
+    assert!(readme.contains("scripts/test.sh"), "README's second command");
+    let cwd = temp_dir();
+    let port = free_port();
+    let start = || {
+        authd()
+            .arg("serve")
+            .current_dir(&cwd)
+            .env("AUTHD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AUTHD_SHUTDOWN_DELAY_SECS", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_ready = || {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("authd did not start");
+    };
+    let stop = |mut child: std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM exits 0: {status:?}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        err
+    };
+    let child = start();
+    wait_ready();
+    let token_path = cwd.join("authd-data/platform-token");
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let body = r#"{"query":"mutation { createTenant(input: {slug: \"acme\", name: \"Acme\", adminEmail: \"admin@acme.test\", adminPassword: \"a long admin passphrase\"}) { slug } }"}"#;
+    let auth = format!("Bearer {}", token.trim());
+    let resp = http(port, "POST", "/graphql", &[("Authorization", &auth), ("Content-Type", "application/json")], body);
+    assert!(resp.contains(r#""slug":"acme""#), "{resp}");
+    let logs = stop(child);
+    assert!(!logs.contains(token.trim()), "the token itself is never logged");
+    assert!(logs.contains("platform-token"), "the log names the token file");
+    // Restart: same token, the tenant is still there.
+    let child = start();
+    wait_ready();
+    let resp = http(port, "GET", "/t/acme/.well-known/jwks.json", &[], "");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#""kty":"EC""#), "{resp}");
+    stop(child);
+}
