@@ -272,3 +272,69 @@ async fn two_replicas_sharing_redis_enforce_one_limit() {
     let allowed = codes.iter().filter(|c| c.as_deref() == Some("INVALID_CREDENTIALS")).count();
     assert_eq!(allowed, 4, "the policy's number, not twice it: {codes:?}");
 }
+
+/// A private Redis on a free port, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--maxmemory-policy", "noeviction"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by scripts/test.sh");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, port };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("private redis did not start");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_limits_fall_back_to_local_governors_and_token_calls_answer_unavailable() {
+    let mut redis = PrivateRedis::start();
+    let port = redis.port;
+    let s = TestServer::start_with(Backend::Production, |env| {
+        env.insert("REDIS_URL".into(), format!("redis://127.0.0.1:{port}"));
+        env.insert("AUTHD_TRUSTED_PROXIES".into(), "127.0.0.0/8".into());
+        env.insert("AUTHD_REPLICAS".into(), "2".into());
+    })
+    .await;
+    let t = s.tenant().await;
+    set_limits(&s, &t, json!({ "loginPerIpPerMinute": 6 })).await;
+    let ok = login_from(&s, &t.slug, "198.51.100.80", &t.admin_email, &t.admin_password).await;
+    assert_eq!(ok["data"]["login"]["__typename"], "AuthTokens", "{ok}");
+    // Redis goes away.
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let email = format!("nobody{i}@example.com");
+        codes.push(code(&login_from(&s, &t.slug, "198.51.100.81", &email, "some password").await).map(str::to_owned));
+    }
+    // 6 per minute across 2 replicas: this replica alone allows 3 attempts from
+    // the IP (verified, then refused as wrong); the rest are limited locally.
+    let invalid = codes.iter().filter(|c| c.as_deref() == Some("INVALID_CREDENTIALS")).count();
+    let limited = codes.iter().filter(|c| c.as_deref() == Some("RATE_LIMITED")).count();
+    assert_eq!((invalid, limited), (3, 2), "{codes:?}");
+    // A correct login needs the token store for its session: UNAVAILABLE, safe to retry.
+    let down = login_from(&s, &t.slug, "198.51.100.82", &t.admin_email, &t.admin_password).await;
+    assert_eq!(code(&down), Some("UNAVAILABLE"), "{down}");
+    let ready = s.http.get(format!("{}/readyz", s.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
