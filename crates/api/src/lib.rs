@@ -10,6 +10,7 @@
 //! - [`graphql`]: request hygiene (JSON POST only, no batching, size/depth/complexity/alias limits) and execution.
 //! - [`errors`]: the one mapping from domain errors to GraphQL errors.
 //! - [`client`]: client IP (trusted proxies), request ids, cookies and CORS.
+//! - [`observe`]: the span of each GraphQL operation (W3C trace context), request metrics, `/metrics`.
 //! - [`tenant_schema`], [`tenant_mfa`] and [`platform_schema`]: the GraphQL types and resolvers.
 //! - [`assets`]: GraphiQL, served from the binary.
 
@@ -17,6 +18,7 @@ pub mod assets;
 pub mod client;
 pub mod errors;
 pub mod graphql;
+pub mod observe;
 pub mod platform_schema;
 pub mod routes;
 pub mod tenant_mfa;

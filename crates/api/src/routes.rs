@@ -18,12 +18,14 @@ use axum::routing::get;
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::assets;
 use crate::client;
 use crate::errors::error_body;
 use crate::graphql::{execute, parse_request};
+use crate::observe;
 use crate::platform_schema::PlatformRequest;
 use crate::tenant_schema::TenantRequest;
 
@@ -178,6 +180,20 @@ async fn tenant_graphql(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Everything the request does (tenant lookup, storage, token store) runs inside its span.
+    let (span, request_id) = observe::graphql_span("tenant", &tenant, &headers);
+    tenant_graphql_traced(state, tenant, peer, headers, body, span.clone(), request_id).instrument(span).await
+}
+
+async fn tenant_graphql_traced(
+    state: AppState,
+    tenant: String,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    span: tracing::Span,
+    request_id: String,
+) -> Response {
     let rt = match state.platform.tenant(&tenant).await {
         Ok(rt) => rt,
         Err(Error::BadInput { .. }) => return error_response(Error::bad_input("tenant", "not a valid tenant slug")),
@@ -200,10 +216,14 @@ async fn tenant_graphql(
     let origin_allowed = origin.as_ref().is_some_and(|o| settings.allowed_origins.iter().any(|a| a == o));
     let cookie_mode =
         headers.get("x-auth-mode").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("cookie"));
+    let started = std::time::Instant::now();
+    let op = observe::operation(&state, "tenant", &request, &span);
+    let mut request_meta = meta(&state, peer, &headers);
+    request_meta.request_id = Some(request_id);
     let data = TenantRequest::new(
         state.platform.deps.clone(),
         rt,
-        meta(&state, peer, &headers),
+        request_meta,
         client::bearer(&headers),
         client::cookie(&headers, client::ACCESS_COOKIE),
         client::cookie(&headers, client::REFRESH_COOKIE),
@@ -213,6 +233,7 @@ async fn tenant_graphql(
     );
     let data = std::sync::Arc::new(data);
     let response = execute(&state.tenant_schema, request.data(data.clone())).await;
+    observe::finish("tenant", &tenant, &op, &observe::outcome(&response), started, &span);
     let mut resp = axum::Json(response).into_response();
     for c in data.set_cookies.lock().drain(..) {
         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -241,6 +262,18 @@ async fn platform_graphql(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let (span, request_id) = observe::graphql_span("platform", "", &headers);
+    platform_graphql_traced(state, peer, headers, body, span.clone(), request_id).instrument(span).await
+}
+
+async fn platform_graphql_traced(
+    state: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    span: tracing::Span,
+    request_id: String,
+) -> Response {
     let Some(operator) = platform_authorized(&state, &headers) else {
         let mut resp = error_response(Error::Unauthenticated);
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -254,8 +287,13 @@ async fn platform_graphql(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let data = PlatformRequest { platform: state.platform.clone(), meta: meta(&state, peer, &headers), operator };
+    let started = std::time::Instant::now();
+    let op = observe::operation(&state, "platform", &request, &span);
+    let mut request_meta = meta(&state, peer, &headers);
+    request_meta.request_id = Some(request_id);
+    let data = PlatformRequest { platform: state.platform.clone(), meta: request_meta, operator };
     let response = execute(&state.platform_schema, request.data(data)).await;
+    observe::finish("platform", "", &op, &observe::outcome(&response), started, &span);
     let mut resp = axum::Json(response).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -301,46 +339,9 @@ async fn discovery(State(state): State<AppState>, Path(tenant): Path<String>) ->
     }
 }
 
-/// Prometheus text exposition of the process counters.
+/// Prometheus text exposition (`observe::render_metrics`).
 async fn metrics(State(state): State<AppState>) -> Response {
-    use authd_tenancy::metrics as m;
-    let stats = state.platform.deps.hasher.stats();
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, value: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-    };
-    family("authd_active_tenants", "gauge", "Tenant supervisors running.", state.platform.active_tenants() as u64);
-    family(
-        "authd_actor_restarts_total",
-        "counter",
-        "Tenant children restarted after a failure.",
-        m::ACTOR_RESTARTS.load(Ordering::Relaxed),
-    );
-    family(
-        "authd_password_verifications_total",
-        "counter",
-        "Argon2 verifications performed.",
-        m::PASSWORD_VERIFICATIONS.load(Ordering::Relaxed),
-    );
-    family(
-        "authd_password_hashes_total",
-        "counter",
-        "Argon2 hashes computed.",
-        m::PASSWORD_HASHES.load(Ordering::Relaxed),
-    );
-    family(
-        "authd_hash_queue_depth",
-        "gauge",
-        "Hashing jobs waiting for a worker.",
-        stats.queued.load(Ordering::Relaxed),
-    );
-    family(
-        "authd_hash_refused_total",
-        "counter",
-        "Hashing jobs refused (tenant queue full).",
-        stats.refused.load(Ordering::Relaxed),
-    );
-    let mut resp = out.into_response();
+    let mut resp = observe::render_metrics(&state).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp

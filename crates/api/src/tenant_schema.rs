@@ -678,7 +678,9 @@ impl TenantMutation {
     /// Signs in with email and password: tokens, or an MFA challenge.
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<LoginResult> {
         let r = req(ctx)?;
-        match r.tenant().login(&input.email, &input.password, &r.meta).await.gql()? {
+        let outcome = r.tenant().login(&input.email, &input.password, &r.meta).await;
+        crate::observe::count_login(r.rt.slug.as_str(), &outcome);
+        match outcome.gql()? {
             LoginOutcome::Tokens(t) => Ok(LoginResult::AuthTokens(r.auth_tokens(*t))),
             LoginOutcome::MfaChallenge { challenge_id, methods, expires_in } => {
                 Ok(LoginResult::MfaChallenge(MfaChallenge {

@@ -55,6 +55,7 @@ pub const VARIABLES: &[(&str, bool, &str)] = &[
     ("AUTHD_SHUTDOWN_DELAY_SECS", false, "on SIGTERM, keep serving this long with /readyz at 503 (default 5)"),
     ("AUTHD_DRAIN_SECS", false, "then let in-flight requests finish for at most this long (default 20)"),
     ("AUTHD_LOG_FORMAT", false, "text or json (default text)"),
+    ("AUTHD_METRICS_TENANT_LABELS", false, "add a tenant label to per-request metrics (default false: cardinality)"),
 ];
 
 #[derive(Clone, Debug)]
@@ -90,6 +91,12 @@ pub struct Config {
     pub shutdown_delay: Duration,
     pub drain_time: Duration,
     pub log_json: bool,
+    /// `AUTHD_METRICS_TENANT_LABELS`.
+    pub metrics_tenant_labels: bool,
+    /// An OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; the SDK reads the value) and
+    /// neither `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`.
+    pub otel_traces: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -111,6 +118,7 @@ impl std::fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("argon2", &self.argon2)
+            .field("otel_traces", &self.otel_traces)
             .finish_non_exhaustive()
     }
 }
@@ -261,6 +269,21 @@ impl Config {
             "text" => false,
             _ => return Err(err("AUTHD_LOG_FORMAT", "must be text or json")),
         };
+        let metrics_tenant_labels = match env.plain("AUTHD_METRICS_TENANT_LABELS").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => return Err(err("AUTHD_METRICS_TENANT_LABELS", "must be true or false")),
+        };
+        let otel_endpoint =
+            env.plain("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env.plain("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        if let Some(e) = &otel_endpoint
+            && !url::Url::parse(e).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return Err(err("OTEL_EXPORTER_OTLP_ENDPOINT", "must be an http(s) URL"));
+        }
+        let otel_traces = otel_endpoint.is_some()
+            && !env.plain("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            && !env.plain("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
         Ok(Self {
             listen,
             public_url,
@@ -285,6 +308,8 @@ impl Config {
             shutdown_delay: Duration::from_secs(env.parse("AUTHD_SHUTDOWN_DELAY_SECS", 5)?),
             drain_time: Duration::from_secs(env.parse("AUTHD_DRAIN_SECS", 20)?),
             log_json,
+            metrics_tenant_labels,
+            otel_traces,
         })
     }
 }

@@ -6,9 +6,11 @@
 //! - [`config`]: every environment variable, validated into [`config::Config`].
 //! - [`server`]: building the dependencies, serving, and shutting down.
 //! - [`cli`]: the `authd` subcommands.
+//! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP when configured.
 
 pub mod cli;
 pub mod config;
 pub mod server;
+pub mod telemetry;
 
 pub use server::{Running, start};

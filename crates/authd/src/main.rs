@@ -6,17 +6,6 @@ use authd::cli::{Cli, Command, TenantCommand};
 use authd::config::Config;
 use clap::Parser;
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -45,7 +34,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::from_env()?;
-    init_logging(config.log_json);
+    // Traces are exported by `serve` only; one-shot commands just log.
+    let serving = matches!(cli.command, Command::Serve);
+    let telemetry = authd::telemetry::init(config.log_json, serving && config.otel_traces)?;
     match cli.command {
         Command::Serve => {
             // The embedded default migrates itself on open; Postgres is
@@ -55,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("shutdown requested");
             running.shutdown().await;
             tracing::info!("stopped");
+            telemetry.shutdown().await;
             Ok(())
         }
         Command::Migrate => {

@@ -133,7 +133,8 @@ fn tenancy_config(config: &Config) -> TenancyConfig {
 /// Builds every shared dependency (no listener).
 pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
     let store = open_store(config).await?;
-    let tokens = open_tokens(config).await?;
+    // Every token-store call becomes a span and counts its failures.
+    let tokens = authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config).await?);
     let keyring = Arc::new(master_keyring(config)?);
     let hasher = HashPool::new(config.hash_threads, config.hash_queue_per_tenant)?;
     let audit = AuditSink::start(store.clone());
@@ -210,6 +211,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         config.public_url = format!("http://{addr}");
     }
     tracing::info!(config = ?config, "starting authd");
+    authd_tenancy::metrics::set_tenant_labels(config.metrics_tenant_labels);
     let deps = build_deps(&config).await?;
     let token = platform_token(&config)?;
     let platform = Platform::start(deps).await?;

@@ -29,7 +29,8 @@
 //! - [`limits`]: per-tenant rate limits and brute-force protection.
 //! - [`hashing`]: the fair password-hashing pool.
 //! - [`audit`]: audit events and their batched sink.
-//! - [`metrics`]: process-wide counters.
+//! - [`metrics`]: process-wide counters and labelled families, in the Prometheus text format.
+//! - [`traced`]: the token store wrapped in spans and backend-error counts.
 //! - [`reseal`]: re-sealing secrets after a master-key rotation.
 
 pub mod admin;
@@ -45,6 +46,7 @@ pub mod platform;
 pub mod reseal;
 pub mod runtime;
 pub mod tenant;
+pub mod traced;
 
 use std::sync::Arc;
 use std::time::Duration;

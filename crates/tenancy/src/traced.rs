@@ -93,8 +93,11 @@ impl TokenStore for TracedTokenStore {
         keep: Option<SessionId>,
         deny_ttl: Duration,
     ) -> Result<u64> {
-        call(span!("tokens.revoke_user_sessions", tenant), self.inner.revoke_user_sessions(tenant, user, keep, deny_ttl))
-            .await
+        call(
+            span!("tokens.revoke_user_sessions", tenant),
+            self.inner.revoke_user_sessions(tenant, user, keep, deny_ttl),
+        )
+        .await
     }
 
     async fn is_session_denied(&self, tenant: TenantId, sid: SessionId) -> Result<bool> {

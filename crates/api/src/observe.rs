@@ -1,0 +1,228 @@
+//! Observability of the transport: one span per GraphQL operation (joined to
+//! the caller's trace when a W3C `traceparent` is sent), the request
+//! metrics, and the `/metrics` exposition.
+//!
+//! Span attributes are the tenant, the operation (its client-chosen name, its
+//! type and its root fields) and the outcome: never variables, tokens or
+//! passwords. The metrics' `operation` label is the root field, and only a
+//! field the schema declares, so clients cannot mint label values.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use axum::http::HeaderMap;
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::AppState;
+use crate::client;
+
+/// Reads propagation headers (`traceparent`, `tracestate`) from a request.
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The span of one GraphQL request and the request id audit events carry:
+/// the trace id when tracing is on (so an audit event leads to its trace),
+/// else `X-Request-Id` or a fresh UUID.
+pub fn graphql_span(schema: &'static str, tenant: &str, headers: &HeaderMap) -> (tracing::Span, String) {
+    let span = tracing::info_span!(
+        "graphql",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        graphql.schema = schema,
+        tenant = tenant,
+        graphql.operation.name = tracing::field::Empty,
+        graphql.operation.type = tracing::field::Empty,
+        graphql.root_fields = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    // Fails only when no OpenTelemetry layer is installed: then there is no trace to join.
+    let _ = span.set_parent(parent);
+    let trace_id = span.context().span().span_context().trace_id();
+    let request_id = if trace_id != opentelemetry::trace::TraceId::INVALID {
+        trace_id.to_string()
+    } else {
+        client::request_id(headers)
+    };
+    (span, request_id)
+}
+
+/// What a request asks for, as far as metrics and spans care.
+pub struct Operation {
+    /// `query`, `mutation`, `subscription`, or `invalid` (unparsable).
+    pub kind: &'static str,
+    /// The metrics label: the one root field, `multiple`, or `unknown`.
+    pub label: String,
+}
+
+/// Names declared by each schema (types, fields, arguments), computed once.
+static NAMES: OnceLock<[HashSet<String>; 2]> = OnceLock::new();
+
+fn declared(state: &AppState, schema: &'static str) -> &'static HashSet<String> {
+    let names = NAMES.get_or_init(|| {
+        [state.tenant_schema.names().into_iter().collect(), state.platform_schema.names().into_iter().collect()]
+    });
+    if schema == "tenant" { &names[0] } else { &names[1] }
+}
+
+/// Parses the document (already bounded in size by `parse_request`) and
+/// records the operation on `span`.
+pub fn operation(
+    state: &AppState,
+    schema: &'static str,
+    request: &async_graphql::Request,
+    span: &tracing::Span,
+) -> Operation {
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return Operation { kind: "invalid", label: "unknown".into() };
+    };
+    let op = match (&doc.operations, request.operation_name.as_deref()) {
+        (DocumentOperations::Single(op), _) => Some((None, op)),
+        (DocumentOperations::Multiple(ops), Some(name)) => {
+            ops.iter().find(|(n, _)| n.as_str() == name).map(|(n, op)| (Some(n.as_str()), op))
+        }
+        // A lone named operation needs no `operationName`.
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.iter().next().map(|(n, op)| (Some(n.as_str()), op))
+        }
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    let Some((name, op)) = op else { return Operation { kind: "invalid", label: "unknown".into() } };
+    let kind = match op.node.ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    };
+    let mut fields: Vec<&str> = op
+        .node
+        .selection_set
+        .node
+        .items
+        .iter()
+        .filter_map(|s| match &s.node {
+            Selection::Field(f) => Some(f.node.name.node.as_str()),
+            _ => None,
+        })
+        .collect();
+    fields.sort_unstable();
+    fields.dedup();
+    let names = declared(state, schema);
+    let label = match fields.as_slice() {
+        [one] if names.contains(*one) => (*one).to_owned(),
+        [_] | [] => "unknown".to_owned(),
+        _ => "multiple".to_owned(),
+    };
+    let known: Vec<&str> = fields.iter().copied().filter(|f| names.contains(*f)).collect();
+    span.record("graphql.operation.type", kind);
+    span.record("graphql.root_fields", known.join(",").as_str());
+    // The span has started (its trace id was read), so rename it directly:
+    // tracing-opentelemetry applies `otel.name` only before that.
+    span.context().span().update_name(format!("{kind} {label}"));
+    if let Some(name) = name.filter(|n| n.len() <= 64) {
+        span.record("graphql.operation.name", name);
+    }
+    Operation { kind, label }
+}
+
+/// `ok`, or the first error's contract code in lower case.
+pub fn outcome(response: &async_graphql::Response) -> String {
+    let Some(err) = response.errors.first() else { return "ok".into() };
+    match err.extensions.as_ref().and_then(|e| e.get("code")) {
+        Some(async_graphql::Value::String(s)) => s.to_ascii_lowercase(),
+        Some(async_graphql::Value::Enum(s)) => s.to_ascii_lowercase(),
+        _ => "internal".into(),
+    }
+}
+
+/// Records a finished request on its span and in the metrics.
+pub fn finish(
+    schema: &'static str,
+    tenant: &str,
+    op: &Operation,
+    outcome: &str,
+    started: std::time::Instant,
+    span: &tracing::Span,
+) {
+    use authd_tenancy::metrics as m;
+    span.record("outcome", outcome);
+    if outcome != "ok" {
+        span.record("otel.status_code", "ERROR");
+    }
+    let tenant = if schema == "tenant" { m::tenant_label(tenant) } else { "" };
+    let labels = [schema, op.label.as_str(), op.kind, outcome, tenant];
+    m::REQUESTS.inc(&labels);
+    m::REQUEST_SECONDS.observe(&labels, started.elapsed().as_secs_f64());
+}
+
+/// Prometheus text exposition of every family.
+pub fn render_metrics(state: &AppState) -> String {
+    use authd_tenancy::metrics::{self as m, Kind, single};
+    let stats = state.platform.deps.hasher.stats();
+    let mut out = String::new();
+    m::REQUESTS.render(&mut out);
+    m::REQUEST_SECONDS.render(&mut out);
+    m::LOGINS.render(&mut out);
+    m::BACKEND_ERRORS.render(&mut out);
+    m::HASH_WAIT_SECONDS.render(&mut out);
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+        ("authd_actor_restarts_total", "Tenant children restarted after a failure.", &m::ACTOR_RESTARTS),
+        ("authd_password_verifications_total", "Argon2 verifications performed.", &m::PASSWORD_VERIFICATIONS),
+        ("authd_password_hashes_total", "Argon2 hashes computed.", &m::PASSWORD_HASHES),
+        ("authd_rate_limited_total", "Requests refused by a rate limit or the tenant quota.", &m::RATE_LIMITED),
+    ];
+    for (name, help, v) in counters {
+        single(&mut out, name, help, Kind::Counter, v.load(Ordering::Relaxed) as f64);
+    }
+    single(
+        &mut out,
+        "authd_active_tenants",
+        "Tenant supervisors running.",
+        Kind::Gauge,
+        state.platform.active_tenants() as f64,
+    );
+    single(
+        &mut out,
+        "authd_hash_queue_depth",
+        "Hashing jobs waiting for a worker.",
+        Kind::Gauge,
+        stats.queued.load(Ordering::Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "authd_hash_refused_total",
+        "Hashing jobs refused (tenant queue full).",
+        Kind::Counter,
+        stats.refused.load(Ordering::Relaxed) as f64,
+    );
+    out
+}
+
+/// Counts a password login by outcome: `success`, `mfa_required`, or the
+/// error code in lower case.
+pub fn count_login(slug: &str, outcome: &authd_core::Result<authd_tenancy::auth::LoginOutcome>) {
+    use authd_tenancy::auth::LoginOutcome;
+    use authd_tenancy::metrics as m;
+    let code;
+    let label = match outcome {
+        Ok(LoginOutcome::Tokens(_)) => "success",
+        Ok(LoginOutcome::MfaChallenge { .. }) => "mfa_required",
+        Err(e) => {
+            code = e.code().as_str().to_ascii_lowercase();
+            code.as_str()
+        }
+    };
+    m::LOGINS.inc(&[label, m::tenant_label(slug)]);
+}
