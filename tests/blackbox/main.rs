@@ -13,6 +13,7 @@ mod helm;
 mod hygiene;
 mod limits;
 mod mfa;
+mod oauth;
 mod platform;
 mod rls;
 mod schema;

@@ -11,7 +11,7 @@
 //! - [`errors`]: the one mapping from domain errors to GraphQL errors.
 //! - [`client`]: client IP (trusted proxies), request ids, cookies and CORS.
 //! - [`observe`]: the span of each GraphQL operation (W3C trace context), request metrics, `/metrics`.
-//! - [`tenant_schema`], [`tenant_mfa`] and [`platform_schema`]: the GraphQL types and resolvers.
+//! - [`tenant_schema`], [`tenant_mfa`], [`tenant_oauth`] and [`platform_schema`]: the GraphQL types and resolvers.
 //! - [`assets`]: GraphiQL, served from the binary.
 
 pub mod assets;
@@ -22,6 +22,7 @@ pub mod observe;
 pub mod platform_schema;
 pub mod routes;
 pub mod tenant_mfa;
+pub mod tenant_oauth;
 pub mod tenant_schema;
 
 use std::sync::Arc;

@@ -35,6 +35,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/t/{tenant}/graphql", get(tenant_graphiql).post(tenant_graphql).options(tenant_preflight))
         .route("/t/{tenant}/.well-known/jwks.json", get(jwks))
         .route("/t/{tenant}/.well-known/openid-configuration", get(discovery))
+        .route("/t/{tenant}/oauth/{provider}/callback", get(oauth_callback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/graphiql-assets/{file}", get(asset));
@@ -306,6 +307,43 @@ fn cacheable_json(state: &AppState, value: serde_json::Value) -> Response {
         resp.headers_mut().insert(header::CACHE_CONTROL, v);
     }
     resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    resp
+}
+
+/// End of a social login: the provider sends the browser here; authd sends
+/// it on to the app's `redirectUri` with a one-time `code` or an `error`.
+/// A request that belongs to no started login gets an error page, never a
+/// redirect (the target would be the request's choice).
+async fn oauth_callback(
+    State(state): State<AppState>,
+    Path((tenant, provider)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<authd_tenancy::oauth::CallbackParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let rt = match state.platform.tenant(&tenant).await {
+        Ok(rt) => rt,
+        Err(e) => return error_response(e),
+    };
+    if let Err(e) = rt.check_quota() {
+        return error_response(e);
+    }
+    let params = query.map(|q| q.0).unwrap_or_default();
+    let meta = meta(&state, peer, &headers);
+    let ctx = authd_tenancy::auth::TenantCtx { deps: &state.platform.deps, rt: &rt };
+    let mut resp = match ctx.oauth_callback(&provider, params, &meta).await {
+        authd_tenancy::oauth::CallbackOutcome::Redirect(to) => match HeaderValue::from_str(&to) {
+            Ok(location) => {
+                let mut resp = StatusCode::SEE_OTHER.into_response();
+                resp.headers_mut().insert(header::LOCATION, location);
+                resp
+            }
+            Err(_) => error_response(Error::internal("redirect URI is not a valid header value")),
+        },
+        authd_tenancy::oauth::CallbackOutcome::Rejected(e) => error_response(e),
+    };
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp
 }
 

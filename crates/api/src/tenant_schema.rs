@@ -23,15 +23,20 @@ use crate::client::{ACCESS_COOKIE, REFRESH_COOKIE, set_cookie};
 use crate::errors::{GqlResult, to_graphql};
 use crate::graphql::{MAX_COMPLEXITY, MAX_DEPTH, page_size};
 
-pub type TenantSchema = Schema<TenantQuery, MutationRoot, EmptySubscription>;
+pub type TenantSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// The tenant schema's `Query`: the core queries and the social-login ones.
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct QueryRoot(TenantQuery, crate::tenant_oauth::OAuthQuery);
 
 /// The tenant schema's `Mutation`: the core operations and the two-factor ones.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationRoot(TenantMutation, crate::tenant_mfa::MfaMutation);
+pub struct MutationRoot(TenantMutation, crate::tenant_mfa::MfaMutation, crate::tenant_oauth::OAuthMutation);
 
 pub fn build() -> TenantSchema {
-    Schema::build(TenantQuery, MutationRoot::default(), EmptySubscription)
+    Schema::build(QueryRoot::default(), MutationRoot::default(), EmptySubscription)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -150,6 +155,20 @@ impl TenantRequest {
             token_type: "Bearer".into(),
             expires_in: i32::try_from(tokens.expires_in).unwrap_or(i32::MAX),
             user: User::of(tokens.user, true),
+        }
+    }
+
+    /// Tokens or an MFA challenge (password login, social login).
+    pub(crate) fn login_result(&self, outcome: LoginOutcome) -> LoginResult {
+        match outcome {
+            LoginOutcome::Tokens(t) => LoginResult::AuthTokens(self.auth_tokens(*t)),
+            LoginOutcome::MfaChallenge { challenge_id, methods, expires_in } => {
+                LoginResult::MfaChallenge(MfaChallenge {
+                    challenge_id,
+                    methods,
+                    expires_in: i32::try_from(expires_in).unwrap_or(300),
+                })
+            }
         }
     }
 
@@ -564,9 +583,10 @@ pub fn parse_event_cursor(c: &str) -> std::result::Result<authd_store::EventCurs
 
 // ------------------------------------------------------------------ query
 
+#[derive(Default)]
 pub struct TenantQuery;
 
-#[Object(name = "Query")]
+#[Object]
 impl TenantQuery {
     /// The signed-in user.
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {

@@ -126,6 +126,7 @@ fn tenancy_config(config: &Config) -> TenancyConfig {
         argon2: config.argon2,
         tenant_idle_timeout: config.tenant_idle_timeout,
         tenant_refresh_interval: config.tenant_refresh_interval,
+        provider_allowed_networks: config.provider_allowed_networks.clone(),
         ..TenancyConfig::default()
     }
 }
@@ -147,6 +148,7 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
         config: tenancy_config(config),
         clock: Default::default(),
         fallback: authd_tenancy::limits::Fallback::new(config.replicas),
+        provider_http: Default::default(),
     }))
 }
 

@@ -148,7 +148,8 @@ impl TenantCtx<'_> {
         let mut record = self.rt.snapshot().record.clone();
         record.settings = new.clone();
         let keys = self.rt.snapshot().keys.clone();
-        self.rt.replace_snapshot(crate::runtime::TenantSnapshot { record, keys });
+        let providers = self.rt.snapshot().providers.clone();
+        self.rt.replace_snapshot(crate::runtime::TenantSnapshot { record, keys, providers });
         if old.signing_algorithm != new.signing_algorithm {
             self.rotate_key_inner(Some(admin.id), true, meta).await?;
         } else if let Some(sup) = self.rt.supervisor() {

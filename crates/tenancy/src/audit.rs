@@ -47,6 +47,11 @@ pub mod kinds {
     pub const TENANT_ENABLED: &str = "tenant.enabled";
     pub const TENANT_DELETED: &str = "tenant.deleted";
     pub const REQUEST_RATE_LIMITED: &str = "request.rate_limited";
+    pub const OAUTH_PROVIDER_CHANGED: &str = "oauth_provider.changed";
+    pub const OAUTH_PROVIDER_DELETED: &str = "oauth_provider.deleted";
+    pub const ACCOUNT_LINKED: &str = "account.linked";
+    pub const OAUTH_LOGIN_SUCCEEDED: &str = "oauth.login_succeeded";
+    pub const OAUTH_CALLBACK_REJECTED: &str = "oauth.callback_rejected";
 }
 
 /// Builds an event stamped now.

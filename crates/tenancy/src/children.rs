@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use authd_core::TenantId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::Deps;
@@ -135,52 +134,6 @@ impl Actor for RateLimiterActor {
 
 // ---------------------------------------------------------------- OAuth provider
 
-/// One per configured OAuth/OIDC provider: its config and cached discovery
-/// document and JWKS. Supervision: restarted alone; other providers and
-/// tenants are untouched.
-pub struct OAuthProviderActor;
-
-#[derive(Clone, Debug)]
-pub struct ProviderConfig {
-    pub tenant: TenantId,
-    pub name: String,
-}
-
-pub enum ProviderMsg {
-    Name(RpcReplyPort<String>),
-    #[cfg(feature = "testing")]
-    Crash,
-}
-
-#[ractor::async_trait]
-impl Actor for OAuthProviderActor {
-    type Msg = ProviderMsg;
-    type State = ProviderConfig;
-    type Arguments = ProviderConfig;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<ProviderMsg>,
-        config: ProviderConfig,
-    ) -> Result<ProviderConfig, ActorProcessingErr> {
-        Ok(config)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<ProviderMsg>,
-        msg: ProviderMsg,
-        state: &mut ProviderConfig,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ProviderMsg::Name(reply) => {
-                let _ = reply.send(state.name.clone());
-            }
-            #[cfg(feature = "testing")]
-            ProviderMsg::Crash => {
-                return Err("injected provider failure".into());
-            }
-        }
-        Ok(())
-    }
-}
+// One per configured OAuth/OIDC provider; it lives with the rest of social
+// login in `crate::oauth::provider`.
+pub use crate::oauth::provider::{OAuthProviderActor, ProviderArgs, ProviderMsg};

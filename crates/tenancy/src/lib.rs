@@ -32,6 +32,7 @@
 //! - [`metrics`]: process-wide counters and labelled families, in the Prometheus text format.
 //! - [`traced`]: the token store wrapped in spans and backend-error counts.
 //! - [`reseal`]: re-sealing secrets after a master-key rotation.
+//! - [`oauth`]: social login: provider configs, the `OAuthProviderActor`, the SSRF-safe provider client, the flow.
 
 pub mod admin;
 pub mod audit;
@@ -42,6 +43,7 @@ pub mod keyset;
 pub mod limits;
 pub mod metrics;
 pub mod mfa;
+pub mod oauth;
 pub mod platform;
 pub mod reseal;
 pub mod runtime;
@@ -75,6 +77,11 @@ pub struct TenancyConfig {
     /// How long resource servers may cache the JWKS; a new key is published
     /// this long before it signs.
     pub jwks_max_age: Duration,
+    /// `AUTHD_PROVIDER_ALLOWED_NETWORKS`: where OAuth providers may live
+    /// although private or loopback (plain `http` only there).
+    pub provider_allowed_networks: Vec<ipnet::IpNet>,
+    /// Time limit of every request to an OAuth provider.
+    pub provider_timeout: Duration,
 }
 
 impl Default for TenancyConfig {
@@ -86,6 +93,8 @@ impl Default for TenancyConfig {
             tenant_refresh_interval: Duration::from_secs(1),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             jwks_max_age: Duration::from_secs(300),
+            provider_allowed_networks: Vec::new(),
+            provider_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -103,6 +112,20 @@ pub struct Deps {
     pub clock: limits::Clock,
     /// In-process limits used while the token store is unreachable.
     pub fallback: limits::Fallback,
+    /// The client for OAuth providers, built from the config on first use.
+    pub provider_http: std::sync::OnceLock<Arc<oauth::net::ProviderHttp>>,
+}
+
+impl Deps {
+    /// The SSRF-safe client every request to an OAuth provider goes through.
+    pub fn provider_http(&self) -> authd_core::Result<Arc<oauth::net::ProviderHttp>> {
+        if let Some(h) = self.provider_http.get() {
+            return Ok(h.clone());
+        }
+        let policy = oauth::net::NetPolicy { allowed: self.config.provider_allowed_networks.clone() };
+        let built = Arc::new(oauth::net::ProviderHttp::new(policy, self.config.provider_timeout)?);
+        Ok(self.provider_http.get_or_init(|| built).clone())
+    }
 }
 
 impl TenancyConfig {

@@ -126,7 +126,8 @@ impl Actor for PlatformSupervisor {
 pub(crate) async fn load_snapshot(deps: &Deps, record: TenantRecord) -> Result<TenantSnapshot> {
     let keys = deps.store.signing_keys(record.id).await?;
     let keys = KeySet::build(&deps.keyring, record.id, &keys, Utc::now())?;
-    Ok(TenantSnapshot { record, keys: Arc::new(keys) })
+    let providers = deps.store.oauth_providers(record.id).await?;
+    Ok(TenantSnapshot { record, keys: Arc::new(keys), providers: Arc::new(providers) })
 }
 
 pub(crate) async fn load_snapshot_by_id(deps: &Deps, id: TenantId) -> Result<Option<TenantSnapshot>> {

@@ -17,6 +17,8 @@ use crate::tenant::TenantMsg;
 pub struct TenantSnapshot {
     pub record: TenantRecord,
     pub keys: Arc<KeySet>,
+    /// The tenant's OAuth providers (enabled or not), by name.
+    pub providers: Arc<Vec<authd_store::OAuthProviderRecord>>,
 }
 
 /// A running tenant: its snapshot and its supervisor.
@@ -35,6 +37,9 @@ pub struct TenantRuntime {
     /// cannot exhaust the platform.
     quota: ArcSwap<Quota>,
     replace_lock: parking_lot::Mutex<()>,
+    /// The running `OAuthProviderActor`s by provider name (kept by the
+    /// tenant supervisor), so request tasks reach them without its mailbox.
+    provider_actors: parking_lot::RwLock<std::collections::HashMap<String, ActorRef<crate::oauth::ProviderMsg>>>,
 }
 
 /// A direct GCRA limiter and the rate it was built for.
@@ -63,6 +68,7 @@ impl TenantRuntime {
             supervisor: parking_lot::RwLock::new(None),
             quota: ArcSwap::from_pointee(Quota::new(snapshot_quota)),
             replace_lock: parking_lot::Mutex::new(()),
+            provider_actors: parking_lot::RwLock::new(std::collections::HashMap::new()),
         })
     }
 
@@ -114,6 +120,17 @@ impl TenantRuntime {
 
     pub fn supervisor(&self) -> Option<ActorRef<TenantMsg>> {
         self.supervisor.read().clone()
+    }
+
+    pub(crate) fn provider_actor(&self, name: &str) -> Option<ActorRef<crate::oauth::ProviderMsg>> {
+        self.provider_actors.read().get(name).cloned()
+    }
+
+    pub(crate) fn set_provider_actors(
+        &self,
+        actors: std::collections::HashMap<String, ActorRef<crate::oauth::ProviderMsg>>,
+    ) {
+        *self.provider_actors.write() = actors;
     }
 
     /// Counts one request against the tenant's quota on this replica;

@@ -18,7 +18,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 
 use crate::Deps;
 use crate::children::{
-    OAuthProviderActor, ProviderConfig, ProviderMsg, RateLimiterActor, RateMsg, SessionActor, SessionArgs, SessionMsg,
+    OAuthProviderActor, ProviderArgs, ProviderMsg, RateLimiterActor, RateMsg, SessionActor, SessionArgs, SessionMsg,
 };
 use crate::runtime::{TenantRuntime, TenantSnapshot};
 
@@ -46,6 +46,9 @@ pub enum TenantMsg {
     SessionActor(RpcReplyPort<ActorRef<SessionMsg>>),
     /// How many times children were restarted.
     Restarts(RpcReplyPort<u64>),
+    /// The actor of an enabled provider, starting it if the snapshot has
+    /// the provider but no actor runs yet.
+    Provider(String, RpcReplyPort<Option<ActorRef<ProviderMsg>>>),
     /// Fault injection for supervision tests: make one child panic.
     #[cfg(feature = "testing")]
     CrashChild(ChildKind),
@@ -64,6 +67,8 @@ pub struct TenantState {
     session: ActorRef<SessionMsg>,
     limiter: ActorRef<RateMsg>,
     providers: HashMap<String, ActorRef<ProviderMsg>>,
+    /// The config each provider actor was started or last reconfigured with.
+    provider_configs: HashMap<String, Arc<authd_store::OAuthProviderRecord>>,
     failures: HashMap<ChildKind, Vec<Instant>>,
     restarts: Arc<AtomicU64>,
     reloading: bool,
@@ -93,10 +98,45 @@ async fn spawn_limiter(
 
 async fn spawn_provider(
     sup: &ActorRef<TenantMsg>,
-    config: ProviderConfig,
+    state: &TenantState,
+    record: Arc<authd_store::OAuthProviderRecord>,
 ) -> Result<ActorRef<ProviderMsg>, ActorProcessingErr> {
-    let (actor, _) = Actor::spawn_linked(None, OAuthProviderActor, config, sup.get_cell()).await?;
+    let args = ProviderArgs { tenant: state.runtime.id, record, http: state.deps.provider_http()? };
+    let (actor, _) = Actor::spawn_linked(None, OAuthProviderActor, args, sup.get_cell()).await?;
     Ok(actor)
+}
+
+/// Brings the provider actors in line with the snapshot: starts actors for
+/// new enabled providers, reconfigures changed ones, stops the rest.
+async fn reconcile_providers(sup: &ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
+    let snapshot = state.runtime.snapshot();
+    let wanted: HashMap<&str, &authd_store::OAuthProviderRecord> =
+        snapshot.providers.iter().filter(|p| p.enabled).map(|p| (p.name.as_str(), p)).collect();
+    let gone: Vec<String> = state.providers.keys().filter(|n| !wanted.contains_key(n.as_str())).cloned().collect();
+    for name in gone {
+        if let Some(actor) = state.providers.remove(&name) {
+            actor.stop(Some("provider removed or disabled".into()));
+        }
+        state.provider_configs.remove(&name);
+    }
+    for (name, record) in wanted {
+        match (state.providers.get(name), state.provider_configs.get(name)) {
+            (Some(_), Some(current)) if **current == *record => {}
+            (Some(actor), _) => {
+                let record = Arc::new(record.clone());
+                let _ = actor.cast(ProviderMsg::Reconfigure(record.clone()));
+                state.provider_configs.insert(name.to_owned(), record);
+            }
+            (None, _) => {
+                let record = Arc::new(record.clone());
+                let actor = spawn_provider(sup, state, record.clone()).await?;
+                state.providers.insert(name.to_owned(), actor);
+                state.provider_configs.insert(name.to_owned(), record);
+            }
+        }
+    }
+    state.runtime.set_provider_actors(state.providers.clone());
+    Ok(())
 }
 
 impl TenantState {
@@ -129,18 +169,21 @@ impl Actor for TenantSupervisor {
         let limiter = spawn_limiter(&myself, &args.runtime).await?;
         args.runtime.set_supervisor(myself.clone());
         myself.send_interval(args.deps.config.tenant_refresh_interval, || TenantMsg::Tick);
-        Ok(TenantState {
+        let mut state = TenantState {
             runtime: args.runtime,
             deps: args.deps,
             session,
             limiter,
             providers: HashMap::new(),
+            provider_configs: HashMap::new(),
             failures: HashMap::new(),
             restarts: Arc::new(AtomicU64::new(0)),
             reloading: false,
             reload_again: false,
             last_retention: None,
-        })
+        };
+        reconcile_providers(&myself, &mut state).await?;
+        Ok(state)
     }
 
     async fn post_stop(&self, _myself: ActorRef<TenantMsg>, state: &mut TenantState) -> Result<(), ActorProcessingErr> {
@@ -181,6 +224,9 @@ impl Actor for TenantSupervisor {
                 if applied {
                     let _ = state.limiter.cast(RateMsg::PolicyChanged);
                 }
+                // Local changes replace the snapshot directly; either way
+                // the actors follow the snapshot now.
+                reconcile_providers(&myself, state).await?;
                 if !applied || std::mem::take(&mut state.reload_again) {
                     // A change landed while storage was read: read again.
                     reload(&myself, state);
@@ -195,6 +241,10 @@ impl Actor for TenantSupervisor {
             }
             TenantMsg::Restarts(reply) => {
                 let _ = reply.send(state.restarts.load(Ordering::Relaxed));
+            }
+            TenantMsg::Provider(name, reply) => {
+                reconcile_providers(&myself, state).await?;
+                let _ = reply.send(state.providers.get(&name).cloned());
             }
             #[cfg(feature = "testing")]
             TenantMsg::CrashChild(kind) => match kind {
@@ -240,9 +290,10 @@ impl Actor for TenantSupervisor {
             ChildKind::RateLimiter => state.limiter = spawn_limiter(&myself, &state.runtime).await?,
             ChildKind::OAuthProvider => {
                 if let Some(name) = provider {
-                    let config = ProviderConfig { tenant: state.runtime.id, name: name.clone() };
-                    let actor = spawn_provider(&myself, config).await?;
-                    state.providers.insert(name, actor);
+                    state.providers.remove(&name);
+                    state.provider_configs.remove(&name);
+                    // Restarted with the config in the snapshot (if still there).
+                    reconcile_providers(&myself, state).await?;
                 }
             }
         }

@@ -80,12 +80,14 @@ impl NetPolicy {
         let addrs: Vec<IpAddr> = match host {
             url::Host::Ipv4(ip) => vec![IpAddr::V4(ip)],
             url::Host::Ipv6(ip) => vec![IpAddr::V6(ip)],
-            url::Host::Domain(name) => tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((name, port)))
-                .await
-                .map_err(|_| FetchError::Unavailable(format!("resolving {name} timed out")))?
-                .map_err(|e| FetchError::Refused(format!("{name} does not resolve: {e}")))?
-                .map(|a| a.ip())
-                .collect(),
+            url::Host::Domain(name) => {
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((name, port)))
+                    .await
+                    .map_err(|_| FetchError::Unavailable(format!("resolving {name} timed out")))?
+                    .map_err(|e| FetchError::Unavailable(format!("{name} does not resolve: {e}")))?
+                    .map(|a| a.ip())
+                    .collect()
+            }
         };
         if addrs.is_empty() {
             return Err(FetchError::Refused("the host resolves to no address".into()));

@@ -1,0 +1,842 @@
+//! Social login through the tenant's own OAuth 2.0 / OpenID Connect
+//! providers (issue 6).
+//!
+//! The flow, with PKCE (RFC 7636, S256) on both legs:
+//! 1. `startOAuthLogin(provider, redirectUri, codeChallenge)`: the app's
+//!    `redirectUri` must be one of the tenant's `allowedRedirectUris` exactly
+//!    (RFC 9700 §4.1.3); authd makes a state, a nonce and its own PKCE
+//!    verifier (256 bits each) and keeps them with the app's challenge in the
+//!    token store for 10 minutes, single use, so any replica can finish.
+//! 2. The provider redirects the browser to
+//!    `/t/{tenant}/oauth/{provider}/callback`: the state is taken (once), the
+//!    code exchanged with the verifier, the ID token validated (signature by
+//!    the provider's JWKS, `iss`, `aud`, `azp`, `exp`, `nonce`), the account
+//!    resolved, and the browser sent to the app with a one-time `code` (60 s,
+//!    single use, stored as a keyed hash) or with `error=<contract code>`.
+//! 3. `exchangeLoginCode(code, codeVerifier)`: the app proves it started the
+//!    flow (its verifier against its challenge) and gets tokens with
+//!    `amr: ["fed"]`, or an MFA challenge when the user has TOTP.
+//!
+//! Account resolution: a known (provider, subject) is that user; otherwise,
+//! if the tenant links by verified email, the provider is trusted for
+//! `email_verified` and asserts it, the account with that email is linked;
+//! otherwise a new user is created, without an email if the address belongs
+//! to another account. An unverified or untrusted email never links.
+//!
+//! Layout: [`net`] (the SSRF-safe client), [`provider`] (the actor, kinds and
+//! endpoints); this module: admin operations and the flow.
+
+pub mod net;
+pub mod provider;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use authd_core::crypto::SealContext;
+use authd_core::settings::Role;
+use authd_core::{Error, ErrorCode, Result, UserId, crypto};
+use authd_store::{NewUser, OAuthProviderRecord, UserRecord};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::audit::{self, RequestMeta, kinds};
+use crate::auth::{LoginOutcome, Principal, TenantCtx};
+use crate::tenant::TenantMsg;
+pub use provider::{Endpoints, OAuthProviderActor, ProviderArgs, ProviderKind, ProviderMsg};
+
+const SEAL_PURPOSE: &str = "oauth-client-secret";
+const STATE_KIND: &str = "oauth_state";
+const CODE_KIND: &str = "login_code";
+const CODE_PURPOSE: &str = "login-code";
+/// How long a started login may take at the provider.
+pub const STATE_TTL: Duration = Duration::from_secs(600);
+/// How long the app has to exchange its login code.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+
+/// `upsertOAuthProvider`'s input; `None` keeps the current value (or the
+/// kind's default for a new provider).
+pub struct ProviderInput {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub issuer: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub display_name: Option<String>,
+    pub trust_email_verified: Option<bool>,
+}
+
+/// What the callback route does with the browser.
+pub enum CallbackOutcome {
+    /// Redirect to the app (with `code` or `error`).
+    Redirect(String),
+    /// No flow to return to (unknown, reused or foreign state): an error
+    /// page, never a redirect to a URL the request chose.
+    Rejected(Error),
+}
+
+/// The query of the callback.
+#[derive(Default, Deserialize)]
+pub struct CallbackParams {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A started login, in the token store under its state.
+#[derive(Serialize, Deserialize)]
+struct FlowState {
+    provider: String,
+    redirect_uri: String,
+    app_challenge: String,
+    verifier: String,
+    nonce: String,
+    expires_ms: i64,
+}
+
+/// A finished login waiting for the app, under the keyed hash of its code.
+#[derive(Serialize, Deserialize)]
+struct LoginCode {
+    user: UserId,
+    app_challenge: String,
+    expires_ms: i64,
+}
+
+/// Who the provider says signed in.
+#[derive(Debug)]
+struct Profile {
+    subject: String,
+    email: Option<String>,
+    email_verified: bool,
+}
+
+/// Why a callback was refused: for the audit event and the app's `error=`.
+struct Reject {
+    reason: &'static str,
+    code: ErrorCode,
+    cause: Option<String>,
+}
+
+impl Reject {
+    fn new(reason: &'static str) -> Self {
+        Self { reason, code: ErrorCode::Unauthenticated, cause: None }
+    }
+    fn from_error(reason: &'static str, e: Error) -> Self {
+        Self { reason, code: e.code(), cause: e.cause().map(str::to_owned) }
+    }
+}
+
+fn s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// RFC 7636 §4.2: a challenge is 43 base64url characters (S256 of a verifier).
+fn valid_challenge(c: &str) -> bool {
+    c.len() == 43 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+fn printable(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
+}
+
+fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
+    let mut url = base.to_owned();
+    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    url.push(if base.contains('?') { '&' } else { '?' });
+    url.push_str(&query);
+    url
+}
+
+impl TenantCtx<'_> {
+    fn unseal_secret(&self, p: &OAuthProviderRecord) -> Result<Option<zeroize::Zeroizing<String>>> {
+        let Some(sealed) = &p.client_secret_sealed else { return Ok(None) };
+        let ctx = SealContext { tenant: self.rt.id, purpose: SEAL_PURPOSE, row: &p.name };
+        let bytes = self.deps.keyring.open(sealed, &ctx)?;
+        let s = String::from_utf8(bytes.to_vec()).map_err(|_| Error::internal("client secret is not UTF-8"))?;
+        Ok(Some(zeroize::Zeroizing::new(s)))
+    }
+
+    // ------------------------------------------------------------ admin
+
+    /// Tenant admins: every provider, enabled or not.
+    pub async fn oauth_provider_configs(&self, p: &Principal) -> Result<Vec<OAuthProviderRecord>> {
+        self.require_admin(p).await?;
+        Ok(self.deps.store.oauth_providers(self.rt.id).await?)
+    }
+
+    /// Everyone: the enabled providers (login buttons).
+    pub fn oauth_providers_public(&self) -> Vec<OAuthProviderRecord> {
+        self.rt.snapshot().providers.iter().filter(|p| p.enabled).cloned().collect()
+    }
+
+    /// Tenant admins: creates or replaces a provider. The issuer URL is
+    /// checked against the SSRF policy here, before anything connects to it.
+    pub async fn upsert_oauth_provider(
+        &self,
+        p: &Principal,
+        input: ProviderInput,
+        meta: &RequestMeta,
+    ) -> Result<OAuthProviderRecord> {
+        let admin = self.require_admin(p).await?;
+        let name = input.name.trim().to_owned();
+        if !valid_name(&name) {
+            return Err(Error::bad_input(
+                "name",
+                "1 to 63 characters of a-z, 0-9, - and _, starting with a letter or digit",
+            ));
+        }
+        let client_id = input.client_id.trim().to_owned();
+        if !printable(&client_id, 512) {
+            return Err(Error::bad_input("clientId", "a client id is 1 to 512 printable characters"));
+        }
+        if let Some(secret) = &input.client_secret
+            && !printable(secret, 2048)
+        {
+            return Err(Error::bad_input("clientSecret", "a client secret is 1 to 2048 printable characters"));
+        }
+        let kind = input.kind;
+        let issuer = input.issuer.map(|i| i.trim().to_owned()).filter(|i| !i.is_empty());
+        if kind == ProviderKind::Oidc && issuer.is_none() {
+            return Err(Error::bad_input("issuer", "an OIDC provider needs its issuer URL"));
+        }
+        let base = issuer.clone().unwrap_or_else(|| {
+            provider::base_of(
+                &OAuthProviderRecord { issuer: None, kind: kind.as_str().into(), ..placeholder_record() },
+                kind,
+            )
+        });
+        let url = url::Url::parse(&base).map_err(|_| Error::bad_input("issuer", "not a URL"))?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(Error::bad_input("issuer", "an issuer has no query or fragment"));
+        }
+        // No SSRF: refused here, before any connection (API.md: BAD_USER_INPUT).
+        let http = self.deps.provider_http()?;
+        match http.policy.check_url(&url).await {
+            Ok(()) => {}
+            Err(net::FetchError::Refused(m)) => return Err(Error::bad_input("issuer", m)),
+            // A name that does not resolve now is not refused (DNS may be
+            // down for a moment); every request re-checks the addresses.
+            Err(e) => tracing::info!(tenant = %self.rt.id, error = %e, "provider issuer not checkable now"),
+        }
+        let mut scopes = match input.scopes {
+            Some(s) => s.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            None => kind.default_scopes(),
+        };
+        if scopes.iter().any(|s| !printable(s, 200) || s.contains(' ')) || scopes.len() > 50 {
+            return Err(Error::bad_input("scopes", "scopes are up to 50 words without spaces"));
+        }
+        if kind.is_oidc() && !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        let display_name = input.display_name.map(|d| d.trim().to_owned()).unwrap_or_else(|| {
+            match kind {
+                ProviderKind::Google => "Google",
+                ProviderKind::Github => "GitHub",
+                ProviderKind::Oidc => name.as_str(),
+            }
+            .to_owned()
+        });
+        if !printable(&display_name, 100) {
+            return Err(Error::bad_input("displayName", "a display name is 1 to 100 printable characters"));
+        }
+        let existing = self.deps.store.oauth_providers(self.rt.id).await?.into_iter().find(|x| x.name == name);
+        let sealed = input.client_secret.as_ref().map(|secret| {
+            let ctx = SealContext { tenant: self.rt.id, purpose: SEAL_PURPOSE, row: &name };
+            self.deps.keyring.seal(secret.as_bytes(), &ctx)
+        });
+        let now = Utc::now();
+        let record = OAuthProviderRecord {
+            name: name.clone(),
+            kind: kind.as_str().into(),
+            display_name,
+            client_id,
+            client_secret_sealed: sealed,
+            issuer,
+            scopes,
+            enabled: input.enabled.or(existing.as_ref().map(|e| e.enabled)).unwrap_or(true),
+            trust_email_verified: input
+                .trust_email_verified
+                .or(existing.as_ref().filter(|e| e.kind == kind.as_str()).map(|e| e.trust_email_verified))
+                .unwrap_or(kind.trusts_email_by_default()),
+            created_at: existing.as_ref().map(|e| e.created_at).unwrap_or(now),
+            updated_at: now,
+        };
+        let event = audit::event(
+            kinds::OAUTH_PROVIDER_CHANGED,
+            meta,
+            Some(admin.id),
+            None,
+            Some(serde_json::json!({
+                "provider": name,
+                "kind": kind.as_str(),
+                "created": existing.is_none(),
+                "secretChanged": input.client_secret.is_some(),
+                "enabled": record.enabled,
+            })),
+        );
+        let saved = self.deps.store.upsert_oauth_provider(self.rt.id, &record, &event).await?;
+        audit::log_event(self.rt.id, &event);
+        self.providers_changed().await?;
+        Ok(saved)
+    }
+
+    /// Tenant admins: removes a provider (and the identities linked through it).
+    pub async fn delete_oauth_provider(&self, p: &Principal, name: &str, meta: &RequestMeta) -> Result<bool> {
+        let admin = self.require_admin(p).await?;
+        let event = audit::event(
+            kinds::OAUTH_PROVIDER_DELETED,
+            meta,
+            Some(admin.id),
+            None,
+            Some(serde_json::json!({ "provider": name })),
+        );
+        let deleted = self.deps.store.delete_oauth_provider(self.rt.id, name, &event).await?;
+        if deleted {
+            audit::log_event(self.rt.id, &event);
+            self.providers_changed().await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Makes a provider change visible to this replica at once (other
+    /// replicas pick it up with their next reload) and reconfigures actors.
+    async fn providers_changed(&self) -> Result<()> {
+        let providers = self.deps.store.oauth_providers(self.rt.id).await?;
+        let snap = self.rt.snapshot();
+        self.rt.replace_snapshot(crate::runtime::TenantSnapshot {
+            record: snap.record.clone(),
+            keys: snap.keys.clone(),
+            providers: Arc::new(providers),
+        });
+        if let Some(sup) = self.rt.supervisor() {
+            let _ = sup.cast(TenantMsg::Reload);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ the flow
+
+    fn provider_record(&self, name: &str) -> Result<OAuthProviderRecord> {
+        self.rt
+            .snapshot()
+            .providers
+            .iter()
+            .find(|p| p.name == name && p.enabled)
+            .cloned()
+            .ok_or(Error::ProviderNotFound)
+    }
+
+    /// The provider's actor, asking the supervisor to start it if this
+    /// replica has not yet (a provider configured a moment ago).
+    async fn provider_actor(&self, name: &str) -> Result<ActorRef<ProviderMsg>> {
+        if let Some(a) = self.rt.provider_actor(name) {
+            return Ok(a);
+        }
+        let sup = self.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
+        ractor::call_t!(sup, TenantMsg::Provider, 5000, name.to_owned())
+            .map_err(|e| Error::unavailable(format!("tenant supervisor: {e}")))?
+            .ok_or(Error::ProviderNotFound)
+    }
+
+    fn actor_timeout(&self) -> u64 {
+        u64::try_from(self.deps.config.provider_timeout.as_millis()).unwrap_or(10_000) * 2 + 1000
+    }
+
+    async fn endpoints(&self, actor: &ActorRef<ProviderMsg>) -> Result<Arc<Endpoints>> {
+        ractor::call_t!(actor, ProviderMsg::Endpoints, self.actor_timeout())
+            .map_err(|e| Error::unavailable(format!("provider actor: {e}")))?
+    }
+
+    fn callback_url(&self, provider: &str) -> String {
+        format!("{}/oauth/{}/callback", self.deps.config.issuer(self.rt.slug.as_str()), provider)
+    }
+
+    /// `startOAuthLogin`: the URL to send the browser to.
+    pub async fn start_oauth_login(
+        &self,
+        provider: &str,
+        redirect_uri: &str,
+        code_challenge: &str,
+        _meta: &RequestMeta,
+    ) -> Result<String> {
+        let record = self.provider_record(provider)?;
+        // RFC 9700 §4.1.3: exact string match, no patterns, no prefixes.
+        if !self.rt.snapshot().record.settings.allowed_redirect_uris.iter().any(|u| u == redirect_uri) {
+            return Err(Error::bad_input("redirectUri", "not one of the tenant's allowed redirect URIs"));
+        }
+        if !valid_challenge(code_challenge) {
+            return Err(Error::bad_input("codeChallenge", "an S256 code challenge is 43 base64url characters"));
+        }
+        let kind = ProviderKind::parse(&record.kind)?;
+        let actor = self.provider_actor(provider).await?;
+        let endpoints = self.endpoints(&actor).await?;
+        // ≥ 128 bits each (256 here): state binds the browser's return to
+        // this flow, the nonce the ID token to it, the verifier the code.
+        let state = crypto::random_token(32);
+        let nonce = crypto::random_token(32);
+        let verifier = crypto::random_token(32);
+        let flow = FlowState {
+            provider: provider.to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+            app_challenge: code_challenge.to_owned(),
+            verifier: verifier.clone(),
+            nonce: nonce.clone(),
+            expires_ms: self.deps.clock.now_ms() + i64::try_from(STATE_TTL.as_millis()).unwrap_or(600_000),
+        };
+        let value = serde_json::to_string(&flow).map_err(Error::internal)?;
+        self.deps.tokens.put_once(self.rt.id, STATE_KIND, &state, &value, STATE_TTL).await?;
+        let challenge = s256(&verifier);
+        let scope = record.scopes.join(" ");
+        let callback = self.callback_url(provider);
+        let mut pairs = vec![
+            ("response_type", "code"),
+            ("client_id", record.client_id.as_str()),
+            ("redirect_uri", callback.as_str()),
+            ("scope", scope.as_str()),
+            ("state", state.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        if kind.is_oidc() {
+            pairs.push(("nonce", nonce.as_str()));
+        }
+        Ok(with_query(&endpoints.authorization, &pairs))
+    }
+
+    /// The callback route's work. Every refusal is audited.
+    pub async fn oauth_callback(&self, provider: &str, params: CallbackParams, meta: &RequestMeta) -> CallbackOutcome {
+        let reject_unknown = |reason: &'static str| {
+            self.audit_rejected(provider, reason, None, meta);
+            CallbackOutcome::Rejected(Error::bad_input_msg(
+                None,
+                "this sign-in link is unknown, expired or already used",
+            ))
+        };
+        let Some(state) = params.state.filter(|s| !s.is_empty() && s.len() <= 200) else {
+            return reject_unknown("missing_state");
+        };
+        // Taken, not read: a state works once, whatever happens next.
+        let flow = match self.deps.tokens.take_once(self.rt.id, STATE_KIND, &state).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return reject_unknown("unknown_state"),
+            Err(e) => return CallbackOutcome::Rejected(e.into()),
+        };
+        let Ok(flow) = serde_json::from_str::<FlowState>(&flow) else { return reject_unknown("unknown_state") };
+        if flow.expires_ms < self.deps.clock.now_ms() {
+            return reject_unknown("expired_state");
+        }
+        if flow.provider != provider {
+            // A state issued for another provider of this tenant.
+            return reject_unknown("provider_mismatch");
+        }
+        let back = |params: &[(&str, &str)]| CallbackOutcome::Redirect(with_query(&flow.redirect_uri, params));
+        match self.finish_callback(provider, &flow, params.code, params.error, meta).await {
+            Ok(user) => {
+                let code = crypto::random_token(32);
+                let hash = self.deps.keyring.keyed_hash(CODE_PURPOSE, code.as_bytes());
+                let record = LoginCode {
+                    user,
+                    app_challenge: flow.app_challenge.clone(),
+                    expires_ms: self.deps.clock.now_ms() + i64::try_from(CODE_TTL.as_millis()).unwrap_or(60_000),
+                };
+                let stored = match serde_json::to_string(&record) {
+                    Ok(value) => self.deps.tokens.put_once(self.rt.id, CODE_KIND, &hash, &value, CODE_TTL).await,
+                    Err(e) => return back(&[("error", Error::internal(e).code().as_str())]),
+                };
+                match stored {
+                    Ok(_) => back(&[("code", &code)]),
+                    Err(e) => back(&[("error", Error::from(e).code().as_str())]),
+                }
+            }
+            Err(reject) => {
+                self.audit_rejected(provider, reject.reason, reject.cause.as_deref(), meta);
+                back(&[("error", reject.code.as_str())])
+            }
+        }
+    }
+
+    fn audit_rejected(&self, provider: &str, reason: &str, cause: Option<&str>, meta: &RequestMeta) {
+        if let Some(cause) = cause {
+            tracing::warn!(tenant = %self.rt.id, provider, reason, cause, "social login callback rejected");
+        }
+        self.deps.audit.record(
+            self.rt.id,
+            audit::event(
+                kinds::OAUTH_CALLBACK_REJECTED,
+                meta,
+                None,
+                None,
+                Some(serde_json::json!({ "provider": provider, "reason": reason })),
+            ),
+        );
+    }
+
+    async fn finish_callback(
+        &self,
+        provider: &str,
+        flow: &FlowState,
+        code: Option<String>,
+        error: Option<String>,
+        meta: &RequestMeta,
+    ) -> std::result::Result<UserId, Reject> {
+        if error.is_some() {
+            // The user declined, or the provider refused (its `error` is not
+            // repeated: it is the provider's text, not ours).
+            return Err(Reject::new("provider_error"));
+        }
+        let code = code.filter(|c| !c.is_empty() && c.len() <= 2048).ok_or_else(|| Reject::new("missing_code"))?;
+        let record = self.provider_record(provider).map_err(|e| Reject::from_error("provider_gone", e))?;
+        let kind = ProviderKind::parse(&record.kind).map_err(|e| Reject::from_error("provider_gone", e))?;
+        let actor = self.provider_actor(provider).await.map_err(|e| Reject::from_error("provider_gone", e))?;
+        let endpoints = self.endpoints(&actor).await.map_err(|e| Reject::from_error("provider_unavailable", e))?;
+        let http = self.deps.provider_http().map_err(|e| Reject::from_error("internal", e))?;
+        let secret = self.unseal_secret(&record).map_err(|e| Reject::from_error("internal", e))?;
+        let callback = self.callback_url(provider);
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", callback.as_str()),
+            ("code_verifier", flow.verifier.as_str()),
+        ];
+        let (status, body) = http
+            .post_token(
+                &endpoints.token,
+                &form,
+                &record.client_id,
+                secret.as_deref().map(String::as_str),
+                endpoints.client_auth,
+            )
+            .await
+            .map_err(|e| Reject::from_error("provider_unavailable", e.into()))?;
+        // GitHub answers errors with 200 and an `error` field.
+        if status != 200 || body.get("error").is_some() {
+            return Err(Reject::new("code_exchange_failed"));
+        }
+        let access_token = body.get("access_token").and_then(|v| v.as_str()).map(str::to_owned);
+        let profile = if kind.is_oidc() {
+            let id_token =
+                body.get("id_token").and_then(|v| v.as_str()).ok_or_else(|| Reject::new("missing_id_token"))?;
+            let mut profile = self.validate_id_token(&actor, &endpoints, &record, id_token, &flow.nonce).await?;
+            if profile.email.is_none()
+                && let (Some(userinfo), Some(at)) = (&endpoints.userinfo, &access_token)
+            {
+                // Email only from userinfo (OIDC Core §5.3.2: its `sub` must match).
+                if let Ok(info) = http.get_json(userinfo, Some(at)).await
+                    && info.get("sub").and_then(|v| v.as_str()) == Some(profile.subject.as_str())
+                {
+                    profile.email = info.get("email").and_then(|v| v.as_str()).map(str::to_owned);
+                    profile.email_verified = claim_true(info.get("email_verified"));
+                }
+            }
+            profile
+        } else {
+            let at = access_token.ok_or_else(|| Reject::new("code_exchange_failed"))?;
+            github_profile(&http, &endpoints, &at).await.map_err(|e| Reject::from_error("provider_unavailable", e))?
+        };
+        self.resolve_account(&record, profile, meta).await.map_err(|e| match e {
+            Error::Unauthenticated => Reject::new("user_disabled"),
+            other => Reject::from_error("account", other),
+        })
+    }
+
+    async fn validate_id_token(
+        &self,
+        actor: &ActorRef<ProviderMsg>,
+        endpoints: &Endpoints,
+        record: &OAuthProviderRecord,
+        id_token: &str,
+        nonce: &str,
+    ) -> std::result::Result<Profile, Reject> {
+        let bad = |reason: &'static str| Reject::new(reason);
+        let header = jsonwebtoken::decode_header(id_token).map_err(|_| bad("id_token_malformed"))?;
+        // Asymmetric algorithms only: never `none`, never an HMAC keyed by
+        // something public.
+        const ALLOWED: [Algorithm; 9] = [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+            Algorithm::ES256,
+            Algorithm::ES384,
+            Algorithm::EdDSA,
+        ];
+        if !ALLOWED.contains(&header.alg) {
+            return Err(bad("id_token_algorithm"));
+        }
+        let kid = header.kid.clone();
+        let keys = ractor::call_t!(actor, |reply| ProviderMsg::Keys { kid: kid.clone(), reply }, self.actor_timeout())
+            .map_err(|e| Reject::from_error("provider_unavailable", Error::unavailable(e)))?
+            .map_err(|e| Reject::from_error("provider_unavailable", e))?;
+        let jwk = match &kid {
+            Some(kid) => keys.find(kid),
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| bad("id_token_unknown_key"))?;
+        if let Some(alg) = jwk.common.key_algorithm
+            && alg.to_string() != format!("{:?}", header.alg)
+        {
+            return Err(bad("id_token_algorithm"));
+        }
+        if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) {
+            return Err(bad("id_token_algorithm"));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| bad("id_token_unknown_key"))?;
+        let issuer = endpoints.issuer.as_deref().ok_or_else(|| bad("id_token_issuer"))?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[record.client_id.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 60;
+        let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => bad("id_token_signature"),
+                K::InvalidIssuer => bad("id_token_issuer"),
+                K::InvalidAudience => bad("id_token_audience"),
+                K::ExpiredSignature => bad("id_token_expired"),
+                _ => bad("id_token_invalid"),
+            }
+        })?;
+        let claims = data.claims;
+        // OIDC Core §3.1.3.7: `azp`, when present, must be us; several
+        // audiences without `azp` are not accepted.
+        let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
+        match &claims.azp {
+            Some(azp) if azp != &record.client_id => return Err(bad("id_token_azp")),
+            None if several => return Err(bad("id_token_azp")),
+            _ => {}
+        }
+        let nonce_ok: bool = claims.nonce.as_deref().is_some_and(|n| n.as_bytes().ct_eq(nonce.as_bytes()).into());
+        if !nonce_ok {
+            return Err(bad("id_token_nonce"));
+        }
+        if claims.sub.is_empty() || claims.sub.len() > 255 {
+            return Err(bad("id_token_invalid"));
+        }
+        Ok(Profile {
+            subject: claims.sub,
+            email: claims.email,
+            email_verified: claim_true(claims.email_verified.as_ref()),
+        })
+    }
+
+    /// Finds, links or creates the account of a provider's user.
+    async fn resolve_account(
+        &self,
+        record: &OAuthProviderRecord,
+        profile: Profile,
+        meta: &RequestMeta,
+    ) -> Result<UserId> {
+        let provider = record.name.as_str();
+        let login_event = |user: UserId| {
+            audit::event(
+                kinds::OAUTH_LOGIN_SUCCEEDED,
+                meta,
+                Some(user),
+                Some(user),
+                Some(serde_json::json!({ "provider": provider })),
+            )
+        };
+        if let Some(user) = self.deps.store.user_by_identity(self.rt.id, provider, &profile.subject).await? {
+            if user.disabled {
+                return Err(Error::Unauthenticated);
+            }
+            self.deps.audit.record(self.rt.id, login_event(user.id));
+            return Ok(user.id);
+        }
+        let email = profile
+            .email
+            .as_deref()
+            .and_then(|e| authd_core::email::Email::parse(e).ok())
+            .map(|e| e.as_str().to_owned());
+        let existing = match &email {
+            Some(e) => self.deps.store.user_by_email(self.rt.id, e).await?,
+            None => None,
+        };
+        let settings = &self.rt.snapshot().record.settings;
+        // Linking hands over an existing account: only on an address the
+        // provider verified, from a provider the tenant trusts to say so.
+        if let Some(user) = &existing
+            && settings.link_by_verified_email
+            && record.trust_email_verified
+            && profile.email_verified
+        {
+            if user.disabled {
+                return Err(Error::Unauthenticated);
+            }
+            let event = audit::event(
+                kinds::ACCOUNT_LINKED,
+                meta,
+                Some(user.id),
+                Some(user.id),
+                Some(serde_json::json!({ "provider": provider })),
+            );
+            self.deps.store.link_identity(self.rt.id, provider, &profile.subject, user.id, &event).await?;
+            audit::log_event(self.rt.id, &event);
+            self.deps.audit.record(self.rt.id, login_event(user.id));
+            return Ok(user.id);
+        }
+        // A new account; the email only if no account has it.
+        let email = if existing.is_some() { None } else { email };
+        let user = self.create_federated_user(provider, &profile.subject, email.clone(), meta).await;
+        let user = match (user, email) {
+            // Taken meanwhile (a concurrent registration): without the email.
+            (Err(Error::EmailTaken), Some(_)) => {
+                self.create_federated_user(provider, &profile.subject, None, meta).await?
+            }
+            (other, _) => other?,
+        };
+        self.deps.audit.record(self.rt.id, login_event(user.id));
+        Ok(user.id)
+    }
+
+    async fn create_federated_user(
+        &self,
+        provider: &str,
+        subject: &str,
+        email: Option<String>,
+        meta: &RequestMeta,
+    ) -> Result<UserRecord> {
+        let user = NewUser { id: UserId::new(), email, password_hash: None, role: Role::User, created_at: Utc::now() };
+        let event = audit::event(
+            kinds::USER_REGISTERED,
+            meta,
+            Some(user.id),
+            Some(user.id),
+            Some(serde_json::json!({ "via": "oauth", "provider": provider })),
+        );
+        let record =
+            self.deps.store.create_user_with_identity(self.rt.id, &user, provider, subject, &[event.clone()]).await?;
+        audit::log_event(self.rt.id, &event);
+        Ok(record)
+    }
+
+    /// `exchangeLoginCode`: the app's verifier must match the challenge it
+    /// gave `startOAuthLogin`. The code is consumed by the first attempt,
+    /// right or wrong, so a stolen code cannot be tried against verifiers.
+    pub async fn exchange_login_code(&self, code: &str, verifier: &str, meta: &RequestMeta) -> Result<LoginOutcome> {
+        // RFC 7636 §4.1: a verifier is 43 to 128 characters.
+        if code.is_empty() || code.len() > 200 || verifier.len() < 43 || verifier.len() > 128 {
+            return Err(Error::Unauthenticated);
+        }
+        let hash = self.deps.keyring.keyed_hash(CODE_PURPOSE, code.as_bytes());
+        let refuse = |reason: &str| {
+            tracing::debug!(tenant = %self.rt.id, reason, "login code refused");
+            Err(Error::Unauthenticated)
+        };
+        let Some(value) = self.deps.tokens.take_once(self.rt.id, CODE_KIND, &hash).await? else {
+            return refuse("unknown or used code");
+        };
+        let stored: LoginCode = serde_json::from_str(&value).map_err(Error::internal)?;
+        if stored.expires_ms < self.deps.clock.now_ms() {
+            return refuse("expired code");
+        }
+        let ok: bool = s256(verifier).as_bytes().ct_eq(stored.app_challenge.as_bytes()).into();
+        if !ok {
+            return refuse("wrong verifier");
+        }
+        let user = match self.deps.store.user_by_id(self.rt.id, stored.user).await? {
+            Some(u) if !u.disabled => u,
+            _ => return refuse("user gone or disabled"),
+        };
+        // A social login never skips the second factor.
+        self.second_factor_or_tokens(user, vec!["fed".into()], meta).await
+    }
+}
+
+#[derive(Deserialize)]
+struct IdClaims {
+    sub: String,
+    #[serde(default)]
+    aud: serde_json::Value,
+    azp: Option<String>,
+    nonce: Option<String>,
+    email: Option<String>,
+    email_verified: Option<serde_json::Value>,
+}
+
+/// `email_verified` as a boolean (some providers send the string "true").
+fn claim_true(v: Option<&serde_json::Value>) -> bool {
+    match v {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// GitHub has no ID token: the user from `/user`, the email from
+/// `/user/emails`, where GitHub says which addresses it verified.
+async fn github_profile(http: &net::ProviderHttp, endpoints: &Endpoints, token: &str) -> Result<Profile> {
+    let api = endpoints.api.as_deref().ok_or_else(|| Error::internal("GitHub provider without API base"))?;
+    let user = http.get_json(&format!("{api}/user"), Some(token)).await?;
+    let subject = match user.get("id") {
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return Err(net::FetchError::Invalid("GitHub user without id".into()).into()),
+    };
+    let emails = http.get_json(&format!("{api}/user/emails"), Some(token)).await.unwrap_or_default();
+    let list = emails.as_array().cloned().unwrap_or_default();
+    let verified = |e: &serde_json::Value| e.get("verified").and_then(|v| v.as_bool()).unwrap_or(false);
+    let primary = |e: &serde_json::Value| e.get("primary").and_then(|v| v.as_bool()).unwrap_or(false);
+    let pick = list
+        .iter()
+        .find(|e| primary(e) && verified(e))
+        .or_else(|| list.iter().find(|e| verified(e)))
+        .or_else(|| list.iter().find(|e| primary(e)));
+    let (email, email_verified) = match pick {
+        Some(e) => (e.get("email").and_then(|v| v.as_str()).map(str::to_owned), verified(e)),
+        None => (user.get("email").and_then(|v| v.as_str()).map(str::to_owned), false),
+    };
+    Ok(Profile { subject, email, email_verified })
+}
+
+fn placeholder_record() -> OAuthProviderRecord {
+    OAuthProviderRecord {
+        name: String::new(),
+        kind: String::new(),
+        display_name: String::new(),
+        client_id: String::new(),
+        client_secret_sealed: None,
+        issuer: None,
+        scopes: Vec::new(),
+        enabled: false,
+        trust_email_verified: false,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s256_is_base64url_of_sha256() {
+        assert_eq!(s256("dBjftJeZ4CVP-mJ92K1uqbS2Qb2Ad5g7Cmd8ZEz8nB4"), "b3yFjyxcwzAbYpkV8fa2EKs9erTmBEotrfmOkqnz2P0");
+        assert!(valid_challenge("b3yFjyxcwzAbYpkV8fa2EKs9erTmBEotrfmOkqnz2P0"));
+        assert!(!valid_challenge("plain"));
+    }
+
+    #[test]
+    fn redirect_keeps_the_apps_query() {
+        assert_eq!(with_query("https://app/cb?x=1", &[("code", "a b")]), "https://app/cb?x=1&code=a+b");
+        assert_eq!(with_query("https://app/cb", &[("error", "UNAVAILABLE")]), "https://app/cb?error=UNAVAILABLE");
+    }
+}

@@ -1,0 +1,799 @@
+//! Social login (issue 6), end to end against a real OpenID Provider (the
+//! certified `oidc-provider` npm package, started per test on 127.0.0.1 by
+//! `tests/scripts/oidc_provider.mjs`) and a GitHub stand-in, driven by a
+//! cookie-keeping HTTP client that fills in the provider's login and consent
+//! forms as a browser would.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+
+use crate::both;
+use crate::harness::{Backend, Tenant, TestServer, code};
+
+/// The app's redirect URI (never fetched: the test reads the redirect).
+const APP: &str = "https://app.example.com/auth/done";
+/// The app's PKCE pair (challenge = BASE64URL(SHA-256(verifier)), computed with Python's hashlib).
+const APP_VERIFIER: &str = "dBjftJeZ4CVP-mJ92K1uqbS2Qb2Ad5g7Cmd8ZEz8nB4";
+const APP_CHALLENGE: &str = "b3yFjyxcwzAbYpkV8fa2EKs9erTmBEotrfmOkqnz2P0";
+const CLIENT_ID: &str = "authd-test-client";
+const CLIENT_SECRET: &str = "a client secret that must never be shown";
+
+const UPSERT: &str = "mutation($i: OAuthProviderInput!) { upsertOAuthProvider(input: $i) { name kind displayName clientId clientSecretSet issuer scopes enabled trustEmailVerified createdAt updatedAt } }";
+const START: &str = "mutation($p: String!, $r: String!, $c: String!) { startOAuthLogin(provider: $p, redirectUri: $r, codeChallenge: $c) { authorizationUrl } }";
+const EXCHANGE: &str = "mutation($c: String!, $v: String!) { exchangeLoginCode(code: $c, codeVerifier: $v) { __typename ... on AuthTokens { accessToken refreshToken user { id email } } ... on MfaChallenge { challengeId methods } } }";
+
+// ------------------------------------------------------------------ kit
+
+/// A running `oidc-provider`, killed on drop.
+pub struct OidcProvider {
+    pub issuer: String,
+    _child: tokio::process::Child,
+}
+
+fn scripts_dir() -> std::path::PathBuf {
+    std::env::var("AUTHD_TEST_SCRIPTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"))
+}
+
+impl OidcProvider {
+    /// Starts a provider whose client may redirect to the callbacks of `callbacks`.
+    pub async fn start(callbacks: &[String], mode: &str, accounts: Value) -> Self {
+        let node = std::env::var("AUTHD_TEST_NODE").unwrap_or_else(|_| "node".into());
+        let config = json!({
+            "clientId": CLIENT_ID,
+            "clientSecret": CLIENT_SECRET,
+            "redirectUris": callbacks,
+            "mode": mode,
+            "accounts": accounts,
+        });
+        let mut child = tokio::process::Command::new(node)
+            .arg(scripts_dir().join("oidc_provider.mjs"))
+            .arg(config.to_string())
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::File::create(
+                    std::env::temp_dir().join(format!("oidc-provider-{}.log", uuid::Uuid::new_v4().simple())),
+                )
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs tests/scripts/oidc_provider.mjs (scripts/test.sh installs oidc-provider with npm ci)");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("oidc_provider.mjs starts")
+            .unwrap()
+            .expect("oidc_provider.mjs prints its issuer (is oidc-provider installed in tests/scripts?)");
+        let issuer = serde_json::from_str::<Value>(&line).unwrap()["issuer"].as_str().unwrap().to_owned();
+        // Keep reading: a closed pipe would kill the provider on its next write.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { issuer, _child: child }
+    }
+}
+
+/// A server that lets providers live on loopback (as in-house IdPs would).
+async fn server(backend: Backend) -> TestServer {
+    TestServer::start_with(backend, |env| {
+        env.insert("AUTHD_PROVIDER_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
+    })
+    .await
+}
+
+fn callback(s: &TestServer, t: &Tenant, provider: &str) -> String {
+    format!("{}/t/{}/oauth/{}/callback", s.url, t.slug, provider)
+}
+
+/// Logs the tenant admin in and allows the app's redirect URI.
+async fn admin(s: &TestServer, t: &Tenant, link_by_email: bool) -> String {
+    let (token, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+    let body = s
+        .gql(
+            &t.slug,
+            Some(&token),
+            "mutation($l: Boolean!, $r: [String!]!) { updateTenantSettings(input: { allowedRedirectUris: $r, linkByVerifiedEmail: $l }) { allowedRedirectUris } }",
+            json!({ "l": link_by_email, "r": [APP] }),
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    token
+}
+
+async fn upsert(s: &TestServer, t: &Tenant, admin: &str, input: Value) -> Value {
+    s.gql(&t.slug, Some(admin), UPSERT, json!({ "i": input })).await
+}
+
+async fn configure_oidc(s: &TestServer, t: &Tenant, admin: &str, name: &str, issuer: &str, trust: Option<bool>) {
+    let mut input = json!({
+        "name": name, "kind": "OIDC", "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET,
+        "issuer": issuer, "displayName": format!("IdP {name}"),
+    });
+    if let Some(trust) = trust {
+        input["trustEmailVerified"] = json!(trust);
+    }
+    let body = upsert(s, t, admin, input).await;
+    assert_eq!(body["data"]["upsertOAuthProvider"]["name"], name, "{body}");
+}
+
+async fn start(s: &TestServer, t: &Tenant, provider: &str) -> Value {
+    s.gql(&t.slug, None, START, json!({ "p": provider, "r": APP, "c": APP_CHALLENGE })).await
+}
+
+async fn start_url(s: &TestServer, t: &Tenant, provider: &str) -> String {
+    let body = start(s, t, provider).await;
+    body["data"]["startOAuthLogin"]["authorizationUrl"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned()
+}
+
+async fn exchange(s: &TestServer, t: &Tenant, code: &str, verifier: &str) -> Value {
+    s.gql(&t.slug, None, EXCHANGE, json!({ "c": code, "v": verifier })).await
+}
+
+/// A browser: keeps cookies, follows redirects by hand so the test sees
+/// where it is sent.
+pub struct Browser {
+    http: reqwest::Client,
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        let http =
+            reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Self { http }
+    }
+
+    /// Follows redirects and fills the provider's forms (login as `login`,
+    /// then consent) until the browser is sent to a URL starting with
+    /// `stop_at`, which is returned without being fetched.
+    pub async fn run_until(&self, url: &str, login: &str, stop_at: &str) -> String {
+        let mut next = self.http.get(url);
+        let mut current = url::Url::parse(url).unwrap();
+        for _ in 0..20 {
+            let resp = next.send().await.unwrap();
+            let status = resp.status();
+            if status.is_redirection() {
+                let location = resp.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned();
+                let target = current.join(&location).unwrap();
+                if target.as_str().starts_with(stop_at) {
+                    return target.to_string();
+                }
+                current = target.clone();
+                next = self.http.get(target);
+                continue;
+            }
+            let html = resp.text().await.unwrap();
+            assert!(status.is_success(), "{status} at {current}: {html}");
+            let action = html
+                .split("action=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_else(|| panic!("a form at {current}: {html}"))
+                .replace("&amp;", "&");
+            let target = current.join(&action).unwrap();
+            let form: Vec<(&str, &str)> = if html.contains("name=\"login\"") {
+                vec![("prompt", "login"), ("login", login), ("password", "any password")]
+            } else {
+                vec![("prompt", "consent")]
+            };
+            current = target.clone();
+            next = self.http.post(target).form(&form);
+        }
+        panic!("too many steps from {url}");
+    }
+
+    pub async fn get(&self, url: &str) -> reqwest::Response {
+        self.http.get(url).send().await.unwrap()
+    }
+
+    /// Follows one callback URL and returns where authd sends the browser.
+    pub async fn callback(&self, url: &str) -> Result<url::Url, (u16, Value)> {
+        let resp = self.get(url).await;
+        if resp.status() == reqwest::StatusCode::SEE_OTHER {
+            let location = resp.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned();
+            return Ok(url::Url::parse(&location).unwrap());
+        }
+        let status = resp.status().as_u16();
+        Err((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+fn param(url: &url::Url, name: &str) -> Option<String> {
+    url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// A whole login at `provider` as `login`: returns the app's redirect.
+async fn login_via(s: &TestServer, t: &Tenant, provider: &str, login: &str) -> url::Url {
+    let browser = Browser::new();
+    let url = start_url(s, t, provider).await;
+    let cb = browser.run_until(&url, login, &callback(s, t, provider)).await;
+    let app = browser.callback(&cb).await.unwrap_or_else(|e| panic!("callback refused: {e:?}"));
+    assert!(app.as_str().starts_with(APP), "{app}");
+    app
+}
+
+fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+async fn events(s: &TestServer, t: &Tenant, admin: &str, kind: &str) -> Vec<Value> {
+    let body = s
+        .gql(
+            &t.slug,
+            Some(admin),
+            "query($t: String) { auditEvents(first: 100, type: $t) { edges { node { type actorId subjectId detail } } } }",
+            json!({ "t": kind }),
+        )
+        .await;
+    let edges = body["data"]["auditEvents"]["edges"].as_array().unwrap_or_else(|| panic!("{body}")).clone();
+    edges.into_iter().map(|e| e["node"].clone()).collect()
+}
+
+/// Audit events are partly batched: wait until one of `kind` with `reason` shows up.
+async fn rejected_with(s: &TestServer, t: &Tenant, admin: &str, reason: &str) {
+    for _ in 0..50 {
+        let found = events(s, t, admin, "oauth.callback_rejected").await;
+        if found.iter().any(|e| e["detail"]["reason"] == reason) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no oauth.callback_rejected event with reason {reason}");
+}
+
+// ------------------------------------------------------------------ the whole flow
+
+async fn oidc_login_end_to_end(backend: Backend) {
+    crate::harness::capture_logs();
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+
+    // Admins see the config (secret write-only); everyone sees the button.
+    let configs = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "{ oauthProviderConfigs { name kind clientId clientSecretSet issuer scopes enabled trustEmailVerified } }",
+            json!({}),
+        )
+        .await;
+    let c = &configs["data"]["oauthProviderConfigs"][0];
+    assert_eq!(c["kind"], "OIDC");
+    assert_eq!(c["clientSecretSet"], true);
+    assert_eq!(c["trustEmailVerified"], false, "generic OIDC is not trusted for email_verified by default");
+    assert_eq!(c["scopes"], json!(["openid", "email", "profile"]));
+    assert!(!configs.to_string().contains(CLIENT_SECRET));
+    let public = s.gql(&t.slug, None, "{ oauthProviders { name kind displayName } }", json!({})).await;
+    assert_eq!(
+        public["data"]["oauthProviders"],
+        json!([{ "name": "corp", "kind": "OIDC", "displayName": "IdP corp" }])
+    );
+    let refused = s.gql(&t.slug, None, "{ oauthProviderConfigs { name } }", json!({})).await;
+    assert_eq!(code(&refused), Some("UNAUTHENTICATED"));
+
+    // The authorization request: PKCE S256, state, nonce, our callback.
+    let url = url::Url::parse(&start_url(&s, &t, "corp").await).unwrap();
+    assert!(url.as_str().starts_with(&format!("{}/auth?", op.issuer)), "{url}");
+    assert_eq!(param(&url, "code_challenge_method").as_deref(), Some("S256"));
+    assert_eq!(param(&url, "redirect_uri"), Some(callback(&s, &t, "corp")));
+    assert!(param(&url, "state").unwrap().len() >= 22 && param(&url, "nonce").unwrap().len() >= 22);
+    assert_ne!(param(&url, "code_challenge").as_deref(), Some(APP_CHALLENGE), "authd's own verifier upstream");
+
+    let app = login_via(&s, &t, "corp", "alice").await;
+    let code_ = param(&app, "code").unwrap_or_else(|| panic!("a code: {app}"));
+    let body = exchange(&s, &t, &code_, APP_VERIFIER).await;
+    let tokens = &body["data"]["exchangeLoginCode"];
+    if tokens["__typename"] != "AuthTokens" {
+        eprintln!(
+            "{}",
+            crate::harness::captured_logs()
+                .lines()
+                .filter(|l| l.contains("refused") || l.contains("WARN") || l.contains("ERROR"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert_eq!(tokens["__typename"], "AuthTokens", "{body}");
+    assert_eq!(tokens["user"]["email"], "alice@example.com");
+    let access = tokens["accessToken"].as_str().unwrap();
+    assert_eq!(claims(access)["amr"], json!(["fed"]));
+    let me = s.gql(&t.slug, Some(access), "{ me { id email role } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "alice@example.com");
+    assert_eq!(me["data"]["me"]["role"], "USER");
+    let first_id = me["data"]["me"]["id"].clone();
+
+    // The code is single use.
+    assert_eq!(code(&exchange(&s, &t, &code_, APP_VERIFIER).await), Some("UNAUTHENTICATED"));
+
+    // The same person again is the same user.
+    let again = login_via(&s, &t, "corp", "alice").await;
+    let body = exchange(&s, &t, &param(&again, "code").unwrap(), APP_VERIFIER).await;
+    assert_eq!(body["data"]["exchangeLoginCode"]["user"]["id"], first_id);
+
+    assert!(!events(&s, &t, &admin, "oauth_provider.changed").await.is_empty());
+    for _ in 0..50 {
+        if events(&s, &t, &admin, "oauth.login_succeeded").await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logins = events(&s, &t, &admin, "oauth.login_succeeded").await;
+    assert_eq!(logins.len(), 2);
+    assert_eq!(logins[0]["subjectId"], first_id);
+    assert_eq!(logins[0]["detail"]["provider"], "corp");
+}
+both!(oidc_login_works_end_to_end, oidc_login_end_to_end);
+
+// ------------------------------------------------------------------ callback refusals
+
+async fn wrong_state(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let browser = Browser::new();
+    let url = start_url(&s, &t, "corp").await;
+    let cb = browser.run_until(&url, "alice", &callback(&s, &t, "corp")).await;
+    let mut forged = url::Url::parse(&cb).unwrap();
+    let pairs: Vec<(String, String)> = forged
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" { "forged-state-value-0123456789".into() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
+    forged.query_pairs_mut().clear().extend_pairs(pairs);
+    let (status, body) = browser.callback(forged.as_str()).await.expect_err("a forged state is refused");
+    assert_eq!(status, 400);
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"));
+    rejected_with(&s, &t, &admin, "unknown_state").await;
+    // The real state still works afterwards.
+    let app = browser.callback(&cb).await.unwrap();
+    assert!(param(&app, "code").is_some());
+}
+both!(wrong_state_is_refused, wrong_state);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_state_is_refused() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let browser = Browser::new();
+    let cb = browser.run_until(&start_url(&s, &t, "corp").await, "alice", &callback(&s, &t, "corp")).await;
+    assert!(param(&browser.callback(&cb).await.unwrap(), "code").is_some());
+    let (status, body) = browser.callback(&cb).await.expect_err("a used state is refused");
+    assert_eq!(status, 400);
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"));
+    rejected_with(&s, &t, &admin, "unknown_state").await;
+}
+
+async fn state_from_another_tenant(backend: Backend) {
+    let s = server(backend).await;
+    let a = s.tenant().await;
+    let b = s.tenant().await;
+    let admin_a = admin(&s, &a, false).await;
+    let admin_b = admin(&s, &b, false).await;
+    let op = OidcProvider::start(&[callback(&s, &a, "corp"), callback(&s, &b, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &a, &admin_a, "corp", &op.issuer, None).await;
+    configure_oidc(&s, &b, &admin_b, "corp", &op.issuer, None).await;
+    let browser = Browser::new();
+    let cb = browser.run_until(&start_url(&s, &a, "corp").await, "alice", &callback(&s, &a, "corp")).await;
+    // Tenant A's state and code, presented at tenant B's callback.
+    let moved = cb.replace(&format!("/t/{}/", a.slug), &format!("/t/{}/", b.slug));
+    let (status, body) = browser.callback(&moved).await.expect_err("another tenant's state is unknown here");
+    assert_eq!(status, 400);
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"));
+    rejected_with(&s, &b, &admin_b, "unknown_state").await;
+}
+both!(state_from_another_tenant_is_refused, state_from_another_tenant);
+
+/// A login where the provider (in `mode`) answers a bad ID token: the app is
+/// sent `error=UNAUTHENTICATED` and the refusal is audited with `reason`.
+async fn refused_id_token(backend: Backend, mode: &str, reason: &str) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], mode, json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let app = login_via(&s, &t, "corp", "mallory").await;
+    assert_eq!(param(&app, "error").as_deref(), Some("UNAUTHENTICATED"), "{app}");
+    assert!(param(&app, "code").is_none());
+    rejected_with(&s, &t, &admin, reason).await;
+    let users = s.gql(&t.slug, Some(&admin), "{ users { edges { node { email } } } }", json!({})).await;
+    assert_eq!(users["data"]["users"]["edges"].as_array().unwrap().len(), 1, "no account was created: {users}");
+}
+
+async fn tampered_id_token(backend: Backend) {
+    refused_id_token(backend, "tamper_signature", "id_token_signature").await;
+}
+both!(tampered_id_token_is_refused, tampered_id_token);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_token_signed_by_another_key_is_refused() {
+    refused_id_token(Backend::Embedded, "foreign_key", "id_token_signature").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_token_with_wrong_nonce_is_refused() {
+    refused_id_token(Backend::Embedded, "wrong_nonce", "id_token_nonce").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_token_for_another_audience_is_refused() {
+    refused_id_token(Backend::Embedded, "wrong_audience", "id_token_audience").await;
+}
+
+// ------------------------------------------------------------------ the app's leg
+
+async fn expired_code(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let app = login_via(&s, &t, "corp", "alice").await;
+    // The code lives 60 s: move authd's clock past it instead of sleeping.
+    s.deps().clock.advance(Duration::from_secs(61));
+    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
+    assert_eq!(code(&body), Some("UNAUTHENTICATED"), "{body}");
+}
+both!(expired_login_code_is_refused, expired_code);
+
+async fn wrong_verifier(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let app = login_via(&s, &t, "corp", "alice").await;
+    let code_ = param(&app, "code").unwrap();
+    let body = exchange(&s, &t, &code_, "another-verifier-of-the-right-length-0123456789").await;
+    assert_eq!(code(&body), Some("UNAUTHENTICATED"), "{body}");
+    // The first attempt consumed the code: it cannot be tried again.
+    assert_eq!(code(&exchange(&s, &t, &code_, APP_VERIFIER).await), Some("UNAUTHENTICATED"));
+}
+both!(wrong_app_verifier_is_refused, wrong_verifier);
+
+async fn unlisted_redirect_uri(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    for uri in [
+        "https://evil.example.com/auth/done",
+        "https://app.example.com/auth/done/",
+        "https://app.example.com/auth/done?x=1",
+    ] {
+        let body = s.gql(&t.slug, None, START, json!({ "p": "corp", "r": uri, "c": APP_CHALLENGE })).await;
+        assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{uri}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "redirectUri");
+    }
+    let unknown = s.gql(&t.slug, None, START, json!({ "p": "nope", "r": APP, "c": APP_CHALLENGE })).await;
+    assert_eq!(code(&unknown), Some("PROVIDER_NOT_FOUND"));
+    let plain = s.gql(&t.slug, None, START, json!({ "p": "corp", "r": APP, "c": "plain" })).await;
+    assert_eq!(code(&plain), Some("BAD_USER_INPUT"));
+}
+both!(redirect_uri_not_on_the_list_is_refused, unlisted_redirect_uri);
+
+// ------------------------------------------------------------------ SSRF and providers down
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_outside_the_allowed_networks_is_refused_without_connecting() {
+    // No AUTHD_PROVIDER_ALLOWED_NETWORKS: loopback and private issuers are refused.
+    let s = TestServer::start(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for issuer in [
+        format!("http://127.0.0.1:{port}"),
+        format!("https://127.0.0.1:{port}"),
+        format!("https://localhost:{port}"),
+        "https://169.254.169.254".to_owned(),
+        "https://10.0.0.1".to_owned(),
+        "ftp://example.com".to_owned(),
+    ] {
+        let body =
+            upsert(&s, &t, &admin, json!({ "name": "corp", "kind": "OIDC", "clientId": "c", "issuer": issuer })).await;
+        assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{issuer}: {body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], "issuer");
+    }
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no connection was made to the refused issuer"
+    );
+    let configs = s.gql(&t.slug, Some(&admin), "{ oauthProviderConfigs { name } }", json!({})).await;
+    assert_eq!(configs["data"]["oauthProviderConfigs"], json!([]));
+}
+
+async fn provider_refusing_connections(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    configure_oidc(&s, &t, &admin, "down", &format!("http://127.0.0.1:{port}"), None).await;
+    let body = start(&s, &t, "down").await;
+    assert_eq!(code(&body), Some("UNAVAILABLE"), "{body}");
+}
+both!(provider_down_connection_refused_is_unavailable, provider_refusing_connections);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_down_timeout_is_unavailable() {
+    let s = server(Backend::Embedded).await;
+    // A short provider timeout for this server (set before first use).
+    let policy = authd_tenancy::oauth::net::NetPolicy { allowed: vec!["127.0.0.0/8".parse().unwrap()] };
+    let http = authd_tenancy::oauth::net::ProviderHttp::new(policy, Duration::from_millis(500)).unwrap();
+    assert!(s.deps().provider_http.set(Arc::new(http)).is_ok());
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    configure_oidc(&s, &t, &admin, "slow", &format!("http://127.0.0.1:{port}"), None).await;
+    let body = start(&s, &t, "slow").await;
+    assert_eq!(code(&body), Some("UNAVAILABLE"), "{body}");
+    // Other providers of the tenant keep working meanwhile.
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    assert!(param(&login_via(&s, &t, "corp", "alice").await, "code").is_some());
+    hold.abort();
+}
+
+// ------------------------------------------------------------------ account linking
+
+async fn linking(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, true).await;
+    s.register(&t.slug, "carol@example.com", "carol's long passphrase").await;
+    s.register(&t.slug, "dave@example.com", "dave's long passphrase").await;
+    let accounts = json!({
+        "carol": { "email": "carol@example.com", "email_verified": true },
+        "dave": { "email": "dave@example.com", "email_verified": false },
+    });
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", accounts).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, Some(true)).await;
+
+    // Unverified email: never linked; a new user without the taken address.
+    let app = login_via(&s, &t, "corp", "dave").await;
+    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
+    let user = &body["data"]["exchangeLoginCode"]["user"];
+    assert!(user["email"].is_null(), "{body}");
+    let (dave_token, _) = s.login(&t.slug, "dave@example.com", "dave's long passphrase").await;
+    let dave = s.gql(&t.slug, Some(&dave_token), "{ me { id } }", json!({})).await;
+    assert_ne!(dave["data"]["me"]["id"], user["id"], "the password account was not taken over");
+    assert!(events(&s, &t, &admin, "account.linked").await.is_empty());
+
+    // Verified by a trusted provider, and the tenant links by email: linked.
+    let app = login_via(&s, &t, "corp", "carol").await;
+    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
+    let (carol_token, _) = s.login(&t.slug, "carol@example.com", "carol's long passphrase").await;
+    let carol = s.gql(&t.slug, Some(&carol_token), "{ me { id } }", json!({})).await;
+    assert_eq!(body["data"]["exchangeLoginCode"]["user"]["id"], carol["data"]["me"]["id"], "{body}");
+    let linked = events(&s, &t, &admin, "account.linked").await;
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0]["subjectId"], carol["data"]["me"]["id"]);
+}
+both!(unverified_email_is_not_linked_and_verified_is, linking);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_provider_never_links_even_verified_email() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, true).await;
+    s.register(&t.slug, "erin@example.com", "erin's long passphrase").await;
+    let accounts = json!({ "erin": { "email": "erin@example.com", "email_verified": true } });
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", accounts).await;
+    // OIDC's default: trustEmailVerified false.
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let app = login_via(&s, &t, "corp", "erin").await;
+    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
+    assert!(body["data"]["exchangeLoginCode"]["user"]["email"].is_null(), "{body}");
+    assert!(events(&s, &t, &admin, "account.linked").await.is_empty());
+}
+
+// ------------------------------------------------------------------ configuration
+
+async fn providers_config(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "web"), callback(&s, &t, "mobile")], "normal", json!({})).await;
+    // Two providers of one kind (e.g. web and mobile client ids).
+    configure_oidc(&s, &t, &admin, "web", &op.issuer, None).await;
+    configure_oidc(&s, &t, &admin, "mobile", &op.issuer, None).await;
+    let google = upsert(
+        &s,
+        &t,
+        &admin,
+        json!({ "name": "google", "kind": "GOOGLE", "clientId": "g.apps", "clientSecret": "g-secret" }),
+    )
+    .await;
+    let g = &google["data"]["upsertOAuthProvider"];
+    assert_eq!(g["kind"], "GOOGLE", "{google}");
+    assert_eq!(g["trustEmailVerified"], true);
+    assert_eq!(g["displayName"], "Google");
+    assert!(g["issuer"].is_null());
+    let names = s.gql(&t.slug, None, "{ oauthProviders { name kind } }", json!({})).await;
+    assert_eq!(names["data"]["oauthProviders"].as_array().unwrap().len(), 3, "{names}");
+
+    // Updates keep the secret when none is given; disabling hides the button.
+    let updated = upsert(
+        &s,
+        &t,
+        &admin,
+        json!({ "name": "mobile", "kind": "OIDC", "clientId": CLIENT_ID, "issuer": op.issuer, "enabled": false }),
+    )
+    .await;
+    assert_eq!(updated["data"]["upsertOAuthProvider"]["clientSecretSet"], true, "{updated}");
+    assert_eq!(updated["data"]["upsertOAuthProvider"]["enabled"], false);
+    let names = s.gql(&t.slug, None, "{ oauthProviders { name } }", json!({})).await;
+    assert_eq!(names["data"]["oauthProviders"], json!([{ "name": "google" }, { "name": "web" }]));
+    assert_eq!(code(&start(&s, &t, "mobile").await), Some("PROVIDER_NOT_FOUND"));
+    assert!(param(&login_via(&s, &t, "web", "alice").await, "code").is_some());
+
+    // Only admins configure.
+    s.register(&t.slug, "user@example.com", "a user's long passphrase").await;
+    let (user, _) = s.login(&t.slug, "user@example.com", "a user's long passphrase").await;
+    let denied = upsert(&s, &t, &user, json!({ "name": "x", "kind": "GOOGLE", "clientId": "x" })).await;
+    assert_eq!(code(&denied), Some("FORBIDDEN"));
+
+    let del = s.gql(&t.slug, Some(&admin), "mutation { deleteOAuthProvider(name: \"web\") }", json!({})).await;
+    assert_eq!(del["data"]["deleteOAuthProvider"], true, "{del}");
+    let again = s.gql(&t.slug, Some(&admin), "mutation { deleteOAuthProvider(name: \"web\") }", json!({})).await;
+    assert_eq!(again["data"]["deleteOAuthProvider"], false);
+    assert_eq!(code(&start(&s, &t, "web").await), Some("PROVIDER_NOT_FOUND"));
+    let deleted = events(&s, &t, &admin, "oauth_provider.deleted").await;
+    assert_eq!(deleted[0]["detail"]["provider"], "web");
+    let changed = events(&s, &t, &admin, "oauth_provider.changed").await;
+    assert_eq!(changed.len(), 4);
+    assert!(!changed.iter().any(|e| e.to_string().contains("g-secret")), "no secret in the audit log");
+}
+both!(several_providers_are_configured_updated_and_deleted, providers_config);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_is_sealed_at_rest() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    upsert(
+        &s,
+        &t,
+        &admin,
+        json!({ "name": "google", "kind": "GOOGLE", "clientId": "g", "clientSecret": CLIENT_SECRET }),
+    )
+    .await;
+    let tenant_id = authd_core::TenantId(t.id.parse::<uuid::Uuid>().unwrap());
+    let rows = s.deps().store.oauth_providers(tenant_id).await.unwrap();
+    let sealed = rows[0].client_secret_sealed.clone().unwrap();
+    assert!(!sealed.contains(CLIENT_SECRET) && !sealed.contains("client secret"));
+}
+
+// ------------------------------------------------------------------ GitHub
+
+/// A GitHub stand-in speaking GitHub's OAuth and REST endpoints.
+async fn github_stand_in(email_list: Value) -> String {
+    use axum::extract::{Form, Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Redirect};
+    use axum::routing::{get, post};
+
+    #[derive(Clone)]
+    struct Gh {
+        emails: Value,
+        /// code → PKCE challenge
+        codes: Arc<parking_lot::Mutex<HashMap<String, String>>>,
+    }
+    async fn authorize(State(gh): State<Gh>, Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {
+        assert_eq!(q["client_id"], "gh-client");
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert!(!q.contains_key("nonce"), "GitHub is not OpenID Connect");
+        let code = format!("gh-code-{}", uuid::Uuid::new_v4().simple());
+        gh.codes.lock().insert(code.clone(), q["code_challenge"].clone());
+        let mut to = url::Url::parse(&q["redirect_uri"]).unwrap();
+        to.query_pairs_mut().append_pair("code", &code).append_pair("state", &q["state"]);
+        Redirect::to(to.as_str())
+    }
+    async fn token(
+        State(gh): State<Gh>,
+        headers: HeaderMap,
+        Form(f): Form<HashMap<String, String>>,
+    ) -> impl IntoResponse {
+        assert_eq!(headers["accept"], "application/json");
+        assert_eq!(f["client_id"], "gh-client");
+        assert_eq!(f["client_secret"], "gh-secret");
+        let Some(challenge) = gh.codes.lock().remove(&f["code"]) else {
+            return axum::Json(json!({ "error": "bad_verification_code" }));
+        };
+        assert_eq!(sha2_free::s256(&f["code_verifier"]), challenge, "PKCE verifier matches");
+        axum::Json(json!({ "access_token": "gho_test", "token_type": "bearer", "scope": "read:user,user:email" }))
+    }
+    async fn user(headers: HeaderMap) -> impl IntoResponse {
+        if headers["authorization"] != "Bearer gho_test" {
+            return (StatusCode::UNAUTHORIZED, axum::Json(json!({}))).into_response();
+        }
+        axum::Json(json!({ "id": 4242, "login": "octocat", "email": null })).into_response()
+    }
+    async fn emails(State(gh): State<Gh>, headers: HeaderMap) -> impl IntoResponse {
+        assert_eq!(headers["authorization"], "Bearer gho_test");
+        axum::Json(gh.emails.clone())
+    }
+    let gh = Gh { emails: email_list, codes: Default::default() };
+    let app = axum::Router::new()
+        .route("/login/oauth/authorize", get(authorize))
+        .route("/login/oauth/access_token", post(token))
+        .route("/api/v3/user", get(user))
+        .route("/api/v3/user/emails", get(emails))
+        .with_state(gh);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// S256 without a SHA-256 crate in the test's dependencies: Python's hashlib.
+mod sha2_free {
+    pub fn s256(verifier: &str) -> String {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys,hashlib,base64;print(base64.urlsafe_b64encode(hashlib.sha256(sys.argv[1].encode()).digest()).decode().rstrip('='))",
+                verifier,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+async fn github_login(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let base = github_stand_in(json!([
+        { "email": "octo-unverified@example.com", "primary": false, "verified": false },
+        { "email": "octocat@example.com", "primary": true, "verified": true },
+    ]))
+    .await;
+    let body = upsert(&s, &t, &admin, json!({ "name": "github", "kind": "GITHUB", "clientId": "gh-client", "clientSecret": "gh-secret", "issuer": base })).await;
+    let g = &body["data"]["upsertOAuthProvider"];
+    assert_eq!(g["trustEmailVerified"], true, "{body}");
+    assert_eq!(g["scopes"], json!(["read:user", "user:email"]));
+    let browser = Browser::new();
+    let url = start_url(&s, &t, "github").await;
+    assert!(url.starts_with(&format!("{base}/login/oauth/authorize?")), "{url}");
+    let cb = browser.run_until(&url, "octocat", &callback(&s, &t, "github")).await;
+    let app = browser.callback(&cb).await.unwrap();
+    let body = exchange(&s, &t, &param(&app, "code").unwrap_or_else(|| panic!("{app}")), APP_VERIFIER).await;
+    let tokens = &body["data"]["exchangeLoginCode"];
+    assert_eq!(tokens["user"]["email"], "octocat@example.com", "{body}");
+    let me = s.gql(&t.slug, tokens["accessToken"].as_str(), "{ me { email } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], "octocat@example.com");
+    assert_eq!(claims(tokens["accessToken"].as_str().unwrap())["amr"], json!(["fed"]));
+}
+both!(github_login_works_against_a_stand_in, github_login);

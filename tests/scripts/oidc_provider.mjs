@@ -1,0 +1,84 @@
+// A real OpenID Provider for the social-login tests: the certified
+// `oidc-provider` package with one static confidential client and its
+// development login/consent forms (any login, any password; the login
+// becomes the subject).
+//
+// Usage: node oidc_provider.mjs '<json config>'
+//   { "clientId", "clientSecret", "redirectUris": [...],
+//     "accounts": { "<login>": { "email", "email_verified" } },
+//     "mode": "normal" | "tamper_signature" | "wrong_nonce" | "wrong_audience" | "foreign_key" }
+// Prints one line `{"issuer": "http://127.0.0.1:<port>"}` once listening.
+// `mode` rewrites the ID token the token endpoint answers, to play an
+// attacker or a broken provider.
+
+import http from 'node:http';
+import Provider from 'oidc-provider';
+import * as jose from 'jose';
+
+const cfg = JSON.parse(process.argv[2] ?? '{}');
+const mode = cfg.mode ?? 'normal';
+const accounts = cfg.accounts ?? {};
+
+const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
+const signingJwk = { ...(await jose.exportJWK(privateKey)), kid: 'test-key-1', alg: 'RS256', use: 'sig' };
+const { privateKey: foreignKey } = await jose.generateKeyPair('RS256', { extractable: true });
+
+const server = http.createServer();
+await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: cfg.clientId,
+    client_secret: cfg.clientSecret,
+    redirect_uris: cfg.redirectUris,
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  }],
+  jwks: { keys: [signingJwk] },
+  cookies: { keys: ['authd-test-cookie-key'] },
+  // Claims in the ID token itself (as Google does), not only from userinfo.
+  conformIdTokenClaims: false,
+  claims: { openid: ['sub'], email: ['email', 'email_verified'] },
+  features: { devInteractions: { enabled: true } },
+  async findAccount(ctx, id) {
+    const a = accounts[id] ?? { email: `${id}@example.com`, email_verified: true };
+    return {
+      accountId: id,
+      async claims() {
+        return { sub: id, email: a.email, email_verified: a.email_verified };
+      },
+    };
+  },
+});
+provider.proxy = false;
+
+async function resign(token, change, key) {
+  const claims = jose.decodeJwt(token);
+  change(claims);
+  return new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: 'test-key-1' }).sign(key);
+}
+
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.path !== '/token' || mode === 'normal' || !ctx.body || !ctx.body.id_token) return;
+  const token = ctx.body.id_token;
+  if (mode === 'tamper_signature') {
+    // Same signature, other claims: the email of someone else.
+    const [h, , s] = token.split('.');
+    const claims = jose.decodeJwt(token);
+    claims.email = 'victim@example.com';
+    const p = Buffer.from(JSON.stringify(claims)).toString('base64url');
+    ctx.body.id_token = `${h}.${p}.${s}`;
+  } else if (mode === 'wrong_nonce') {
+    ctx.body.id_token = await resign(token, (c) => { c.nonce = 'not-the-nonce-authd-sent'; }, privateKey);
+  } else if (mode === 'wrong_audience') {
+    ctx.body.id_token = await resign(token, (c) => { c.aud = 'another-client'; }, privateKey);
+  } else if (mode === 'foreign_key') {
+    ctx.body.id_token = await resign(token, () => {}, foreignKey);
+  }
+});
+
+server.on('request', provider.callback());
+process.stdout.write(`${JSON.stringify({ issuer })}\n`);
