@@ -86,12 +86,11 @@ if [[ $SANDBOX -eq 1 ]]; then
   chmod 0440 "$SECRETS/AUTHD_PLATFORM_TOKEN"
   chown "$UID_GID:$UID_GID" "$DATA"
   chmod 0700 "$DATA"
-  # The binary must be reachable by uid 10001 (as /usr/local/bin/authd is in
-  # the image); a checkout under a private home is not, so copy it then.
-  if ! setpriv --reuid="$UID_GID" --regid="$UID_GID" --clear-groups test -x "$BIN"; then
-    install -m 0555 "$BIN" "$WORK/authd"
-    BIN="$WORK/authd"
-  fi
+  # The binary must be reachable by uid 10001 inside the sandbox (as
+  # /usr/local/bin/authd is in the image): a checkout under a private home,
+  # or under /tmp (hidden by the sandbox's tmpfs), is not, so always copy it.
+  install -m 0555 "$BIN" "$WORK/authd"
+  BIN="$WORK/authd"
 fi
 chmod 0555 "$RO"
 
