@@ -508,7 +508,7 @@ setup_node() {
   # npm ci reinstalls from scratch every time, so only run it when the lock
   # file changed or node_modules is gone.
   want=$(fingerprint "$SCRIPTS_DIR/package.json" "$SCRIPTS_DIR/package-lock.json")
-  if [[ ! -f "$marker" || $(cat "$marker") != "$want" || ! -d "$SCRIPTS_DIR/node_modules/jose" ]]; then
+  if [[ ! -f "$marker" || $(cat "$marker") != "$want" || ! -d "$SCRIPTS_DIR/node_modules/jose" || ! -d "$SCRIPTS_DIR/node_modules/oidc-provider" ]]; then
     note "npm ci in tests/scripts"
     (cd "$SCRIPTS_DIR" && npm ci --no-audit --no-fund --update-notifier=false --loglevel=error >/dev/null) || die "npm ci failed"
     echo "$want" >"$marker"

@@ -53,15 +53,15 @@ const CONFIRM: &str = "mutation($c: String!) { confirmTotpEnrollment(code: $c) {
 const VERIFY: &str =
     "mutation($i: VerifyMfaInput!) { verifyMfa(input: $i) { accessToken refreshToken user { totpEnabled } } }";
 
-struct Enrolled {
-    secret: String,
-    recovery: Vec<String>,
-    email: String,
-    password: String,
+pub(crate) struct Enrolled {
+    pub(crate) secret: String,
+    pub(crate) recovery: Vec<String>,
+    pub(crate) email: String,
+    pub(crate) password: String,
 }
 
 /// Registers a user and turns TOTP on with a code for the current step.
-async fn enrolled_user(s: &TestServer, t: &Tenant) -> Enrolled {
+pub(crate) async fn enrolled_user(s: &TestServer, t: &Tenant) -> Enrolled {
     let email = format!("u{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let password = "totp user passphrase".to_owned();
     s.register(&t.slug, &email, &password).await;

@@ -52,6 +52,9 @@ pub enum TenantMsg {
     /// Fault injection for supervision tests: make one child panic.
     #[cfg(feature = "testing")]
     CrashChild(ChildKind),
+    /// Fault injection: make one provider's actor panic.
+    #[cfg(feature = "testing")]
+    CrashProvider(String),
 }
 
 pub struct TenantSupervisor;
@@ -245,6 +248,12 @@ impl Actor for TenantSupervisor {
             TenantMsg::Provider(name, reply) => {
                 reconcile_providers(&myself, state).await?;
                 let _ = reply.send(state.providers.get(&name).cloned());
+            }
+            #[cfg(feature = "testing")]
+            TenantMsg::CrashProvider(name) => {
+                if let Some(p) = state.providers.get(&name) {
+                    let _ = p.cast(ProviderMsg::Crash);
+                }
             }
             #[cfg(feature = "testing")]
             TenantMsg::CrashChild(kind) => match kind {

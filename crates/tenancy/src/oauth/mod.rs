@@ -724,7 +724,7 @@ impl TenantCtx<'_> {
             Some(serde_json::json!({ "via": "oauth", "provider": provider })),
         );
         let record =
-            self.deps.store.create_user_with_identity(self.rt.id, &user, provider, subject, &[event.clone()]).await?;
+            self.deps.store.create_user_with_identity(self.rt.id, &user, provider, subject, std::slice::from_ref(&event)).await?;
         audit::log_event(self.rt.id, &event);
         Ok(record)
     }
