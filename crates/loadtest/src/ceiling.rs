@@ -10,11 +10,11 @@
 //! - `authd`: [`authd_core::password::hash_password`], the server's own call,
 //!   which allocates the block (19 MiB by default) on every call. With
 //!   glibc's allocator a fresh thread then hands the memory back to the
-//!   kernel after each hash and takes page faults on all of it the next time,
-//!   which measured about a third more CPU per hash on the 2-core dev machine;
-//!   the server's long-lived pool threads pay that on only some of their
-//!   hashes. So this mode is a pessimistic ceiling: a login/ceiling ratio
-//!   above 1 in it says the ceiling, not the server, was slow.
+//!   kernel after each hash and takes a page fault on every 4 KiB of it the
+//!   next time (4,864 faults, some 40% more CPU per hash on the 2-core dev
+//!   machine); the server's long-lived pool threads pay that on only some of
+//!   their hashes. So this mode is a pessimistic ceiling: a login/ceiling
+//!   ratio above 1 in it says the ceiling, not the server, was slow.
 
 use std::sync::Barrier;
 use std::time::{Duration, Instant};

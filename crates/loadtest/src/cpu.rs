@@ -1,4 +1,4 @@
-//! CPU time actually spent, read from Linux's `/proc`. Wall-clock rates on a
+//! CPU time actually spent, and the machine's load, read from Linux's `/proc`. Wall-clock rates on a
 //! shared machine depend on what else runs; CPU time per request much less,
 //! so it gives a second, steadier view of how close logins come to the cost
 //! of the hash each contains. Elsewhere than Linux this is `None` and the
@@ -17,6 +17,11 @@ pub fn process_ns() -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) * (1_000_000_000 / USER_HZ))
+}
+
+/// The 1-minute load average: runnable threads, all processes together.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! on the server's number of hashing threads) and prints login/ceiling: how
 //! close password logins come to the physical limit. On a shared, noisy
 //! machine the ratios are the figures to compare between runs, not the
-//! absolute rates.
+//! absolute rates; when the server runs in this process it also prints the
+//! CPU time per request, and hash CPU ÷ login CPU, which the machine's load
+//! moves much less than wall-clock rates.
 //!
 //! By default it starts authd in this process (embedded SQLite, in-process
 //! token store, temp data dir); `--url` drives an external server instead.
@@ -127,6 +129,8 @@ struct Plan {
     argon2: Argon2Params,
     hash_threads: usize,
     cpus: usize,
+    /// Read before this process adds its own load.
+    load_before: Option<f64>,
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -156,6 +160,7 @@ impl Plan {
             },
             hash_threads: args.hash_threads.unwrap_or(cpus).max(1),
             cpus,
+            load_before: cpu::load_average(),
         })
     }
 }
@@ -245,6 +250,7 @@ async fn run(args: &Args, plan: &Plan, target: &Target, slugs: &mut Vec<String>)
         argon2: plan.argon2,
         hash_threads: plan.hash_threads,
         cpus: plan.cpus,
+        load_before: plan.load_before,
         phases,
         ceiling_mode: plan.ceiling_mode,
         ceilings: Ceilings { before_register, before_login, after_login },
