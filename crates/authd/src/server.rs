@@ -133,7 +133,12 @@ fn tenancy_config(config: &Config) -> TenancyConfig {
 
 /// Builds every shared dependency (no listener).
 pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
-    let store = open_store(config).await?;
+    // Every storage call becomes a span and counts its failures.
+    let system = match config.storage {
+        Storage::Postgres { .. } => "postgresql",
+        Storage::Embedded => "sqlite",
+    };
+    let store = authd_tenancy::traced::TracedStore::wrap(open_store(config).await?, system);
     // Every token-store call becomes a span and counts its failures.
     let tokens = authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config).await?);
     let keyring = Arc::new(master_keyring(config)?);

@@ -368,8 +368,73 @@ async fn two_replicas_on_one_postgres_and_redis_behave_as_one_service() {
         let me = replica.gql(&slug, Some(&admin), ME, json!({})).await;
         assert_eq!(code(&me), Some("TENANT_DISABLED"), "{name} still serves tokens of a disabled tenant: {me}");
     }
-    // Reconfiguring an OAuth provider on one replica and seeing it on the
-    // other belongs with social login (issue 6) and is not covered here yet.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_reconfigured_on_one_replica_is_used_by_the_other_within_a_second() {
+    let mut env = production_env().await;
+    // The provider is a GitHub Enterprise base on loopback: nothing is
+    // contacted, the authorization URL is built from the configuration.
+    env.insert("AUTHD_PROVIDER_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
+    let a = Authd::spawn(&env);
+    let b = Authd::spawn(&env);
+    let (slug, _) = a.tenant().await;
+    let (admin, _) = a.login(&slug, &admin_email(&slug), ADMIN_PASSWORD).await;
+    let app = "https://app.example.com/callback";
+    let set = a
+        .gql(
+            &slug,
+            Some(&admin),
+            "mutation($u: [String!]) { updateTenantSettings(input: { allowedRedirectUris: $u }) { allowedRedirectUris } }",
+            json!({ "u": [app] }),
+        )
+        .await;
+    assert!(set["errors"].is_null(), "{set}");
+    let upsert = |client_id: &'static str| {
+        a.gql(
+            &slug,
+            Some(&admin),
+            "mutation($i: OAuthProviderInput!) { upsertOAuthProvider(input: $i) { name clientId } }",
+            json!({ "i": { "name": "ghe", "kind": "GITHUB", "clientId": client_id, "clientSecret": "s3cret-value",
+                           "issuer": "http://127.0.0.1:9", "displayName": "GitHub" } }),
+        )
+    };
+    async fn start(replica: &Authd, slug: &str, app: &str) -> Value {
+        replica
+            .gql(
+                slug,
+                None,
+                "mutation($r: String!, $c: String!) { startOAuthLogin(provider: \"ghe\", redirectUri: $r, codeChallenge: $c) { authorizationUrl } }",
+                json!({ "r": app, "c": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM" }),
+            )
+            .await
+    }
+    let client_of = |body: Value| -> Option<String> {
+        let url = url::Url::parse(body["data"]["startOAuthLogin"]["authorizationUrl"].as_str()?).ok()?;
+        url.query_pairs().find(|(k, _)| k == "client_id").map(|(_, v)| v.into_owned())
+    };
+    let first = upsert("first-client").await;
+    assert_eq!(first["data"]["upsertOAuthProvider"]["clientId"], "first-client", "{first}");
+    let seen = eventually(Duration::from_millis(1500), || async {
+        client_of(start(&b, &slug, app).await).as_deref() == Some("first-client")
+    })
+    .await;
+    assert!(seen, "B never offered the provider created on A: {}", start(&b, &slug, app).await);
+    let second = upsert("second-client").await;
+    assert_eq!(second["data"]["upsertOAuthProvider"]["clientId"], "second-client", "{second}");
+    // "Within a second" (issue 7), with half a second of slack for a loaded CI machine.
+    let changed = Instant::now();
+    let updated = eventually(Duration::from_millis(1500), || async {
+        client_of(start(&b, &slug, app).await).as_deref() == Some("second-client")
+    })
+    .await;
+    assert!(
+        updated,
+        "B still uses the old configuration {:?} after {:?}",
+        client_of(start(&b, &slug, app).await),
+        changed.elapsed()
+    );
+    assert_eq!(client_of(start(&a, &slug, app).await).as_deref(), Some("second-client"));
 }
 
 // ------------------------------------------------------------------ SIGTERM
@@ -657,6 +722,22 @@ async fn traces_reach_an_otlp_receiver_joined_to_the_callers_trace_without_secre
         traced.iter().filter(|s| s["name"].as_str().unwrap().starts_with("tokens.")).collect();
     assert!(token_calls.iter().any(|s| s["name"] == "tokens.create_session"), "{traced:?}");
     assert!(token_calls.iter().all(|s| s["attributes"]["tenant"] == tenant_id.as_str()), "{token_calls:?}");
+    // So are the storage calls, with the database system and the tenant id.
+    let lookup = traced
+        .iter()
+        .find(|s| s["name"] == "store.user_by_email")
+        .unwrap_or_else(|| panic!("no store.user_by_email span in the login's trace: {traced:?}"));
+    assert_eq!(lookup["attributes"]["db.system"], "sqlite");
+    assert_eq!(lookup["attributes"]["tenant"], tenant_id.as_str());
+    assert_eq!(lookup["parent_span_id"], op["span_id"], "storage spans are children of the operation span");
+    // Background work (periodic tenant reloads, the audit sink) makes no
+    // spans of its own: every storage and token-store span has a parent.
+    let orphans: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("store.") || n.starts_with("tokens.")))
+        .filter(|s| s["parent_span_id"] == "")
+        .collect();
+    assert!(orphans.is_empty(), "root storage spans: {orphans:?}");
     // The failed login is its own trace, with the error code as outcome.
     let failed = spans
         .iter()

@@ -1,8 +1,14 @@
-//! A [`TokenStore`] that wraps every call in a span (`tokens.<method>`, with
-//! the `tenant` and nothing else: refresh-token hashes, rate-limit keys and
-//! single-use values never become attributes) and counts backend failures in
-//! [`crate::metrics::BACKEND_ERRORS`]. With OpenTelemetry on, each call is a
-//! child span of the GraphQL operation that made it.
+//! The [`TokenStore`] and the [`authd_store::Store`] wrapped so that every
+//! call is a span (`tokens.<method>`, `store.<method>`) carrying the
+//! `tenant` (its id) and the `db.system`, and nothing else: refresh-token
+//! hashes, rate-limit keys, emails, single-use values and sealed secrets never
+//! become attributes. Failures of the backend itself (unavailable, internal;
+//! not a duplicate email) count in [`crate::metrics::BACKEND_ERRORS`]. With
+//! OpenTelemetry on, each call is a child span of the GraphQL operation that
+//! made it.
+//!
+//! The delegations follow the traits one for one: a method added to either
+//! trait must be added here too (the compiler says so).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,12 +38,22 @@ async fn call<T>(span: tracing::Span, fut: impl Future<Output = Result<T>>) -> R
     r
 }
 
+/// A child span of the current one; none outside a request, so that the
+/// periodic reloads of every running tenant do not flood the trace backend.
 macro_rules! span {
     ($name:literal) => {
-        tracing::info_span!($name, otel.kind = "client", db.system = "redis")
+        if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!($name, otel.kind = "client", db.system = "redis")
+        }
     };
     ($name:literal, $tenant:expr) => {
-        tracing::info_span!($name, otel.kind = "client", db.system = "redis", tenant = %$tenant)
+        if tracing::Span::current().is_none() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!($name, otel.kind = "client", db.system = "redis", tenant = %$tenant)
+        }
     };
 }
 
@@ -141,5 +157,325 @@ impl TokenStore for TracedTokenStore {
 
     async fn rate_reset(&self, tenant: TenantId, key: &str) -> Result<()> {
         call(span!("tokens.rate_reset", tenant), self.inner.rate_reset(tenant, key)).await
+    }
+}
+
+pub use store::TracedStore;
+
+mod store {
+    use std::future::Future;
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use authd_core::settings::TenantSettings;
+    use authd_core::{Slug, TenantId, UserId};
+    use authd_store::*;
+    use chrono::{DateTime, Utc};
+    use tracing::Instrument;
+
+    pub struct TracedStore {
+        inner: Arc<dyn Store>,
+        /// `postgresql` or `sqlite` (OpenTelemetry's `db.system` values).
+        system: &'static str,
+    }
+
+    impl TracedStore {
+        pub fn wrap(inner: Arc<dyn Store>, system: &'static str) -> Arc<dyn Store> {
+            Arc::new(Self { inner, system })
+        }
+    }
+
+    async fn call<T>(span: tracing::Span, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let r = fut.instrument(span.clone()).await;
+        if let Err(e @ (Error::Unavailable(_) | Error::Internal(_))) = &r {
+            crate::metrics::BACKEND_ERRORS.inc(&["store"]);
+            span.in_scope(|| tracing::warn!(error = %e, "storage call failed"));
+        }
+        r
+    }
+
+    /// As for the token store: child spans only, none outside a request.
+    macro_rules! span {
+        ($self:ident, $name:literal) => {
+            if tracing::Span::current().is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!($name, otel.kind = "client", db.system = $self.system)
+            }
+        };
+        ($self:ident, $name:literal, $tenant:expr) => {
+            if tracing::Span::current().is_none() {
+                tracing::Span::none()
+            } else {
+                tracing::info_span!($name, otel.kind = "client", db.system = $self.system, tenant = %$tenant)
+            }
+        };
+    }
+
+    #[async_trait]
+    impl Store for TracedStore {
+        async fn ping(&self) -> Result<()> {
+            call(span!(self, "store.ping"), self.inner.ping()).await
+        }
+
+        async fn create_tenant(
+            &self,
+            tenant: &NewTenant,
+            admin: &NewUser,
+            key: &SigningKeyRecord,
+            tenant_event: &AuditEvent,
+            platform_event: &PlatformEvent,
+        ) -> Result<TenantRecord> {
+            call(
+                span!(self, "store.create_tenant"),
+                self.inner.create_tenant(tenant, admin, key, tenant_event, platform_event),
+            )
+            .await
+        }
+
+        async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
+            call(span!(self, "store.tenant_by_slug"), self.inner.tenant_by_slug(slug)).await
+        }
+
+        async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
+            call(span!(self, "store.tenant_by_id", id), self.inner.tenant_by_id(id)).await
+        }
+
+        async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
+            call(span!(self, "store.list_tenants"), self.inner.list_tenants(after, limit)).await
+        }
+
+        async fn set_tenant_disabled(
+            &self,
+            slug: &Slug,
+            disabled: bool,
+            event: &PlatformEvent,
+        ) -> Result<Option<TenantRecord>> {
+            call(span!(self, "store.set_tenant_disabled"), self.inner.set_tenant_disabled(slug, disabled, event)).await
+        }
+
+        async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
+            call(span!(self, "store.delete_tenant"), self.inner.delete_tenant(slug, event)).await
+        }
+
+        async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
+            call(span!(self, "store.platform_events"), self.inner.platform_events(after, limit)).await
+        }
+
+        async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
+            call(span!(self, "store.update_settings", tenant), self.inner.update_settings(tenant, settings, event))
+                .await
+        }
+
+        async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
+            call(span!(self, "store.create_user", tenant), self.inner.create_user(tenant, user, event)).await
+        }
+
+        async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
+            call(span!(self, "store.user_by_email", tenant), self.inner.user_by_email(tenant, email)).await
+        }
+
+        async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
+            call(span!(self, "store.user_by_id", tenant), self.inner.user_by_id(tenant, id)).await
+        }
+
+        async fn list_users(
+            &self,
+            tenant: TenantId,
+            email_prefix: Option<&str>,
+            after: Option<UserId>,
+            limit: u32,
+        ) -> Result<Vec<UserRecord>> {
+            call(span!(self, "store.list_users", tenant), self.inner.list_users(tenant, email_prefix, after, limit))
+                .await
+        }
+
+        async fn update_user(
+            &self,
+            tenant: TenantId,
+            id: UserId,
+            change: &UserChange,
+            event: Option<&AuditEvent>,
+        ) -> Result<Option<UserRecord>> {
+            call(span!(self, "store.update_user", tenant), self.inner.update_user(tenant, id, change, event)).await
+        }
+
+        async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
+            call(span!(self, "store.count_active_admins", tenant), self.inner.count_active_admins(tenant)).await
+        }
+
+        async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
+            call(span!(self, "store.signing_keys", tenant), self.inner.signing_keys(tenant)).await
+        }
+
+        async fn add_signing_key(
+            &self,
+            tenant: TenantId,
+            key: &SigningKeyRecord,
+            remove: &[String],
+            event: &AuditEvent,
+        ) -> Result<()> {
+            call(span!(self, "store.add_signing_key", tenant), self.inner.add_signing_key(tenant, key, remove, event))
+                .await
+        }
+
+        async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
+            call(span!(self, "store.reseal_signing_keys", tenant), self.inner.reseal_signing_keys(tenant, sealed)).await
+        }
+
+        async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
+            call(span!(self, "store.append_events", tenant), self.inner.append_events(tenant, events)).await
+        }
+
+        async fn audit_events(
+            &self,
+            tenant: TenantId,
+            filter: &AuditFilter,
+            after: Option<EventCursor>,
+            limit: u32,
+        ) -> Result<Vec<AuditEvent>> {
+            call(span!(self, "store.audit_events", tenant), self.inner.audit_events(tenant, filter, after, limit)).await
+        }
+
+        async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
+            call(span!(self, "store.purge_audit_events", tenant), self.inner.purge_audit_events(tenant, before)).await
+        }
+
+        async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
+            call(span!(self, "store.set_totp_pending", tenant), self.inner.set_totp_pending(tenant, user, sealed)).await
+        }
+
+        async fn enable_totp(
+            &self,
+            tenant: TenantId,
+            user: UserId,
+            pending_sealed: &str,
+            step: i64,
+            recovery_hashes: &[String],
+            event: &AuditEvent,
+        ) -> Result<bool> {
+            call(
+                span!(self, "store.enable_totp", tenant),
+                self.inner.enable_totp(tenant, user, pending_sealed, step, recovery_hashes, event),
+            )
+            .await
+        }
+
+        async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
+            call(span!(self, "store.disable_totp", tenant), self.inner.disable_totp(tenant, user, event)).await
+        }
+
+        async fn replace_recovery_codes(
+            &self,
+            tenant: TenantId,
+            user: UserId,
+            recovery_hashes: &[String],
+            event: &AuditEvent,
+        ) -> Result<()> {
+            call(
+                span!(self, "store.replace_recovery_codes", tenant),
+                self.inner.replace_recovery_codes(tenant, user, recovery_hashes, event),
+            )
+            .await
+        }
+
+        async fn use_recovery_code(
+            &self,
+            tenant: TenantId,
+            user: UserId,
+            candidates: &[String],
+            event: &AuditEvent,
+        ) -> Result<bool> {
+            call(
+                span!(self, "store.use_recovery_code", tenant),
+                self.inner.use_recovery_code(tenant, user, candidates, event),
+            )
+            .await
+        }
+
+        async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
+            call(span!(self, "store.recovery_codes_left", tenant), self.inner.recovery_codes_left(tenant, user)).await
+        }
+
+        async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
+            call(span!(self, "store.advance_totp_step", tenant), self.inner.advance_totp_step(tenant, user, step)).await
+        }
+
+        async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
+            call(span!(self, "store.oauth_providers", tenant), self.inner.oauth_providers(tenant)).await
+        }
+
+        async fn upsert_oauth_provider(
+            &self,
+            tenant: TenantId,
+            provider: &OAuthProviderRecord,
+            event: &AuditEvent,
+        ) -> Result<OAuthProviderRecord> {
+            call(
+                span!(self, "store.upsert_oauth_provider", tenant),
+                self.inner.upsert_oauth_provider(tenant, provider, event),
+            )
+            .await
+        }
+
+        async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
+            call(
+                span!(self, "store.delete_oauth_provider", tenant),
+                self.inner.delete_oauth_provider(tenant, name, event),
+            )
+            .await
+        }
+
+        async fn user_by_identity(
+            &self,
+            tenant: TenantId,
+            provider: &str,
+            subject: &str,
+        ) -> Result<Option<UserRecord>> {
+            call(span!(self, "store.user_by_identity", tenant), self.inner.user_by_identity(tenant, provider, subject))
+                .await
+        }
+
+        async fn link_identity(
+            &self,
+            tenant: TenantId,
+            provider: &str,
+            subject: &str,
+            user: UserId,
+            event: &AuditEvent,
+        ) -> Result<()> {
+            call(
+                span!(self, "store.link_identity", tenant),
+                self.inner.link_identity(tenant, provider, subject, user, event),
+            )
+            .await
+        }
+
+        async fn create_user_with_identity(
+            &self,
+            tenant: TenantId,
+            user: &NewUser,
+            provider: &str,
+            subject: &str,
+            events: &[AuditEvent],
+        ) -> Result<UserRecord> {
+            call(
+                span!(self, "store.create_user_with_identity", tenant),
+                self.inner.create_user_with_identity(tenant, user, provider, subject, events),
+            )
+            .await
+        }
+
+        async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
+            call(span!(self, "store.sealed_totp_secrets", tenant), self.inner.sealed_totp_secrets(tenant)).await
+        }
+
+        async fn reseal_totp_secrets(
+            &self,
+            tenant: TenantId,
+            sealed: &[(UserId, Option<String>, Option<String>)],
+        ) -> Result<()> {
+            call(span!(self, "store.reseal_totp_secrets", tenant), self.inner.reseal_totp_secrets(tenant, sealed)).await
+        }
     }
 }
