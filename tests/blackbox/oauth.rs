@@ -957,3 +957,69 @@ async fn provider_changes_reach_another_replica_which_can_finish_the_flow() {
     }
     assert_eq!(last.as_deref(), Some("PROVIDER_NOT_FOUND"));
 }
+
+/// The provider rotates its key: a token with an unknown `kid` makes authd
+/// refetch the JWKS, but at most once a minute (a stream of forged kids
+/// cannot make it hammer the provider). The minute passes on authd's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_refetches_the_jwks_at_most_once_a_minute() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    // Fetches the JWKS (old key only).
+    assert!(param(&login_via(&s, &t, "corp", "alice").await, "code").is_some());
+    let rotated = reqwest::Client::new().post(format!("{}/__rotate", op.issuer)).send().await.unwrap();
+    assert!(rotated.status().is_success());
+    // Within the minute: the JWKS is not refetched, the new kid is unknown.
+    let app = login_via(&s, &t, "corp", "alice").await;
+    assert_eq!(param(&app, "error").as_deref(), Some("UNAUTHENTICATED"), "{app}");
+    rejected_with(&s, &t, &admin, "id_token_unknown_key").await;
+    // A minute later the unknown kid triggers a refetch, and the login works.
+    s.deps().clock.advance(Duration::from_secs(61));
+    let app = login_via(&s, &t, "corp", "alice").await;
+    let body = exchange(&s, &t, &param(&app, "code").unwrap_or_else(|| panic!("{app}")), APP_VERIFIER).await;
+    assert_eq!(body["data"]["exchangeLoginCode"]["user"]["email"], "alice@example.com", "{body}");
+}
+
+/// `authd reseal` re-seals OAuth client secrets under the new master key:
+/// afterwards the old key can go and social login still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseal_moves_client_secrets_to_the_new_master_key() {
+    let k1 = authd_core::crypto::MasterKey::generate().to_base64();
+    let k2 = authd_core::crypto::MasterKey::generate().to_base64();
+    let mut first = TestServer::start_with(Backend::Embedded, |env| {
+        env.insert("AUTHD_PROVIDER_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
+        env.insert("AUTHD_MASTER_KEY".into(), k1.clone());
+    })
+    .await;
+    let t = first.tenant().await;
+    let admin = admin(&first, &t, false).await;
+    // The second run serves on another port: the provider accepts both callbacks.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let second_addr = listener.local_addr().unwrap();
+    drop(listener);
+    let second_callback = format!("http://{second_addr}/t/{}/oauth/corp/callback", t.slug);
+    let op = OidcProvider::start(&[callback(&first, &t, "corp"), second_callback], "normal", json!({})).await;
+    configure_oidc(&first, &t, &admin, "corp", &op.issuer, None).await;
+    first.stop().await;
+
+    let mut env = first.env.clone();
+    env.insert("AUTHD_MASTER_KEY".into(), k2.clone());
+    env.insert("AUTHD_MASTER_KEY_PREVIOUS".into(), k1.clone());
+    let lookup = env.clone();
+    let config = authd::config::Config::from_lookup(move |k| lookup.get(k).cloned()).unwrap();
+    let deps = authd::server::build_deps(&config).await.unwrap();
+    let report = authd_tenancy::reseal::reseal_all(&deps).await.unwrap();
+    assert_eq!(report.oauth_client_secrets, 1, "{report:?}");
+    deps.audit.flush().await;
+    drop(deps);
+
+    // The new key alone now opens the secret: the code exchange authenticates.
+    env.remove("AUTHD_MASTER_KEY_PREVIOUS");
+    env.insert("AUTHD_LISTEN".into(), second_addr.to_string());
+    let second = TestServer::start_env(Backend::Embedded, env, std::env::temp_dir().join("authd-unused")).await;
+    let app = login_via(&second, &t, "corp", "alice").await;
+    assert!(param(&app, "code").is_some(), "{app}");
+}

@@ -7,6 +7,8 @@
 //   { "clientId", "clientSecret", "redirectUris": [...],
 //     "accounts": { "<login>": { "email", "email_verified" } },
 //     "mode": "normal" | "tamper_signature" | "wrong_nonce" | "wrong_audience" | "foreign_key" }
+// `POST /__rotate` rotates the signing key: from then on ID tokens are
+// signed by a new key (kid `test-key-2`), published in the JWKS with the old.
 // Prints one line `{"issuer": "http://127.0.0.1:<port>"}` once listening.
 // `mode` rewrites the ID token the token endpoint answers, to play an
 // attacker or a broken provider.
@@ -22,6 +24,9 @@ const accounts = cfg.accounts ?? {};
 const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
 const signingJwk = { ...(await jose.exportJWK(privateKey)), kid: 'test-key-1', alg: 'RS256', use: 'sig' };
 const { privateKey: foreignKey } = await jose.generateKeyPair('RS256', { extractable: true });
+const { privateKey: nextKey, publicKey: nextPublic } = await jose.generateKeyPair('RS256', { extractable: true });
+const nextJwk = { ...(await jose.exportJWK(nextPublic)), kid: 'test-key-2', alg: 'RS256', use: 'sig' };
+let rotated = false;
 
 const server = http.createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -54,14 +59,25 @@ const provider = new Provider(issuer, {
 });
 provider.proxy = false;
 
-async function resign(token, change, key) {
+async function resign(token, change, key, kid = 'test-key-1') {
   const claims = jose.decodeJwt(token);
   change(claims);
-  return new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: 'test-key-1' }).sign(key);
+  return new jose.SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid }).sign(key);
 }
 
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/__rotate' && ctx.method === 'POST') {
+    rotated = true;
+    ctx.body = 'rotated';
+    return;
+  }
   await next();
+  if (rotated && ctx.path === '/jwks' && ctx.body && ctx.body.keys) {
+    ctx.body = { keys: [...ctx.body.keys, nextJwk] };
+  }
+  if (rotated && ctx.path === '/token' && ctx.body && ctx.body.id_token) {
+    ctx.body.id_token = await resign(ctx.body.id_token, () => {}, nextKey, 'test-key-2');
+  }
   if (ctx.path !== '/token' || mode === 'normal' || !ctx.body || !ctx.body.id_token) return;
   const token = ctx.body.id_token;
   if (mode === 'tamper_signature') {

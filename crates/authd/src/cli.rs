@@ -111,9 +111,10 @@ pub async fn reseal(config: &Config) -> anyhow::Result<()> {
     let deps = crate::server::build_deps(config).await?;
     let report = authd_tenancy::reseal::reseal_all(&deps).await.map_err(|e| anyhow!("{}: {e}", e.code()))?;
     println!(
-        "resealed {} signing keys and {} TOTP secrets across {} tenants under master key {}",
+        "resealed {} signing keys, {} TOTP secrets and {} OAuth client secrets across {} tenants under master key {}",
         report.signing_keys,
         report.totp_secrets,
+        report.oauth_client_secrets,
         report.tenants,
         deps.keyring.current().id()
     );

@@ -1,4 +1,5 @@
-//! `authd reseal`: re-seals every sealed value (signing keys, TOTP secrets)
+//! `authd reseal`: re-seals every sealed value (signing keys, TOTP secrets,
+//! OAuth client secrets)
 //! under the current master key, opening them with the current or a previous
 //! one (`AUTHD_MASTER_KEY_PREVIOUS`). Run it after rotating the master key;
 //! once it reports nothing left under an old key, the old key can go.
@@ -14,6 +15,7 @@ pub struct ResealReport {
     pub tenants: u64,
     pub signing_keys: u64,
     pub totp_secrets: u64,
+    pub oauth_client_secrets: u64,
 }
 
 fn reseal_value(deps: &Deps, tenant: TenantId, purpose: &str, row: &str, sealed: &str) -> Result<Option<String>> {
@@ -66,7 +68,30 @@ pub async fn reseal_all(deps: &Deps) -> Result<ResealReport> {
                 report.totp_secrets += secrets.len() as u64;
                 deps.store.reseal_totp_secrets(tenant.id, &secrets).await?;
             }
+            report.oauth_client_secrets += reseal_oauth_secrets(deps, tenant.id).await?;
         }
     }
     Ok(report)
+}
+
+/// OAuth client secrets: each provider re-saved with its secret re-sealed
+/// (and everything else as it was), with an `oauth_provider.changed` event
+/// saying so, in one transaction per provider.
+async fn reseal_oauth_secrets(deps: &Deps, tenant: TenantId) -> Result<u64> {
+    let mut n = 0;
+    for mut p in deps.store.oauth_providers(tenant).await? {
+        let Some(sealed) = &p.client_secret_sealed else { continue };
+        let Some(new) = reseal_value(deps, tenant, crate::oauth::SEAL_PURPOSE, &p.name, sealed)? else { continue };
+        p.client_secret_sealed = Some(new);
+        let event = crate::audit::event(
+            crate::audit::kinds::OAUTH_PROVIDER_CHANGED,
+            &crate::audit::RequestMeta::default(),
+            None,
+            None,
+            Some(serde_json::json!({ "provider": p.name, "resealed": true })),
+        );
+        deps.store.upsert_oauth_provider(tenant, &p, &event).await?;
+        n += 1;
+    }
+    Ok(n)
 }

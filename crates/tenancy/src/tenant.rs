@@ -104,7 +104,8 @@ async fn spawn_provider(
     state: &TenantState,
     record: Arc<authd_store::OAuthProviderRecord>,
 ) -> Result<ActorRef<ProviderMsg>, ActorProcessingErr> {
-    let args = ProviderArgs { tenant: state.runtime.id, record, http: state.deps.provider_http()? };
+    let args =
+        ProviderArgs { tenant: state.runtime.id, record, http: state.deps.provider_http()?, deps: state.deps.clone() };
     let (actor, _) = Actor::spawn_linked(None, OAuthProviderActor, args, sup.get_cell()).await?;
     Ok(actor)
 }

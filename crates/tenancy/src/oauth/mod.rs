@@ -50,7 +50,7 @@ use crate::auth::{LoginOutcome, Principal, TenantCtx};
 use crate::tenant::TenantMsg;
 pub use provider::{Endpoints, OAuthProviderActor, ProviderArgs, ProviderKind, ProviderMsg};
 
-const SEAL_PURPOSE: &str = "oauth-client-secret";
+pub(crate) const SEAL_PURPOSE: &str = "oauth-client-secret";
 const STATE_KIND: &str = "oauth_state";
 const CODE_KIND: &str = "login_code";
 const CODE_PURPOSE: &str = "login-code";
@@ -723,8 +723,11 @@ impl TenantCtx<'_> {
             Some(user.id),
             Some(serde_json::json!({ "via": "oauth", "provider": provider })),
         );
-        let record =
-            self.deps.store.create_user_with_identity(self.rt.id, &user, provider, subject, std::slice::from_ref(&event)).await?;
+        let record = self
+            .deps
+            .store
+            .create_user_with_identity(self.rt.id, &user, provider, subject, std::slice::from_ref(&event))
+            .await?;
         audit::log_event(self.rt.id, &event);
         Ok(record)
     }

@@ -13,7 +13,7 @@
 //! refetchable, so a restart loses only caches.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use authd_core::{Error, Result, TenantId};
 use authd_store::OAuthProviderRecord;
@@ -171,6 +171,8 @@ pub struct ProviderArgs {
     pub tenant: TenantId,
     pub record: Arc<OAuthProviderRecord>,
     pub http: Arc<ProviderHttp>,
+    /// The shared dependencies (the clock the JWKS refetch limit reads; tests move it).
+    pub deps: Arc<crate::Deps>,
 }
 
 type EndpointsReply = RpcReplyPort<Result<Arc<Endpoints>>>;
@@ -186,7 +188,9 @@ pub struct ProviderState {
     endpoints_waiting: Vec<EndpointsReply>,
     endpoints_fetching: bool,
     jwks: Option<Arc<JwkSet>>,
-    jwks_fetched: Option<Instant>,
+    /// When the JWKS was last fetched (ms, by `deps.clock`).
+    jwks_fetched: Option<i64>,
+    deps: Arc<crate::Deps>,
     jwks_waiting: Vec<KeysReply>,
 }
 
@@ -230,7 +234,7 @@ impl ProviderState {
 
     fn fetch_keys(&mut self, myself: &ActorRef<ProviderMsg>, endpoints: Arc<Endpoints>) {
         let (me, http, generation) = (myself.clone(), self.http.clone(), self.generation);
-        self.jwks_fetched = Some(Instant::now());
+        self.jwks_fetched = Some(self.deps.clock.now_ms());
         tokio::spawn(async move {
             let result = fetch_jwks(&http, &endpoints).await.map(Arc::new);
             let _ = me.cast(ProviderMsg::KeysFetched(generation, result));
@@ -259,6 +263,7 @@ impl Actor for OAuthProviderActor {
             endpoints_fetching: false,
             jwks: None,
             jwks_fetched: None,
+            deps: args.deps,
             jwks_waiting: Vec::new(),
         })
     }
@@ -288,7 +293,8 @@ impl Actor for OAuthProviderActor {
                     (Some(_), None) => true,
                     (None, _) => false,
                 };
-                let recent = state.jwks_fetched.is_some_and(|t| t.elapsed() < JWKS_REFETCH_EVERY);
+                let every = i64::try_from(JWKS_REFETCH_EVERY.as_millis()).unwrap_or(60_000);
+                let recent = state.jwks_fetched.is_some_and(|t| state.deps.clock.now_ms() - t < every);
                 if let (Some(set), true) = (&state.jwks, known || recent) {
                     // An unknown kid within the minute: the caller fails the
                     // token; no new fetch.
