@@ -188,6 +188,36 @@ impl Browser {
         panic!("too many steps from {url}");
     }
 
+    /// Signs in at the provider and returns the consent page's abort URL.
+    pub async fn run_until_consent(&self, url: &str, login: &str) -> String {
+        let mut next = self.http.get(url);
+        let mut current = url::Url::parse(url).unwrap();
+        for _ in 0..20 {
+            let resp = next.send().await.unwrap();
+            if resp.status().is_redirection() {
+                let location = resp.headers()[reqwest::header::LOCATION].to_str().unwrap().to_owned();
+                current = current.join(&location).unwrap();
+                next = self.http.get(current.clone());
+                continue;
+            }
+            let html = resp.text().await.unwrap();
+            let action = html.split("action=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+            if html.contains("name=\"login\"") {
+                let target = current.join(&action).unwrap();
+                current = target.clone();
+                next = self.http.post(target).form(&[("prompt", "login"), ("login", login), ("password", "pw")]);
+                continue;
+            }
+            let abort = html
+                .split("href=\"")
+                .filter_map(|r| r.split('"').next())
+                .find(|h| h.contains("/abort"))
+                .unwrap_or_else(|| panic!("an abort link on the consent page: {html}"));
+            return current.join(abort).unwrap().to_string();
+        }
+        panic!("no consent page from {url}");
+    }
+
     pub async fn get(&self, url: &str) -> reqwest::Response {
         self.http.get(url).send().await.unwrap()
     }
@@ -252,6 +282,7 @@ async fn rejected_with(s: &TestServer, t: &Tenant, admin: &str, reason: &str) {
 // ------------------------------------------------------------------ the whole flow
 
 async fn oidc_login_end_to_end(backend: Backend) {
+    crate::harness::capture_logs();
     let s = server(backend).await;
     let t = s.tenant().await;
     let admin = admin(&s, &t, false).await;
@@ -321,8 +352,31 @@ async fn oidc_login_end_to_end(backend: Backend) {
     assert_eq!(logins.len(), 2);
     assert_eq!(logins[0]["subjectId"], first_id);
     assert_eq!(logins[0]["detail"]["provider"], "corp");
+
+    // Nothing secret reaches a log line: not the client secret, not a login code.
+    let logs = crate::harness::captured_logs();
+    assert!(!logs.contains(CLIENT_SECRET), "the client secret was logged");
+    assert!(!logs.contains(&code_), "a login code was logged");
 }
 both!(oidc_login_works_end_to_end, oidc_login_end_to_end);
+
+/// The person declines at the provider: the app is told, nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_consent_sends_the_app_an_error() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let browser = Browser::new();
+    let url = start_url(&s, &t, "corp").await;
+    // Sign in, then follow the consent page's "cancel" link instead of consenting.
+    let consent = browser.run_until_consent(&url, "alice").await;
+    let cb = browser.run_until(&consent, "alice", &callback(&s, &t, "corp")).await;
+    let app = browser.callback(&cb).await.unwrap();
+    assert_eq!(param(&app, "error").as_deref(), Some("UNAUTHENTICATED"), "{app}");
+    rejected_with(&s, &t, &admin, "provider_error").await;
+}
 
 // ------------------------------------------------------------------ callback refusals
 
