@@ -400,3 +400,52 @@ async fn settings_changes_stick(backend: Backend) {
     assert!(stale.is_empty(), "an update was undone by a stale reload: {stale:#?}");
 }
 both!(settings_changes_are_not_undone_by_a_concurrent_reload, settings_changes_stick);
+
+/// Two admins demoting each other at the same moment: the store serializes
+/// the check with the change, so the tenant always keeps an enabled admin.
+async fn mutual_demotion(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant().await;
+    let tenant = authd_core::TenantId(t.id.parse().unwrap());
+    for round in 0..4 {
+        let (a_token, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+        let email = format!("second{round}@example.com");
+        let reg = s.register(&t.slug, &email, "second admin passphrase").await;
+        let b_id = reg["data"]["register"]["id"].as_str().unwrap().to_owned();
+        let promote = s
+            .gql(
+                &t.slug,
+                Some(&a_token),
+                "mutation($u: ID!) { setUserRole(userId: $u, role: ADMIN) { role } }",
+                json!({ "u": b_id }),
+            )
+            .await;
+        assert_eq!(promote["data"]["setUserRole"]["role"], "ADMIN", "{promote}");
+        let (b_token, _) = s.login(&t.slug, &email, "second admin passphrase").await;
+        let a_id = s.gql(&t.slug, Some(&a_token), "{ me { id } }", json!({})).await["data"]["me"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let demote = "mutation($u: ID!) { setUserRole(userId: $u, role: USER) { role } }";
+        let (x, y) = tokio::join!(
+            s.gql(&t.slug, Some(&a_token), demote, json!({ "u": b_id })),
+            s.gql(&t.slug, Some(&b_token), demote, json!({ "u": a_id })),
+        );
+        let admins = s.deps().store.count_active_admins(tenant).await.unwrap();
+        assert!(admins >= 1, "round {round}: no admin left: {x} {y}");
+        // Put things back for the next round: A stays the admin.
+        if x["errors"].is_array() {
+            let (b2, _) = s.login(&t.slug, &email, "second admin passphrase").await;
+            s.gql(
+                &t.slug,
+                Some(&b2),
+                "mutation($u: ID!) { setUserRole(userId: $u, role: ADMIN) { role } }",
+                json!({ "u": a_id }),
+            )
+            .await;
+            let (a2, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+            s.gql(&t.slug, Some(&a2), demote, json!({ "u": b_id })).await;
+        }
+    }
+}
+both!(two_admins_demoting_each_other_at_once_leave_an_admin, mutual_demotion);

@@ -38,6 +38,9 @@ pub enum Error {
     Duplicate(&'static str),
     #[error("database error: {0}")]
     Internal(String),
+    /// The change would leave the tenant without an enabled admin.
+    #[error("the tenant's last admin cannot be disabled or demoted")]
+    LastAdmin,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,6 +80,9 @@ impl From<Error> for authd_core::Error {
             Error::Duplicate("name") => authd_core::Error::bad_input("name", "this name is already taken"),
             Error::Duplicate(what) => authd_core::Error::internal(format!("duplicate {what}")),
             Error::Internal(c) => authd_core::Error::Internal(c),
+            Error::LastAdmin => {
+                authd_core::Error::bad_input("userId", "the tenant's last admin cannot be disabled or demoted")
+            }
         }
     }
 }

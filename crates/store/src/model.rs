@@ -127,6 +127,10 @@ pub struct UserChange {
     pub password_hash: Option<String>,
     pub role: Option<Role>,
     pub disabled: Option<bool>,
+    /// Refuse (`Error::LastAdmin`) a change that would leave the tenant with
+    /// no enabled admin; checked inside the transaction, serialized per
+    /// tenant, so two admins demoting each other at once cannot both win.
+    pub keep_an_admin: bool,
 }
 
 /// A tenant's OAuth / OpenID Connect provider. The client secret is sealed

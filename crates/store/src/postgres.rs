@@ -412,6 +412,10 @@ impl Store for PgStore {
         event: Option<&AuditEvent>,
     ) -> Result<Option<UserRecord>> {
         let mut tx = self.tenant_tx(tenant).await?;
+        if change.keep_an_admin {
+            // Serialize admin changes of this tenant: lock its row.
+            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.0).execute(&mut *tx).await?;
+        }
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
              disabled = COALESCE($5, disabled), updated_at = now() \
@@ -425,6 +429,17 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        if change.keep_an_admin {
+            let admins: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled",
+            )
+            .bind(tenant.0)
+            .fetch_one(&mut *tx)
+            .await?;
+            if admins == 0 {
+                return Err(Error::LastAdmin);
+            }
+        }
         if let Some(event) = event {
             insert_event(&mut tx, tenant, event).await?;
         }

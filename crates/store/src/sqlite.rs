@@ -449,6 +449,19 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        // SQLite has one writer: the UPDATE above holds the write lock, so
+        // this count sees every other admin change of the tenant.
+        if change.keep_an_admin {
+            let admins: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM users WHERE tenant_id = ?1 AND role = 'admin' AND disabled = 0",
+            )
+            .bind(tenant.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+            if admins == 0 {
+                return Err(Error::LastAdmin);
+            }
+        }
         if let Some(event) = event {
             insert_event(&mut tx, tenant, event).await?;
         }

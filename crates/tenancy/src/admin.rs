@@ -66,7 +66,7 @@ impl TenantCtx<'_> {
         }
         let kind = if disabled { kinds::USER_DISABLED } else { kinds::USER_ENABLED };
         let event = audit::event(kind, meta, Some(admin.id), Some(target.id), None);
-        let change = UserChange { disabled: Some(disabled), ..Default::default() };
+        let change = UserChange { disabled: Some(disabled), keep_an_admin: disabled, ..Default::default() };
         let updated = self
             .deps
             .store
@@ -97,7 +97,7 @@ impl TenantCtx<'_> {
             Some(target.id),
             Some(serde_json::json!({ "from": target.role.as_str(), "to": role.as_str() })),
         );
-        let change = UserChange { role: Some(role), ..Default::default() };
+        let change = UserChange { role: Some(role), keep_an_admin: role != Role::Admin, ..Default::default() };
         let updated = self
             .deps
             .store
