@@ -314,6 +314,7 @@ fn cacheable_json(state: &AppState, value: serde_json::Value) -> Response {
 /// it on to the app's `redirectUri` with a one-time `code` or an `error`.
 /// A request that belongs to no started login gets an error page, never a
 /// redirect (the target would be the request's choice).
+#[tracing::instrument(name = "oauth.callback", skip_all, fields(otel.kind = "server", tenant = %tenant, provider = %provider))]
 async fn oauth_callback(
     State(state): State<AppState>,
     Path((tenant, provider)): Path<(String, String)>,

@@ -210,6 +210,7 @@ impl ProviderHttp {
     }
 
     /// GETs JSON (discovery, JWKS, userinfo, GitHub's API).
+    #[tracing::instrument(name = "provider.get_json", skip_all, fields(otel.kind = "client", http.request.method = "GET", server.address = %host_of(url)))]
     pub async fn get_json(&self, url: &str, bearer: Option<&str>) -> Result<serde_json::Value, FetchError> {
         let url = self.checked(url).await?;
         let mut req = self.client.get(url).header(reqwest::header::ACCEPT, "application/json");
@@ -225,6 +226,7 @@ impl ProviderHttp {
 
     /// POSTs a form to a token endpoint; returns the status and the JSON body
     /// (token endpoints answer errors as JSON too).
+    #[tracing::instrument(name = "provider.post_token", skip_all, fields(otel.kind = "client", http.request.method = "POST", server.address = %host_of(url)))]
     pub async fn post_token(
         &self,
         url: &str,
@@ -273,6 +275,12 @@ impl ProviderHttp {
         }
         Ok((status, body))
     }
+}
+
+/// The host a provider call goes to: the only part of its URL a span
+/// carries (a query could hold a code or a token).
+fn host_of(url: &str) -> String {
+    Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn describe(e: reqwest::Error) -> FetchError {
