@@ -641,7 +641,9 @@ async fn traces_reach_an_otlp_receiver_joined_to_the_callers_trace_without_secre
     let (endpoint, bodies) = otlp_receiver().await;
     let mut env = base_env();
     env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint);
-    env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
+    // Batches leave only when full or at shutdown: the export below proves
+    // that graceful shutdown flushes the exporter.
+    env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "600000".into());
     let mut server = Authd::spawn(&env);
     let (slug, tenant_id) = server.tenant().await;
     server.register(&slug, "traced@example.com").await;
@@ -682,6 +684,7 @@ async fn traces_reach_an_otlp_receiver_joined_to_the_callers_trace_without_secre
     assert!(found, "no login.succeeded audit event with requestId = the traceparent's trace id");
 
     // Graceful shutdown flushes the exporter.
+    assert!(bodies.lock().is_empty(), "exported before shutdown although the schedule delay is 10 minutes");
     server.sigterm();
     let status = server.wait_exit(Duration::from_secs(15)).expect("authd exits");
     assert!(status.success(), "{status:?}");
