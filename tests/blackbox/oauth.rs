@@ -1077,3 +1077,54 @@ async fn reseal_moves_client_secrets_to_the_new_master_key() {
     let app = login_via(&second, &t, "corp", "alice").await;
     assert!(param(&app, "code").is_some(), "{app}");
 }
+
+/// Provider answers are not trusted blindly: a redirect is not followed (the
+/// target sees no connection), an oversized answer is not read, and a
+/// discovery document naming another issuer is refused. Each is `UNAVAILABLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_redirects_oversized_answers_and_foreign_issuers_are_refused() {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_url = format!("http://{}/.well-known/openid-configuration", trap.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(
+            "/redirecting/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let to = trap_url.clone();
+                async move { (StatusCode::FOUND, [(header::LOCATION, to)]).into_response() }
+            }),
+        )
+        .route(
+            "/huge/.well-known/openid-configuration",
+            axum::routing::get(|| async { format!("{{\"issuer\": \"{}\"}}", "x".repeat(2 * 1024 * 1024)) }),
+        )
+        .route(
+            "/foreign/.well-known/openid-configuration",
+            axum::routing::get(|| async {
+                axum::Json(json!({
+                    "issuer": "https://accounts.example.com",
+                    "authorization_endpoint": "https://accounts.example.com/auth",
+                    "token_endpoint": "https://accounts.example.com/token",
+                    "jwks_uri": "https://accounts.example.com/jwks",
+                }))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    for name in ["redirecting", "huge", "foreign"] {
+        configure_oidc(&s, &t, &admin, name, &format!("{base}/{name}"), None).await;
+        let body = start(&s, &t, name).await;
+        assert_eq!(code(&body), Some("UNAVAILABLE"), "{name}: {body}");
+    }
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the redirect was not followed"
+    );
+}
