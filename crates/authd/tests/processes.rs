@@ -504,6 +504,31 @@ async fn sigterm_under_steady_load_fails_no_request_and_exits_zero() {
     })
     .await;
     assert!(saw_503, "/readyz never turned 503 after SIGTERM");
+    // A request in flight when the listener stops accepting: its body is
+    // only half sent until after the delay, so it is still being read when
+    // the drain begins, and must get its full answer.
+    let in_flight = {
+        let addr = url.trim_start_matches("http://").to_owned();
+        let (slug, access) = (slug.clone(), access.clone());
+        let finish_at = tokio::time::Instant::from_std(signalled) + Duration::from_millis(DELAY * 1000 + 700);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let body = serde_json::to_vec(&json!({ "query": ME })).unwrap();
+            let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST /t/{slug}/graphql HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {access}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            sock.write_all(head.as_bytes()).await.unwrap();
+            sock.write_all(&body[..body.len() / 2]).await.unwrap();
+            tokio::time::sleep_until(finish_at).await;
+            sock.write_all(&body[body.len() / 2..]).await.unwrap();
+            let mut answer = Vec::new();
+            sock.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        })
+    };
     let at_503 = ok_after.load(Ordering::Relaxed);
     // Endpoints are updated within the delay: the load balancer stops
     // sending new requests about a second after readiness fails.
@@ -517,6 +542,11 @@ async fn sigterm_under_steady_load_fails_no_request_and_exits_zero() {
     }
     let served_while_unready = ok_after.load(Ordering::Relaxed) - at_503;
 
+    let in_flight = in_flight.await.unwrap();
+    assert!(
+        in_flight.starts_with("HTTP/1.1 200") && in_flight.contains("\"me\":{\"id\""),
+        "the request in flight at the end of the delay was not answered: {in_flight:?}"
+    );
     let status = server.wait_exit(Duration::from_secs(DELAY + DRAIN + 5));
     let failures = failures.lock().clone();
     assert!(
