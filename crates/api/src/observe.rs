@@ -167,11 +167,38 @@ pub fn finish(
     m::REQUEST_SECONDS.observe(&labels, started.elapsed().as_secs_f64());
 }
 
+/// Counts every request by route template (`/t/{tenant}/graphql`, never
+/// the path itself), method and status, including those refused before a
+/// GraphQL operation ran (unknown tenant, quota, bad body).
+pub async fn http_metrics(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use authd_tenancy::metrics as m;
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // Methods are client-chosen tokens: only the ones authd serves become labels.
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        axum::http::Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    m::HTTP_REQUESTS.inc(&[&route, method, &status]);
+    m::HTTP_SECONDS.observe(&[&route], started.elapsed().as_secs_f64());
+    resp
+}
+
 /// Prometheus text exposition of every family.
 pub fn render_metrics(state: &AppState) -> String {
     use authd_tenancy::metrics::{self as m, Kind, single};
     let stats = state.platform.deps.hasher.stats();
     let mut out = String::new();
+    m::HTTP_REQUESTS.render(&mut out);
+    m::HTTP_SECONDS.render(&mut out);
     m::REQUESTS.render(&mut out);
     m::REQUEST_SECONDS.render(&mut out);
     m::LOGINS.render(&mut out);

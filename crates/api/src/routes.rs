@@ -44,7 +44,10 @@ pub fn public_router(state: AppState) -> Router {
             router.route("/graphql", get(platform_graphiql).post(platform_graphql)).route("/metrics", get(metrics));
     }
     let limit = state.config.max_body_bytes;
-    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
+    router
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(observe::http_metrics))
+        .with_state(state)
 }
 
 /// Routes of the admin listener: the platform API and `/metrics`.
@@ -57,6 +60,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/graphiql-assets/{file}", get(asset))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(observe::http_metrics))
         .with_state(state)
 }
 

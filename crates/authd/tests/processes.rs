@@ -832,6 +832,19 @@ async fn metrics_parse_with_the_prometheus_parser_and_move_with_traffic() {
     // Per-tenant labels are off by default.
     let samples = after["authd_graphql_requests"]["samples"].as_array().unwrap();
     assert!(samples.iter().all(|s| s[1].get("tenant").is_none()), "tenant label present by default");
+    // Every HTTP request counts by route template, also those refused
+    // before any operation ran; an unknown tenant's slug is no label.
+    server.http.get(format!("{}/t/{slug}/.well-known/jwks.json", server.url)).send().await.unwrap();
+    server.gql("no-such-tenant", None, ME, json!({})).await;
+    let http = parse_metrics(&server.metrics().await);
+    assert_eq!(http["authd_http_requests"]["type"], "counter");
+    assert_eq!(http["authd_http_request_duration_seconds"]["type"], "histogram");
+    let jwks = [("route", "/t/{tenant}/.well-known/jwks.json"), ("method", "GET"), ("status", "200")];
+    assert_eq!(sum(&http, "authd_http_requests", "authd_http_requests_total", &jwks), 1.0);
+    let unknown = [("route", "/t/{tenant}/graphql"), ("method", "POST"), ("status", "404")];
+    assert_eq!(sum(&http, "authd_http_requests", "authd_http_requests_total", &unknown), 1.0);
+    let text = server.metrics().await;
+    assert!(!text.contains("no-such-tenant") && !text.contains(&slug), "a slug became a label: {text}");
     // An unknown root field does not mint an operation label.
     server.gql(&slug, None, "{ noSuchField }", json!({})).await;
     let text = server.metrics().await;

@@ -215,6 +215,25 @@ pub static REQUEST_SECONDS: LazyLock<Family> = LazyLock::new(|| {
     )
 });
 
+/// Every HTTP request, by route template (never the raw path), method and status.
+pub static HTTP_REQUESTS: LazyLock<Family> = LazyLock::new(|| {
+    Family::counter(
+        "authd_http_requests_total",
+        "HTTP requests by route template, method and status code.",
+        &["route", "method", "status"],
+    )
+});
+
+/// HTTP latency by route template.
+pub static HTTP_SECONDS: LazyLock<Family> = LazyLock::new(|| {
+    Family::histogram(
+        "authd_http_request_duration_seconds",
+        "HTTP request latency in seconds, by route template.",
+        &["route"],
+        LATENCY_BUCKETS,
+    )
+});
+
 /// Login attempts by outcome (`success`, `mfa_required`, or the error code).
 pub static LOGINS: LazyLock<Family> = LazyLock::new(|| {
     Family::counter(
