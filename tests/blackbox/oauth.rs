@@ -1128,3 +1128,49 @@ async fn provider_redirects_oversized_answers_and_foreign_issuers_are_refused() 
         "the redirect was not followed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_cannot_sign_in_through_a_provider() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let app = login_via(&s, &t, "corp", "alice").await;
+    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
+    let id = body["data"]["exchangeLoginCode"]["user"]["id"].as_str().unwrap().to_owned();
+    let off = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "mutation($u: ID!) { setUserDisabled(userId: $u, disabled: true) { disabled } }",
+            json!({ "u": id }),
+        )
+        .await;
+    assert_eq!(off["data"]["setUserDisabled"]["disabled"], true, "{off}");
+    let app = login_via(&s, &t, "corp", "alice").await;
+    assert_eq!(param(&app, "error").as_deref(), Some("UNAUTHENTICATED"), "{app}");
+    rejected_with(&s, &t, &admin, "user_disabled").await;
+}
+
+/// Two first logins of the same person at once end in one account.
+async fn concurrent_first_logins(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    let (b1, b2) = (Browser::new(), Browser::new());
+    let cb1 = b1.run_until(&start_url(&s, &t, "corp").await, "zed", &callback(&s, &t, "corp")).await;
+    let cb2 = b2.run_until(&start_url(&s, &t, "corp").await, "zed", &callback(&s, &t, "corp")).await;
+    let (a1, a2) = tokio::join!(b1.callback(&cb1), b2.callback(&cb2));
+    let mut ids = Vec::new();
+    for app in [a1.unwrap(), a2.unwrap()] {
+        let body = exchange(&s, &t, &param(&app, "code").unwrap_or_else(|| panic!("{app}")), APP_VERIFIER).await;
+        ids.push(body["data"]["exchangeLoginCode"]["user"]["id"].clone());
+    }
+    assert_eq!(ids[0], ids[1]);
+    let users = s.gql(&t.slug, Some(&admin), "{ users { edges { node { id } } } }", json!({})).await;
+    assert_eq!(users["data"]["users"]["edges"].as_array().unwrap().len(), 2, "admin and one federated user");
+}
+both!(concurrent_first_logins_make_one_account, concurrent_first_logins);

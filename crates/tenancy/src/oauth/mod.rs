@@ -696,13 +696,21 @@ impl TenantCtx<'_> {
         }
         // A new account; the email only if no account has it.
         let email = if existing.is_some() { None } else { email };
-        let user = self.create_federated_user(provider, &profile.subject, email.clone(), meta).await;
-        let user = match (user, email) {
+        let created = match self.create_federated_user(provider, &profile.subject, email.clone(), meta).await {
             // Taken meanwhile (a concurrent registration): without the email.
-            (Err(Error::EmailTaken), Some(_)) => {
-                self.create_federated_user(provider, &profile.subject, None, meta).await?
+            Err(Error::EmailTaken) if email.is_some() => {
+                self.create_federated_user(provider, &profile.subject, None, meta).await
             }
-            (other, _) => other?,
+            other => other,
+        };
+        let user = match created {
+            Ok(user) => user,
+            // A concurrent first login of the same person linked the
+            // identity first: that account is theirs.
+            Err(e) => match self.deps.store.user_by_identity(self.rt.id, provider, &profile.subject).await? {
+                Some(user) if !user.disabled => user,
+                _ => return Err(e),
+            },
         };
         self.deps.audit.record(self.rt.id, login_event(user.id));
         Ok(user.id)
