@@ -8,6 +8,12 @@
 //! `MAX_RESTARTS` failures of one child within a minute the supervisor gives
 //! up and stops itself, escalating to the platform supervisor, which drops the
 //! tenant so that the next request starts it afresh.
+//!
+//! Provider actors follow the snapshot: after every reload (each
+//! `AUTHD_TENANT_REFRESH_MS`, or at once after a local change) the supervisor
+//! starts actors for new enabled providers, reconfigures changed ones and
+//! stops removed or disabled ones; a failed provider actor is restarted with
+//! the config the snapshot has then.
 
 use std::collections::HashMap;
 use std::sync::Arc;
