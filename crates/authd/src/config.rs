@@ -339,10 +339,24 @@ mod tests {
             (vec![("AUTHD_MASTER_KEY", "c2hvcnQ=")], "AUTHD_MASTER_KEY"),
             (vec![("AUTHD_TRUSTED_PROXIES", "10.0.0.0/33")], "AUTHD_TRUSTED_PROXIES"),
             (vec![("REDIS_URL", "http://x")], "REDIS_URL"),
+            (vec![("AUTHD_METRICS_TENANT_LABELS", "sometimes")], "AUTHD_METRICS_TENANT_LABELS"),
+            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
         ] {
             let e = cfg(&pairs).err().unwrap();
             assert_eq!(e.var, var, "{e}");
         }
+    }
+
+    #[test]
+    fn traces_are_exported_only_with_an_endpoint_and_not_disabled() {
+        assert!(!cfg(&[]).unwrap().otel_traces);
+        let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")];
+        assert!(cfg(&on).unwrap().otel_traces);
+        assert!(cfg(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/v1/traces")]).unwrap().otel_traces);
+        assert!(!cfg(&[on[0], ("OTEL_SDK_DISABLED", "true")]).unwrap().otel_traces);
+        assert!(!cfg(&[on[0], ("OTEL_TRACES_EXPORTER", "none")]).unwrap().otel_traces);
+        assert!(!cfg(&[]).unwrap().metrics_tenant_labels);
+        assert!(cfg(&[("AUTHD_METRICS_TENANT_LABELS", "true")]).unwrap().metrics_tenant_labels);
     }
 
     #[test]
