@@ -1174,3 +1174,37 @@ async fn concurrent_first_logins(backend: Backend) {
     assert_eq!(users["data"]["users"]["edges"].as_array().unwrap().len(), 2, "admin and one federated user");
 }
 both!(concurrent_first_logins_make_one_account, concurrent_first_logins);
+
+/// GitHub's verified-emails API decides linking: an address GitHub has not
+/// verified never takes over the account that has it.
+async fn github_linking(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, true).await;
+    s.register(&t.slug, "octocat@example.com", "octocat's long passphrase").await;
+    for (verified, linked) in [(false, false), (true, true)] {
+        let base =
+            github_stand_in(json!([{ "email": "octocat@example.com", "primary": true, "verified": verified }])).await;
+        let name = format!("gh-{verified}");
+        let body = upsert(
+            &s,
+            &t,
+            &admin,
+            json!({ "name": name, "kind": "GITHUB", "clientId": "gh-client", "clientSecret": "gh-secret", "issuer": base }),
+        )
+        .await;
+        assert!(body["errors"].is_null(), "{body}");
+        let browser = Browser::new();
+        let cb = browser.run_until(&start_url(&s, &t, &name).await, "octocat", &callback(&s, &t, &name)).await;
+        let app = browser.callback(&cb).await.unwrap();
+        let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
+        let email = &body["data"]["exchangeLoginCode"]["user"]["email"];
+        if linked {
+            assert_eq!(email, "octocat@example.com", "{body}");
+        } else {
+            assert!(email.is_null(), "{body}");
+        }
+    }
+    assert_eq!(events(&s, &t, &admin, "account.linked").await.len(), 1);
+}
+both!(github_unverified_email_is_not_linked, github_linking);
