@@ -165,6 +165,26 @@ impl Platform {
         let (supervisor, _) = Actor::spawn(None, PlatformSupervisor, (deps.clone(), tenants.clone()))
             .await
             .map_err(|e| Error::internal(format!("cannot start platform supervisor: {e}")))?;
+        // Changes announced by other replicas (Redis pub/sub): the tenant
+        // reloads now instead of at its next periodic reload.
+        if let Some(mut changes) = deps.tokens.subscribe_changes() {
+            let running = tenants.clone();
+            tokio::spawn(async move {
+                loop {
+                    match changes.recv().await {
+                        Ok(id) => {
+                            let rt = running.iter().find(|r| r.id == id).map(|r| r.clone());
+                            if let Some(sup) = rt.and_then(|rt| rt.supervisor()) {
+                                let _ = sup.cast(crate::tenant::TenantMsg::Reload);
+                            }
+                        }
+                        // Missed notices: the periodic reload catches up.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
         Ok(Self { deps, supervisor, tenants })
     }
 

@@ -63,6 +63,14 @@ impl TokenStore for TracedTokenStore {
         call(span!("tokens.ping"), self.inner.ping()).await
     }
 
+    async fn publish_change(&self, tenant: TenantId) -> Result<()> {
+        call(span!("tokens.publish_change", tenant), self.inner.publish_change(tenant)).await
+    }
+
+    fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<TenantId>> {
+        self.inner.subscribe_changes()
+    }
+
     async fn create_session(
         &self,
         tenant: TenantId,

@@ -82,6 +82,23 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Answers when the store is reachable (readiness).
     async fn ping(&self) -> Result<()>;
 
+    // ---- change notices between replicas ----
+
+    /// Tells every replica sharing this store that `tenant`'s configuration
+    /// changed (OAuth providers, ...), so that they reload it now rather than
+    /// at their next periodic reload. Best effort: a lost notice only delays
+    /// the change to that reload. The in-process store has no other replica.
+    async fn publish_change(&self, _tenant: TenantId) -> Result<()> {
+        Ok(())
+    }
+
+    /// Tenants whose configuration another replica changed, as announced by
+    /// [`TokenStore::publish_change`]; `None` when the backend has no such
+    /// channel.
+    fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<TenantId>> {
+        None
+    }
+
     // ---- sessions and refresh tokens ----
 
     /// Creates a session and its first refresh token. Both expire after

@@ -80,6 +80,8 @@ const SCAN_COUNT: usize = 1000;
 pub struct RedisTokenStore {
     conn: Conn,
     prefix: Arc<str>,
+    /// Change notices received on `{prefix}:changes` (see [`TokenStore::publish_change`]).
+    changes: Arc<tokio::sync::broadcast::Sender<TenantId>>,
 }
 
 impl fmt::Debug for RedisTokenStore {
@@ -158,7 +160,48 @@ impl Conn {
 /// Where `REDIS_URL` points.
 enum Target {
     Single(redis::Client),
-    Cluster(Box<ClusterClient>),
+    /// The cluster, and a client for its first seed node: a plain `PUBLISH`
+    /// reaches subscribers on every node of a cluster.
+    Cluster(Box<ClusterClient>, redis::Client),
+}
+
+impl Target {
+    fn pubsub_client(&self) -> redis::Client {
+        match self {
+            Target::Single(c) | Target::Cluster(_, c) => c.clone(),
+        }
+    }
+}
+
+/// Listens on the change channel for as long as the store lives,
+/// reconnecting after a second when Redis goes away.
+fn spawn_change_listener(
+    client: redis::Client,
+    channel: String,
+    tx: std::sync::Weak<tokio::sync::broadcast::Sender<TenantId>>,
+) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        while tx.strong_count() > 0 {
+            match client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(&channel).await.is_ok() {
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            let Some(tx) = tx.upgrade() else { return };
+                            let Ok(payload) = msg.get_payload::<String>() else { continue };
+                            if let Ok(id) = payload.parse::<uuid::Uuid>() {
+                                // No receiver (nothing running) is fine.
+                                let _ = tx.send(TenantId(id));
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "redis change listener cannot connect; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }
 
 fn parse_target(url: &str) -> Result<Target> {
@@ -192,12 +235,14 @@ fn parse_target(url: &str) -> Result<Target> {
             }
         });
     }
+    let seed = redis::Client::open(nodes[0].as_str())
+        .map_err(|e| bad(&format!("a cluster seed is not a Redis URL ({:?})", e.kind())))?;
     let client = ClusterClient::builder(nodes)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(COMMAND_TIMEOUT)
         .build()
         .map_err(|e| bad(&format!("invalid cluster seed list ({:?})", e.kind())))?;
-    Ok(Target::Cluster(Box::new(client)))
+    Ok(Target::Cluster(Box::new(client), seed))
 }
 
 fn manager_config() -> ConnectionManagerConfig {
@@ -275,15 +320,17 @@ impl RedisTokenStore {
     /// [`check_eviction_policy`](Self::check_eviction_policy) at start-up.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self> {
         check_prefix(key_prefix)?;
-        let conn = match parse_target(url)? {
+        let target = parse_target(url)?;
+        let changes = Self::listen_for_changes(&target, key_prefix);
+        let conn = match target {
             Target::Single(client) => {
                 Conn::Single(bounded(ConnectionManager::new_with_config(client, manager_config())).await?)
             }
-            Target::Cluster(client) => {
+            Target::Cluster(client, _) => {
                 Conn::Cluster(bounded(client.get_async_connection_with_config(cluster_config())).await?)
             }
         };
-        let store = Self { conn, prefix: key_prefix.into() };
+        let store = Self { conn, prefix: key_prefix.into(), changes };
         store.ping().await?;
         tracing::info!(store = ?store, "connected to Redis");
         Ok(store)
@@ -297,13 +344,29 @@ impl RedisTokenStore {
     /// runtime.
     pub fn connect_lazy(url: &str, key_prefix: &str) -> Result<Self> {
         check_prefix(key_prefix)?;
-        let conn = match parse_target(url)? {
+        let target = parse_target(url)?;
+        let changes = Self::listen_for_changes(&target, key_prefix);
+        let conn = match target {
             Target::Single(client) => {
                 Conn::Single(ConnectionManager::new_lazy_with_config(client, manager_config()).map_err(map_err)?)
             }
-            Target::Cluster(client) => Conn::Cluster(client.get_pending_async_connection_with_config(cluster_config())),
+            Target::Cluster(client, _) => {
+                Conn::Cluster(client.get_pending_async_connection_with_config(cluster_config()))
+            }
         };
-        Ok(Self { conn, prefix: key_prefix.into() })
+        Ok(Self { conn, prefix: key_prefix.into(), changes })
+    }
+
+    /// The channel change notices travel on (per key prefix: deployments
+    /// sharing a Redis do not hear each other).
+    fn changes_channel(prefix: &str) -> String {
+        format!("{prefix}:changes")
+    }
+
+    fn listen_for_changes(target: &Target, prefix: &str) -> Arc<tokio::sync::broadcast::Sender<TenantId>> {
+        let tx = Arc::new(tokio::sync::broadcast::channel(256).0);
+        spawn_change_listener(target.pubsub_client(), Self::changes_channel(prefix), Arc::downgrade(&tx));
+        tx
     }
 
     /// Refuses a Redis that may evict keys: an evicted `deny:` entry would
@@ -673,6 +736,18 @@ impl TokenStore for RedisTokenStore {
         Ok(())
     }
 
+    async fn publish_change(&self, tenant: TenantId) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(Self::changes_channel(&self.prefix)).arg(tenant.to_string());
+        bounded(async move { cmd.query_async::<Value>(&mut conn).await }).await?;
+        Ok(())
+    }
+
+    fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<TenantId>> {
+        Some(self.changes.subscribe())
+    }
+
     async fn create_session(
         &self,
         tenant: TenantId,
@@ -910,7 +985,7 @@ mod tests {
             "redis+cluster://user:pw@h1:7000,h2:7001,h3:7002",
             "redis://h1:7000,redis://h2:7001",
         ] {
-            assert!(matches!(parse_target(cluster), Ok(Target::Cluster(_))), "{cluster}");
+            assert!(matches!(parse_target(cluster), Ok(Target::Cluster(..))), "{cluster}");
         }
     }
 

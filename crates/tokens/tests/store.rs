@@ -787,3 +787,28 @@ async fn redis_a_long_lived_session_forgets_its_expired_refresh_hashes() {
     assert!(s.revoke_session(t, rec.id, DENY).await.unwrap());
     assert_eq!(raw_keys(&format!("{}:{{{}}}:rt:*", fixture.prefix, t)).await, Vec::<String>::new());
 }
+
+/// A change announced through one connection reaches every store on the same
+/// prefix (another replica), and none on another prefix (another deployment).
+#[tokio::test]
+async fn redis_change_notices_reach_replicas_on_the_same_prefix_only() {
+    let prefix = format!("authd-test-{}", Uuid::new_v4().simple());
+    let a = RedisTokenStore::connect(&redis_url(), &prefix).await.unwrap();
+    let b = RedisTokenStore::connect(&redis_url(), &prefix).await.unwrap();
+    let other = RedisTokenStore::connect(&redis_url(), &format!("{prefix}-other")).await.unwrap();
+    let mut rx_b = b.subscribe_changes().expect("redis has a change channel");
+    let mut rx_other = other.subscribe_changes().unwrap();
+    let tenant = TenantId::new();
+    // The listeners subscribe in the background: announce until one arrives.
+    let mut got = None;
+    for _ in 0..50 {
+        a.publish_change(tenant).await.unwrap();
+        if let Ok(Ok(id)) = tokio::time::timeout(Duration::from_millis(100), rx_b.recv()).await {
+            got = Some(id);
+            break;
+        }
+    }
+    assert_eq!(got, Some(tenant));
+    assert!(rx_other.try_recv().is_err(), "another prefix hears nothing");
+    assert!(MemoryTokenStore::new().subscribe_changes().is_none());
+}

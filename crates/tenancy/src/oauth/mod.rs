@@ -326,6 +326,10 @@ impl TenantCtx<'_> {
         if let Some(sup) = self.rt.supervisor() {
             let _ = sup.cast(TenantMsg::Reload);
         }
+        // Other replicas reload now (Redis pub/sub), not at their next tick.
+        if let Err(e) = self.deps.tokens.publish_change(self.rt.id).await {
+            tracing::warn!(tenant = %self.rt.id, error = %e, "could not announce a provider change; replicas pick it up at their next reload");
+        }
         Ok(())
     }
 
