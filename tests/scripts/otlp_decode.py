@@ -3,7 +3,7 @@
 bodies, one file per argument) with the official opentelemetry-proto
 package and prints every span as one JSON object per line:
 
-    {"name", "trace_id", "span_id", "parent_span_id", "kind",
+    {"name", "trace_id", "span_id", "parent_span_id", "kind", "status",
      "attributes": {key: value}, "resource": {key: value}, "events": [name]}
 
 Ids are lower-case hex. Used by crates/authd/tests/observability.rs.
@@ -44,6 +44,7 @@ def main(paths):
                         "span_id": span.span_id.hex(),
                         "parent_span_id": span.parent_span_id.hex(),
                         "kind": span.kind,
+                        "status": span.status.code,
                         "attributes": attrs(span.attributes),
                         "events": [e.name for e in span.events],
                         "resource": resource,

@@ -872,3 +872,78 @@ async fn metrics_carry_tenant_labels_when_switched_on() {
         1.0
     );
 }
+
+/// A private Redis on a free port (the shared one must not be stopped).
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--maxmemory-policy", "noeviction"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by scripts/test.sh");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, port };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("private redis did not start");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_store_outage_shows_in_backend_error_metrics_and_error_spans() {
+    let mut redis = PrivateRedis::start();
+    let (endpoint, bodies) = otlp_receiver().await;
+    let mut env = production_env().await;
+    env.insert("REDIS_URL".into(), format!("redis://127.0.0.1:{}", redis.port));
+    env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint);
+    let mut server = Authd::spawn(&env);
+    let (slug, _) = server.tenant().await;
+    server.register(&slug, "outage@example.com").await;
+    server.login(&slug, "outage@example.com", PASSWORD).await;
+    let before = parse_metrics(&server.metrics().await);
+
+    redis.child.kill().unwrap();
+    redis.child.wait().unwrap();
+    let down = server.login_raw(&slug, "outage@example.com", PASSWORD).await;
+    assert_eq!(code(&down), Some("UNAVAILABLE"), "{down}");
+
+    let after = parse_metrics(&server.metrics().await);
+    let errors =
+        |m: &Value| sum(m, "authd_backend_errors", "authd_backend_errors_total", &[("backend", "token_store")]);
+    assert!(errors(&after) > errors(&before), "no token-store error counted");
+    let unavailable = [("operation", "login"), ("outcome", "unavailable")];
+    assert_eq!(sum(&after, "authd_graphql_requests", "authd_graphql_requests_total", &unavailable), 1.0);
+
+    // Shutting down with the token store gone still exits 0 and flushes.
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(15)).expect("authd exits with Redis down");
+    assert!(status.success(), "{status:?}");
+    let spans = decode_spans(&bodies.lock().clone());
+    let failed_op = spans
+        .iter()
+        .find(|s| s["name"] == "mutation login" && s["attributes"]["outcome"] == "unavailable")
+        .unwrap_or_else(|| panic!("no failed login span"));
+    assert_eq!(failed_op["status"], 2, "the operation span has an error status: {failed_op}");
+    let failed_call = spans.iter().find(|s| {
+        s["trace_id"] == failed_op["trace_id"] && s["name"].as_str().unwrap().starts_with("tokens.") && s["status"] == 2
+    });
+    assert!(failed_call.is_some(), "no token-store span with an error status in the failed login's trace");
+}

@@ -33,7 +33,10 @@ async fn call<T>(span: tracing::Span, fut: impl Future<Output = Result<T>>) -> R
     let r = fut.instrument(span.clone()).await;
     if let Err(e) = &r {
         crate::metrics::BACKEND_ERRORS.inc(&["token_store"]);
-        span.in_scope(|| tracing::warn!(error = %e, "token store call failed"));
+        // An error status on the span and a count, not a log line per call:
+        // during an outage every request fails the same way.
+        span.record("otel.status_code", "ERROR");
+        span.in_scope(|| tracing::debug!(error = %e, "token store call failed"));
     }
     r
 }
@@ -45,14 +48,20 @@ macro_rules! span {
         if tracing::Span::current().is_none() {
             tracing::Span::none()
         } else {
-            tracing::info_span!($name, otel.kind = "client", db.system = "redis")
+            tracing::info_span!($name, otel.kind = "client", otel.status_code = tracing::field::Empty, db.system = "redis")
         }
     };
     ($name:literal, $tenant:expr) => {
         if tracing::Span::current().is_none() {
             tracing::Span::none()
         } else {
-            tracing::info_span!($name, otel.kind = "client", db.system = "redis", tenant = %$tenant)
+            tracing::info_span!(
+                $name,
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                db.system = "redis",
+                tenant = %$tenant
+            )
         }
     };
 }
@@ -197,7 +206,8 @@ mod store {
         let r = fut.instrument(span.clone()).await;
         if let Err(e @ (Error::Unavailable(_) | Error::Internal(_))) = &r {
             crate::metrics::BACKEND_ERRORS.inc(&["store"]);
-            span.in_scope(|| tracing::warn!(error = %e, "storage call failed"));
+            span.record("otel.status_code", "ERROR");
+            span.in_scope(|| tracing::debug!(error = %e, "storage call failed"));
         }
         r
     }
@@ -208,14 +218,25 @@ mod store {
             if tracing::Span::current().is_none() {
                 tracing::Span::none()
             } else {
-                tracing::info_span!($name, otel.kind = "client", db.system = $self.system)
+                tracing::info_span!(
+                    $name,
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
+                    db.system = $self.system
+                )
             }
         };
         ($self:ident, $name:literal, $tenant:expr) => {
             if tracing::Span::current().is_none() {
                 tracing::Span::none()
             } else {
-                tracing::info_span!($name, otel.kind = "client", db.system = $self.system, tenant = %$tenant)
+                tracing::info_span!(
+                    $name,
+                    otel.kind = "client",
+                    otel.status_code = tracing::field::Empty,
+                    db.system = $self.system,
+                    tenant = %$tenant
+                )
             }
         };
     }
