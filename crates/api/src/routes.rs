@@ -44,10 +44,7 @@ pub fn public_router(state: AppState) -> Router {
             router.route("/graphql", get(platform_graphiql).post(platform_graphql)).route("/metrics", get(metrics));
     }
     let limit = state.config.max_body_bytes;
-    router
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(observe::http_metrics))
-        .with_state(state)
+    router.layer(DefaultBodyLimit::max(limit)).layer(axum::middleware::from_fn(observe::http_metrics)).with_state(state)
 }
 
 /// Routes of the admin listener: the platform API and `/metrics`.
