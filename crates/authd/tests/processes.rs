@@ -376,6 +376,9 @@ async fn a_provider_reconfigured_on_one_replica_is_used_by_the_other_within_a_se
     // The provider is a GitHub Enterprise base on loopback: nothing is
     // contacted, the authorization URL is built from the configuration.
     env.insert("AUTHD_PROVIDER_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
+    // The periodic reload is ten minutes away: only the change notice over
+    // Redis pub/sub can bring the new configuration in time.
+    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
     let a = Authd::spawn(&env);
     let b = Authd::spawn(&env);
     let (slug, _) = a.tenant().await;
