@@ -1210,3 +1210,29 @@ async fn github_linking(backend: Backend) {
     assert_eq!(events(&s, &t, &admin, "account.linked").await.len(), 1);
 }
 both!(github_unverified_email_is_not_linked, github_linking);
+
+/// Each start stores a state for 10 minutes: starts are limited per IP like
+/// login attempts (`loginPerIpPerMinute`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_social_logins_is_rate_limited_per_ip() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let set = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "mutation { updateTenantSettings(input: { rateLimits: { loginPerIpPerMinute: 3 } }) { audience } }",
+            json!({}),
+        )
+        .await;
+    assert!(set["errors"].is_null(), "{set}");
+    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    for _ in 0..3 {
+        assert!(start(&s, &t, "corp").await["errors"].is_null());
+    }
+    let limited = start(&s, &t, "corp").await;
+    assert_eq!(code(&limited), Some("RATE_LIMITED"), "{limited}");
+    assert!(limited["errors"][0]["extensions"]["retryAfter"].as_u64().unwrap() >= 1);
+}

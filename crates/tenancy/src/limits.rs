@@ -209,6 +209,14 @@ impl TenantCtx<'_> {
         }
     }
 
+    /// Before a social login starts (each start stores a state for 10
+    /// minutes): it counts as a login attempt from that IP.
+    pub(crate) async fn before_oauth_start(&self, meta: &RequestMeta) -> Result<()> {
+        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let key = format!("oauth-start-ip:{}", Self::ip(meta));
+        self.check(Limit::LoginPerIp, &key, p.login_per_ip_per_minute, MINUTE, meta).await
+    }
+
     pub(crate) async fn before_register(&self, meta: &RequestMeta) -> Result<()> {
         let p = self.rt.snapshot().record.settings.rate_limits.clone();
         let key = format!("register-ip:{}", Self::ip(meta));

@@ -376,7 +376,7 @@ impl TenantCtx<'_> {
         provider: &str,
         redirect_uri: &str,
         code_challenge: &str,
-        _meta: &RequestMeta,
+        meta: &RequestMeta,
     ) -> Result<String> {
         let record = self.provider_record(provider)?;
         // RFC 9700 §4.1.3: exact string match, no patterns, no prefixes.
@@ -386,6 +386,8 @@ impl TenantCtx<'_> {
         if !valid_challenge(code_challenge) {
             return Err(Error::bad_input("codeChallenge", "an S256 code challenge is 43 base64url characters"));
         }
+        // Every start stores a state: bounded per IP like login attempts.
+        self.before_oauth_start(meta).await?;
         let kind = ProviderKind::parse(&record.kind)?;
         let actor = self.provider_actor(provider).await?;
         let endpoints = self.endpoints(&actor).await?;
