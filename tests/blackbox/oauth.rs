@@ -1236,3 +1236,28 @@ async fn starting_social_logins_is_rate_limited_per_ip() {
     assert_eq!(code(&limited), Some("RATE_LIMITED"), "{limited}");
     assert!(limited["errors"][0]["extensions"]["retryAfter"].as_u64().unwrap() >= 1);
 }
+
+/// GOOGLE is OpenID Connect with Google's issuer preset (and its
+/// `email_verified` trusted); pointed at the test provider it runs the same flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_kind_is_an_oidc_preset() {
+    let s = server(Backend::Embedded).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, true).await;
+    s.register(&t.slug, "gina@example.com", "gina's long passphrase").await;
+    let accounts = json!({ "gina": { "email": "gina@example.com", "email_verified": true } });
+    let op = OidcProvider::start(&[callback(&s, &t, "google")], "normal", accounts).await;
+    let body = upsert(
+        &s,
+        &t,
+        &admin,
+        json!({ "name": "google", "kind": "GOOGLE", "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "issuer": op.issuer }),
+    )
+    .await;
+    assert_eq!(body["data"]["upsertOAuthProvider"]["trustEmailVerified"], true, "{body}");
+    let app = login_via(&s, &t, "google", "gina").await;
+    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
+    // Trusted and verified, and the tenant links by email: Gina's account.
+    assert_eq!(body["data"]["exchangeLoginCode"]["user"]["email"], "gina@example.com", "{body}");
+    assert_eq!(events(&s, &t, &admin, "account.linked").await.len(), 1);
+}
