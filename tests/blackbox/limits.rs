@@ -282,18 +282,22 @@ struct PrivateRedis {
 impl PrivateRedis {
     fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--maxmemory-policy", "noeviction"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed by scripts/test.sh");
+        let mut redis = Self {
+            child: std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--maxmemory-policy", "noeviction"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed by scripts/test.sh"),
+            port,
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, port };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = redis.child.kill();
         panic!("private redis did not start");
     }
 }
