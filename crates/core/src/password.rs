@@ -73,7 +73,8 @@ pub fn hash_password(params: &Argon2Params, password: &str) -> Result<String> {
             argon2::password_hash::phc::Salt::new(&salt).map_err(|e| Error::internal(format!("argon2 salt: {e}")))?,
         ),
         hash: Some(
-            argon2::password_hash::phc::Output::new(&out).map_err(|e| Error::internal(format!("argon2 output: {e}")))?,
+            argon2::password_hash::phc::Output::new(&out)
+                .map_err(|e| Error::internal(format!("argon2 output: {e}")))?,
         ),
     };
     Ok(phc.to_string())
