@@ -19,4 +19,5 @@ mod rls;
 mod schema;
 mod smoke;
 mod supervision;
+mod tls;
 mod tokens;

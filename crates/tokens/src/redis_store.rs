@@ -11,9 +11,8 @@
 //!   Cluster. Bare `host:port` entries after the first inherit its scheme
 //!   and credentials.
 //!
-//! `rediss://` (TLS) is parsed the same way but needs a TLS feature of the
-//! `redis` crate (`tokio-rustls-comp`), which the workspace does not enable
-//! yet; until it does, such a URL is refused with [`Error::Misconfigured`].
+//! `rediss://` (and `rediss+cluster://`) connect over TLS (rustls with the
+//! webpki roots), verifying the server's certificate.
 //!
 //! Every call is bounded: one TCP connect attempt waits at most
 //! [`CONNECT_TIMEOUT`], and a whole operation (reconnection included) at most
@@ -977,9 +976,9 @@ mod tests {
     fn a_single_url_is_one_node_and_a_list_is_a_cluster() {
         assert!(matches!(parse_target("redis://127.0.0.1:6379/2"), Ok(Target::Single(_))));
         assert!(matches!(parse_target(" redis://h:6380 "), Ok(Target::Single(_))));
-        // TLS needs a TLS feature of the `redis` crate, which the workspace
-        // does not enable: refused at start-up rather than sent in clear.
-        assert!(matches!(parse_target("rediss://h:6380"), Err(Error::Misconfigured(_))));
+        // TLS (rustls, webpki roots).
+        assert!(matches!(parse_target("rediss://h:6380"), Ok(Target::Single(_))));
+        assert!(matches!(parse_target("rediss+cluster://h1:7000,h2:7001"), Ok(Target::Cluster(..))));
         for cluster in [
             "redis+cluster://h1:7000",
             "redis+cluster://user:pw@h1:7000,h2:7001,h3:7002",
