@@ -9,6 +9,7 @@
 //! - [`routes`]: the router: public and admin listeners, health, JWKS and discovery, GraphiQL.
 //! - [`graphql`]: request hygiene (JSON POST only, no batching, size/depth/complexity/alias limits) and execution.
 //! - [`errors`]: the one mapping from domain errors to GraphQL errors.
+//! - [`cursor`]: opaque Relay cursors shared by both schemas.
 //! - [`client`]: client IP (trusted proxies), request ids, cookies and CORS.
 //! - [`observe`]: the span of each GraphQL operation (W3C trace context), request metrics, `/metrics`.
 //! - [`tenant_schema`], [`tenant_mfa`], [`tenant_oauth`] and [`platform_schema`]: the GraphQL types and resolvers.
@@ -16,6 +17,7 @@
 
 pub mod assets;
 pub mod client;
+pub mod cursor;
 pub mod errors;
 pub mod graphql;
 pub mod observe;

@@ -7,7 +7,6 @@ use authd_core::{Error, TenantId};
 use authd_store::{PlatformEvent, TenantRecord};
 use authd_tenancy::audit::RequestMeta;
 use authd_tenancy::{CreateTenant, Platform};
-use base64::Engine;
 use chrono::{DateTime, Utc};
 
 use crate::errors::GqlResult;
@@ -105,18 +104,6 @@ pub struct CreateTenantInput {
     admin_password: String,
 }
 
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-}
-
-fn unb64(s: &str) -> std::result::Result<String, Error> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| Error::bad_input("after", "not a cursor from this API"))
-}
-
 pub struct PlatformQuery;
 
 #[Object(name = "Query")]
@@ -132,7 +119,7 @@ impl PlatformQuery {
         let limit = page_size(first, 50)?;
         let after = match after {
             Some(c) => Some(
-                unb64(&c)
+                crate::cursor::decode(&c)
                     .and_then(|s| {
                         s.parse::<TenantId>().map_err(|_| Error::bad_input("after", "not a cursor from this API"))
                     })
@@ -144,7 +131,8 @@ impl PlatformQuery {
         let has_next = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(rows.into_iter().map(|t| Edge::new(b64(&t.id.to_string()), tenant_out(r, t))));
+        conn.edges
+            .extend(rows.into_iter().map(|t| Edge::new(crate::cursor::encode(&t.id.to_string()), tenant_out(r, t))));
         Ok(conn)
     }
 
@@ -163,13 +151,13 @@ impl PlatformQuery {
     ) -> Result<Connection<String, AuditEvent>> {
         let r = req(ctx)?;
         let limit = page_size(first, 50)?;
-        let cursor = after.as_deref().map(crate::tenant_schema::parse_event_cursor).transpose().gql()?;
+        let cursor = after.as_deref().map(crate::cursor::parse_event).transpose().gql()?;
         let mut rows = r.platform.platform_events(cursor, limit + 1).await.gql()?;
         let has_next = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let mut conn = Connection::new(cursor.is_some(), has_next);
         conn.edges.extend(rows.into_iter().map(|e| {
-            let cursor = b64(&format!("{}|{}", e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), e.id));
+            let cursor = crate::cursor::event(e.at, e.id);
             Edge::new(cursor, AuditEvent(e))
         }));
         Ok(conn)

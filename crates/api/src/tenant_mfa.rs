@@ -5,7 +5,7 @@ use async_graphql::{Context, InputObject, Object, Result, SimpleObject};
 use authd_core::Error;
 
 use crate::errors::{GqlResult, to_graphql};
-use crate::tenant_schema::{AuthTokens, TenantRequest};
+use crate::tenant_schema::{AuthTokens, req};
 
 #[derive(SimpleObject)]
 pub struct TotpEnrollment {
@@ -28,10 +28,6 @@ pub struct VerifyMfaInput {
     challenge_id: String,
     /// A current TOTP code or an unused recovery code.
     code: String,
-}
-
-fn req<'a>(ctx: &'a Context<'_>) -> Result<&'a TenantRequest> {
-    ctx.data::<std::sync::Arc<TenantRequest>>().map(|r| &**r)
 }
 
 #[derive(Default)]

@@ -8,11 +8,7 @@ use authd_tenancy::oauth::{ProviderInput, ProviderKind};
 use chrono::{DateTime, Utc};
 
 use crate::errors::GqlResult;
-use crate::tenant_schema::{LoginResult, TenantRequest};
-
-fn req<'a>(ctx: &'a Context<'_>) -> Result<&'a TenantRequest> {
-    ctx.data::<std::sync::Arc<TenantRequest>>().map(|r| &**r)
-}
+use crate::tenant_schema::{LoginResult, req};
 
 /// Pinned names (API.md): `GOOGLE`, `GITHUB`, `OIDC`.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]

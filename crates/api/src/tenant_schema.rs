@@ -14,7 +14,6 @@ use authd_tenancy::auth::{IssuedTokens, LoginOutcome, Principal, TenantCtx};
 use authd_tenancy::keyset::KeyInfo;
 use authd_tenancy::{Deps, TenantRuntime};
 use axum::http::HeaderValue;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
@@ -179,7 +178,8 @@ impl TenantRequest {
     }
 }
 
-fn req<'a>(ctx: &'a Context<'_>) -> Result<&'a TenantRequest> {
+/// The request's context, put there by the route (all tenant resolvers use it).
+pub(crate) fn req<'a>(ctx: &'a Context<'_>) -> Result<&'a TenantRequest> {
     ctx.data::<Arc<TenantRequest>>().map(|r| &**r)
 }
 
@@ -554,33 +554,6 @@ pub struct LoginInput {
     password: String,
 }
 
-// ------------------------------------------------------------------ cursors
-
-fn encode_cursor(s: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-}
-
-fn decode_cursor(field: &str, c: &str) -> std::result::Result<String, Error> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| Error::bad_input(field, "not a cursor from this API"))
-}
-
-/// Event cursors: `<rfc3339 micros>|<id>`.
-pub fn event_cursor(e: &AuditRecord) -> String {
-    encode_cursor(&format!("{}|{}", e.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), e.id))
-}
-
-pub fn parse_event_cursor(c: &str) -> std::result::Result<authd_store::EventCursor, Error> {
-    let raw = decode_cursor("after", c)?;
-    let bad = || Error::bad_input("after", "not a cursor from this API");
-    let (at, id) = raw.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);
-    Ok((at, id.parse().map_err(|_| bad())?))
-}
-
 // ------------------------------------------------------------------ query
 
 #[derive(Default)]
@@ -625,7 +598,7 @@ impl TenantQuery {
         let limit = page_size(first, 50)?;
         let after = match after {
             Some(c) => Some(
-                decode_cursor("after", &c)
+                crate::cursor::decode(&c)
                     .and_then(|s| s.parse::<UserId>())
                     .map_err(|_| Error::bad_input("after", "not a cursor from this API"))
                     .gql()?,
@@ -637,7 +610,8 @@ impl TenantQuery {
         let has_next = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let mut conn = Connection::new(after.is_some(), has_next);
-        conn.edges.extend(rows.into_iter().map(|u| Edge::new(encode_cursor(&u.id.to_string()), User::of(u, true))));
+        conn.edges
+            .extend(rows.into_iter().map(|u| Edge::new(crate::cursor::encode(&u.id.to_string()), User::of(u, true))));
         Ok(conn)
     }
 
@@ -663,7 +637,7 @@ impl TenantQuery {
     ) -> Result<Connection<String, AuditEvent>> {
         let r = req(ctx)?;
         let limit = page_size(first, 50)?;
-        let cursor = after.as_deref().map(parse_event_cursor).transpose().gql()?;
+        let cursor = after.as_deref().map(crate::cursor::parse_event).transpose().gql()?;
         let user_id = match user_id {
             Some(id) => Some(id.parse::<UserId>().map_err(|_| Error::bad_input("userId", "not a user id")).gql()?),
             None => None,
@@ -676,7 +650,7 @@ impl TenantQuery {
         let has_next = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let mut conn = Connection::new(cursor.is_some(), has_next);
-        conn.edges.extend(rows.into_iter().map(|e| Edge::new(event_cursor(&e), AuditEvent(e))));
+        conn.edges.extend(rows.into_iter().map(|e| Edge::new(crate::cursor::event(e.at, e.id), AuditEvent(e))));
         Ok(conn)
     }
 }

@@ -125,7 +125,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// attempts are spaced out.
 const FAILURE_BURST: u32 = 5;
 
-fn whole_seconds(ms: u64) -> u64 {
+/// `Retry-After` is whole seconds, rounded up, at least 1.
+pub(crate) fn whole_seconds(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
 }
 

@@ -143,7 +143,8 @@ impl TenantRuntime {
                 use governor::clock::Clock;
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
                 crate::metrics::RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
-                Err(authd_core::Error::RateLimited { retry_after: wait.as_millis().div_ceil(1000).max(1) as u64 })
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                Err(authd_core::Error::RateLimited { retry_after: crate::limits::whole_seconds(ms) })
             }
         }
     }
