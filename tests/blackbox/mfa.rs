@@ -376,3 +376,99 @@ async fn enrollment_refused_while_on_and_needs_password(backend: Backend) {
     assert_eq!(code(&again), Some("BAD_USER_INPUT"), "{again}");
 }
 both!(enrollment_needs_the_password_and_is_refused_while_totp_is_on, enrollment_refused_while_on_and_needs_password);
+
+// ------------------------------------------------------------------ re-checks are limited
+
+async fn set_rate_limits(s: &TestServer, t: &Tenant, limits: Value) {
+    let (admin, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+    let body = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "mutation($r: RateLimitPolicyInput!) { updateTenantSettings(input: { rateLimits: $r }) { passwordMinLength } }",
+            json!({ "r": limits }),
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+}
+
+/// One request with `n` aliases of `field` (a burst that a per-request limit
+/// would not see); returns the error codes in order.
+async fn alias_burst(s: &TestServer, t: &Tenant, token: &str, n: usize, field: &str) -> Vec<String> {
+    let doc: String = (0..n).map(|i| format!("a{i}: {field} ")).collect();
+    let body = s.gql(&t.slug, Some(token), &format!("mutation {{ {doc} }}"), json!({})).await;
+    body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|e| e["extensions"]["code"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+async fn rechecks_count_against_the_limits(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant().await;
+    set_rate_limits(&s, &t, json!({ "mfaAttemptsPerAccountPer15Minutes": 5, "failedLoginsPerAccountPerHour": 4 }))
+        .await;
+    let u = enrolled_user(&s, &t).await;
+    let c = challenge(&s, &t, &u).await;
+    let ok = verify(&s, &t, &c, &u.recovery[0]).await;
+    let token = ok["data"]["verifyMfa"]["accessToken"].as_str().unwrap_or_else(|| panic!("{ok}")).to_owned();
+
+    // 30 guesses of a TOTP code in one request: the account's MFA attempts
+    // run out (verifyMfa already used one), the rest are refused unchecked.
+    let codes = alias_burst(&s, &t, &token, 30, r#"regenerateRecoveryCodes(code: "000000") { codes }"#).await;
+    assert_eq!(codes.len(), 30, "{codes:?}");
+    let refused = codes.iter().filter(|c| *c == "RATE_LIMITED").count();
+    assert!(refused >= 26, "at most 4 guesses are checked: {codes:?}");
+    assert!(codes.iter().all(|c| c == "RATE_LIMITED" || c == "MFA_INVALID"), "{codes:?}");
+    // Even the right code is refused now: the limit holds, not the guess.
+    fresh_step().await;
+    let right = pyotp(&u.secret, now()).await;
+    let body = s
+        .gql(
+            &t.slug,
+            Some(&token),
+            "mutation($c: String!) { regenerateRecoveryCodes(code: $c) { codes } }",
+            json!({ "c": right }),
+        )
+        .await;
+    assert_eq!(code(&body), Some("RATE_LIMITED"), "{body}");
+    assert!(body["errors"][0]["extensions"]["retryAfter"].as_u64().is_some(), "{body}");
+    let disable = s
+        .gql(
+            &t.slug,
+            Some(&token),
+            "mutation($p: String!, $c: String!) { disableTotp(password: $p, code: $c) }",
+            json!({ "p": u.password, "c": right }),
+        )
+        .await;
+    assert_eq!(code(&disable), Some("RATE_LIMITED"), "{disable}");
+
+    // Password re-checks count as failed logins of the account: guessing the
+    // password through beginTotpEnrollment locks login out too.
+    let email = format!("p{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let password = "the real passphrase";
+    s.register(&t.slug, &email, password).await;
+    let (victim, _) = s.login(&t.slug, &email, password).await;
+    let codes =
+        alias_burst(&s, &t, &victim, 12, r#"beginTotpEnrollment(password: "a guessed password") { secret }"#).await;
+    assert!(codes.iter().any(|c| c == "RATE_LIMITED"), "{codes:?}");
+    assert!(codes.iter().filter(|c| *c == "INVALID_CREDENTIALS").count() <= 4, "{codes:?}");
+    let login = s.login_raw(&t.slug, &email, password).await;
+    assert_eq!(code(&login), Some("RATE_LIMITED"), "the account's failed logins are shared: {login}");
+}
+both!(mfa_and_password_rechecks_count_against_the_accounts_limits, rechecks_count_against_the_limits);
+
+async fn password_is_required_for_enrollment_when_the_user_has_one(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant().await;
+    let (token, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+    let body = s.gql(&t.slug, Some(&token), "mutation { beginTotpEnrollment { secret } }", json!({})).await;
+    assert_eq!(code(&body), Some("BAD_USER_INPUT"), "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "password", "{body}");
+}
+both!(
+    enrollment_without_a_password_is_refused_for_password_users,
+    password_is_required_for_enrollment_when_the_user_has_one
+);

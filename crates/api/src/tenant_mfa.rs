@@ -43,12 +43,13 @@ impl MfaMutation {
         Ok(r.auth_tokens(tokens))
     }
 
-    /// Starts TOTP enrollment for the signed-in user (re-authenticated by the
-    /// password). Nothing changes until `confirmTotpEnrollment`.
-    async fn begin_totp_enrollment(&self, ctx: &Context<'_>, password: String) -> Result<TotpEnrollment> {
+    /// Starts TOTP enrollment for the signed-in user, re-authenticated by the
+    /// password, or (a user without one) by a sign-in of the last 5 minutes.
+    /// Nothing changes until `confirmTotpEnrollment`.
+    async fn begin_totp_enrollment(&self, ctx: &Context<'_>, password: Option<String>) -> Result<TotpEnrollment> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        let e = r.tenant().begin_totp_enrollment(&p, &password).await.gql()?;
+        let e = r.tenant().begin_totp_enrollment(&p, password.as_deref(), &r.meta).await.gql()?;
         Ok(TotpEnrollment { secret: e.secret_base32, otpauth_uri: e.otpauth_uri, qr_svg: e.qr_svg })
     }
 

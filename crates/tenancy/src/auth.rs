@@ -8,7 +8,7 @@ use std::time::Duration;
 use authd_core::claims::AccessClaims;
 use authd_core::email::Email;
 use authd_core::password::{self, MAX_PASSWORD_BYTES, PasswordPolicy};
-use authd_core::settings::{MAX_ACCESS_TOKEN_MINUTES, Role};
+use authd_core::settings::Role;
 use authd_core::{Error, Result, SessionId, UserId, crypto};
 use authd_store::{NewUser, UserChange, UserRecord};
 use authd_tokens::{RotateOutcome, SessionRecord};
@@ -22,9 +22,10 @@ use crate::{Deps, metrics};
 /// Keyed-hash purpose of refresh tokens.
 const REFRESH_PURPOSE: &str = "refresh-token";
 
-/// Deny entries outlive the longest access token any tenant may issue.
+/// Deny entries outlive the longest access token any tenant may issue (the
+/// same lifetime as a reuse revocation's, [`authd_tokens::REUSE_DENY_TTL`]).
 pub fn deny_ttl() -> Duration {
-    Duration::from_secs(u64::from(MAX_ACCESS_TOKEN_MINUTES) * 60 + 300)
+    authd_tokens::REUSE_DENY_TTL
 }
 
 /// A verified caller.

@@ -29,6 +29,8 @@ const CHALLENGE_KIND: &str = "mfa";
 const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 const MAX_WRONG_CODES: u32 = 5;
 const RECOVERY_CODE_COUNT: usize = 10;
+/// How recent a sign-in re-authenticates a user who has no password.
+pub const REAUTH_WINDOW: Duration = Duration::from_secs(300);
 
 /// What `beginTotpEnrollment` returns (the only time the secret is shown).
 pub struct Enrollment {
@@ -179,14 +181,69 @@ impl TenantCtx<'_> {
         Ok(tokens)
     }
 
-    /// Starts an enrollment (re-authenticated by the password). Refused
-    /// while TOTP is on: disable it first.
-    pub async fn begin_totp_enrollment(&self, p: &Principal, password: &str) -> Result<Enrollment> {
+    /// Re-checks the password of a signed-in user for a sensitive change.
+    /// It counts against the account's failed logins exactly like `login`
+    /// (the same per-IP, burst and per-account limits, refunded on success),
+    /// so a stolen access token cannot be used to guess the password.
+    async fn recheck_password(&self, user: &UserRecord, password: &str, meta: &RequestMeta) -> Result<()> {
+        let account = crate::limits::account_key(self, user.email.as_deref().unwrap_or(&user.id.to_string()));
+        self.before_login(&account, meta).await?;
+        match self.check_password(user, password).await {
+            Ok(()) => {
+                self.login_succeeded(&account, meta).await;
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::InvalidCredentials) {
+                    self.deps.audit.record(
+                        self.rt.id,
+                        audit::event(
+                            kinds::LOGIN_FAILED,
+                            meta,
+                            Some(user.id),
+                            Some(user.id),
+                            Some(serde_json::json!({ "reason": "wrong_password", "reauthentication": true })),
+                        ),
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts an enrollment. Re-authentication is the password, or, for a
+    /// user without one (social login), a sign-in of the last
+    /// [`REAUTH_WINDOW`]: the session's creation time, which a refresh never
+    /// moves. Refused while TOTP is on: disable it first.
+    pub async fn begin_totp_enrollment(
+        &self,
+        p: &Principal,
+        password: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<Enrollment> {
         let user = self.me(p).await?;
         if user.totp_enabled {
             return Err(Error::bad_input_msg(None, "two-factor authentication is already on; disable it first"));
         }
-        self.check_password(&user, password).await?;
+        self.before_mfa(user.id, meta).await?;
+        match password {
+            Some(password) => self.recheck_password(&user, password, meta).await?,
+            None if user.password_hash.is_some() => {
+                return Err(Error::bad_input("password", "give the account's password to enroll"));
+            }
+            None => {
+                let session = self.deps.tokens.get_session(self.rt.id, p.session).await?;
+                let signed_in_at = session.map(|s| s.created_at).unwrap_or(0);
+                let age = Utc::now().timestamp().saturating_sub(signed_in_at);
+                let window = i64::try_from(REAUTH_WINDOW.as_secs()).unwrap_or(300);
+                if age > window {
+                    return Err(Error::bad_input(
+                        "password",
+                        "re-authenticate: give the password, or sign in again and enroll within 5 minutes",
+                    ));
+                }
+            }
+        }
         let secret = TotpSecret::generate();
         let (row, purpose) = self.seal_ctx(user.id);
         let sealed = self.deps.keyring.seal(secret.as_bytes(), &SealContext { tenant: self.rt.id, purpose, row: &row });
@@ -223,7 +280,8 @@ impl TenantCtx<'_> {
         if !user.totp_enabled {
             return Err(Error::MfaInvalid);
         }
-        self.check_password(&user, password).await?;
+        self.before_mfa(user.id, meta).await?;
+        self.recheck_password(&user, password, meta).await?;
         if self.accept_second_factor(&user, code, meta).await?.is_none() {
             return Err(Error::MfaInvalid);
         }
@@ -243,6 +301,7 @@ impl TenantCtx<'_> {
         meta: &RequestMeta,
     ) -> Result<Vec<String>> {
         let user = self.me(p).await?;
+        self.before_mfa(user.id, meta).await?;
         let code = totp::parse_code(code)?;
         if !self.accept_totp(&user, code, meta).await? {
             return Err(Error::MfaInvalid);

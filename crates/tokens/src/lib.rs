@@ -38,9 +38,12 @@ pub use redis_store::RedisTokenStore;
 /// How long a session revoked for refresh-token reuse stays on the deny list.
 /// [`TokenStore::rotate_refresh`] has no `deny_ttl` parameter, so both
 /// backends use the longest access-token lifetime a tenant may configure
-/// (API.md: 1 to 60 minutes): no access token of the stolen family outlives
+/// (1 to 60 minutes), plus the verifier's expiry leeway and a margin for
+/// clock skew between replicas: no access token of the stolen family outlives
 /// its deny entry.
-pub const REUSE_DENY_TTL: Duration = Duration::from_secs(60 * 60);
+pub const REUSE_DENY_TTL: Duration = Duration::from_secs(
+    authd_core::settings::MAX_ACCESS_TOKEN_MINUTES as u64 * 60 + authd_core::keys::EXP_LEEWAY_SECONDS as u64 + 300,
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -245,4 +248,17 @@ const MAX_TTL_MS: u64 = 1 << 50;
 /// A TTL in whole milliseconds, at least one (Redis refuses `PX 0`).
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::REUSE_DENY_TTL;
+    use authd_core::keys::EXP_LEEWAY_SECONDS;
+    use authd_core::settings::MAX_ACCESS_TOKEN_MINUTES;
+
+    #[test]
+    fn a_reuse_revocation_outlives_the_longest_access_token_and_its_leeway() {
+        let longest = u64::from(MAX_ACCESS_TOKEN_MINUTES) * 60 + EXP_LEEWAY_SECONDS.unsigned_abs();
+        assert!(REUSE_DENY_TTL.as_secs() > longest, "{REUSE_DENY_TTL:?} vs {longest}s");
+    }
 }
