@@ -325,11 +325,13 @@ async fn oidc_login_end_to_end(backend: Backend) {
     let body = exchange(&s, &t, &code_, APP_VERIFIER).await;
     let tokens = &body["data"]["exchangeLoginCode"];
     assert_eq!(tokens["__typename"], "AuthTokens", "{body}");
-    assert_eq!(tokens["user"]["email"], "alice@example.com");
+    // A provider not trusted for `email_verified` proves no address: the
+    // account has none (the claim stays on the identity).
+    assert!(tokens["user"]["email"].is_null(), "{body}");
     let access = tokens["accessToken"].as_str().unwrap();
     assert_eq!(claims(access)["amr"], json!(["fed"]));
     let me = s.gql(&t.slug, Some(access), "{ me { id email role } }", json!({})).await;
-    assert_eq!(me["data"]["me"]["email"], "alice@example.com");
+    assert!(me["data"]["me"]["email"].is_null(), "{me}");
     assert_eq!(me["data"]["me"]["role"], "USER");
     let first_id = me["data"]["me"]["id"].clone();
 
@@ -609,40 +611,116 @@ async fn provider_down_timeout_is_unavailable() {
 
 // ------------------------------------------------------------------ account linking
 
+async fn sign_in(s: &TestServer, t: &Tenant, provider: &str, login: &str) -> Value {
+    let app = login_via(s, t, provider, login).await;
+    let Some(code_) = param(&app, "code") else {
+        let admin = s.login(&t.slug, &t.admin_email, &t.admin_password).await.0;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        panic!("{app}: {:?}", events(s, t, &admin, "oauth.callback_rejected").await);
+    };
+    let body = exchange(s, t, &code_, APP_VERIFIER).await;
+    assert_eq!(body["data"]["exchangeLoginCode"]["__typename"], "AuthTokens", "{body}");
+    body["data"]["exchangeLoginCode"].clone()
+}
+
+async fn me_of(s: &TestServer, t: &Tenant, token: &str) -> Value {
+    let body = s.gql(&t.slug, Some(token), "{ me { id email emailVerified } }", json!({})).await;
+    body["data"]["me"].clone()
+}
+
 async fn linking(backend: Backend) {
     let s = server(backend).await;
     let t = s.tenant().await;
     let admin = admin(&s, &t, true).await;
-    s.register(&t.slug, "carol@example.com", "carol's long passphrase").await;
     s.register(&t.slug, "dave@example.com", "dave's long passphrase").await;
     let accounts = json!({
-        "carol": { "email": "carol@example.com", "email_verified": true },
         "dave": { "email": "dave@example.com", "email_verified": false },
+        "frank": { "email": "frank@example.com", "email_verified": true },
+        "grace": { "email": "grace@example.com", "email_verified": false },
     });
-    let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", accounts).await;
+    let op = OidcProvider::start(&[callback(&s, &t, "corp"), callback(&s, &t, "other")], "normal", accounts).await;
     configure_oidc(&s, &t, &admin, "corp", &op.issuer, Some(true)).await;
+    configure_oidc(&s, &t, &admin, "other", &op.issuer, Some(true)).await;
 
     // Unverified email: never linked; a new user without the taken address.
-    let app = login_via(&s, &t, "corp", "dave").await;
-    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
-    let user = &body["data"]["exchangeLoginCode"]["user"];
-    assert!(user["email"].is_null(), "{body}");
+    let user = sign_in(&s, &t, "corp", "dave").await["user"].clone();
+    assert!(user["email"].is_null(), "{user}");
     let (dave_token, _) = s.login(&t.slug, "dave@example.com", "dave's long passphrase").await;
-    let dave = s.gql(&t.slug, Some(&dave_token), "{ me { id } }", json!({})).await;
-    assert_ne!(dave["data"]["me"]["id"], user["id"], "the password account was not taken over");
-    assert!(events(&s, &t, &admin, "account.linked").await.is_empty());
+    let dave = me_of(&s, &t, &dave_token).await;
+    assert_ne!(dave["id"], user["id"], "the password account was not taken over");
+    assert_eq!(dave["emailVerified"], false);
 
-    // Verified by a trusted provider, and the tenant links by email: linked.
-    let app = login_via(&s, &t, "corp", "carol").await;
-    let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
-    let (carol_token, _) = s.login(&t.slug, "carol@example.com", "carol's long passphrase").await;
-    let carol = s.gql(&t.slug, Some(&carol_token), "{ me { id } }", json!({})).await;
-    assert_eq!(body["data"]["exchangeLoginCode"]["user"]["id"], carol["data"]["me"]["id"], "{body}");
+    // An unverified address that nobody has is not given to the new account
+    // either: it would block (or claim) the address's real owner.
+    let grace = sign_in(&s, &t, "corp", "grace").await;
+    assert!(grace["user"]["email"].is_null(), "{grace}");
+    let taken = s.register(&t.slug, "grace@example.com", "grace's long passphrase").await;
+    assert!(taken["errors"].is_null(), "the address stays free for its owner: {taken}");
+
+    // Verified by a trusted provider: the new account has the proven email…
+    let frank = sign_in(&s, &t, "corp", "frank").await;
+    let frank_me = me_of(&s, &t, frank["accessToken"].as_str().unwrap()).await;
+    assert_eq!(frank_me["email"], "frank@example.com");
+    assert_eq!(frank_me["emailVerified"], true, "{frank_me}");
+    // …and another provider asserting the same proven email links into it.
+    let again = sign_in(&s, &t, "other", "frank").await;
+    assert_eq!(again["user"]["id"], frank_me["id"], "{again}");
     let linked = events(&s, &t, &admin, "account.linked").await;
-    assert_eq!(linked.len(), 1);
-    assert_eq!(linked[0]["subjectId"], carol["data"]["me"]["id"]);
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(linked[0]["subjectId"], frank_me["id"]);
 }
 both!(unverified_email_is_not_linked_and_verified_is, linking);
+
+/// Account pre-hijacking: an attacker registers the victim's address with a
+/// password before the victim ever signs in. The victim's later social login
+/// (email verified by a trusted provider) must not enter the attacker's
+/// account, and the attacker's password must not open the victim's.
+async fn pre_hijack(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, true).await;
+    s.register(&t.slug, "victim@example.com", "attacker's passphrase").await;
+    let accounts = json!({ "victim": { "email": "victim@example.com", "email_verified": true } });
+    let op = OidcProvider::start(&[callback(&s, &t, "google")], "normal", accounts).await;
+    configure_oidc(&s, &t, &admin, "google", &op.issuer, Some(true)).await;
+    let victim = sign_in(&s, &t, "google", "victim").await;
+    let (attacker_token, _) = s.login(&t.slug, "victim@example.com", "attacker's passphrase").await;
+    let attacker = me_of(&s, &t, &attacker_token).await;
+    assert_ne!(victim["user"]["id"], attacker["id"], "one account for two people");
+    assert!(victim["user"]["email"].is_null(), "{victim}");
+    assert!(events(&s, &t, &admin, "account.linked").await.is_empty());
+    // The victim's next sign-in lands in the same (their own) account.
+    let next = sign_in(&s, &t, "google", "victim").await;
+    assert_eq!(next["user"]["id"], victim["user"]["id"]);
+}
+both!(a_password_account_registered_first_is_never_entered_by_social_login, pre_hijack);
+
+/// Identities belong to the issuer: a provider re-pointed to another issuer
+/// whose user has the same `sub` gets a new account, not the old one's.
+async fn repointed_provider(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t, false).await;
+    let accounts = json!({ "1001": { "email": "first@example.com", "email_verified": true } });
+    let first = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", accounts.clone()).await;
+    configure_oidc(&s, &t, &admin, "corp", &first.issuer, Some(true)).await;
+    let old = sign_in(&s, &t, "corp", "1001").await;
+    assert_eq!(sign_in(&s, &t, "corp", "1001").await["user"]["id"], old["user"]["id"], "same issuer, same account");
+    let second = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", accounts).await;
+    assert_ne!(first.issuer, second.issuer);
+    configure_oidc(&s, &t, &admin, "corp", &second.issuer, Some(true)).await;
+    // The provider's actor takes the new configuration asynchronously.
+    for _ in 0..100 {
+        if start_url(&s, &t, "corp").await.starts_with(&second.issuer) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let new = sign_in(&s, &t, "corp", "1001").await;
+    assert_ne!(new["user"]["id"], old["user"]["id"], "a colliding sub of another issuer is another person");
+    assert!(new["user"]["email"].is_null(), "the old account keeps its address: {new}");
+}
+both!(a_provider_repointed_to_another_issuer_never_matches_old_identities, repointed_provider);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_provider_never_links_even_verified_email() {
@@ -875,7 +953,7 @@ async fn oidc_login_works_in_headless_chromium() {
         .await;
     assert!(set["errors"].is_null(), "{set}");
     let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
-    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, Some(true)).await;
     let body = s.gql(&t.slug, None, START, json!({ "p": "corp", "r": app_url, "c": APP_CHALLENGE })).await;
     let url = body["data"]["startOAuthLogin"]["authorizationUrl"].as_str().unwrap_or_else(|| panic!("{body}"));
 
@@ -902,16 +980,43 @@ async fn oidc_login_works_in_headless_chromium() {
 
 // ------------------------------------------------------------------ second factor
 
-/// A social login never skips TOTP: the exchange answers an MFA challenge,
-/// and the tokens after it say `["fed","otp"]`.
+/// A social login never skips TOTP: a social-only user enrolls without a
+/// password (a sign-in of the last 5 minutes re-authenticates), and the next
+/// exchange answers an MFA challenge whose tokens say `["fed","otp"]`.
 async fn social_login_with_totp(backend: Backend) {
     let s = server(backend).await;
     let t = s.tenant().await;
     let admin = admin(&s, &t, true).await;
-    let user = crate::mfa::enrolled_user(&s, &t).await;
-    let accounts = json!({ "totp-user": { "email": user.email, "email_verified": true } });
+    let accounts = json!({ "totp-user": { "email": "totp-social@example.com", "email_verified": true } });
     let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", accounts).await;
     configure_oidc(&s, &t, &admin, "corp", &op.issuer, Some(true)).await;
+    let first = sign_in(&s, &t, "corp", "totp-user").await;
+    let token = first["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(claims(&token)["amr"], json!(["fed"]));
+    // No password to give: the fresh sign-in is the re-authentication.
+    let with_password = s
+        .gql(&t.slug, Some(&token), "mutation { beginTotpEnrollment(password: \"guess\") { secret } }", json!({}))
+        .await;
+    assert_eq!(code(&with_password), Some("INVALID_CREDENTIALS"), "{with_password}");
+    let begin = s.gql(&t.slug, Some(&token), "mutation { beginTotpEnrollment { secret } }", json!({})).await;
+    let secret =
+        begin["data"]["beginTotpEnrollment"]["secret"].as_str().unwrap_or_else(|| panic!("{begin}")).to_owned();
+    let now = chrono::Utc::now().timestamp();
+    if 30 - now % 30 < 8 {
+        tokio::time::sleep(Duration::from_secs(9)).await;
+    }
+    let code_now = crate::mfa::pyotp(&secret, chrono::Utc::now().timestamp()).await;
+    let confirm = s
+        .gql(
+            &t.slug,
+            Some(&token),
+            "mutation($c: String!) { confirmTotpEnrollment(code: $c) { codes } }",
+            json!({ "c": code_now }),
+        )
+        .await;
+    let recovery =
+        confirm["data"]["confirmTotpEnrollment"]["codes"][0].as_str().unwrap_or_else(|| panic!("{confirm}")).to_owned();
+
     let app = login_via(&s, &t, "corp", "totp-user").await;
     let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
     let result = &body["data"]["exchangeLoginCode"];
@@ -922,13 +1027,11 @@ async fn social_login_with_totp(backend: Backend) {
             &t.slug,
             None,
             "mutation($i: VerifyMfaInput!) { verifyMfa(input: $i) { accessToken } }",
-            json!({ "i": { "challengeId": result["challengeId"], "code": user.recovery[0] } }),
+            json!({ "i": { "challengeId": result["challengeId"], "code": recovery } }),
         )
         .await;
     let access = verified["data"]["verifyMfa"]["accessToken"].as_str().unwrap_or_else(|| panic!("{verified}"));
     assert_eq!(claims(access)["amr"], json!(["fed", "otp"]));
-    let _ = &user.secret;
-    let _ = &user.password;
 }
 both!(social_login_never_skips_totp, social_login_with_totp);
 
@@ -981,7 +1084,7 @@ async fn provider_changes_reach_another_replica_which_can_finish_the_flow() {
     assert_eq!(code(&start(&s2, &t, "corp").await), Some("PROVIDER_NOT_FOUND"));
 
     let op = OidcProvider::start(&[callback(&s1, &t, "corp")], "normal", json!({})).await;
-    configure_oidc(&s1, &t, &admin, "corp", &op.issuer, None).await;
+    configure_oidc(&s1, &t, &admin, "corp", &op.issuer, Some(true)).await;
     // Announced over Redis pub/sub: poll (up to 5 s), don't sleep a fixed time.
     let mut seen = Value::Null;
     for _ in 0..100 {
@@ -1023,7 +1126,7 @@ async fn unknown_kid_refetches_the_jwks_at_most_once_a_minute() {
     let t = s.tenant().await;
     let admin = admin(&s, &t, false).await;
     let op = OidcProvider::start(&[callback(&s, &t, "corp")], "normal", json!({})).await;
-    configure_oidc(&s, &t, &admin, "corp", &op.issuer, None).await;
+    configure_oidc(&s, &t, &admin, "corp", &op.issuer, Some(true)).await;
     // Fetches the JWKS (old key only).
     assert!(param(&login_via(&s, &t, "corp", "alice").await, "code").is_some());
     let rotated = reqwest::Client::new().post(format!("{}/__rotate", op.issuer)).send().await.unwrap();
@@ -1183,11 +1286,12 @@ async fn github_linking(backend: Backend) {
     let s = server(backend).await;
     let t = s.tenant().await;
     let admin = admin(&s, &t, true).await;
-    s.register(&t.slug, "octocat@example.com", "octocat's long passphrase").await;
-    for (verified, linked) in [(false, false), (true, true)] {
+    // Unverified: no email on the new account; verified: the new account has
+    // the proven address; a second provider asserting it verified links into
+    // that account (whose own address is proven).
+    for (name, verified, with_email) in [("gh-a", false, false), ("gh-b", true, true), ("gh-c", true, true)] {
         let base =
             github_stand_in(json!([{ "email": "octocat@example.com", "primary": true, "verified": verified }])).await;
-        let name = format!("gh-{verified}");
         let body = upsert(
             &s,
             &t,
@@ -1201,13 +1305,13 @@ async fn github_linking(backend: Backend) {
         let app = browser.callback(&cb).await.unwrap();
         let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
         let email = &body["data"]["exchangeLoginCode"]["user"]["email"];
-        if linked {
+        if with_email {
             assert_eq!(email, "octocat@example.com", "{body}");
         } else {
             assert!(email.is_null(), "{body}");
         }
     }
-    assert_eq!(events(&s, &t, &admin, "account.linked").await.len(), 1);
+    assert_eq!(events(&s, &t, &admin, "account.linked").await.len(), 1, "gh-c linked into gh-b's account");
 }
 both!(github_unverified_email_is_not_linked, github_linking);
 
@@ -1244,7 +1348,6 @@ async fn google_kind_is_an_oidc_preset() {
     let s = server(Backend::Embedded).await;
     let t = s.tenant().await;
     let admin = admin(&s, &t, true).await;
-    s.register(&t.slug, "gina@example.com", "gina's long passphrase").await;
     let accounts = json!({ "gina": { "email": "gina@example.com", "email_verified": true } });
     let op = OidcProvider::start(&[callback(&s, &t, "google")], "normal", accounts).await;
     let body = upsert(
@@ -1257,7 +1360,9 @@ async fn google_kind_is_an_oidc_preset() {
     assert_eq!(body["data"]["upsertOAuthProvider"]["trustEmailVerified"], true, "{body}");
     let app = login_via(&s, &t, "google", "gina").await;
     let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
-    // Trusted and verified, and the tenant links by email: Gina's account.
-    assert_eq!(body["data"]["exchangeLoginCode"]["user"]["email"], "gina@example.com", "{body}");
-    assert_eq!(events(&s, &t, &admin, "account.linked").await.len(), 1);
+    // Trusted and verified: the new account has the proven address.
+    let access = body["data"]["exchangeLoginCode"]["accessToken"].as_str().unwrap_or_else(|| panic!("{body}"));
+    let me = me_of(&s, &t, access).await;
+    assert_eq!(me["email"], "gina@example.com", "{me}");
+    assert_eq!(me["emailVerified"], true, "{me}");
 }

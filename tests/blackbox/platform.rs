@@ -504,6 +504,7 @@ fn records(slug: &str, event_id: EventId) -> (NewTenant, NewUser, SigningKeyReco
     let admin = NewUser {
         id: UserId::new(),
         email: Some(format!("admin@{slug}.example.com")),
+        email_verified: false,
         password_hash: None,
         role: Role::Admin,
         created_at: now,

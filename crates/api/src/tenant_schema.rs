@@ -262,6 +262,12 @@ impl User {
     async fn email(&self) -> Option<&str> {
         self.record.email.as_deref()
     }
+    /// The email is proven: asserted by a social-login provider the tenant
+    /// trusts for `email_verified`. Only such accounts are ever linked to a
+    /// social login by email.
+    async fn email_verified(&self) -> bool {
+        self.record.email_verified
+    }
     async fn role(&self) -> GqlRole {
         self.record.role.into()
     }

@@ -269,28 +269,26 @@ pub trait Store: Send + Sync + 'static {
     /// must not match old accounts), with the event. Returns whether it existed.
     async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool>;
 
-    /// The user linked to (`provider`, `subject`), if any.
-    async fn user_by_identity(&self, tenant: TenantId, provider: &str, subject: &str) -> Result<Option<UserRecord>>;
+    /// The user linked to (`provider`, `issuer`, `subject`), if any.
+    async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>>;
 
-    /// Links (`provider`, `subject`) to an existing user, with the event.
+    /// Links the identity to an existing user, with the event.
     /// An identity already linked is `Duplicate("id")`.
     async fn link_identity(
         &self,
         tenant: TenantId,
-        provider: &str,
-        subject: &str,
+        identity: &Identity<'_>,
         user: UserId,
         event: &AuditEvent,
     ) -> Result<()>;
 
-    /// Creates a user linked to (`provider`, `subject`), with the events, in
-    /// one transaction. A taken email is `Duplicate("email")`.
+    /// Creates a user linked to the identity, with the events, in one
+    /// transaction. A taken email is `Duplicate("email")`.
     async fn create_user_with_identity(
         &self,
         tenant: TenantId,
         user: &NewUser,
-        provider: &str,
-        subject: &str,
+        identity: &Identity<'_>,
         events: &[AuditEvent],
     ) -> Result<UserRecord>;
 

@@ -28,6 +28,9 @@ pub struct NewTenant {
 pub struct UserRecord {
     pub id: UserId,
     pub email: Option<String>,
+    /// The email is proven (by a provider the tenant trusts to say so, or by
+    /// the user following a link sent to it).
+    pub email_verified: bool,
     pub password_hash: Option<String>,
     pub role: Role,
     pub disabled: bool,
@@ -53,6 +56,7 @@ impl std::fmt::Debug for UserRecord {
 pub struct NewUser {
     pub id: UserId,
     pub email: Option<String>,
+    pub email_verified: bool,
     pub password_hash: Option<String>,
     pub role: Role,
     pub created_at: DateTime<Utc>,
@@ -164,4 +168,17 @@ impl std::fmt::Debug for OAuthProviderRecord {
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
     }
+}
+
+/// A provider's user as a tenant knows it: the provider's name in the tenant,
+/// the issuer it answered for (its kind and issuer URL, so a provider re-pointed
+/// elsewhere never matches identities linked under the old one) and the
+/// subject. `email` is the address the provider claimed, kept on the identity
+/// whether or not it became the account's.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    pub provider: &'a str,
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub email: Option<&'a str>,
 }

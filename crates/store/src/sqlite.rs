@@ -112,6 +112,7 @@ fn user_from_row(row: &SqliteRow) -> Result<UserRecord> {
     Ok(UserRecord {
         id: UserId(uuid_col(row, "id")?),
         email: row.try_get("email")?,
+        email_verified: row.try_get("email_verified")?,
         password_hash: row.try_get("password_hash")?,
         role: role_from_str(&role)?,
         disabled: row.try_get("disabled")?,
@@ -164,7 +165,7 @@ fn platform_event_from_row(row: &SqliteRow) -> Result<PlatformEvent> {
     })
 }
 
-const USER_COLUMNS: &str = "id, email, password_hash, role, disabled, totp_enabled, totp_secret_sealed, \
+const USER_COLUMNS: &str = "id, email, email_verified, password_hash, role, disabled, totp_enabled, totp_secret_sealed, \
                             totp_pending_sealed, totp_last_step, created_at";
 const TENANT_COLUMNS: &str = "id, slug, name, disabled, settings, created_at";
 
@@ -210,8 +211,8 @@ async fn insert_platform_event(tx: &mut Transaction<'static, Sqlite>, e: &Platfo
 
 async fn insert_user(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, u: &NewUser) -> Result<UserRecord> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO users (tenant_id, id, email, password_hash, role, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING {USER_COLUMNS}"
+        "INSERT INTO users (tenant_id, id, email, password_hash, role, created_at, updated_at, email_verified) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7) RETURNING {USER_COLUMNS}"
     )))
     .bind(tenant.to_string())
     .bind(u.id.to_string())
@@ -219,6 +220,7 @@ async fn insert_user(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, u:
     .bind(&u.password_hash)
     .bind(u.role.as_str())
     .bind(micros(u.created_at))
+    .bind(u.email_verified)
     .fetch_one(&mut **tx)
     .await?;
     user_from_row(&row)
@@ -805,14 +807,16 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn user_by_identity(&self, tenant: TenantId, provider: &str, subject: &str) -> Result<Option<UserRecord>> {
+    async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = \
-             (SELECT user_id FROM user_identities WHERE tenant_id = ?1 AND provider = ?2 AND subject = ?3)"
+             (SELECT user_id FROM user_identities \
+             WHERE tenant_id = ?1 AND provider = ?2 AND issuer = ?3 AND subject = ?4)"
         )))
         .bind(tenant.to_string())
-        .bind(provider)
-        .bind(subject)
+        .bind(identity.provider)
+        .bind(identity.issuer)
+        .bind(identity.subject)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(user_from_row).transpose()
@@ -821,13 +825,12 @@ impl Store for SqliteStore {
     async fn link_identity(
         &self,
         tenant: TenantId,
-        provider: &str,
-        subject: &str,
+        identity: &Identity<'_>,
         user: UserId,
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.tx().await?;
-        insert_identity(&mut tx, tenant, provider, subject, user).await?;
+        insert_identity(&mut tx, tenant, identity, user).await?;
         insert_event(&mut tx, tenant, event).await?;
         tx.commit().await?;
         Ok(())
@@ -837,13 +840,12 @@ impl Store for SqliteStore {
         &self,
         tenant: TenantId,
         user: &NewUser,
-        provider: &str,
-        subject: &str,
+        identity: &Identity<'_>,
         events: &[AuditEvent],
     ) -> Result<UserRecord> {
         let mut tx = self.tx().await?;
         let record = insert_user(&mut tx, tenant, user).await?;
-        insert_identity(&mut tx, tenant, provider, subject, user.id).await?;
+        insert_identity(&mut tx, tenant, identity, user.id).await?;
         for e in events {
             insert_event(&mut tx, tenant, e).await?;
         }
@@ -896,16 +898,18 @@ fn provider_from_row(row: &SqliteRow) -> Result<OAuthProviderRecord> {
 async fn insert_identity(
     tx: &mut Transaction<'static, Sqlite>,
     tenant: TenantId,
-    provider: &str,
-    subject: &str,
+    identity: &Identity<'_>,
     user: UserId,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO user_identities (tenant_id, provider, subject, user_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO user_identities (tenant_id, provider, issuer, subject, email, user_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .bind(tenant.to_string())
-    .bind(provider)
-    .bind(subject)
+    .bind(identity.provider)
+    .bind(identity.issuer)
+    .bind(identity.subject)
+    .bind(identity.email)
     .bind(user.to_string())
     .bind(micros(Utc::now()))
     .execute(&mut **tx)

@@ -100,6 +100,7 @@ impl TenantCtx<'_> {
         let user = NewUser {
             id: UserId::new(),
             email: Some(email.as_str().to_owned()),
+            email_verified: false,
             password_hash: Some(phc),
             role: Role::User,
             created_at: Utc::now(),

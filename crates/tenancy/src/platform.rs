@@ -249,6 +249,7 @@ impl Platform {
         let admin = NewUser {
             id: UserId::new(),
             email: Some(email.as_str().to_owned()),
+            email_verified: false,
             password_hash: Some(phc),
             role: Role::Admin,
             created_at: now,

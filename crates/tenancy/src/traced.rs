@@ -455,42 +455,31 @@ mod store {
             .await
         }
 
-        async fn user_by_identity(
-            &self,
-            tenant: TenantId,
-            provider: &str,
-            subject: &str,
-        ) -> Result<Option<UserRecord>> {
-            call(span!(self, "store.user_by_identity", tenant), self.inner.user_by_identity(tenant, provider, subject))
-                .await
+        async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>> {
+            call(span!(self, "store.user_by_identity", tenant), self.inner.user_by_identity(tenant, identity)).await
         }
 
         async fn link_identity(
             &self,
             tenant: TenantId,
-            provider: &str,
-            subject: &str,
+            identity: &Identity<'_>,
             user: UserId,
             event: &AuditEvent,
         ) -> Result<()> {
-            call(
-                span!(self, "store.link_identity", tenant),
-                self.inner.link_identity(tenant, provider, subject, user, event),
-            )
-            .await
+            call(span!(self, "store.link_identity", tenant), self.inner.link_identity(tenant, identity, user, event))
+                .await
         }
 
         async fn create_user_with_identity(
             &self,
             tenant: TenantId,
             user: &NewUser,
-            provider: &str,
-            subject: &str,
+            identity: &Identity<'_>,
             events: &[AuditEvent],
         ) -> Result<UserRecord> {
             call(
                 span!(self, "store.create_user_with_identity", tenant),
-                self.inner.create_user_with_identity(tenant, user, provider, subject, events),
+                self.inner.create_user_with_identity(tenant, user, identity, events),
             )
             .await
         }

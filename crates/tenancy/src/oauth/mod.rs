@@ -35,7 +35,7 @@ use std::time::Duration;
 use authd_core::crypto::SealContext;
 use authd_core::settings::Role;
 use authd_core::{Error, ErrorCode, Result, UserId, crypto};
-use authd_store::{NewUser, OAuthProviderRecord, UserRecord};
+use authd_store::{Identity, NewUser, OAuthProviderRecord, UserRecord};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
@@ -661,7 +661,10 @@ impl TenantCtx<'_> {
                 Some(serde_json::json!({ "provider": provider })),
             )
         };
-        if let Some(user) = self.deps.store.user_by_identity(self.rt.id, provider, &profile.subject).await? {
+        let issuer = identity_issuer(record);
+        let claimed = profile.email.as_deref().filter(|e| printable(e, 320));
+        let identity = Identity { provider, issuer: &issuer, subject: &profile.subject, email: claimed };
+        if let Some(user) = self.deps.store.user_by_identity(self.rt.id, &identity).await? {
             if user.disabled {
                 return Err(Error::Unauthenticated);
             }
@@ -678,12 +681,19 @@ impl TenantCtx<'_> {
             None => None,
         };
         let settings = &self.rt.snapshot().record.settings;
-        // Linking hands over an existing account: only on an address the
-        // provider verified, from a provider the tenant trusts to say so.
+        // The address is proven only when the provider verified it and the
+        // tenant trusts this provider to say so.
+        let proven = record.trust_email_verified && profile.email_verified;
+        // Linking hands over an existing account: only on a proven address,
+        // and only into an account whose own address is proven too. A
+        // password account registered with someone else's address (never
+        // proven) is never entered through a social login: that would hand
+        // the attacker's account to its real owner's later sign-ins, or the
+        // owner's sign-ins to the attacker (account pre-hijacking).
         if let Some(user) = &existing
             && settings.link_by_verified_email
-            && record.trust_email_verified
-            && profile.email_verified
+            && proven
+            && user.email_verified
         {
             if user.disabled {
                 return Err(Error::Unauthenticated);
@@ -695,25 +705,25 @@ impl TenantCtx<'_> {
                 Some(user.id),
                 Some(serde_json::json!({ "provider": provider })),
             );
-            self.deps.store.link_identity(self.rt.id, provider, &profile.subject, user.id, &event).await?;
+            self.deps.store.link_identity(self.rt.id, &identity, user.id, &event).await?;
             audit::log_event(self.rt.id, &event);
             self.deps.audit.record(self.rt.id, login_event(user.id));
             return Ok(user.id);
         }
-        // A new account; the email only if no account has it.
-        let email = if existing.is_some() { None } else { email };
-        let created = match self.create_federated_user(provider, &profile.subject, email.clone(), meta).await {
+        // A new account; the email only when it is proven and no account
+        // has it, so an unproven address never blocks or claims its real
+        // owner (the claim stays on the identity).
+        let email = if existing.is_some() || !proven { None } else { email };
+        let created = match self.create_federated_user(&identity, email.clone(), meta).await {
             // Taken meanwhile (a concurrent registration): without the email.
-            Err(Error::EmailTaken) if email.is_some() => {
-                self.create_federated_user(provider, &profile.subject, None, meta).await
-            }
+            Err(Error::EmailTaken) if email.is_some() => self.create_federated_user(&identity, None, meta).await,
             other => other,
         };
         let user = match created {
             Ok(user) => user,
             // A concurrent first login of the same person linked the
             // identity first: that account is theirs.
-            Err(e) => match self.deps.store.user_by_identity(self.rt.id, provider, &profile.subject).await? {
+            Err(e) => match self.deps.store.user_by_identity(self.rt.id, &identity).await? {
                 Some(user) if !user.disabled => user,
                 _ => return Err(e),
             },
@@ -722,14 +732,23 @@ impl TenantCtx<'_> {
         Ok(user.id)
     }
 
+    /// A new account for a provider's user; `email` is given only when it is
+    /// proven, so the account's email counts as verified.
     async fn create_federated_user(
         &self,
-        provider: &str,
-        subject: &str,
+        identity: &Identity<'_>,
         email: Option<String>,
         meta: &RequestMeta,
     ) -> Result<UserRecord> {
-        let user = NewUser { id: UserId::new(), email, password_hash: None, role: Role::User, created_at: Utc::now() };
+        let provider = identity.provider;
+        let user = NewUser {
+            id: UserId::new(),
+            email_verified: email.is_some(),
+            email,
+            password_hash: None,
+            role: Role::User,
+            created_at: Utc::now(),
+        };
         let event = audit::event(
             kinds::USER_REGISTERED,
             meta,
@@ -740,7 +759,7 @@ impl TenantCtx<'_> {
         let record = self
             .deps
             .store
-            .create_user_with_identity(self.rt.id, &user, provider, subject, std::slice::from_ref(&event))
+            .create_user_with_identity(self.rt.id, &user, identity, std::slice::from_ref(&event))
             .await?;
         audit::log_event(self.rt.id, &event);
         Ok(record)
@@ -791,6 +810,13 @@ struct IdClaims {
 }
 
 /// `email_verified` as a boolean (some providers send the string "true").
+/// The issuer an identity belongs to: the provider's kind and issuer URL as
+/// configured now. Re-pointing a provider (another issuer, or another kind)
+/// changes it, so identities linked under the old one never match again.
+fn identity_issuer(record: &OAuthProviderRecord) -> String {
+    format!("{}:{}", record.kind, record.issuer.as_deref().unwrap_or(""))
+}
+
 fn claim_true(v: Option<&serde_json::Value>) -> bool {
     match v {
         Some(serde_json::Value::Bool(b)) => *b,
