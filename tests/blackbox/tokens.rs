@@ -541,6 +541,51 @@ async fn logout_revokes_the_session(backend: Backend) {
 }
 all!(logout_refuses_the_old_access_token_and_refresh_token, logout_revokes_the_session);
 
+/// Logging out with a refresh token that its session already rotated away
+/// (someone else refreshed with a copy) ends the whole session, as reuse
+/// does, instead of answering `false` and leaving it alive.
+async fn logout_with_a_rotated_away_token(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant().await;
+    let (_, _, r0) = user(&s, &t, "alice@example.com").await;
+    let body = refresh(&s, &t.slug, &r0).await;
+    let a1 = body["data"]["refresh"]["accessToken"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
+    let r1 = body["data"]["refresh"]["refreshToken"].as_str().unwrap().to_owned();
+    const LOGOUT: &str = "mutation($r: String) { logout(refreshToken: $r) }";
+    let body = s.gql(&t.slug, None, LOGOUT, json!({ "r": r0 })).await;
+    assert_eq!(body["data"]["logout"], true, "{body}");
+    assert_refused(&s, &t.slug, &a1, "the family's current access token").await;
+    assert_eq!(code(&refresh(&s, &t.slug, &r1).await), Some("UNAUTHENTICATED"), "the family's current refresh token");
+}
+all!(logout_with_a_rotated_away_refresh_token_ends_its_session, logout_with_a_rotated_away_token);
+
+/// After a master-key rotation (`AUTHD_MASTER_KEY_PREVIOUS` set), a refresh
+/// token issued under the old key still logs its session out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_finds_sessions_under_a_previous_master_key() {
+    let k1 = authd_core::crypto::MasterKey::generate().to_base64();
+    let k2 = authd_core::crypto::MasterKey::generate().to_base64();
+    let mut first =
+        TestServer::start_with(Backend::Production, |env| drop(env.insert("AUTHD_MASTER_KEY".into(), k1.clone())))
+            .await;
+    let t = first.tenant().await;
+    let (_, access, refresh_token) = user(&first, &t, "alice@example.com").await;
+    first.stop().await;
+    let mut env = first.env.clone();
+    env.insert("AUTHD_MASTER_KEY".into(), k2);
+    env.insert("AUTHD_MASTER_KEY_PREVIOUS".into(), k1);
+    // The same address (so the same issuer) as the first run.
+    env.insert("AUTHD_LISTEN".into(), first.url.trim_start_matches("http://").to_owned());
+    let second = TestServer::start_env(Backend::Production, env, std::env::temp_dir().join("authd-unused")).await;
+    assert_accepted(&second, &t.slug, &access, "before logout").await;
+    let body = second
+        .gql(&t.slug, None, "mutation($r: String) { logout(refreshToken: $r) }", json!({ "r": refresh_token }))
+        .await;
+    assert_eq!(body["data"]["logout"], true, "{body}");
+    assert_refused(&second, &t.slug, &access, "after logout").await;
+    assert_eq!(code(&refresh(&second, &t.slug, &refresh_token).await), Some("UNAUTHENTICATED"));
+}
+
 async fn logout_all_and_sessions(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.tenant().await;

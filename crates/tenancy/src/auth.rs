@@ -299,22 +299,7 @@ impl TenantCtx<'_> {
         }
         let new_token = crypto::random_token(32);
         let new = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
-        let now = Utc::now().timestamp();
-        let ttl = self.deps.config.refresh_token_ttl;
-        let mut outcome = self.deps.tokens.rotate_refresh(self.rt.id, &old, &new, now, ttl).await?;
-        // After a master-key rotation, tokens issued before it hash under a
-        // previous key (tried only while previous keys are configured).
-        if outcome == RotateOutcome::NotFound {
-            for candidate in
-                self.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, refresh_token.as_bytes()).iter().skip(1)
-            {
-                outcome = self.deps.tokens.rotate_refresh(self.rt.id, candidate, &new, now, ttl).await?;
-                if outcome != RotateOutcome::NotFound {
-                    break;
-                }
-            }
-        }
-        match outcome {
+        match self.rotate(refresh_token, &old, &new).await? {
             RotateOutcome::Rotated(session) => {
                 let user = self.deps.store.user_by_id(self.rt.id, session.user_id).await?;
                 let Some(user) = user.filter(|u| !u.disabled) else {
@@ -338,7 +323,34 @@ impl TenantCtx<'_> {
         }
     }
 
+    /// Exchanges the refresh token (hashed as `old` under the current master
+    /// key) for `new`. After a master-key rotation, tokens issued before it
+    /// hash under a previous key: those are tried too (only while previous
+    /// keys are configured).
+    async fn rotate(&self, refresh_token: &str, old: &str, new: &str) -> Result<RotateOutcome> {
+        let now = Utc::now().timestamp();
+        let ttl = self.deps.config.refresh_token_ttl;
+        let mut outcome = self.deps.tokens.rotate_refresh(self.rt.id, old, new, now, ttl).await?;
+        if outcome == RotateOutcome::NotFound {
+            for candidate in
+                self.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, refresh_token.as_bytes()).iter().skip(1)
+            {
+                outcome = self.deps.tokens.rotate_refresh(self.rt.id, candidate, new, now, ttl).await?;
+                if outcome != RotateOutcome::NotFound {
+                    break;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
     /// Revokes the session of `refresh_token`, or else the caller's session.
+    ///
+    /// The token is found the way `refresh` finds it (under every configured
+    /// master key), by rotating it to a throw-away successor that the
+    /// revocation then ends with its session. A token that its session
+    /// already rotated away ends the whole session, as its reuse would: a
+    /// logout never silently leaves a session alive.
     pub async fn logout(
         &self,
         refresh_token: Option<&str>,
@@ -347,8 +359,30 @@ impl TenantCtx<'_> {
     ) -> Result<bool> {
         let session = match refresh_token {
             Some(t) if !t.is_empty() && t.len() <= 256 => {
-                let hash = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, t.as_bytes());
-                self.deps.tokens.session_by_refresh(self.rt.id, &hash).await?.map(|s| (s.id, s.user_id))
+                let old = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, t.as_bytes());
+                let throwaway = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, crypto::random_token(32).as_bytes());
+                match self.rotate(t, &old, &throwaway).await? {
+                    RotateOutcome::Rotated(s) => Some((s.id, s.user_id)),
+                    RotateOutcome::Reused { session, user } => {
+                        // The store revoked the session already.
+                        self.audit_later(
+                            kinds::REFRESH_REUSE_DETECTED,
+                            meta,
+                            None,
+                            Some(user),
+                            Some(serde_json::json!({ "sessionId": session.to_string(), "via": "logout" })),
+                        );
+                        self.audit_later(
+                            kinds::SESSION_LOGOUT,
+                            meta,
+                            Some(user),
+                            Some(user),
+                            Some(serde_json::json!({ "sessionId": session.to_string() })),
+                        );
+                        return Ok(true);
+                    }
+                    RotateOutcome::NotFound => None,
+                }
             }
             Some(_) => None,
             None => principal.map(|p| (p.session, p.user)),
