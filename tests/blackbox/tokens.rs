@@ -797,6 +797,48 @@ async fn disabled_users(backend: Backend) {
 }
 all!(a_disabled_users_tokens_are_refused_and_login_fails, disabled_users);
 
+/// Disabling wins the race with logins in flight: however the logins and the
+/// disable interleave, no session of the user survives it.
+async fn disable_race(backend: Backend) {
+    // Hashing slow enough that the disable lands while logins that already
+    // read the (still enabled) user wait for their password check.
+    let s = std::sync::Arc::new(
+        TestServer::start_with(backend, |env| drop(env.insert("AUTHD_ARGON2_ITERATIONS".into(), "300".into()))).await,
+    );
+    let t = s.tenant().await;
+    let (uid, _, _) = user(&s, &t, "racer@example.com").await;
+    let admin = admin_token(&s, &t).await;
+    let mut logins = Vec::new();
+    for _ in 0..16 {
+        let (s, slug) = (s.clone(), t.slug.clone());
+        logins.push(tokio::spawn(async move { s.login_raw(&slug, "racer@example.com", PASSWORD).await }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let body = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            "mutation($u: ID!) { setUserDisabled(userId: $u, disabled: true) { disabled } }",
+            json!({ "u": uid }),
+        )
+        .await;
+    assert_eq!(body["data"]["setUserDisabled"]["disabled"], true, "{body}");
+    let mut signed_in = 0;
+    for login in logins {
+        let body = login.await.unwrap();
+        let Some(token) = body["data"]["login"]["accessToken"].as_str() else { continue };
+        signed_in += 1;
+        for query in ["{ sessions { id } }", "{ me { id } }"] {
+            let answer = s.gql(&t.slug, Some(token), query, json!({})).await;
+            assert_eq!(code(&answer), Some("UNAUTHENTICATED"), "a session outlived the disable: {answer}");
+        }
+        let answer = s.gql(&t.slug, Some(token), "mutation { logoutAll }", json!({})).await;
+        assert_eq!(code(&answer), Some("UNAUTHENTICATED"), "{answer}");
+    }
+    eprintln!("{signed_in} logins got tokens across the disable");
+}
+all!(disabling_a_user_wins_the_race_with_logins_in_flight, disable_race);
+
 // ------------------------------------------------------------------ enumeration
 
 /// Unknown email, wrong password and disabled user: the same code and

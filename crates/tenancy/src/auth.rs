@@ -235,6 +235,17 @@ impl TenantCtx<'_> {
         let refresh = crypto::random_token(32);
         let hash = self.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh.as_bytes());
         self.deps.tokens.create_session(self.rt.id, &session, &hash, self.deps.config.refresh_token_ttl).await?;
+        // Disabling wins every race with a sign-in in flight: it commits
+        // `disabled` and then revokes the user's sessions. Reading the row
+        // again after the session exists means either the revocation saw this
+        // session, or this read sees `disabled` and ends the session here.
+        match self.deps.store.user_by_id(self.rt.id, user.id).await? {
+            Some(now) if !now.disabled => {}
+            _ => {
+                self.deps.tokens.revoke_session(self.rt.id, session.id, deny_ttl()).await?;
+                return Err(Error::InvalidCredentials);
+            }
+        }
         let (access_token, expires_in) = self.sign_access(&user, &session)?;
         Ok(IssuedTokens { access_token, refresh_token: refresh, expires_in, session: session.id, user })
     }
