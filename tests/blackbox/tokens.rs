@@ -394,8 +394,8 @@ async fn jwks_and_discovery_are_cacheable(backend: Backend) {
 all!(jwks_and_openid_configuration_are_served_with_cache_headers, jwks_and_discovery_are_cacheable);
 
 /// `rotateSigningKey` publishes the next key before it signs; `immediate`
-/// makes it sign at once while the old key stays published and its tokens
-/// keep working.
+/// (a compromised key) makes the new key sign at once and takes every older
+/// key out of the JWKS and out of verification.
 async fn key_rotation(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.tenant().await;
@@ -423,18 +423,51 @@ async fn key_rotation(backend: Backend) {
     let k2 = body["data"]["rotateSigningKey"]["kid"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
     let (new_token, _) = s.login(&t.slug, "alice@example.com", PASSWORD).await;
     assert_eq!(jwt_parts(&new_token).0["kid"], k2.as_str(), "an immediate rotation signs at once");
-    let kids = published_kids(&jwks(&s, &t.slug).await);
-    for k in [&k0, &k1, &k2] {
-        assert!(kids.contains(k), "{k} must stay published: {kids:?}");
-    }
-    assert_accepted(&s, &t.slug, &old_token, "a token of the old key").await;
+    assert_eq!(published_kids(&jwks(&s, &t.slug).await), vec![k2.clone()], "only the new key is published");
+    assert_refused(&s, &t.slug, &old_token, "a token of the compromised key").await;
+    assert_refused(&s, &t.slug, &admin, "the admin's token of the compromised key").await;
     assert_accepted(&s, &t.slug, &new_token, "a token of the new key").await;
     let url = jwks_url(&s, &t.slug);
-    pyjwt_verify(&url, &old_token, &t.issuer, &t.slug).await.expect("old token verifies from the JWKS");
+    assert!(pyjwt_verify(&url, &old_token, &t.issuer, &t.slug).await.is_err(), "old token fails from the JWKS");
     pyjwt_verify(&url, &new_token, &t.issuer, &t.slug).await.expect("new token verifies from the JWKS");
+    let admin = admin_token(&s, &t).await;
     assert_eq!(audit_count(&s, &t, &admin, "key.rotated").await, 2);
 }
 all!(rotate_signing_key_publishes_the_next_key_before_it_signs, key_rotation);
+
+/// An immediate rotation on one replica refuses the old key's tokens on the
+/// other replicas too (they hear of it over Redis, not at their next
+/// periodic reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_rotation_refuses_the_old_key_on_every_replica() {
+    let s1 = TestServer::start(Backend::Production).await;
+    let t = s1.tenant().await;
+    register_user(&s1, &t, "alice@example.com").await;
+    let mut env = s1.env.clone();
+    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
+    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
+    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
+    let s2 = TestServer::start_env(Backend::Production, env, dir).await;
+    let (old_token, _) = s1.login(&t.slug, "alice@example.com", PASSWORD).await;
+    assert_accepted(&s2, &t.slug, &old_token, "on the second replica before the rotation").await;
+    let admin = admin_token(&s1, &t).await;
+    let body = s1.gql(&t.slug, Some(&admin), "mutation { rotateSigningKey(immediate: true) { kid } }", json!({})).await;
+    let k2 = body["data"]["rotateSigningKey"]["kid"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
+    assert_refused(&s1, &t.slug, &old_token, "on the rotating replica, at once").await;
+    let mut refused = false;
+    for _ in 0..100 {
+        let body = s2.gql(&t.slug, Some(&old_token), "{ me { id } }", json!({})).await;
+        if code(&body) == Some("UNAUTHENTICATED") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the second replica still accepts the compromised key after 2 s");
+    assert_eq!(published_kids(&jwks(&s2, &t.slug).await), vec![k2]);
+}
 
 // ------------------------------------------------------------------ refresh and sessions
 

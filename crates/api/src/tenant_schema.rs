@@ -760,7 +760,9 @@ impl TenantMutation {
     }
 
     /// Tenant admins: adds a signing key, published now, signing after one
-    /// JWKS cache lifetime (or at once with `immediate`).
+    /// JWKS cache lifetime (or at once with `immediate`, for a compromised
+    /// key: every older key then leaves the JWKS and stops verifying at once,
+    /// on every replica; its tokens, this admin's included, are refused).
     async fn rotate_signing_key(
         &self,
         ctx: &Context<'_>,

@@ -348,7 +348,20 @@ impl Verifier {
     /// [`EXP_LEEWAY_SECONDS`]. Every failure is [`Error::Unauthenticated`];
     /// the reason goes to the debug log only.
     pub fn verify(&self, token: &str, issuer: &str, audience: &str, now: i64) -> Result<AccessClaims> {
-        self.check(token, issuer, audience, now).map_err(|reason| {
+        self.verify_published(token, issuer, audience, now, |_| true)
+    }
+
+    /// [`Verifier::verify`], accepting only keys for which `published(kid)`
+    /// holds: a key verifies exactly as long as it is published.
+    pub fn verify_published(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        now: i64,
+        published: impl Fn(&str) -> bool,
+    ) -> Result<AccessClaims> {
+        self.check(token, issuer, audience, now, published).map_err(|reason| {
             tracing::debug!(reason, "access token refused");
             Error::Unauthenticated
         })
@@ -360,6 +373,7 @@ impl Verifier {
         issuer: &str,
         audience: &str,
         now: i64,
+        published: impl Fn(&str) -> bool,
     ) -> std::result::Result<AccessClaims, &'static str> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err("token too long");
@@ -369,6 +383,9 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed header")?;
         let kid = header.kid.as_deref().ok_or("no kid")?;
         let key = self.keys.get(kid).ok_or("unknown kid")?;
+        if !published(kid) {
+            return Err("key no longer published");
+        }
         let alg = jwt_algorithm(key.alg);
         // RFC 8725 §3.1: the key decides the algorithm.
         if header.alg != alg {

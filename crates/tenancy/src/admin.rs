@@ -151,7 +151,8 @@ impl TenantCtx<'_> {
         let providers = self.rt.snapshot().providers.clone();
         self.rt.replace_snapshot(crate::runtime::TenantSnapshot { record, keys, providers });
         if old.signing_algorithm != new.signing_algorithm {
-            self.rotate_key_inner(Some(admin.id), true, meta).await?;
+            // Not a compromise: the old key retires as usual.
+            self.rotate_key_inner(Some(admin.id), true, false, meta).await?;
         } else if let Some(sup) = self.rt.supervisor() {
             let _ = sup.cast(TenantMsg::Reload);
         }
@@ -160,17 +161,27 @@ impl TenantCtx<'_> {
 
     pub async fn rotate_signing_key(&self, p: &Principal, immediate: bool, meta: &RequestMeta) -> Result<KeyInfo> {
         let admin = self.require_admin(p).await?;
-        self.rotate_key_inner(Some(admin.id), immediate, meta).await
+        // `immediate` is for a compromised key: the old keys go at once.
+        self.rotate_key_inner(Some(admin.id), immediate, immediate, meta).await
     }
 
-    async fn rotate_key_inner(&self, actor: Option<UserId>, immediate: bool, meta: &RequestMeta) -> Result<KeyInfo> {
+    async fn rotate_key_inner(
+        &self,
+        actor: Option<UserId>,
+        immediate: bool,
+        revoke_older: bool,
+        meta: &RequestMeta,
+    ) -> Result<KeyInfo> {
         let sup = self.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
         let timeout = std::time::Duration::from_secs(30);
         let session =
             ractor::call_t!(sup, TenantMsg::SessionActor, 5000).map_err(|e| Error::unavailable(e.to_string()))?;
         let meta = meta.clone();
         let info = session
-            .call(|reply| crate::children::SessionMsg::RotateKey { immediate, actor, meta, reply }, Some(timeout))
+            .call(
+                |reply| crate::children::SessionMsg::RotateKey { immediate, revoke_older, actor, meta, reply },
+                Some(timeout),
+            )
             .await
             .map_err(|e| Error::unavailable(e.to_string()))?;
         let info = match info {

@@ -26,9 +26,12 @@ pub struct SessionArgs {
 
 pub enum SessionMsg {
     /// Generate a new signing key; it signs after one JWKS cache lifetime,
-    /// or at once with `immediate` (a compromised key).
+    /// or at once with `immediate` (a new algorithm, or a compromised key).
+    /// With `revoke_older` (a compromised key) every older key leaves the
+    /// JWKS and verification at once.
     RotateKey {
         immediate: bool,
+        revoke_older: bool,
         actor: Option<authd_core::UserId>,
         meta: RequestMeta,
         reply: RpcReplyPort<authd_core::Result<crate::keyset::KeyInfo>>,
@@ -58,10 +61,10 @@ impl Actor for SessionActor {
         state: &mut SessionArgs,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::RotateKey { immediate, actor, meta, reply } => {
+            SessionMsg::RotateKey { immediate, revoke_older, actor, meta, reply } => {
                 let (deps, runtime, sup) = (state.deps.clone(), state.runtime.clone(), state.supervisor.clone());
                 tokio::spawn(async move {
-                    let result = crate::keyset::rotate(&deps, &runtime, immediate, actor, &meta).await;
+                    let result = crate::keyset::rotate(&deps, &runtime, immediate, revoke_older, actor, &meta).await;
                     if result.is_ok() {
                         let _ = sup.cast(TenantMsg::Reload);
                     }

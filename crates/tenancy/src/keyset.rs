@@ -101,8 +101,16 @@ impl KeySet {
         key.signer.sign(claims)
     }
 
+    /// Verifies with the keys published at `now` only: a retired key stops
+    /// verifying the moment it leaves the JWKS, and a key removed by an
+    /// immediate rotation is not in the set at all.
     pub fn verify(&self, token: &str, issuer: &str, audience: &str, now: DateTime<Utc>) -> Result<AccessClaims> {
-        self.verifier.verify(token, issuer, audience, now.timestamp())
+        self.verifier.verify_published(token, issuer, audience, now.timestamp(), |kid| {
+            self.keys
+                .iter()
+                .position(|k| k.info.kid == kid)
+                .is_some_and(|i| self.retired_at(i, now).is_none_or(|r| r + retirement_window() > now))
+        })
     }
 
     /// When each key stopped signing: the first activation, so far, of a key
@@ -126,6 +134,10 @@ impl KeySet {
         let jwks: Vec<serde_json::Value> =
             self.keys.iter().filter(|k| published.contains(&k.info.kid)).map(|k| k.jwk.clone()).collect();
         authd_core::keys::jwks(&jwks)
+    }
+
+    fn all_kids(&self) -> Vec<String> {
+        self.keys.iter().map(|k| k.info.kid.clone()).collect()
     }
 
     /// Keys whose every token has expired: rotation deletes them.
@@ -165,11 +177,13 @@ pub async fn new_key_record(
 }
 
 /// Adds a key of the tenant's configured algorithm, activating after one JWKS
-/// cache lifetime (or now, when `immediate`), and deletes expired keys.
+/// cache lifetime (or now, when `immediate`), and deletes expired keys (every
+/// other key, with `revoke_older`).
 pub async fn rotate(
     deps: &Arc<Deps>,
     runtime: &Arc<TenantRuntime>,
     immediate: bool,
+    revoke_older: bool,
     actor: Option<UserId>,
     meta: &RequestMeta,
 ) -> Result<KeyInfo> {
@@ -179,7 +193,10 @@ pub async fn rotate(
     let delay = if immediate { Duration::ZERO } else { deps.config.jwks_max_age };
     let activates_at = now + chrono::Duration::from_std(delay).map_err(Error::internal)?;
     let record = new_key_record(&deps.keyring, runtime.id, alg, now, activates_at).await?;
-    let expired = snapshot.keys.expired(now);
+    // A compromised key leaves at once: every other key is deleted with the
+    // new one's insertion, so it is out of the JWKS and of verification here
+    // and, after the change notice below, on every replica.
+    let expired = if revoke_older { snapshot.keys.all_kids() } else { snapshot.keys.expired(now) };
     let event = audit::event(
         kinds::KEY_ROTATED,
         meta,
@@ -189,12 +206,16 @@ pub async fn rotate(
             "kid": record.kid,
             "algorithm": alg.as_str(),
             "immediate": immediate,
+            "revokedOlder": revoke_older,
             "activatesAt": activates_at.to_rfc3339(),
             "removed": expired,
         })),
     );
     deps.store.add_signing_key(runtime.id, &record, &expired, &event).await?;
     audit::log_event(runtime.id, &event);
+    if let Err(e) = deps.tokens.publish_change(runtime.id).await {
+        tracing::warn!(tenant = %runtime.id, error = %e, "could not announce a key rotation; replicas pick it up at their next reload");
+    }
     Ok(KeyInfo { kid: record.kid, algorithm: alg, created_at: now, activates_at })
 }
 
@@ -288,5 +309,38 @@ mod tests {
         };
         let token = set.sign(&claims, at(0)).unwrap();
         set.verify(&token, "https://auth.example.com/t/acme", "acme", at(1)).unwrap();
+    }
+
+    #[test]
+    fn a_retired_key_verifies_exactly_as_long_as_it_is_published() {
+        let keyring = Keyring::new(MasterKey::generate(), Vec::new());
+        let tenant = TenantId::new();
+        let t0 = Utc::now() - chrono::Duration::hours(3);
+        let t1 = t0 + chrono::Duration::minutes(10);
+        let k0 = record(&keyring, tenant, SigningAlgorithm::Es256, t0, t0);
+        let k1 = record(&keyring, tenant, SigningAlgorithm::Es256, t1, t1);
+        let old = KeySet::build(&keyring, tenant, &[k0.clone()], t0).unwrap();
+        let set = KeySet::build(&keyring, tenant, &[k0.clone(), k1.clone()], t0).unwrap();
+        let at = |m: i64| t1 + chrono::Duration::minutes(m);
+        let claims = AccessClaims {
+            iss: "https://auth.example.com/t/acme".into(),
+            sub: uuid::Uuid::new_v4(),
+            aud: "acme".into(),
+            tid: tenant.0,
+            sid: uuid::Uuid::new_v4(),
+            jti: uuid::Uuid::new_v4(),
+            iat: at(0).timestamp(),
+            // Longer than the retirement window, so only publication decides.
+            exp: at(0).timestamp() + 3 * 3600,
+            amr: vec!["pwd".into()],
+            role: "user".into(),
+            mfa_enrollment_required: false,
+        };
+        let token = old.sign(&claims, at(0)).unwrap();
+        let verify = |m: i64| set.verify(&token, "https://auth.example.com/t/acme", "acme", at(m));
+        assert!(kids(set.published(at(64))).contains(&k0.kid));
+        assert!(verify(64).is_ok(), "published: verifies");
+        assert!(!kids(set.published(at(66))).contains(&k0.kid));
+        assert!(verify(66).is_err(), "no longer published: refused");
     }
 }
