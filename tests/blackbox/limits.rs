@@ -70,6 +70,58 @@ async fn per_ip(backend: Backend) {
 }
 all!(login_attempts_are_limited_per_client_ip, per_ip);
 
+async fn login_with(s: &TestServer, slug: &str, headers: &[(&str, &str)], email: &str, pw: &str) -> Value {
+    let mut req = s.http.post(format!("{}/t/{slug}/graphql", s.url));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.json(&json!({ "query": LOGIN, "variables": { "i": { "email": email, "password": pw } } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A client behind the proxy writes its own `Forwarded` header, a new
+/// address each time; the proxy appends the real address to
+/// `X-Forwarded-For`. Only the latter counts, so the client stays limited.
+async fn spoofed_forwarded(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    set_limits(&s, &t, json!({ "loginPerIpPerMinute": 3 })).await;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let forged = format!("for=203.0.113.{i}");
+        let headers = [("forwarded", forged.as_str()), ("x-forwarded-for", "198.51.100.9")];
+        codes.push(
+            code(&login_with(&s, &t.slug, &headers, &t.admin_email, "wrong password here").await).map(str::to_owned),
+        );
+    }
+    assert_eq!(codes[3].as_deref(), Some("RATE_LIMITED"), "{codes:?}");
+    assert_eq!(codes[4].as_deref(), Some("RATE_LIMITED"), "{codes:?}");
+}
+all!(a_spoofed_forwarded_header_does_not_dodge_per_ip_limits, spoofed_forwarded);
+
+/// IPv6 clients are limited per /64: rotating through addresses of one
+/// prefix is one client; another prefix is another client.
+async fn ipv6_prefix(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    set_limits(&s, &t, json!({ "loginPerIpPerMinute": 3 })).await;
+    for i in 1..=3 {
+        let ip = format!("2001:db8:1:2::{i:x}");
+        let body = login_from(&s, &t.slug, &ip, &t.admin_email, "wrong password here").await;
+        assert_eq!(code(&body), Some("INVALID_CREDENTIALS"), "{body}");
+    }
+    let rotated = login_from(&s, &t.slug, "2001:db8:1:2:ffff:ffff:ffff:fffe", &t.admin_email, &t.admin_password).await;
+    assert_eq!(code(&rotated), Some("RATE_LIMITED"), "same /64: {rotated}");
+    let neighbour = login_from(&s, &t.slug, "2001:db8:1:3::1", &t.admin_email, &t.admin_password).await;
+    assert_eq!(neighbour["data"]["login"]["__typename"], "AuthTokens", "another /64: {neighbour}");
+}
+all!(ipv6_clients_are_limited_per_64_prefix, ipv6_prefix);
+
 async fn burst(backend: Backend) {
     let s = server(backend).await;
     let t = s.tenant().await;

@@ -6,34 +6,68 @@ use std::net::{IpAddr, SocketAddr};
 use axum::http::{HeaderMap, HeaderValue, header};
 use ipnet::IpNet;
 
+/// Which forwarding header the trusted proxies write (`AUTHD_FORWARDED_HEADER`).
+/// Only that one is read: ingress controllers append to `X-Forwarded-For` but
+/// pass a client's own `Forwarded` through untouched, so believing both would
+/// let a client choose its address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!("{other:?} is neither x-forwarded-for nor forwarded")),
+        }
+    }
+}
+
 /// The client address: the peer, unless the peer is a trusted proxy, in which
-/// case the right-most address of `X-Forwarded-For` (or `Forwarded: for=`)
-/// that is not itself a trusted proxy. A forged header from an untrusted peer
-/// is ignored, so it cannot dodge per-IP limits.
-pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+/// case the right-most address of the configured forwarding header that is
+/// not itself a trusted proxy. A forged header from an untrusted peer is
+/// ignored, and so is the header the proxies do not write, so neither can
+/// dodge per-IP limits.
+pub fn client_ip(
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    which: ForwardedHeader,
+) -> Option<IpAddr> {
     let peer = peer.map(|p| p.ip())?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
     let mut chain: Vec<IpAddr> = Vec::new();
-    for value in headers.get_all("forwarded") {
-        let Ok(s) = value.to_str() else { continue };
-        for element in s.split(',') {
-            for pair in element.split(';') {
-                let Some((k, v)) = pair.trim().split_once('=') else { continue };
-                if k.trim().eq_ignore_ascii_case("for")
-                    && let Some(ip) = parse_forwarded_for(v.trim())
-                {
-                    chain.push(ip);
+    match which {
+        ForwardedHeader::Forwarded => {
+            for value in headers.get_all("forwarded") {
+                let Ok(s) = value.to_str() else { continue };
+                for element in s.split(',') {
+                    for pair in element.split(';') {
+                        let Some((k, v)) = pair.trim().split_once('=') else { continue };
+                        if k.trim().eq_ignore_ascii_case("for")
+                            && let Some(ip) = parse_forwarded_for(v.trim())
+                        {
+                            chain.push(ip);
+                        }
+                    }
                 }
             }
         }
-    }
-    if chain.is_empty() {
-        for value in headers.get_all("x-forwarded-for") {
-            let Ok(s) = value.to_str() else { continue };
-            chain.extend(s.split(',').filter_map(|p| p.trim().parse::<IpAddr>().ok()));
+        ForwardedHeader::XForwardedFor => {
+            for value in headers.get_all("x-forwarded-for") {
+                let Ok(s) = value.to_str() else { continue };
+                chain.extend(s.split(',').filter_map(|p| p.trim().parse::<IpAddr>().ok()));
+            }
         }
     }
     Some(chain.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer))
@@ -108,7 +142,23 @@ mod tests {
     fn forged_forwarded_for_from_an_untrusted_peer_is_ignored() {
         let peer: SocketAddr = "203.0.113.9:5000".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
-        assert_eq!(client_ip(Some(peer), &h, &[]), Some(peer.ip()));
+        assert_eq!(client_ip(Some(peer), &h, &[], ForwardedHeader::XForwardedFor), Some(peer.ip()));
+    }
+
+    #[test]
+    fn only_the_configured_header_is_believed() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        // The client wrote `Forwarded`; the proxy appended to X-Forwarded-For.
+        let h = headers(&[("forwarded", "for=6.6.6.6"), ("x-forwarded-for", "198.51.100.7")]);
+        let xff = ForwardedHeader::XForwardedFor;
+        assert_eq!(client_ip(Some(peer), &h, &trusted, xff), Some("198.51.100.7".parse().unwrap()));
+        let only_forwarded = headers(&[("forwarded", "for=6.6.6.6")]);
+        assert_eq!(client_ip(Some(peer), &only_forwarded, &trusted, xff), Some(peer.ip()));
+        let fwd = ForwardedHeader::Forwarded;
+        assert_eq!(client_ip(Some(peer), &h, &trusted, fwd), Some("6.6.6.6".parse().unwrap()));
+        assert_eq!("Forwarded".parse::<ForwardedHeader>(), Ok(fwd));
+        assert!("x-real-ip".parse::<ForwardedHeader>().is_err());
     }
 
     #[test]
@@ -116,8 +166,10 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let peer: SocketAddr = "10.0.0.2:5000".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.0.0.5")]);
-        assert_eq!(client_ip(Some(peer), &h, &trusted), Some("198.51.100.7".parse().unwrap()));
+        let xff = ForwardedHeader::XForwardedFor;
+        assert_eq!(client_ip(Some(peer), &h, &trusted, xff), Some("198.51.100.7".parse().unwrap()));
         let h = headers(&[("forwarded", "for=\"[2001:db8::1]:443\";proto=https")]);
-        assert_eq!(client_ip(Some(peer), &h, &trusted), Some("2001:db8::1".parse().unwrap()));
+        let fwd = ForwardedHeader::Forwarded;
+        assert_eq!(client_ip(Some(peer), &h, &trusted, fwd), Some("2001:db8::1".parse().unwrap()));
     }
 }

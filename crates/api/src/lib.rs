@@ -42,6 +42,8 @@ pub struct ApiConfig {
     pub public_url: String,
     /// `AUTHD_TRUSTED_PROXIES`.
     pub trusted_proxies: Vec<IpNet>,
+    /// `AUTHD_FORWARDED_HEADER`: the header those proxies write.
+    pub forwarded_header: client::ForwardedHeader,
     /// Serve the platform API and `/metrics` on the public listener too
     /// (no admin listener configured).
     pub platform_on_public: bool,

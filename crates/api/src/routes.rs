@@ -102,7 +102,8 @@ fn body_refused(state: &AppState, rejection: BytesRejection) -> Response {
 
 fn meta(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> RequestMeta {
     RequestMeta {
-        ip: client::client_ip(Some(peer), headers, &state.config.trusted_proxies).map(|ip| ip.to_string()),
+        ip: client::client_ip(Some(peer), headers, &state.config.trusted_proxies, state.config.forwarded_header)
+            .map(|ip| ip.to_string()),
         user_agent: client::user_agent(headers),
         request_id: Some(client::request_id(headers)),
     }

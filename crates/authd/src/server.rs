@@ -225,6 +225,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let api = ApiConfig {
         public_url: config.public_url.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
+        forwarded_header: config.forwarded_header,
         platform_on_public: config.admin_listen.is_none(),
         max_body_bytes: 64 * 1024,
     };

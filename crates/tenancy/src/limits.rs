@@ -126,6 +126,21 @@ const HOUR: Duration = Duration::from_secs(3600);
 const FAILURE_BURST: u32 = 5;
 
 /// `Retry-After` is whole seconds, rounded up, at least 1.
+/// See [`TenantCtx::ip`].
+pub(crate) fn ip_key(ip: Option<&str>) -> String {
+    match ip.map(str::parse::<std::net::IpAddr>) {
+        Some(Ok(std::net::IpAddr::V6(v6))) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        Some(Ok(v4)) => v4.to_string(),
+        Some(Err(_)) | None => "unknown".to_owned(),
+    }
+}
+
 pub(crate) fn whole_seconds(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
 }
@@ -168,15 +183,18 @@ impl TenantCtx<'_> {
         }
     }
 
-    fn ip(meta: &RequestMeta) -> &str {
-        meta.ip.as_deref().unwrap_or("unknown")
+    /// The per-IP limit key of the caller: the IPv4 address, or the IPv6
+    /// `/64` (one subscriber's prefix: a client rotating through its own
+    /// 2^64 addresses stays one client).
+    fn ip(meta: &RequestMeta) -> String {
+        ip_key(meta.ip.as_deref())
     }
 
     /// Before a login's password check: per-IP attempts, then the account's
     /// reservations (refunded by [`TenantCtx::login_succeeded`]).
     pub(crate) async fn before_login(&self, account: &str, meta: &RequestMeta) -> Result<()> {
         let p = self.rt.snapshot().record.settings.rate_limits.clone();
-        let ip = Self::ip(meta);
+        let ip = &Self::ip(meta);
         self.check(Limit::LoginPerIp, &format!("login-ip:{ip}"), p.login_per_ip_per_minute, MINUTE, meta).await?;
         let pair = format!("fail-acct-ip:{account}:{ip}");
         // Growing delay: a few quick attempts, then one per window/limit, then locked.
@@ -201,7 +219,7 @@ impl TenantCtx<'_> {
 
     /// A success resets the account's failure counters.
     pub(crate) async fn login_succeeded(&self, account: &str, meta: &RequestMeta) {
-        let ip = Self::ip(meta);
+        let ip = &Self::ip(meta);
         let pair = format!("fail-acct-ip:{account}:{ip}");
         for key in [format!("{pair}:burst"), pair.clone(), format!("fail-acct:{account}")] {
             if let Err(e) = self.deps.tokens.rate_reset(self.rt.id, &key).await {
@@ -246,5 +264,20 @@ impl TenantCtx<'_> {
             meta,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_key;
+
+    #[test]
+    fn ipv6_addresses_key_by_their_64_prefix() {
+        assert_eq!(ip_key(Some("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
+        assert_eq!(ip_key(Some("2001:db8:1:2::9")), ip_key(Some("2001:db8:1:2:ffff::1")));
+        assert_ne!(ip_key(Some("2001:db8:1:2::9")), ip_key(Some("2001:db8:1:3::9")));
+        assert_eq!(ip_key(Some("198.51.100.7")), "198.51.100.7");
+        assert_eq!(ip_key(Some("::ffff:198.51.100.7")), "198.51.100.7");
+        assert_eq!(ip_key(None), "unknown");
     }
 }
