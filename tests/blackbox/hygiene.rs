@@ -232,6 +232,34 @@ async fn batching_off(backend: Backend) {
 }
 both!(batched_requests_are_refused, batching_off);
 
+/// A body that repeats a key means different things to different parsers (a
+/// gateway may check the first copy, authd would run the last): refused.
+async fn duplicate_keys(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant_named("dupes").await;
+    let register = r#"mutation($i: RegisterInput!) { register(input: $i) { id } }"#;
+    let bodies = [
+        // The query twice: a harmless one first, a registration last.
+        format!(r#"{{"query":"{{ __typename }}","query":{}}}"#, serde_json::to_string(register).unwrap()),
+        // A repeated key inside the variables.
+        format!(
+            r#"{{"query":{},"variables":{{"i":{{"email":"d1@example.com","email":"d2@example.com","password":"a long passphrase here"}}}}}}"#,
+            serde_json::to_string(register).unwrap()
+        ),
+    ];
+    for body in bodies {
+        let (status, text) = post_raw(&s, "/t/dupes/graphql", Some("application/json"), None, body.into_bytes()).await;
+        assert_eq!(status, 400, "{text}");
+        assert_eq!(code(&parse(&text)), Some("BAD_USER_INPUT"), "{text}");
+    }
+    assert!(!exists(&s, &t.slug, "d1@example.com").await && !exists(&s, &t.slug, "d2@example.com").await);
+    let token = s.platform_token.clone();
+    let body = br#"{"query":"{ tenants { edges { cursor } } }","query":"{ tenants { edges { cursor } } }"}"#.to_vec();
+    let (status, text) = post_raw(&s, "/graphql", Some("application/json"), Some(&token), body).await;
+    assert_eq!((status, code(&parse(&text))), (400, Some("BAD_USER_INPUT")), "{text}");
+}
+both!(json_bodies_with_a_repeated_key_are_refused, duplicate_keys);
+
 async fn body_limit(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.tenant_named("bulky").await;

@@ -44,8 +44,20 @@ pub fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<Request, Respo
             Error::bad_input_msg(None, "GraphQL requests are POSTs with Content-Type: application/json"),
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| reject(StatusCode::BAD_REQUEST, Error::bad_input_msg(None, "the body is not valid JSON")))?;
+    let value = match serde_json::from_slice::<strict::Json>(body) {
+        Ok(strict::Json(value)) => value,
+        Err(e) if e.is_data() => {
+            // Two parsers (a gateway's and ours) could read a repeated key
+            // differently, so a body that repeats one means nothing.
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                Error::bad_input_msg(None, "the body repeats a key of one JSON object"),
+            ));
+        }
+        Err(_) => {
+            return Err(reject(StatusCode::BAD_REQUEST, Error::bad_input_msg(None, "the body is not valid JSON")));
+        }
+    };
     if value.is_array() {
         return Err(reject(
             StatusCode::BAD_REQUEST,
@@ -192,4 +204,87 @@ pub fn page_size(first: Option<i32>, default: i32) -> async_graphql::Result<u32>
         )));
     }
     Ok(u32::try_from(first).unwrap_or(50))
+}
+
+/// JSON that refuses an object repeating a key (RFC 8259 leaves its meaning
+/// open; parsers differ on which copy wins), at any depth.
+mod strict {
+    use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    pub struct Json(pub Value);
+
+    impl<'de> Deserialize<'de> for Json {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor).map(Json)
+        }
+    }
+
+    struct StrictVisitor;
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(Json(v)) = seq.next_element()? {
+                items.push(v);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if object.contains_key(&key) {
+                    return Err(A::Error::custom("an object repeats a key"));
+                }
+                let Json(value) = map.next_value()?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Json;
+
+        #[test]
+        fn repeated_keys_are_refused_at_any_depth() {
+            let ok = serde_json::from_str::<Json>(r#"{"a":[1,2.5,{"b":null}],"c":"d","e":true}"#).unwrap();
+            assert_eq!(ok.0, serde_json::json!({"a":[1,2.5,{"b":null}],"c":"d","e":true}));
+            for body in [r#"{"a":1,"a":2}"#, r#"{"v":{"x":1,"y":{"z":1,"z":1}}}"#, r#"[{"q":1,"q":1}]"#] {
+                let e = serde_json::from_str::<Json>(body).err().unwrap();
+                assert!(e.is_data(), "{body}: {e}");
+            }
+            assert!(serde_json::from_str::<Json>(r#"{"a":"#).err().unwrap().is_eof());
+        }
+    }
 }
