@@ -94,8 +94,11 @@ impl NetPolicy {
         }
         for ip in addrs {
             if !self.address_ok(ip, https) {
+                // Never the resolved address: the message goes back to a
+                // tenant admin, who must not learn the platform's internal
+                // DNS by naming hosts and reading the answers.
                 return Err(FetchError::Refused(if https || !is_public(ip) {
-                    format!("{ip} is not a public address and not in AUTHD_PROVIDER_ALLOWED_NETWORKS")
+                    "the host is not at a public address, nor inside AUTHD_PROVIDER_ALLOWED_NETWORKS".into()
                 } else {
                     "plain http is allowed only inside AUTHD_PROVIDER_ALLOWED_NETWORKS; use https".into()
                 }));
@@ -144,26 +147,31 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || (s[0] & 0xfe00) == 0xfc00 // unique local
         || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside some networks)
+        || (s[0] == 0x2001 && s[1] == 0x0000) // Teredo: wraps an IPv4 address
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64: could reach any IPv4
-        || s[0] == 0x2002 // 6to4: likewise
+        || s[0] == 0x2002 // 6to4: wraps an IPv4 address, private ones included
         || (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0 && s[4] == 0)) // ::/80 (IPv4-compatible and such)
 }
 
 /// The resolver the client connects through: it drops every address the
-/// policy refuses, so only checked addresses are ever dialled.
-struct PolicyResolver(Arc<NetPolicy>);
+/// policy refuses for the client's scheme, so only checked addresses are ever
+/// dialled (a name that resolved to an allowed network when checked cannot
+/// turn into a public address for plain http a moment later).
+struct PolicyResolver {
+    policy: Arc<NetPolicy>,
+    https: bool,
+}
 
 impl reqwest::dns::Resolve for PolicyResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
+        let (policy, https) = (self.policy.clone(), self.https);
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                // https or not is checked before the request; here only
-                // addresses that could never be right are dropped.
-                .filter(|a| policy.address_ok(a.ip(), true))
+                .filter(|a| policy.address_ok(a.ip(), https))
                 .collect();
             if addrs.is_empty() {
                 return Err(format!("{host} resolves to no allowed address").into());
@@ -173,9 +181,11 @@ impl reqwest::dns::Resolve for PolicyResolver {
     }
 }
 
-/// The client all provider requests go through.
+/// The clients all provider requests go through: one per scheme, each
+/// resolving names under that scheme's rule.
 pub struct ProviderHttp {
-    client: reqwest::Client,
+    https: reqwest::Client,
+    http: reqwest::Client,
     pub policy: Arc<NetPolicy>,
 }
 
@@ -191,29 +201,33 @@ pub enum ClientAuth {
 impl ProviderHttp {
     pub fn new(policy: NetPolicy, timeout: Duration) -> authd_core::Result<Self> {
         let policy = Arc::new(policy);
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .dns_resolver(Arc::new(PolicyResolver(policy.clone())))
-            .user_agent("authd")
-            .build()
-            .map_err(|e| authd_core::Error::internal(format!("cannot build the provider HTTP client: {e}")))?;
-        Ok(Self { client, policy })
+        let client = |https: bool| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .dns_resolver(Arc::new(PolicyResolver { policy: policy.clone(), https }))
+                .user_agent("authd")
+                .build()
+                .map_err(|e| authd_core::Error::internal(format!("cannot build the provider HTTP client: {e}")))
+        };
+        Ok(Self { https: client(true)?, http: client(false)?, policy })
     }
 
-    async fn checked(&self, url: &str) -> Result<Url, FetchError> {
+    /// The checked URL and the client for its scheme.
+    async fn checked(&self, url: &str) -> Result<(Url, &reqwest::Client), FetchError> {
         let url = Url::parse(url).map_err(|e| FetchError::Refused(format!("not a URL: {e}")))?;
         self.policy.check_url(&url).await?;
-        Ok(url)
+        let client = if url.scheme() == "https" { &self.https } else { &self.http };
+        Ok((url, client))
     }
 
     /// GETs JSON (discovery, JWKS, userinfo, GitHub's API).
     #[tracing::instrument(name = "provider.get_json", skip_all, fields(otel.kind = "client", http.request.method = "GET", server.address = %host_of(url)))]
     pub async fn get_json(&self, url: &str, bearer: Option<&str>) -> Result<serde_json::Value, FetchError> {
-        let url = self.checked(url).await?;
-        let mut req = self.client.get(url).header(reqwest::header::ACCEPT, "application/json");
+        let (url, client) = self.checked(url).await?;
+        let mut req = client.get(url).header(reqwest::header::ACCEPT, "application/json");
         if let Some(token) = bearer {
             req = req.bearer_auth(token);
         }
@@ -235,9 +249,9 @@ impl ProviderHttp {
         secret: Option<&str>,
         auth: ClientAuth,
     ) -> Result<(u16, serde_json::Value), FetchError> {
-        let url = self.checked(url).await?;
+        let (url, client) = self.checked(url).await?;
         let mut fields: Vec<(&str, &str)> = form.to_vec();
-        let mut req = self.client.post(url).header(reqwest::header::ACCEPT, "application/json");
+        let mut req = client.post(url).header(reqwest::header::ACCEPT, "application/json");
         match (auth, secret) {
             (ClientAuth::Basic, Some(secret)) => {
                 // RFC 6749 §2.3.1: form-urlencode both parts before Basic.
@@ -315,6 +329,10 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
+            "fec0::1",
+            "feff::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2002:a00:1::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -336,5 +354,28 @@ mod tests {
         assert!(matches!(open.check_url(&public_http).await, Err(FetchError::Refused(_))));
         let creds = Url::parse("https://user:pw@8.8.8.8/").unwrap();
         assert!(matches!(open.check_url(&creds).await, Err(FetchError::Refused(_))));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_never_names_the_resolved_address() {
+        let closed = NetPolicy::default();
+        let url = Url::parse("https://localhost:9/").unwrap();
+        let Err(FetchError::Refused(message)) = closed.check_url(&url).await else { panic!("not refused") };
+        assert!(!message.contains("127.0.0.1") && !message.contains("::1"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn plain_http_connects_only_inside_the_allowed_networks() {
+        use reqwest::dns::Resolve;
+        let policy = Arc::new(NetPolicy { allowed: vec!["10.0.0.0/8".parse().unwrap()] });
+        // A name resolving to a public address (here: localhost stands in,
+        // loopback being neither allowed nor public) gets no address for
+        // http, whatever it resolved to when checked.
+        let http = PolicyResolver { policy: policy.clone(), https: false };
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(http.resolve(name).await.is_err());
+        assert!(policy.address_ok("10.1.2.3".parse().unwrap(), false));
+        assert!(!policy.address_ok("8.8.8.8".parse().unwrap(), false), "public over http");
+        assert!(policy.address_ok("8.8.8.8".parse().unwrap(), true));
     }
 }
