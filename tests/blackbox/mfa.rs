@@ -472,3 +472,44 @@ both!(
     enrollment_without_a_password_is_refused_for_password_users,
     password_is_required_for_enrollment_when_the_user_has_one
 );
+
+/// `authd reseal` reads every sealed TOTP secret, re-seals it and writes it
+/// back; an enrollment that lands in between must survive (compare-and-swap
+/// on the sealed value), or the user's new secret would be replaced by a
+/// stale one.
+async fn reseal_never_overwrites_a_concurrent_enrollment(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant().await;
+    let tenant = authd_core::TenantId(t.id.parse().unwrap());
+    let (token, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+    let first = s.gql(&t.slug, Some(&token), ENROLL, json!({ "p": t.admin_password })).await;
+    assert!(first["errors"].is_null(), "{first}");
+    let store = &s.deps().store;
+    // What reseal read...
+    let read = store.sealed_totp_secrets(tenant).await.unwrap();
+    let (user, active, pending) = read.into_iter().find(|(_, _, p)| p.is_some()).expect("a pending secret");
+    // ...then the user starts over, and a new pending secret lands...
+    let second = s.gql(&t.slug, Some(&token), ENROLL, json!({ "p": t.admin_password })).await;
+    let secret =
+        second["data"]["beginTotpEnrollment"]["secret"].as_str().unwrap_or_else(|| panic!("{second}")).to_owned();
+    // ...before reseal writes what it re-sealed from the stale read.
+    let stale = authd_store::TotpReseal {
+        user,
+        was_active: active.clone(),
+        was_pending: pending.clone(),
+        active,
+        pending: Some("stale re-sealed value".into()),
+    };
+    assert_eq!(store.reseal_totp_secrets(tenant, &[stale]).await.unwrap(), 0, "the changed row is left alone");
+    // The second enrollment still confirms with its own secret.
+    fresh_step().await;
+    let confirm = s.gql(&t.slug, Some(&token), CONFIRM, json!({ "c": pyotp(&secret, now()).await })).await;
+    assert!(confirm["data"]["confirmTotpEnrollment"]["codes"].is_array(), "{confirm}");
+    // And an unchanged row is replaced.
+    let read = store.sealed_totp_secrets(tenant).await.unwrap();
+    let (user, active, pending) = read.into_iter().find(|(_, a, _)| a.is_some()).expect("an active secret");
+    let current =
+        authd_store::TotpReseal { user, was_active: active.clone(), was_pending: pending.clone(), active, pending };
+    assert_eq!(store.reseal_totp_secrets(tenant, &[current]).await.unwrap(), 1);
+}
+both!(reseal_never_overwrites_an_enrollment_that_lands_while_it_runs, reseal_never_overwrites_a_concurrent_enrollment);

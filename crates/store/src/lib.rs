@@ -297,12 +297,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every sealed TOTP secret of the tenant: (user, active, pending).
     async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>>;
 
-    /// Replaces sealed TOTP secrets (re-sealed under a new master key), in one transaction.
-    async fn reseal_totp_secrets(
-        &self,
-        tenant: TenantId,
-        sealed: &[(UserId, Option<String>, Option<String>)],
-    ) -> Result<()>;
+    /// Replaces sealed TOTP secrets (re-sealed under a new master key), in
+    /// one transaction, each only where the row still holds the values read
+    /// (compare-and-swap). Returns how many rows were replaced.
+    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64>;
 }
 
 /// Role stored as text.

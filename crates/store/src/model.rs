@@ -182,3 +182,15 @@ pub struct Identity<'a> {
     pub subject: &'a str,
     pub email: Option<&'a str>,
 }
+
+/// One user's TOTP secrets re-sealed under a new master key, written only if
+/// the row still holds what was read (`was_*`): an enrollment that lands
+/// while `authd reseal` runs is never overwritten with a stale secret.
+#[derive(Clone, Debug)]
+pub struct TotpReseal {
+    pub user: UserId,
+    pub was_active: Option<String>,
+    pub was_pending: Option<String>,
+    pub active: Option<String>,
+    pub pending: Option<String>,
+}

@@ -701,25 +701,27 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn reseal_totp_secrets(
-        &self,
-        tenant: TenantId,
-        sealed: &[(UserId, Option<String>, Option<String>)],
-    ) -> Result<()> {
+    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
         let mut tx = self.tenant_tx(tenant).await?;
-        for (user, active, pending) in sealed {
-            sqlx::query(
-                "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 WHERE tenant_id = $1 AND id = $2",
+        let mut replaced = 0;
+        for r in sealed {
+            let done = sqlx::query(
+                "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 \
+                 WHERE tenant_id = $1 AND id = $2 \
+                 AND totp_secret_sealed IS NOT DISTINCT FROM $5 AND totp_pending_sealed IS NOT DISTINCT FROM $6",
             )
             .bind(tenant.0)
-            .bind(user.0)
-            .bind(active)
-            .bind(pending)
+            .bind(r.user.0)
+            .bind(&r.active)
+            .bind(&r.pending)
+            .bind(&r.was_active)
+            .bind(&r.was_pending)
             .execute(&mut *tx)
             .await?;
+            replaced += done.rows_affected();
         }
         tx.commit().await?;
-        Ok(())
+        Ok(replaced)
     }
 
     async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {

@@ -6,6 +6,7 @@
 
 use authd_core::crypto::SealContext;
 use authd_core::{Result, TenantId};
+use authd_store::TotpReseal;
 
 use crate::Deps;
 
@@ -61,12 +62,19 @@ pub async fn reseal_all(deps: &Deps) -> Result<ResealReport> {
                     None => None,
                 };
                 if new_active.is_some() || new_pending.is_some() {
-                    secrets.push((user, new_active.or(active), new_pending.or(pending)));
+                    secrets.push(TotpReseal {
+                        user,
+                        active: new_active.or_else(|| active.clone()),
+                        pending: new_pending.or_else(|| pending.clone()),
+                        was_active: active,
+                        was_pending: pending,
+                    });
                 }
             }
             if !secrets.is_empty() {
-                report.totp_secrets += secrets.len() as u64;
-                deps.store.reseal_totp_secrets(tenant.id, &secrets).await?;
+                // A row changed since it was read (an enrollment landed) is
+                // left as it is: it was sealed under the current key.
+                report.totp_secrets += deps.store.reseal_totp_secrets(tenant.id, &secrets).await?;
             }
             report.oauth_client_secrets += reseal_oauth_secrets(deps, tenant.id).await?;
         }

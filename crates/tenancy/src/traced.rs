@@ -488,11 +488,7 @@ mod store {
             call(span!(self, "store.sealed_totp_secrets", tenant), self.inner.sealed_totp_secrets(tenant)).await
         }
 
-        async fn reseal_totp_secrets(
-            &self,
-            tenant: TenantId,
-            sealed: &[(UserId, Option<String>, Option<String>)],
-        ) -> Result<()> {
+        async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
             call(span!(self, "store.reseal_totp_secrets", tenant), self.inner.reseal_totp_secrets(tenant, sealed)).await
         }
     }
