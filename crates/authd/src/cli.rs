@@ -22,7 +22,13 @@ pub enum Command {
     /// Serve the API (configuration from the environment; see the README).
     Serve,
     /// Apply database migrations and exit (run as the owner role).
-    Migrate,
+    Migrate {
+        /// Also create (or fix) this login role for `authd serve`: a member of
+        /// authd_app that owns nothing. Its password comes from
+        /// AUTHD_SERVICE_ROLE_PASSWORD when set, never from the command line.
+        #[arg(long, value_name = "NAME")]
+        create_service_role: Option<String>,
+    },
     /// Print a GraphQL schema (SDL).
     Schema {
         #[arg(value_enum)]
@@ -66,11 +72,32 @@ pub fn schema_sdl(which: SchemaKind) -> String {
     }
 }
 
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+pub async fn migrate(config: &Config, service_role: Option<&str>) -> anyhow::Result<()> {
     match &config.storage {
-        Storage::Postgres { url } => authd_store::postgres::migrate_postgres(url)
-            .await
-            .map_err(|e| anyhow!("DATABASE_URL: migration failed: {e}")),
+        Storage::Postgres { url } => {
+            authd_store::postgres::migrate_postgres(url)
+                .await
+                .map_err(|e| anyhow!("DATABASE_URL: migration failed: {e}"))?;
+            match service_role {
+                Some(name) => {
+                    let password = std::env::var("AUTHD_SERVICE_ROLE_PASSWORD").ok();
+                    authd_store::postgres::create_service_role(url, name, password.as_deref())
+                        .await
+                        .map_err(|e| anyhow!("--create-service-role: {e}"))?;
+                    eprintln!(
+                        "login role {name} is a member of authd_app and owns nothing: run `authd serve` with \
+                         DATABASE_URL naming {name}{}",
+                        if password.is_some() { "" } else { " (set its password with AUTHD_SERVICE_ROLE_PASSWORD)" }
+                    );
+                }
+                None => eprintln!(
+                    "run `authd serve` as a login role that is a member of authd_app and owns nothing, not as this \
+                     owner role: `authd migrate --create-service-role authd_service` creates one \
+                     (or: CREATE ROLE authd_service LOGIN PASSWORD '...'; GRANT authd_app TO authd_service;)"
+                ),
+            }
+            Ok(())
+        }
         Storage::Embedded => {
             // Opening the embedded store migrates it.
             crate::server::open_store(config).await.map(|_| ())

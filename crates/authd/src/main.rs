@@ -49,8 +49,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry.shutdown().await;
             Ok(())
         }
-        Command::Migrate => {
-            authd::cli::migrate(&config).await?;
+        Command::Migrate { create_service_role } => {
+            authd::cli::migrate(&config, create_service_role.as_deref()).await?;
             eprintln!("migrations applied");
             Ok(())
         }

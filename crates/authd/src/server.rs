@@ -27,11 +27,24 @@ use crate::config::{Config, Storage};
 /// file (migrated on open).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.storage {
-        Storage::Postgres { url } => Arc::new(
-            PgStore::connect(url, config.db_max_connections)
+        Storage::Postgres { url } => {
+            let store = PgStore::connect(url, config.db_max_connections)
                 .await
-                .map_err(|e| anyhow!("DATABASE_URL: cannot connect as the application role: {e}"))?,
-        ),
+                .map_err(|e| anyhow!("DATABASE_URL: cannot connect as the application role: {e}"))?;
+            match store.login_role_problems().await {
+                Ok(problems) => {
+                    for problem in problems {
+                        tracing::warn!(
+                            "{problem}: row-level security holds only while the service keeps its SET ROLE; \
+                             run `authd serve` as a login role that is a member of authd_app and owns nothing \
+                             (`authd migrate --create-service-role <name>` creates one)"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not check the database login role"),
+            }
+            Arc::new(store)
+        }
         Storage::Embedded => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("AUTHD_DATA_DIR: cannot create {}", config.data_dir.display()))?;

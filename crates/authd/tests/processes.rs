@@ -950,3 +950,53 @@ async fn a_token_store_outage_shows_in_backend_error_metrics_and_error_spans() {
     });
     assert!(failed_call.is_some(), "no token-store span with an error status in the failed login's trace");
 }
+
+// ------------------------------------------------------------------ the database role
+
+/// `authd serve` warns when it logs in as a role that could undo row-level
+/// security (here: the superuser the tests migrate with); the login role
+/// `authd migrate --create-service-role` makes serves without a warning and
+/// cannot read across tenants even after `RESET ROLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_warns_about_a_powerful_login_role_and_the_service_role_is_not_one() {
+    let env = production_env().await;
+    let owner_url = env["DATABASE_URL"].clone();
+    let as_owner = Authd::spawn(&env);
+    let warned = |logs: &[String]| logs.iter().any(|l| l.contains("\"WARN\"") && l.contains("is a superuser"));
+    assert!(eventually(Duration::from_secs(5), || async { warned(&as_owner.logs.lock()) }).await, "no warning");
+    drop(as_owner);
+
+    let role = format!("authd_svc_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let out = Command::new(env!("CARGO_BIN_EXE_authd"))
+        .args(["migrate", "--create-service-role", &role])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &owner_url)
+        .env("AUTHD_SERVICE_ROLE_PASSWORD", "service role password")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&role) && !stderr.contains("service role password"), "{stderr}");
+
+    let mut url = url::Url::parse(&owner_url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("service role password")).unwrap();
+    let mut service_env = env.clone();
+    service_env.insert("DATABASE_URL".into(), url.to_string());
+    let service = Authd::spawn(&service_env);
+    let (slug, _) = service.tenant().await;
+    service.register(&slug, "user@example.com").await;
+    let (token, _) = service.login(&slug, "user@example.com", PASSWORD).await;
+    assert!(service.gql(&slug, Some(&token), ME, json!({})).await["data"]["me"]["id"].is_string());
+    assert!(!service.logs.lock().iter().any(|l| l.contains("\"WARN\"") && l.contains("login role")), "warned");
+
+    // An SQL foothold as the service role: RESET ROLE leaves RLS in force.
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+    sqlx::query("RESET ROLE").execute(&mut conn).await.unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(users, 0, "without app.tenant_id no tenant's rows are visible");
+    let dropped = sqlx::query("ALTER TABLE users DISABLE ROW LEVEL SECURITY").execute(&mut conn).await;
+    assert!(dropped.is_err(), "the service role owns nothing");
+}

@@ -34,6 +34,40 @@ pub async fn migrate_postgres(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Creates (or updates) `name`, a login role for the service: a member of
+/// [`APP_ROLE`] that owns nothing, is no superuser and lacks `BYPASSRLS`, so
+/// that even `RESET ROLE` after an SQL injection leaves row-level security in
+/// force. Run as the owner role, after the migrations. `password` is set when
+/// given (never logged).
+pub async fn create_service_role(url: &str, name: &str, password: Option<&str>) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(Error::Internal("a service role name is 1 to 63 characters of a-z, 0-9 and _".into()));
+    }
+    let opts = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.to_string()))?;
+    let pool =
+        PgPoolOptions::new().max_connections(1).acquire_timeout(Duration::from_secs(10)).connect_with(opts).await?;
+    let mut tx = pool.begin().await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+    let attributes = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT";
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    tx.execute(AssertSqlSafe(format!("{verb} ROLE {name} {attributes}"))).await?;
+    if let Some(password) = password {
+        // DDL takes no bind parameters: quote the literal (doubling quotes).
+        let literal = password.replace('\'', "''");
+        tx.execute(AssertSqlSafe(format!("ALTER ROLE {name} PASSWORD '{literal}'"))).await?;
+    }
+    tx.execute(AssertSqlSafe(format!("GRANT {APP_ROLE} TO {name}"))).await?;
+    tx.commit().await?;
+    pool.close().await;
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -59,6 +93,34 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// What is wrong with the role the service logged in as, for a warning at
+    /// start-up: a superuser, a role with `BYPASSRLS`, or the owner of the
+    /// schema's tables can drop or sidestep row-level security after a mere
+    /// `RESET ROLE`. Empty when the login role is as it should be.
+    pub async fn login_role_problems(&self) -> Result<Vec<String>> {
+        let row = sqlx::query(
+            "SELECT session_user::text AS name, r.rolsuper, r.rolbypassrls, \
+             (SELECT count(*) FROM pg_tables t WHERE t.schemaname = current_schema() \
+                AND t.tableowner = session_user) AS owned \
+             FROM pg_roles r WHERE r.rolname = session_user",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let name: String = row.try_get("name")?;
+        let mut problems = Vec::new();
+        if row.try_get::<bool, _>("rolsuper")? {
+            problems.push(format!("the login role {name} is a superuser"));
+        }
+        if row.try_get::<bool, _>("rolbypassrls")? {
+            problems.push(format!("the login role {name} has BYPASSRLS"));
+        }
+        let owned: i64 = row.try_get("owned")?;
+        if owned > 0 {
+            problems.push(format!("the login role {name} owns {owned} of the schema's tables"));
+        }
+        Ok(problems)
     }
 
     /// A transaction scoped to one tenant: row-level security sees only its rows.
