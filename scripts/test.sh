@@ -40,6 +40,9 @@
 #
 # Exported to the tests:
 #   AUTHD_TEST_DATABASE_URL, AUTHD_TEST_REDIS_URL, AUTHD_TEST_REDIS_CLUSTER_URL,
+#   AUTHD_TEST_TLS_DATABASE_URL and AUTHD_TEST_TLS_REDIS_URL (a private
+#   Postgres and a TLS-only Redis serving a certificate of a test CA,
+#   AUTHD_TEST_TLS_CA_FILE),
 #   AUTHD_TEST_PYTHON (venv python with the
 #   pinned tools), AUTHD_TEST_NODE (node), AUTHD_TEST_SCRIPTS (absolute path of
 #   tests/scripts: cargo runs test binaries with the crate as cwd, so a
@@ -233,8 +236,10 @@ as_pg() {
   fi
 }
 
+# start_private_postgres [NAME [SERVER OPTIONS]]: a private cluster under
+# $ENV_DIR/NAME (default pg); sets PRIVATE_PG_URL and PRIVATE_PG_DIR.
 start_private_postgres() {
-  local bindir dir data sock port ver
+  local name=${1:-pg} extra=${2:-} bindir dir data sock port ver
   bindir=$(pg_bindir) || {
     note "no Postgres server installed; installing Debian's postgresql"
     apt_install postgresql ||
@@ -243,7 +248,7 @@ start_private_postgres() {
   }
   ver=$("$bindir/postgres" --version | sed -E 's/^[^0-9]*([0-9]+).*/\1/')
 
-  dir="$ENV_DIR/pg"
+  dir="$ENV_DIR/$name"
   data="$dir/data"
   mkdir -p "$dir"
   if [[ $(id -u) -eq 0 ]]; then
@@ -254,7 +259,7 @@ start_private_postgres() {
     # private home (mode 700) is not traversable by `postgres`, so fall back
     # to a directory under /tmp there.
     if ! runuser -u postgres -- test -x "$dir"; then
-      dir=$(mktemp -d /tmp/authd-test-pg.XXXXXX)
+      dir=$(mktemp -d "/tmp/authd-test-$name.XXXXXX")
       data="$dir/data"
       CLEANUPS+=("rm -rf '$dir'")
     fi
@@ -283,20 +288,23 @@ start_private_postgres() {
   mkdir -p "$sock"
   [[ -z "$PG_USER" ]] || chown "$PG_USER": "$sock"
 
+  PRIVATE_PG_DIR=$dir
+  # Hook for callers that must place files the server reads (certificates).
+  if [[ -n "${PG_PREPARE:-}" ]]; then "$PG_PREPARE" "$dir"; fi
   port=$(free_port)
   note "starting a private Postgres on 127.0.0.1:$port"
   # fsync and friends are off: a test cluster is disposable and this makes
   # per-test database creation several times faster. Many connections,
   # because every test opens its own pools.
   as_pg "$bindir/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-k '$sock' -h 127.0.0.1 -p $port -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    -o "-k '$sock' -h 127.0.0.1 -p $port -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 $extra" \
     start >/dev/null 9>&- || die "private Postgres did not start; see $dir/postgres.log"
-  CLEANUPS+=("as_pg '$bindir/pg_ctl' -D '$data' -m fast -w -t 30 stop; rm -f '$ENV_DIR/pg.started'")
+  CLEANUPS+=("as_pg '$bindir/pg_ctl' -D '$data' -m fast -w -t 30 stop; rm -f '$ENV_DIR/$name.started'")
   # Also record it for the next run, in case this one is killed with SIGKILL.
-  printf '%s\n%s\n%s\n' "$bindir" "$data" "$PG_USER" >"$ENV_DIR/pg.started"
+  printf '%s\n%s\n%s\n' "$bindir" "$data" "$PG_USER" >"$ENV_DIR/$name.started"
 
-  AUTHD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  pg_superuser_ok "$AUTHD_TEST_DATABASE_URL" || die "private Postgres refuses the superuser login: $PG_ERROR"
+  PRIVATE_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  pg_superuser_ok "$PRIVATE_PG_URL" || die "private Postgres refuses the superuser login: $PG_ERROR"
 }
 
 setup_postgres() {
@@ -319,6 +327,7 @@ setup_postgres() {
       note "nothing answers on 127.0.0.1:5432"
     fi
     start_private_postgres
+    AUTHD_TEST_DATABASE_URL=$PRIVATE_PG_URL
   fi
   export AUTHD_TEST_DATABASE_URL
   note "AUTHD_TEST_DATABASE_URL=$AUTHD_TEST_DATABASE_URL"
@@ -449,15 +458,89 @@ stop_leftovers() {
     note "stopping a private Redis left by an earlier run (${f#"$ROOT"/})"
     stop_pidfile "$f"
   done
-  if [[ -f "$ENV_DIR/pg.started" ]]; then
-    { read -r bindir; read -r data; read -r user; } <"$ENV_DIR/pg.started" || true
+  for f in "$ENV_DIR"/redis-tls/redis.pid; do
+    [[ -f "$f" ]] || continue
+    note "stopping a private TLS Redis left by an earlier run"
+    stop_pidfile "$f"
+  done
+  for f in "$ENV_DIR"/pg.started "$ENV_DIR"/pg-tls.started; do
+    [[ -f "$f" ]] || continue
+    { read -r bindir; read -r data; read -r user; } <"$f" || true
     if [[ -x "$bindir/pg_ctl" && -d "$data" ]]; then
       note "stopping a private Postgres left by an earlier run ($data)"
       PG_USER=$user as_pg "$bindir/pg_ctl" -D "$data" -m fast -w -t 30 stop >/dev/null 2>&1 || true
     fi
-    rm -f "$ENV_DIR/pg.started"
-  fi
+    rm -f "$f"
+  done
   return 0
+}
+
+# ---------------------------------------------------------------------------
+# TLS: a private CA, and a Postgres and a Redis that its certificate serves
+# ---------------------------------------------------------------------------
+
+# A CA and a server certificate for localhost / 127.0.0.1 (kept for 30 days;
+# remade when less than a day is left).
+make_test_certs() {
+  TLS_DIR="$ENV_DIR/tls"
+  mkdir -p "$TLS_DIR"
+  if ! have openssl; then
+    apt_install openssl || die "openssl is needed to make the test certificates (Debian: apt-get install openssl)"
+  fi
+  if [[ -f "$TLS_DIR/server.crt" ]] && openssl x509 -checkend 86400 -noout -in "$TLS_DIR/server.crt" >/dev/null 2>&1; then
+    return 0
+  fi
+  note "making a test CA and a server certificate in $TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=authd test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout ca.key -out ca.crt
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile server.ext -out server.crt
+  ) >"$TLS_DIR/openssl.log" 2>&1 || die "could not make the test certificates; see $TLS_DIR/openssl.log"
+  chmod 600 "$TLS_DIR"/*.key
+}
+
+# Postgres reads its key only when the server's user owns it, mode 0600.
+# Relative file names in the server options resolve in the data directory.
+place_pg_certs() {
+  cp "$TLS_DIR/server.crt" "$TLS_DIR/server.key" "$1/data/"
+  chmod 600 "$1/data/server.key"
+  [[ -z "$PG_USER" ]] || chown "$PG_USER": "$1/data/server.crt" "$1/data/server.key"
+}
+
+setup_tls() {
+  step "TLS Postgres and TLS Redis (private CA)"
+  make_test_certs
+  PG_PREPARE=place_pg_certs start_private_postgres pg-tls "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+  local pg_port=${PRIVATE_PG_URL##*:}
+  pg_port=${pg_port%%/*}
+  # The certificate names localhost; verify-full checks the name and the chain.
+  AUTHD_TEST_TLS_DATABASE_URL="postgres://postgres@localhost:$pg_port/postgres?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.crt"
+  ensure_redis_installed
+  local port dir="$ENV_DIR/redis-tls"
+  port=$(free_port)
+  mkdir -p "$dir"
+  rm -f "$dir/redis.pid"
+  note "starting a TLS-only Redis on 127.0.0.1:$port"
+  redis-server --port 0 --tls-port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize yes --maxmemory-policy noeviction --dir "$dir" \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+    --tls-cert-file "$TLS_DIR/server.crt" --tls-key-file "$TLS_DIR/server.key" \
+    --tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients no >/dev/null 9>&- ||
+    die "the TLS Redis did not start (is redis-server built with TLS?); see $dir/redis.log"
+  CLEANUPS+=("stop_pidfile '$dir/redis.pid'")
+  wait_for 10 eval "[[ \$(redis-cli --tls --cacert '$TLS_DIR/ca.crt' -h localhost -p $port ping 2>/dev/null) == PONG ]]" ||
+    die "the TLS Redis does not answer; see $dir/redis.log"
+  AUTHD_TEST_TLS_REDIS_URL="rediss://localhost:$port"
+  AUTHD_TEST_TLS_CA_FILE="$TLS_DIR/ca.crt"
+  export AUTHD_TEST_TLS_DATABASE_URL AUTHD_TEST_TLS_REDIS_URL AUTHD_TEST_TLS_CA_FILE
+  note "AUTHD_TEST_TLS_DATABASE_URL=$AUTHD_TEST_TLS_DATABASE_URL"
+  note "AUTHD_TEST_TLS_REDIS_URL=$AUTHD_TEST_TLS_REDIS_URL"
 }
 
 # ---------------------------------------------------------------------------
@@ -558,6 +641,7 @@ fi
 setup_postgres
 setup_redis
 setup_redis_cluster
+setup_tls
 setup_python
 setup_node
 setup_system_tools
@@ -576,6 +660,7 @@ if [[ $SETUP_ONLY -eq 1 ]]; then
     step "environment ready (--setup-only: stopping here)"
   fi
   for v in AUTHD_TEST_DATABASE_URL AUTHD_TEST_REDIS_URL AUTHD_TEST_REDIS_CLUSTER_URL \
+    AUTHD_TEST_TLS_DATABASE_URL AUTHD_TEST_TLS_REDIS_URL AUTHD_TEST_TLS_CA_FILE \
     AUTHD_TEST_PYTHON AUTHD_TEST_NODE AUTHD_TEST_SCRIPTS AUTHD_TEST_CHROMIUM AUTHD_TEST_CHROMEDRIVER; do
     # Single-quoted for the shell: no value here contains a quote.
     [[ -n "${!v:-}" ]] && printf "export %s='%s'\n" "$v" "${!v}"

@@ -32,6 +32,11 @@ pub const VARIABLES: &[(&str, bool, &str)] = &[
     ("DATABASE_URL", true, "Postgres URL; absent: embedded SQLite under AUTHD_DATA_DIR"),
     ("REDIS_URL", true, "Redis URL (or comma-separated cluster seeds); absent: in-process token store"),
     ("AUTHD_REDIS_PREFIX", false, "prefix of every Redis key (default authd)"),
+    (
+        "AUTHD_REDIS_CA_FILE",
+        false,
+        "PEM file of the CA that signed a rediss:// server's certificate (default: the webpki roots)",
+    ),
     ("AUTHD_DATA_DIR", false, "where the embedded default keeps its files (default ./authd-data)"),
     ("AUTHD_MASTER_KEY", true, "base64 of 32 random bytes; seals keys and secrets at rest"),
     ("AUTHD_MASTER_KEY_PREVIOUS", true, "comma-separated previous master keys, still accepted for opening (rotation)"),
@@ -78,6 +83,8 @@ pub struct Config {
     pub storage: Storage,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// `AUTHD_REDIS_CA_FILE`, read at start-up.
+    pub redis_ca_pem: Option<Vec<u8>>,
     pub data_dir: PathBuf,
     /// `None` on the embedded default means "generate into the data dir".
     pub master_key: Option<MasterKey>,
@@ -297,6 +304,12 @@ impl Config {
             storage,
             redis_url,
             redis_prefix,
+            redis_ca_pem: match env.plain("AUTHD_REDIS_CA_FILE") {
+                Some(path) => Some(
+                    std::fs::read(&path).map_err(|e| err("AUTHD_REDIS_CA_FILE", format!("cannot read {path}: {e}")))?,
+                ),
+                None => None,
+            },
             data_dir,
             master_key,
             previous_master_keys,

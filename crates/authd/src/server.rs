@@ -60,8 +60,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 async fn open_tokens(config: &Config) -> anyhow::Result<Arc<dyn TokenStore>> {
     Ok(match &config.redis_url {
         Some(url) => {
-            let store =
-                RedisTokenStore::connect(url, &config.redis_prefix).await.map_err(|e| anyhow!("REDIS_URL: {e}"))?;
+            let store = RedisTokenStore::connect_with_ca(url, &config.redis_prefix, config.redis_ca_pem.as_deref())
+                .await
+                .map_err(|e| anyhow!("REDIS_URL: {e}"))?;
             // An evicted deny entry would revive a revoked session.
             store.check_eviction_policy().await.map_err(|e| anyhow!("REDIS_URL: {e}"))?;
             Arc::new(store)

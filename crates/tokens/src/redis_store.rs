@@ -203,7 +203,7 @@ fn spawn_change_listener(
     });
 }
 
-fn parse_target(url: &str) -> Result<Target> {
+fn parse_target(url: &str, ca_pem: Option<&[u8]>) -> Result<Target> {
     // Never echo the URL: it may carry a password.
     let bad = |what: &str| Error::Misconfigured(format!("REDIS_URL: {what}"));
     let url = url.trim();
@@ -216,8 +216,15 @@ fn parse_target(url: &str) -> Result<Target> {
     };
     let mut parts = url.split(',').map(str::trim).filter(|p| !p.is_empty());
     let first = parts.next().ok_or_else(|| bad("empty"))?;
+    // A private CA (AUTHD_REDIS_CA_FILE) replaces the webpki roots for
+    // `rediss://`: the server's certificate is still checked, against it.
+    let certs = || redis::TlsCertificates { client_tls: None, root_cert: ca_pem.map(<[u8]>::to_vec) };
+    let open = |u: &str| match ca_pem {
+        Some(_) => redis::Client::build_with_tls(u, certs()),
+        None => redis::Client::open(u),
+    };
     if !cluster {
-        let client = redis::Client::open(first).map_err(|e| bad(&format!("not a Redis URL ({:?})", e.kind())))?;
+        let client = open(first).map_err(|e| bad(&format!("not a Redis URL ({:?})", e.kind())))?;
         return Ok(Target::Single(client));
     }
     let (scheme, rest) = first.split_once("://").ok_or_else(|| bad("a cluster seed is not a redis:// URL"))?;
@@ -234,9 +241,13 @@ fn parse_target(url: &str) -> Result<Target> {
             }
         });
     }
-    let seed = redis::Client::open(nodes[0].as_str())
-        .map_err(|e| bad(&format!("a cluster seed is not a Redis URL ({:?})", e.kind())))?;
-    let client = ClusterClient::builder(nodes)
+    let seed =
+        open(nodes[0].as_str()).map_err(|e| bad(&format!("a cluster seed is not a Redis URL ({:?})", e.kind())))?;
+    let mut builder = ClusterClient::builder(nodes);
+    if ca_pem.is_some() {
+        builder = builder.certs(certs());
+    }
+    let client = builder
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(COMMAND_TIMEOUT)
         .build()
@@ -318,8 +329,14 @@ impl RedisTokenStore {
     /// This does not check the eviction policy: call
     /// [`check_eviction_policy`](Self::check_eviction_policy) at start-up.
     pub async fn connect(url: &str, key_prefix: &str) -> Result<Self> {
+        Self::connect_with_ca(url, key_prefix, None).await
+    }
+
+    /// [`connect`](Self::connect), checking a `rediss://` server's
+    /// certificate against `ca_pem` (PEM) instead of the webpki roots.
+    pub async fn connect_with_ca(url: &str, key_prefix: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
         check_prefix(key_prefix)?;
-        let target = parse_target(url)?;
+        let target = parse_target(url, ca_pem)?;
         let changes = Self::listen_for_changes(&target, key_prefix);
         let conn = match target {
             Target::Single(client) => {
@@ -343,7 +360,7 @@ impl RedisTokenStore {
     /// runtime.
     pub fn connect_lazy(url: &str, key_prefix: &str) -> Result<Self> {
         check_prefix(key_prefix)?;
-        let target = parse_target(url)?;
+        let target = parse_target(url, None)?;
         let changes = Self::listen_for_changes(&target, key_prefix);
         let conn = match target {
             Target::Single(client) => {
@@ -974,24 +991,24 @@ mod tests {
 
     #[test]
     fn a_single_url_is_one_node_and_a_list_is_a_cluster() {
-        assert!(matches!(parse_target("redis://127.0.0.1:6379/2"), Ok(Target::Single(_))));
-        assert!(matches!(parse_target(" redis://h:6380 "), Ok(Target::Single(_))));
+        assert!(matches!(parse_target("redis://127.0.0.1:6379/2", None), Ok(Target::Single(_))));
+        assert!(matches!(parse_target(" redis://h:6380 ", None), Ok(Target::Single(_))));
         // TLS (rustls, webpki roots).
-        assert!(matches!(parse_target("rediss://h:6380"), Ok(Target::Single(_))));
-        assert!(matches!(parse_target("rediss+cluster://h1:7000,h2:7001"), Ok(Target::Cluster(..))));
+        assert!(matches!(parse_target("rediss://h:6380", None), Ok(Target::Single(_))));
+        assert!(matches!(parse_target("rediss+cluster://h1:7000,h2:7001", None), Ok(Target::Cluster(..))));
         for cluster in [
             "redis+cluster://h1:7000",
             "redis+cluster://user:pw@h1:7000,h2:7001,h3:7002",
             "redis://h1:7000,redis://h2:7001",
         ] {
-            assert!(matches!(parse_target(cluster), Ok(Target::Cluster(..))), "{cluster}");
+            assert!(matches!(parse_target(cluster, None), Ok(Target::Cluster(..))), "{cluster}");
         }
     }
 
     #[test]
     fn a_bad_url_is_refused_without_echoing_it() {
         for bad in ["", "http://:hunter2@h:1", "redis://:hunter2@h:notaport", "redis+cluster://"] {
-            match parse_target(bad) {
+            match parse_target(bad, None) {
                 Err(Error::Misconfigured(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
                 Err(e) => panic!("{bad:?}: {e:?}"),
                 Ok(_) => panic!("{bad:?} accepted"),
