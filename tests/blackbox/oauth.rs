@@ -1306,7 +1306,7 @@ async fn github_linking(backend: Backend) {
         .await;
         assert!(body["errors"].is_null(), "{body}");
         let browser = Browser::new();
-        let cb = browser.run_until(&start_url(&s, &t, &name).await, "octocat", &callback(&s, &t, &name)).await;
+        let cb = browser.run_until(&start_url(&s, &t, name).await, "octocat", &callback(&s, &t, name)).await;
         let app = browser.callback(&cb).await.unwrap();
         let body = exchange(&s, &t, &param(&app, "code").unwrap(), APP_VERIFIER).await;
         let email = &body["data"]["exchangeLoginCode"]["user"]["email"];

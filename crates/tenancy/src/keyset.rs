@@ -319,7 +319,7 @@ mod tests {
         let t1 = t0 + chrono::Duration::minutes(10);
         let k0 = record(&keyring, tenant, SigningAlgorithm::Es256, t0, t0);
         let k1 = record(&keyring, tenant, SigningAlgorithm::Es256, t1, t1);
-        let old = KeySet::build(&keyring, tenant, &[k0.clone()], t0).unwrap();
+        let old = KeySet::build(&keyring, tenant, std::slice::from_ref(&k0), t0).unwrap();
         let set = KeySet::build(&keyring, tenant, &[k0.clone(), k1.clone()], t0).unwrap();
         let at = |m: i64| t1 + chrono::Duration::minutes(m);
         let claims = AccessClaims {
