@@ -391,6 +391,7 @@ async fn with_redis_down_limits_fall_back_to_local_governors_and_token_calls_ans
     // A correct login needs the token store for its session: UNAVAILABLE, safe to retry.
     let down = login_from(&s, &t.slug, "198.51.100.82", &t.admin_email, &t.admin_password).await;
     assert_eq!(code(&down), Some("UNAVAILABLE"), "{down}");
+    // Readiness follows storage only: every replica would fail alike.
     let ready = s.http.get(format!("{}/readyz", s.url)).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.status(), 200);
 }

@@ -28,7 +28,7 @@ use crate::config::{Config, Storage};
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.storage {
         Storage::Postgres { url } => {
-            let store = PgStore::connect(url, config.db_max_connections)
+            let store = PgStore::connect_with(url, config.db_max_connections, config.db_timeouts)
                 .await
                 .map_err(|e| anyhow!("DATABASE_URL: cannot connect as the application role: {e}"))?;
             match store.login_role_problems().await {

@@ -73,16 +73,42 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// How long the service waits on Postgres before answering `UNAVAILABLE`.
+#[derive(Clone, Copy, Debug)]
+pub struct PgTimeouts {
+    /// Waiting for a pooled connection, a new connection's TCP and TLS
+    /// handshake included (`AUTHD_DB_ACQUIRE_TIMEOUT_MS`). A stopped server
+    /// refuses connections at once, so a request fails within this.
+    pub acquire: Duration,
+    /// Postgres' own `statement_timeout` on every connection
+    /// (`AUTHD_DB_STATEMENT_TIMEOUT_MS`): a statement stuck on a lock or a
+    /// slow disk is cancelled by the server.
+    pub statement: Duration,
+}
+
+impl Default for PgTimeouts {
+    fn default() -> Self {
+        Self { acquire: Duration::from_millis(1000), statement: Duration::from_millis(5000) }
+    }
+}
+
 impl PgStore {
     /// Connects with `url`, switching every connection to [`APP_ROLE`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        Self::connect_with(url, max_connections, PgTimeouts::default()).await
+    }
+
+    /// [`PgStore::connect`] with explicit timeouts.
+    pub async fn connect_with(url: &str, max_connections: u32, timeouts: PgTimeouts) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.to_string()))?;
+        let statement_ms = timeouts.statement.as_millis().max(1);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|conn, _meta| {
+            .acquire_timeout(timeouts.acquire)
+            .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     conn.execute(AssertSqlSafe(format!("SET ROLE {APP_ROLE}"))).await?;
+                    conn.execute(AssertSqlSafe(format!("SET statement_timeout = {statement_ms}"))).await?;
                     Ok(())
                 })
             })
