@@ -15,6 +15,7 @@ mod limits;
 mod mfa;
 mod oauth;
 mod platform;
+mod restart;
 mod rls;
 mod schema;
 mod smoke;

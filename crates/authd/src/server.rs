@@ -17,6 +17,7 @@ use authd_tenancy::{Deps, Platform, TenancyConfig};
 use authd_tokens::TokenStore;
 use authd_tokens::memory::MemoryTokenStore;
 use authd_tokens::redis_store::RedisTokenStore;
+use authd_tokens::sqlite::SqliteTokenStore;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -67,6 +68,20 @@ async fn open_tokens(config: &Config) -> anyhow::Result<Arc<dyn TokenStore>> {
             store.check_eviction_policy().await.map_err(|e| anyhow!("REDIS_URL: {e}"))?;
             Arc::new(store)
         }
+        // The embedded default keeps sessions, revocations and limits in its
+        // own SQLite file beside the data, so a restart forgets nothing (a
+        // logged-out token must stay refused).
+        None if matches!(config.storage, Storage::Embedded) => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("AUTHD_DATA_DIR: cannot create {}", config.data_dir.display()))?;
+            let path = config.data_dir.join("tokens.db");
+            Arc::new(
+                SqliteTokenStore::open(&path)
+                    .await
+                    .map_err(|e| anyhow!("AUTHD_DATA_DIR: cannot open the token store {}: {e}", path.display()))?,
+            )
+        }
+        // Postgres without Redis: one replica, state in process.
         None => Arc::new(MemoryTokenStore::new()),
     })
 }

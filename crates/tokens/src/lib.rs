@@ -25,6 +25,7 @@ mod gcra;
 pub mod memory;
 pub mod model;
 pub mod redis_store;
+pub mod sqlite;
 
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use authd_core::{SessionId, TenantId, UserId};
 pub use memory::MemoryTokenStore;
 pub use model::*;
 pub use redis_store::RedisTokenStore;
+pub use sqlite::SqliteTokenStore;
 
 /// How long a session revoked for refresh-token reuse stays on the deny list.
 /// [`TokenStore::rotate_refresh`] has no `deny_ttl` parameter, so both

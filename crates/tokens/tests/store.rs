@@ -1,6 +1,7 @@
 //! The `TokenStore` contract, as executable tests. Every test function below
-//! takes an `Arc<dyn TokenStore>` and runs twice: against the in-process
-//! store (`in_memory::*`) and against Redis (`on_redis::*`).
+//! takes an `Arc<dyn TokenStore>` and runs three times: against the
+//! in-process store (`in_memory::*`), against Redis (`on_redis::*`) and
+//! against the embedded default's SQLite file (`on_sqlite::*`).
 //!
 //! Redis is the one at `REDIS_URL` (default `redis://127.0.0.1:6379`; a
 //! `redis+cluster://` URL works too). It is required: if it does not answer,
@@ -134,7 +135,61 @@ macro_rules! contract {
                 }
             )*
         }
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let (store, dir) = super::sqlite_store().await;
+                    super::$name(store).await;
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            )*
+        }
     };
+}
+
+/// The embedded default's durable store, in a fresh file.
+async fn sqlite_store() -> (Store, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("authd-tokens-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = authd_tokens::SqliteTokenStore::open(&dir.join("tokens.db")).await.unwrap();
+    (Arc::new(store), dir)
+}
+
+/// What the SQLite store holds survives closing and reopening the file: a
+/// restart keeps sessions, revocations, limits and single-use records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_state_survives_a_reopen() {
+    let dir = std::env::temp_dir().join(format!("authd-tokens-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokens.db");
+    let (t, user) = (TenantId::new(), UserId::new());
+    let live = record(user, 1_700_000_000);
+    let gone = record(user, 1_700_000_001);
+    {
+        let s = authd_tokens::SqliteTokenStore::open(&path).await.unwrap();
+        s.create_session(t, &live, "r-live", TTL).await.unwrap();
+        s.create_session(t, &gone, "r-gone", TTL).await.unwrap();
+        assert!(s.revoke_session(t, gone.id, DENY).await.unwrap());
+        assert!(s.put_once(t, "mfa", "challenge", "value", TTL).await.unwrap());
+        for _ in 0..2 {
+            s.rate_check(t, "login", 2, Duration::from_secs(60), 1_000).await.unwrap();
+        }
+    }
+    let s = authd_tokens::SqliteTokenStore::open(&path).await.unwrap();
+    assert_eq!(s.get_session(t, live.id).await.unwrap(), Some(live.clone()));
+    assert!(s.is_session_denied(t, gone.id).await.unwrap());
+    assert!(!s.is_session_denied(t, live.id).await.unwrap());
+    assert_eq!(s.peek(t, "mfa", "challenge").await.unwrap().as_deref(), Some("value"));
+    assert!(matches!(
+        s.rate_check(t, "login", 2, Duration::from_secs(60), 1_000).await.unwrap(),
+        RateDecision::Limited { .. }
+    ));
+    assert!(matches!(
+        s.rotate_refresh(t, "r-live", "r-next", 1_700_000_100, TTL).await.unwrap(),
+        RotateOutcome::Rotated(_)
+    ));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 contract!(
