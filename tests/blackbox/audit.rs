@@ -445,3 +445,58 @@ async fn retention(backend: Backend) {
     assert!(left.iter().any(|e| e.kind == "user.registered"), "recent events stay");
 }
 both!(retention_removes_only_events_older_than_the_tenants_setting, retention);
+
+/// A flood of failed logins while the audit table is locked (storage slow):
+/// the queue never passes `AUTHD_AUDIT_QUEUE_MAX`, repeated refusals of one
+/// client coalesce, and once storage answers every failure is accounted for
+/// in the stored events' counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_flood_while_storage_is_slow_stays_bounded_and_coalesces() {
+    use sqlx::Connection;
+    let s = TestServer::start_with(Backend::Production, |env| {
+        env.insert("AUTHD_TRUSTED_PROXIES".into(), "127.0.0.0/8,::1/128".into());
+        env.insert("AUTHD_AUDIT_QUEUE_MAX".into(), "20".into());
+        env.insert("AUTHD_DB_STATEMENT_TIMEOUT_MS".into(), "60000".into());
+    })
+    .await;
+    let t = s.tenant().await;
+    let (admin, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+    s.deps().audit.flush().await;
+    // Storage turns slow: the audit table is locked by another session.
+    let mut blocker = sqlx::PgConnection::connect(s.database_url.as_deref().unwrap()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE").execute(&mut blocker).await.unwrap();
+    let metric = |name: &'static str| {
+        let (http, url) = (s.http.clone(), format!("{}/metrics", s.url));
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        }
+    };
+    let mut failures = 0u64;
+    for i in 0..80 {
+        let body = login(&s, &t.slug, &format!("nobody{i}@example.com"), "a wrong password").await;
+        if code(&body) == Some("INVALID_CREDENTIALS") {
+            failures += 1;
+        }
+        if i % 10 == 0 {
+            assert!(metric("authd_audit_queue_length").await <= 20.0, "the queue passed its bound");
+        }
+    }
+    assert!(metric("authd_audit_queue_length").await <= 20.0);
+    assert!(metric("authd_audit_events_coalesced_total").await > 0.0, "repeated refusals coalesce");
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    s.deps().audit.flush().await;
+    let failed: Vec<Value> = events(&s, &t.slug, &admin, "login.failed")
+        .await
+        .into_iter()
+        .filter(|e| e["detail"]["reason"] == "unknown_email")
+        .collect();
+    assert!(!failed.is_empty() && (failed.len() as u64) < failures, "{} events for {failures} failures", failed.len());
+    let counted: u64 = failed.iter().map(|e| e["detail"]["count"].as_u64().unwrap_or(1)).sum();
+    assert_eq!(counted, failures, "every failure is counted: {failed:?}");
+}

@@ -227,6 +227,28 @@ pub fn render_metrics(state: &AppState) -> String {
         Kind::Gauge,
         stats.queued.load(Ordering::Relaxed) as f64,
     );
+    let audit = &state.platform.deps.audit.stats;
+    single(
+        &mut out,
+        "authd_audit_queue_length",
+        "Audit events waiting to be written (bounded by AUTHD_AUDIT_QUEUE_MAX).",
+        Kind::Gauge,
+        audit.queued.load(Ordering::Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "authd_audit_events_dropped_total",
+        "Audit events not stored because the queue was full (they are in the log).",
+        Kind::Counter,
+        audit.dropped.load(Ordering::Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "authd_audit_events_coalesced_total",
+        "Repeated refusals merged into a queued event (its detail.count).",
+        Kind::Counter,
+        audit.coalesced.load(Ordering::Relaxed) as f64,
+    );
     single(
         &mut out,
         "authd_hash_refused_total",

@@ -63,6 +63,11 @@ pub const VARIABLES: &[(&str, bool, &str)] = &[
     ),
     ("AUTHD_DB_MAX_CONNECTIONS", false, "Postgres pool size (default 16)"),
     (
+        "AUTHD_AUDIT_QUEUE_MAX",
+        false,
+        "audit events (refusals, failed logins) queued for writing at most; beyond, dropped and counted (default 10000)",
+    ),
+    (
         "AUTHD_DB_ACQUIRE_TIMEOUT_MS",
         false,
         "longest wait for a Postgres connection (connecting included) before UNAVAILABLE (default 1000)",
@@ -106,6 +111,7 @@ pub struct Config {
     pub hash_threads: usize,
     pub hash_queue_per_tenant: usize,
     pub db_max_connections: u32,
+    pub audit_queue_max: usize,
     pub db_timeouts: authd_store::postgres::PgTimeouts,
     pub replicas: u32,
     pub shutdown_delay: Duration,
@@ -331,6 +337,7 @@ impl Config {
             hash_threads: env.parse("AUTHD_HASH_THREADS", cpus)?.max(1),
             hash_queue_per_tenant: env.parse("AUTHD_HASH_QUEUE_PER_TENANT", 64)?.max(1),
             db_max_connections: env.parse("AUTHD_DB_MAX_CONNECTIONS", 16)?.max(1),
+            audit_queue_max: env.parse("AUTHD_AUDIT_QUEUE_MAX", 10_000usize)?.max(1),
             db_timeouts: authd_store::postgres::PgTimeouts {
                 acquire: Duration::from_millis(env.parse("AUTHD_DB_ACQUIRE_TIMEOUT_MS", 1000u64)?.max(1)),
                 statement: Duration::from_millis(env.parse("AUTHD_DB_STATEMENT_TIMEOUT_MS", 5000u64)?.max(1)),

@@ -172,7 +172,7 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
     let tokens = authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config).await?);
     let keyring = Arc::new(master_keyring(config)?);
     let hasher = HashPool::new(config.hash_threads, config.hash_queue_per_tenant)?;
-    let audit = AuditSink::start(store.clone());
+    let audit = AuditSink::start(store.clone(), config.audit_queue_max);
     Ok(Arc::new(Deps {
         store,
         tokens,

@@ -91,73 +91,203 @@ pub fn log_event(tenant: TenantId, e: &AuditEvent) {
     );
 }
 
-enum SinkMsg {
-    Event(TenantId, AuditEvent),
-    Flush(oneshot::Sender<()>),
+/// Refusals repeated by one client coalesce: the same type (and reason),
+/// tenant, IP and minute become one event whose `detail.count` says how many
+/// there were.
+/// Events that record anything else (a sign-in, a link) are never merged.
+fn coalesces(kind: &str) -> bool {
+    matches!(
+        kind,
+        kinds::LOGIN_FAILED
+            | kinds::MFA_FAILED
+            | kinds::REQUEST_RATE_LIMITED
+            | kinds::OAUTH_CALLBACK_REJECTED
+            | kinds::TOTP_REPLAY_REFUSED
+    )
 }
 
-/// Batches events that record no database change and writes them in the
-/// background. `flush` waits until everything sent before it is stored.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CoalesceKey {
+    tenant: TenantId,
+    kind: String,
+    reason: Option<String>,
+    ip: Option<String>,
+    minute: i64,
+}
+
+/// The events waiting for the writer: a bounded queue, with an index of the
+/// ones that later refusals may still merge into.
+struct Pending {
+    queue: std::collections::VecDeque<(TenantId, AuditEvent, Option<CoalesceKey>)>,
+    /// Sequence number of `queue[0]`; `index` holds absolute numbers.
+    head: u64,
+    index: HashMap<CoalesceKey, u64>,
+}
+
+/// Process-wide counts of the queue, for `/metrics`.
+#[derive(Default)]
+pub struct SinkStats {
+    pub queued: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+    pub coalesced: std::sync::atomic::AtomicU64,
+}
+
+/// Events that record no database change (refusals, failed logins, sign-ins
+/// whose session lives in the token store) are queued here and written in
+/// batches by a background task, readable within [`BATCH_WINDOW`]. The queue
+/// is bounded (`AUTHD_AUDIT_QUEUE_MAX`): while storage is slow, repeated
+/// refusals coalesce, and past the bound an event is dropped and counted
+/// (it is still in the log), so strangers cannot make authd hold unbounded
+/// memory. Events that record a change never pass through here: they are
+/// written in the change's own transaction. `flush` waits until everything
+/// queued before it is stored; a clean shutdown flushes.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::UnboundedSender<SinkMsg>,
+    pending: Arc<parking_lot::Mutex<Pending>>,
+    wake: Arc<tokio::sync::Notify>,
+    flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    max: usize,
+    pub stats: Arc<SinkStats>,
 }
 
+/// How long a queued event may wait before it is written.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// Events written per store call.
+const BATCH_MAX: usize = 500;
+
 impl AuditSink {
-    pub fn start(store: Arc<dyn Store>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_sink(store, rx));
-        Self { tx }
+    /// A sink holding at most `max` queued events.
+    pub fn start(store: Arc<dyn Store>, max: usize) -> Self {
+        let (flushes, flush_rx) = mpsc::unbounded_channel();
+        let sink = Self {
+            pending: Arc::new(parking_lot::Mutex::new(Pending {
+                queue: std::collections::VecDeque::new(),
+                head: 0,
+                index: HashMap::new(),
+            })),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            flushes,
+            max: max.max(1),
+            stats: Arc::default(),
+        };
+        tokio::spawn(run_sink(store, sink.clone(), flush_rx));
+        sink
     }
 
-    /// Queues an event (and logs it now).
+    /// Queues an event (and logs it now): merged into a queued refusal of the
+    /// same type, tenant, IP and minute, or appended, or (queue full) dropped
+    /// and counted.
     pub fn record(&self, tenant: TenantId, e: AuditEvent) {
+        use std::sync::atomic::Ordering::Relaxed;
         log_event(tenant, &e);
-        if self.tx.send(SinkMsg::Event(tenant, e)).is_err() {
-            tracing::error!(target: "authd::audit", "audit sink stopped; an event was only logged");
+        let key = coalesces(&e.kind).then(|| CoalesceKey {
+            tenant,
+            kind: e.kind.clone(),
+            reason: e.detail.as_ref().and_then(|d| d.get("reason")).and_then(|r| r.as_str()).map(str::to_owned),
+            ip: e.ip.clone(),
+            minute: e.at.timestamp().div_euclid(60),
+        });
+        let mut p = self.pending.lock();
+        if let Some(k) = &key
+            && let Some(seq) = p.index.get(k).copied()
+            && let Some(pos) = seq.checked_sub(p.head).and_then(|i| usize::try_from(i).ok())
+            && let Some((_, queued, _)) = p.queue.get_mut(pos)
+        {
+            let detail = queued.detail.get_or_insert_with(|| serde_json::json!({}));
+            if let Some(obj) = detail.as_object_mut() {
+                let count = obj.get("count").and_then(serde_json::Value::as_u64).unwrap_or(1);
+                obj.insert("count".into(), serde_json::json!(count + 1));
+            }
+            drop(p);
+            self.stats.coalesced.fetch_add(1, Relaxed);
+            return;
         }
+        if p.queue.len() >= self.max {
+            drop(p);
+            self.stats.dropped.fetch_add(1, Relaxed);
+            tracing::warn!(target: "authd::audit", tenant = %tenant, "audit queue full; an event was only logged");
+            return;
+        }
+        let seq = p.head + p.queue.len() as u64;
+        if let Some(k) = &key {
+            p.index.insert(k.clone(), seq);
+        }
+        p.queue.push_back((tenant, e, key));
+        self.stats.queued.store(p.queue.len() as u64, Relaxed);
+        drop(p);
+        self.wake.notify_one();
     }
 
     /// Waits until every event queued before this call has been written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(SinkMsg::Flush(tx)).is_ok() {
+        if self.flushes.send(tx).is_ok() {
+            self.wake.notify_one();
             let _ = rx.await;
         }
     }
+
+    /// Takes up to `n` events off the front of the queue.
+    fn take(&self, n: usize) -> Vec<(TenantId, AuditEvent)> {
+        let mut p = self.pending.lock();
+        let n = n.min(p.queue.len());
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let Some((tenant, e, key)) = p.queue.pop_front() else { break };
+            let seq = p.head;
+            p.head += 1;
+            if let Some(k) = key
+                && p.index.get(&k) == Some(&seq)
+            {
+                p.index.remove(&k);
+            }
+            out.push((tenant, e));
+        }
+        self.stats.queued.store(p.queue.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        out
+    }
 }
 
-async fn run_sink(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<SinkMsg>) {
-    let mut batch: HashMap<TenantId, Vec<AuditEvent>> = HashMap::new();
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+async fn run_sink(store: Arc<dyn Store>, sink: AuditSink, mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>) {
     loop {
-        let first = tokio::select! {
-            m = rx.recv() => m,
-        };
-        let Some(first) = first else { break };
-        let mut next = Some(first);
-        // Gather what is already queued (up to a batch), then write.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-        let mut count = 0usize;
-        while let Some(m) = next.take() {
-            match m {
-                SinkMsg::Event(t, e) => {
-                    batch.entry(t).or_default().push(e);
-                    count += 1;
+        let woken = tokio::select! {
+            () = sink.wake.notified() => true,
+            f = flushes.recv() => match f {
+                Some(w) => {
+                    drain(&*store, &sink).await;
+                    let _ = w.send(());
+                    continue;
                 }
-                SinkMsg::Flush(w) => waiters.push(w),
-            }
-            if count >= 500 || !waiters.is_empty() {
-                break;
-            }
-            next = tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten();
+                None => false,
+            },
+        };
+        if !woken {
+            break;
         }
-        write_batch(&*store, &mut batch).await;
-        for w in waiters.drain(..) {
+        // Let a batch gather (events arriving within the window join it).
+        tokio::time::sleep(BATCH_WINDOW).await;
+        drain(&*store, &sink).await;
+        while let Ok(w) = flushes.try_recv() {
+            drain(&*store, &sink).await;
             let _ = w.send(());
         }
     }
-    write_batch(&*store, &mut batch).await;
+    drain(&*store, &sink).await;
+}
+
+/// Writes everything queued, a batch at a time.
+async fn drain(store: &dyn Store, sink: &AuditSink) {
+    loop {
+        let events = sink.take(BATCH_MAX);
+        if events.is_empty() {
+            return;
+        }
+        let mut batch: HashMap<TenantId, Vec<AuditEvent>> = HashMap::new();
+        for (t, e) in events {
+            batch.entry(t).or_default().push(e);
+        }
+        write_batch(store, &mut batch).await;
+    }
 }
 
 async fn write_batch(store: &dyn Store, batch: &mut HashMap<TenantId, Vec<AuditEvent>>) {
