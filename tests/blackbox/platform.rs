@@ -796,6 +796,36 @@ async fn readyz_turns_503_while_postgres_does_not_answer() {
     assert!(after["errors"].is_null(), "{after}");
 }
 
+/// Requests for unknown slugs cost no database query: a flood of random
+/// slugs answers TENANT_NOT_FOUND from memory; only a small, process-wide
+/// budget of lookups (for tenants another replica created a moment ago) may
+/// go to storage, while a known tenant is always found.
+async fn unknown_slugs(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.tenant().await;
+    assert!(eventually(|| async { s.running().platform.slugs.is_loaded() }).await, "slugs loaded");
+    let lookups = || async {
+        let text = get(&s, "/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("authd_tenant_lookups_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("authd_tenant_lookups_total in /metrics")
+    };
+    let before = lookups().await;
+    let started = std::time::Instant::now();
+    for i in 0..200 {
+        let slug = format!("nope-{i}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let body = s.gql(&slug, None, "{ __typename }", json!({})).await;
+        assert_eq!(code(&body), Some("TENANT_NOT_FOUND"), "{body}");
+    }
+    let spent = lookups().await - before;
+    let budget = 20.0 + 20.0 * started.elapsed().as_secs_f64() + 1.0;
+    assert!(spent <= budget, "{spent} storage lookups for 200 unknown slugs (budget {budget})");
+    let known = s.gql(&t.slug, None, "{ __typename }", json!({})).await;
+    assert!(known["errors"].is_null(), "{known}");
+}
+both!(unknown_slugs_cost_no_query, unknown_slugs);
+
 /// Redis stops answering: readiness stays (every replica would fail alike,
 /// and pulling them all out of the Service helps nobody), while calls that
 /// need Redis answer UNAVAILABLE within 2 s; they work again when it is back.

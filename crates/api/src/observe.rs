@@ -204,7 +204,12 @@ pub fn render_metrics(state: &AppState) -> String {
     m::LOGINS.render(&mut out);
     m::BACKEND_ERRORS.render(&mut out);
     m::HASH_WAIT_SECONDS.render(&mut out);
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 5] = [
+        (
+            "authd_tenant_lookups_total",
+            "Storage lookups of a tenant by slug (unknown slugs are mostly answered from memory).",
+            &m::TENANT_LOOKUPS,
+        ),
         ("authd_actor_restarts_total", "Tenant children restarted after a failure.", &m::ACTOR_RESTARTS),
         ("authd_password_verifications_total", "Argon2 verifications performed.", &m::PASSWORD_VERIFICATIONS),
         ("authd_password_hashes_total", "Argon2 hashes computed.", &m::PASSWORD_HASHES),

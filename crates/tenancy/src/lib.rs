@@ -22,6 +22,7 @@
 //! - [`tenant`]: `TenantSupervisor` and its supervision policy.
 //! - [`children`]: `SessionActor`, `RateLimiterActor`, `OAuthProviderActor`.
 //! - [`runtime`]: tenant snapshots read by requests.
+//! - [`slugs`]: which tenant slugs exist, so unknown ones cost no query.
 //! - [`keyset`]: a tenant's signing keys: current signer, verifier, JWKS, rotation.
 //! - [`auth`]: accounts, login, tokens and sessions.
 //! - [`admin`]: tenant-admin operations.
@@ -47,6 +48,7 @@ pub mod oauth;
 pub mod platform;
 pub mod reseal;
 pub mod runtime;
+pub mod slugs;
 pub mod tenant;
 pub mod traced;
 

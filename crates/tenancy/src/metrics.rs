@@ -27,6 +27,9 @@ pub static PASSWORD_HASHES: AtomicU64 = AtomicU64::new(0);
 pub static ACTIVE_TENANTS: AtomicU64 = AtomicU64::new(0);
 /// Requests refused by a rate limit.
 pub static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
+/// Storage lookups of a tenant by slug (a request for a tenant not running
+/// on this replica); unknown slugs mostly cost none.
+pub static TENANT_LOOKUPS: AtomicU64 = AtomicU64::new(0);
 
 static TENANT_LABELS: AtomicBool = AtomicBool::new(false);
 

@@ -143,6 +143,8 @@ pub struct Platform {
     pub deps: Arc<Deps>,
     supervisor: ActorRef<PlatformMsg>,
     tenants: TenantMap,
+    /// Every slug that exists: unknown slugs cost no query.
+    pub slugs: Arc<crate::slugs::SlugDirectory>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,17 +167,28 @@ impl Platform {
         let (supervisor, _) = Actor::spawn(None, PlatformSupervisor, (deps.clone(), tenants.clone()))
             .await
             .map_err(|e| Error::internal(format!("cannot start platform supervisor: {e}")))?;
+        let slugs = Arc::new(crate::slugs::SlugDirectory::default());
+        slugs.start(deps.store.clone());
         // Changes announced by other replicas (Redis pub/sub): the tenant
-        // reloads now instead of at its next periodic reload.
+        // reloads now instead of at its next periodic reload, and a tenant
+        // created there joins the known slugs here.
         if let Some(mut changes) = deps.tokens.subscribe_changes() {
             let running = tenants.clone();
+            let (slugs, store) = (slugs.clone(), deps.store.clone());
             tokio::spawn(async move {
                 loop {
                     match changes.recv().await {
                         Ok(id) => {
                             let rt = running.iter().find(|r| r.id == id).map(|r| r.clone());
-                            if let Some(sup) = rt.and_then(|rt| rt.supervisor()) {
-                                let _ = sup.cast(crate::tenant::TenantMsg::Reload);
+                            match rt.and_then(|rt| rt.supervisor()) {
+                                Some(sup) => {
+                                    let _ = sup.cast(crate::tenant::TenantMsg::Reload);
+                                }
+                                None => {
+                                    if let Ok(Some(record)) = store.tenant_by_id(id).await {
+                                        slugs.insert(record.slug.as_str());
+                                    }
+                                }
                             }
                         }
                         // Missed notices: the periodic reload catches up.
@@ -185,7 +198,7 @@ impl Platform {
                 }
             });
         }
-        Ok(Self { deps, supervisor, tenants })
+        Ok(Self { deps, supervisor, tenants, slugs })
     }
 
     /// The running tenant for `slug`, starting it if needed. Unknown slug:
@@ -198,7 +211,15 @@ impl Platform {
             return check_enabled(rt);
         }
         let slug = Slug::parse(slug)?;
-        let record = self.deps.store.tenant_by_slug(slug.as_str()).await?.ok_or(Error::TenantNotFound)?;
+        if !self.slugs.worth_a_lookup(slug.as_str()) {
+            return Err(Error::TenantNotFound);
+        }
+        crate::metrics::TENANT_LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(record) = self.deps.store.tenant_by_slug(slug.as_str()).await? else {
+            self.slugs.remove(slug.as_str());
+            return Err(Error::TenantNotFound);
+        };
+        self.slugs.insert(slug.as_str());
         let snapshot = load_snapshot(&self.deps, record).await?;
         let rt =
             ractor::call_t!(self.supervisor, PlatformMsg::Start, CALL_TIMEOUT.as_millis() as u64, Box::new(snapshot))
@@ -266,6 +287,11 @@ impl Platform {
         let record = self.deps.store.create_tenant(&tenant, &admin, &key, &tenant_event, &platform_event).await?;
         audit::log_event(tenant_id, &tenant_event);
         log_platform_event(&platform_event);
+        self.slugs.insert(record.slug.as_str());
+        // Other replicas learn the new slug now, not at their next full reload.
+        if let Err(e) = self.deps.tokens.publish_change(tenant_id).await {
+            tracing::warn!(tenant = %tenant_id, error = %e, "could not announce a new tenant; replicas learn of it at their next reload");
+        }
         Ok(record)
     }
 
@@ -301,6 +327,7 @@ impl Platform {
         let event = platform_event(kinds::TENANT_DELETED, None, &slug, operator, meta);
         let Some(id) = self.deps.store.delete_tenant(&slug, &event).await? else { return Ok(false) };
         log_platform_event(&event);
+        self.slugs.remove(slug.as_str());
         self.stop_tenant(slug.as_str()).await;
         if let Err(e) = self.deps.tokens.purge_tenant(id).await {
             tracing::warn!(tenant = %id, error = %e, "tenant deleted but its token-store keys could not be purged; they expire on their own");
