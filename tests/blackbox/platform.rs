@@ -740,6 +740,7 @@ async fn readyz_turns_503_while_postgres_does_not_answer() {
     assert_eq!(readyz_status(&s).await, 200);
     let t = s.tenant().await;
     s.register(&t.slug, "before@example.com", "a long passphrase here").await;
+    let (token, _) = s.login(&t.slug, "before@example.com", "a long passphrase here").await;
 
     proxy.stop();
     let started = std::time::Instant::now();
@@ -771,6 +772,14 @@ async fn readyz_turns_503_while_postgres_does_not_answer() {
         assert!(took < std::time::Duration::from_secs(2), "a call took {took:?} while Postgres was down");
     }
     assert_eq!(get(&s, "/healthz").await.status().as_u16(), 200, "liveness does not depend on storage");
+    // What needs no storage keeps working: the running tenant's JWKS and
+    // discovery, and token checks whose session state is in Redis.
+    for path in ["/.well-known/jwks.json", "/.well-known/openid-configuration"] {
+        let resp = get(&s, &format!("/t/{}{path}", t.slug)).await;
+        assert_eq!(resp.status().as_u16(), 200, "{path} while Postgres is down");
+    }
+    let sessions = s.gql(&t.slug, Some(&token), "{ sessions { id } }", json!({})).await;
+    assert_eq!(sessions["data"]["sessions"].as_array().map(Vec::len), Some(1), "{sessions}");
     let resp = s
         .http
         .post(format!("{}/t/never-loaded/graphql", s.url))
