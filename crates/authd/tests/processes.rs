@@ -1000,3 +1000,208 @@ async fn serve_warns_about_a_powerful_login_role_and_the_service_role_is_not_one
     let dropped = sqlx::query("ALTER TABLE users DISABLE ROW LEVEL SECURITY").execute(&mut conn).await;
     assert!(dropped.is_err(), "the service role owns nothing");
 }
+
+// ------------------------------------------------------------------ a stopped Postgres
+
+/// A private Postgres cluster this test may stop and start (`initdb` under a
+/// temporary directory; as root, run as the `postgres` system user).
+struct PrivatePostgres {
+    bindir: PathBuf,
+    data: PathBuf,
+    port: u16,
+    run_as: Option<&'static str>,
+}
+
+impl PrivatePostgres {
+    fn pg(&self, tool: &str) -> Command {
+        let program = self.bindir.join(tool);
+        match self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn init() -> Self {
+        let bindir = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|d| d.join("initdb").exists())
+            .or_else(|| {
+                std::fs::read_dir("/usr/lib/postgresql")
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path().join("bin"))
+                    .find(|d| d.join("initdb").exists())
+            })
+            .expect("a Postgres server installation (scripts/test.sh installs Debian's postgresql)");
+        let root = running_as_root();
+        let dir = std::env::temp_dir().join(format!("authd-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run_as = root.then_some("postgres");
+        if root {
+            assert!(Command::new("chown").args(["postgres:", dir.to_str().unwrap()]).status().unwrap().success());
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pg = Self { bindir, data: dir.join("data"), port, run_as };
+        let out = pg
+            .pg("initdb")
+            .args(["--auth=trust", "-U", "postgres", "--no-locale", "-D"])
+            .arg(&pg.data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        pg.start();
+        pg
+    }
+
+    fn start(&self) {
+        let opts = format!("-h 127.0.0.1 -p {} -k {} -c fsync=off", self.port, self.data.parent().unwrap().display());
+        let log = self.data.parent().unwrap().join("postgres.log");
+        let out = self
+            .pg("pg_ctl")
+            .args(["-w", "-t", "30", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn stop_immediately(&self) {
+        let out =
+            self.pg("pg_ctl").args(["-w", "-D"]).arg(&self.data).args(["-m", "immediate", "stop"]).output().unwrap();
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg("pg_ctl").args(["-w", "-D"]).arg(&self.data).args(["-m", "immediate", "stop"]).output();
+        let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Postgres stopped (`pg_ctl stop -m immediate`) under a steady load of
+/// registrations and token checks: every answer while it is down is
+/// UNAVAILABLE within 2 s (none waits longer), `/readyz` turns 503 within
+/// 2 s, both recover within 2 s of its return, and every acknowledged
+/// registration exists afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_postgres_answers_unavailable_fast_and_loses_no_acknowledged_write() {
+    let pg = PrivatePostgres::init();
+    authd_store::postgres::migrate_postgres(&pg.url()).await.expect("migrate");
+    let mut env = production_env().await;
+    env.insert("DATABASE_URL".into(), pg.url());
+    let authd = Arc::new(Authd::spawn(&env));
+    let (slug, _) = authd.tenant().await;
+    let (admin, _) = authd.login(&slug, &admin_email(&slug), ADMIN_PASSWORD).await;
+    let set = authd
+        .gql(
+            &slug,
+            Some(&admin),
+            "mutation { updateTenantSettings(input: { rateLimits: { registrationsPerIpPerHour: 10000 } }) { passwordMinLength } }",
+            json!({}),
+        )
+        .await;
+    assert!(set["errors"].is_null(), "{set}");
+    authd.register(&slug, "steady@example.com").await;
+    let (token, _) = authd.login(&slug, "steady@example.com", PASSWORD).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow = Arc::new(AtomicU64::new(0));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (authd, slug, token) = (authd.clone(), slug.clone(), token.clone());
+        let (stop, slow, acknowledged) = (stop.clone(), slow.clone(), acknowledged.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let email = format!("w{worker}-{i}@example.com");
+                let started = Instant::now();
+                let body = authd
+                    .gql(
+                        &slug,
+                        None,
+                        "mutation($i: RegisterInput!) { register(input: $i) { id } }",
+                        json!({ "i": { "email": email, "password": PASSWORD } }),
+                    )
+                    .await;
+                if body["data"]["register"]["id"].is_string() {
+                    acknowledged.lock().push(email);
+                } else {
+                    assert_eq!(code(&body), Some("UNAVAILABLE"), "{body}");
+                }
+                if started.elapsed() > Duration::from_secs(2) {
+                    slow.fetch_add(1, Ordering::Relaxed);
+                }
+                let started = Instant::now();
+                let me = authd.gql(&slug, Some(&token), ME, json!({})).await;
+                assert!(me["data"]["me"]["id"].is_string() || code(&me) == Some("UNAVAILABLE"), "{me}");
+                if started.elapsed() > Duration::from_secs(2) {
+                    slow.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.stop_immediately();
+    let down = Instant::now();
+    let readyz = |want: u16| {
+        let authd = authd.clone();
+        move || {
+            let authd = authd.clone();
+            async move {
+                authd.http.get(format!("{}/readyz", authd.url)).send().await.map(|r| r.status().as_u16()).ok()
+                    == Some(want)
+            }
+        }
+    };
+    assert!(eventually(Duration::from_secs(2), readyz(503)).await, "readiness did not turn 503 within 2 s");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.start();
+    assert!(eventually(Duration::from_secs(2), readyz(200)).await, "readiness did not return within 2 s");
+    let recovered = eventually(Duration::from_secs(2), || {
+        let (authd, slug, token) = (authd.clone(), slug.clone(), token.clone());
+        async move { authd.gql(&slug, Some(&token), ME, json!({})).await["data"]["me"]["id"].is_string() }
+    })
+    .await;
+    assert!(recovered, "token checks did not recover within 2 s");
+    let _ = down;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(slow.load(Ordering::Relaxed), 0, "calls that took more than 2 s");
+    let emails = acknowledged.lock().clone();
+    assert!(!emails.is_empty());
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = ANY($1)")
+        .bind(&emails)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored as usize, emails.len(), "every acknowledged registration is stored");
+}
