@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Refresh the vendored GraphiQL build in crates/api/assets/.
 #
-# authd serves GraphiQL from its own origin (API.md: "no third-party script on
+# authd serves GraphiQL from its own origin (docs/api.md: "no third-party script on
 # the auth origin"), so the browser bundle is copied into the repository
 # instead of being loaded from a CDN. This script is the only way those files
 # should change: it fetches exact versions with `npm pack` (which checks the

@@ -1,4 +1,4 @@
-//! Tenant-admin operations (issue 3): who may call them (the role in the
+//! Tenant-admin operations: who may call them (the role in the
 //! token, re-checked against storage), users and their pagination, disabling
 //! and roles, settings and their validation, and the last admin.
 

@@ -1,4 +1,4 @@
-//! The audit log (issue 8): every security-relevant action leaves one event
+//! The audit log: every security-relevant action leaves one event
 //! with the right actor, subject, client IP and user agent; events are
 //! tenant-owned, queryable newest first, never hold a secret, and exist
 //! exactly when their change does.

@@ -1,4 +1,4 @@
-//! GraphQL request hygiene (API.md): only JSON POSTs execute, a GET serves
+//! GraphQL request hygiene (docs/api.md): only JSON POSTs execute, a GET serves
 //! GraphiQL under a strict content-security policy and never executes,
 //! batching is off, documents are bounded (body size, aliases, depth,
 //! complexity, page size), and every failure carries a contract code and no

@@ -1,4 +1,4 @@
-//! Per-tenant rate limiting and brute-force protection (issue 5): counts,
+//! Per-tenant rate limiting and brute-force protection: counts,
 //! not times; an injectable clock instead of sleeping.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Two-factor authentication with TOTP and recovery codes (issue 4), checked
+//! Two-factor authentication with TOTP and recovery codes, checked
 //! with an independent TOTP implementation (pyotp; oathtool in one test).
 
 use std::time::Duration;

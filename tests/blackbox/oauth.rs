@@ -1,4 +1,4 @@
-//! Social login (issue 6), end to end against a real OpenID Provider (the
+//! Social login, end to end against a real OpenID Provider (the
 //! certified `oidc-provider` npm package, started per test on 127.0.0.1 by
 //! `tests/scripts/oidc_provider.mjs`) and a GitHub stand-in, driven by a
 //! cookie-keeping HTTP client that fills in the provider's login and consent

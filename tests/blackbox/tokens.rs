@@ -1,4 +1,4 @@
-//! Password accounts and the token lifecycle (issue 3): access tokens that
+//! Password accounts and the token lifecycle: access tokens that
 //! independent JOSE libraries verify from the JWKS, refresh rotation and reuse
 //! detection, logout and sessions, cross-tenant replay, forged and expired
 //! tokens, key rotation, login enumeration (counted in argon2 verifications),

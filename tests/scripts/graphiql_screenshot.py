@@ -3,7 +3,7 @@
 
     $AUTHD_TEST_PYTHON graphiql_screenshot.py [options] <url> <out.png>
 
-API.md serves GraphiQL "with its assets served by authd itself (no
+docs/api.md serves GraphiQL "with its assets served by authd itself (no
 third-party script on the auth origin)". This is the browser-side check of
 that promise, used by the Rust suite against a running server. It fails (exit
 1, one line per problem on stderr) unless:

@@ -7,7 +7,7 @@
 // A second independent verifier beside verify_jwt.py: jose is stricter about
 // some things (it requires `typ` when asked, and rejects a JWK whose `alg` or
 // `use` does not fit the token), so a token both accept is one "any standard
-// JWT library" accepts (API.md). Checks the signature against the remote
+// JWT library" accepts (docs/api.md). Checks the signature against the remote
 // JWKS (key chosen by `kid`), `alg` in ES256/EdDSA/RS256, `typ: at+jwt`
 // (RFC 9068 §2.1), `iss`, `aud`, `exp`, `iat`.
 //

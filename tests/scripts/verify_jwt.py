@@ -3,7 +3,7 @@
 
     verify_jwt.py [--typ TYP] <jwks_url> <token> <issuer> <audience>
 
-API.md promises that "any standard JWT library verifies it from the JWKS".
+docs/api.md promises that "any standard JWT library verifies it from the JWKS".
 The Rust suite checks that promise with code that shares nothing with authd:
 this script fetches the key set from the URL (PyJWKClient picks the key by
 the token's `kid`), checks the signature with one of the algorithms authd may
@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     )
     sys.exit(2)
 
-# The algorithms API.md allows for access tokens. Listing them explicitly is
+# The algorithms docs/api.md allows for access tokens. Listing them explicitly is
 # the point: a verifier that trusts the header's `alg` accepts `none` or an
 # HMAC forged with the public key.
 ALGORITHMS = ["ES256", "EdDSA", "RS256"]

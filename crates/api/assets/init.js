@@ -20,7 +20,7 @@
     return;
   }
 
-  // One GraphQL operation per POST, as JSON (API.md: batching is off).
+  // One GraphQL operation per POST, as JSON (docs/api.md: batching is off).
   // `credentials: 'same-origin'` sends the tenant's cookies, so a browser that
   // logged in in cookie mode can use the page without pasting a token; a
   // bearer token goes in GraphiQL's Headers tab instead.

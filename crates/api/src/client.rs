@@ -115,7 +115,7 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 pub const ACCESS_COOKIE: &str = "authd_access";
 pub const REFRESH_COOKIE: &str = "authd_refresh";
 
-/// A `Set-Cookie` value scoped to the tenant's path (API.md, Cookies).
+/// A `Set-Cookie` value scoped to the tenant's path (docs/api.md, Cookies).
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"))

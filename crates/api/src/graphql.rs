@@ -1,4 +1,4 @@
-//! GraphQL request hygiene (API.md): only `application/json` POSTs execute,
+//! GraphQL request hygiene (docs/api.md): only `application/json` POSTs execute,
 //! one operation per request (batching is off), and every document is bounded
 //! in size, depth, complexity and aliases. Every error leaves with a contract
 //! code.

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::errors::GqlResult;
 use crate::tenant_schema::{LoginResult, req};
 
-/// Pinned names (API.md): `GOOGLE`, `GITHUB`, `OIDC`.
+/// Pinned names (docs/api.md): `GOOGLE`, `GITHUB`, `OIDC`.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(name = "OAuthProviderKind")]
 pub enum GqlProviderKind {

@@ -210,7 +210,7 @@ impl From<GqlRole> for Role {
     }
 }
 
-/// Pinned names (API.md): `ES256`, `EDDSA`, `RS256`.
+/// Pinned names (docs/api.md): `ES256`, `EDDSA`, `RS256`.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(name = "SigningAlgorithm")]
 pub enum GqlAlgorithm {

@@ -425,7 +425,7 @@ async fn a_provider_reconfigured_on_one_replica_is_used_by_the_other_within_a_se
     assert!(seen, "B never offered the provider created on A: {}", start(&b, &slug, app).await);
     let second = upsert("second-client").await;
     assert_eq!(second["data"]["upsertOAuthProvider"]["clientId"], "second-client", "{second}");
-    // "Within a second" (issue 7), with half a second of slack for a loaded CI machine.
+    // "Within a second", with half a second of slack for a loaded CI machine.
     let changed = Instant::now();
     let updated = eventually(Duration::from_millis(1500), || async {
         client_of(start(&b, &slug, app).await).as_deref() == Some("second-client")

@@ -1,4 +1,4 @@
-//! Access-token claims (API.md, Tokens).
+//! Access-token claims (docs/api.md, Tokens).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -1,5 +1,5 @@
 //! The master key and what it protects: AEAD sealing of secrets at rest,
-//! keyed hashes of bearer secrets, and random tokens (DESIGN.md, "Secrets at
+//! keyed hashes of bearer secrets, and random tokens (docs/architecture.md, "Secrets at
 //! rest are sealed").
 //!
 //! - [`MasterKey`]: 32 bytes from the environment, zeroized on drop, never

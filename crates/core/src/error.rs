@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// The contract's error codes (API.md, Errors).
+/// The contract's error codes (docs/api.md, Errors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     BadUserInput,

@@ -73,7 +73,7 @@ uuid_id!(
 );
 
 /// A tenant's slug: 3 to 63 characters of `a-z`, `0-9` and `-`, neither first
-/// nor last a `-` (API.md, Endpoints).
+/// nor last a `-` (docs/api.md, Endpoints).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Slug(String);

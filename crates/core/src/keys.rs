@@ -1,5 +1,5 @@
 //! Per-tenant JWT signing keys, the JWKS that publishes them, and access-token
-//! signing and verification (API.md, Tokens).
+//! signing and verification (docs/api.md, Tokens).
 //!
 //! - [`SigningKeyMaterial`]: a private key (PKCS#8 DER, sealed at rest by the
 //!   caller) with its `kid`, algorithm and public JWK.

@@ -2,7 +2,7 @@
 //!
 //! Hashing is slow on purpose (tens of milliseconds): callers run
 //! [`hash_password`] and [`verify_password`] on the blocking pool, never on
-//! an async task or inside an actor (DESIGN.md).
+//! an async task or inside an actor (docs/architecture.md).
 //!
 //! Passwords are NFKC-normalised before hashing (NIST SP 800-63B §5.1.1.2),
 //! so the same password typed on two keyboards that produce different code
@@ -143,7 +143,7 @@ fn needs_rehash(params: &Argon2Params, parsed: &PasswordHash) -> bool {
 /// A valid hash, under `params`, of a random password nobody knows. Login
 /// for an unknown email verifies against it, so that it costs exactly one
 /// real argon2 verification like a known email does: response time does not
-/// reveal which emails are registered (API.md, "cost the same work").
+/// reveal which emails are registered (docs/api.md, "cost the same work").
 ///
 /// Computed once per distinct `params` and cached for the process.
 pub fn dummy_phc(params: &Argon2Params) -> Result<String> {
@@ -175,7 +175,7 @@ fn normalise(password: &str) -> Zeroizing<String> {
 /// megabyte "passwords" are a denial-of-service attempt.
 pub const MAX_PASSWORD_BYTES: usize = 4096;
 
-/// The bounds a tenant's `passwordMinLength` lies within (API.md).
+/// The bounds a tenant's `passwordMinLength` lies within (docs/api.md).
 const MIN_LENGTH_BOUNDS: (usize, usize) = (8, 64);
 
 /// The common passwords refused at registration, one per line, lowercase

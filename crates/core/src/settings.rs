@@ -1,5 +1,5 @@
 //! Per-tenant policy: what tenant admins can change through
-//! `updateTenantSettings`, with the defaults API.md fixes.
+//! `updateTenantSettings`, with the defaults docs/api.md fixes.
 
 use serde::{Deserialize, Serialize};
 

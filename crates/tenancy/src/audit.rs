@@ -21,7 +21,7 @@ pub struct RequestMeta {
     pub request_id: Option<String>,
 }
 
-/// Event type names (API.md, Audit events): dotted lowercase, stable.
+/// Event type names (docs/api.md, Audit events): dotted lowercase, stable.
 pub mod kinds {
     pub const USER_REGISTERED: &str = "user.registered";
     pub const LOGIN_SUCCEEDED: &str = "login.succeeded";

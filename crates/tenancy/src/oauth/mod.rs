@@ -1,5 +1,5 @@
 //! Social login through the tenant's own OAuth 2.0 / OpenID Connect
-//! providers (issue 6).
+//! providers.
 //!
 //! The flow, with PKCE (RFC 7636, S256) on both legs:
 //! 1. `startOAuthLogin(provider, redirectUri, codeChallenge)`: the app's
@@ -224,7 +224,7 @@ impl TenantCtx<'_> {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(Error::bad_input("issuer", "an issuer has no query or fragment"));
         }
-        // No SSRF: refused here, before any connection (API.md: BAD_USER_INPUT).
+        // No SSRF: refused here, before any connection (docs/api.md: BAD_USER_INPUT).
         let http = self.deps.provider_http()?;
         match http.policy.check_url(&url).await {
             Ok(()) => {}
