@@ -1101,10 +1101,10 @@ fn running_as_root() -> bool {
 }
 
 /// Postgres stopped (`pg_ctl stop -m immediate`) under a steady load of
-/// registrations and token checks: every answer while it is down is
+/// `createTenant`, `register`, `login` and `me`: every answer while it is down is
 /// UNAVAILABLE within 2 s (none waits longer), `/readyz` turns 503 within
 /// 2 s, both recover within 2 s of its return, and every acknowledged
-/// registration exists afterwards.
+/// registration and tenant exists afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_postgres_answers_unavailable_fast_and_loses_no_acknowledged_write() {
     let pg = PrivatePostgres::init();
@@ -1118,7 +1118,7 @@ async fn a_stopped_postgres_answers_unavailable_fast_and_loses_no_acknowledged_w
         .gql(
             &slug,
             Some(&admin),
-            "mutation { updateTenantSettings(input: { rateLimits: { registrationsPerIpPerHour: 10000 } }) { passwordMinLength } }",
+            "mutation { updateTenantSettings(input: { rateLimits: { registrationsPerIpPerHour: 10000, loginPerIpPerMinute: 10000 } }) { passwordMinLength } }",
             json!({}),
         )
         .await;
@@ -1129,10 +1129,11 @@ async fn a_stopped_postgres_answers_unavailable_fast_and_loses_no_acknowledged_w
     let stop = Arc::new(AtomicBool::new(false));
     let slow = Arc::new(AtomicU64::new(0));
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tenants = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut load = Vec::new();
     for worker in 0..4 {
         let (authd, slug, token) = (authd.clone(), slug.clone(), token.clone());
-        let (stop, slow, acknowledged) = (stop.clone(), slow.clone(), acknowledged.clone());
+        let (stop, slow, acknowledged, tenants) = (stop.clone(), slow.clone(), acknowledged.clone(), tenants.clone());
         load.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -1160,6 +1161,36 @@ async fn a_stopped_postgres_answers_unavailable_fast_and_loses_no_acknowledged_w
                 assert!(me["data"]["me"]["id"].is_string() || code(&me) == Some("UNAVAILABLE"), "{me}");
                 if started.elapsed() > Duration::from_secs(2) {
                     slow.fetch_add(1, Ordering::Relaxed);
+                }
+                let started = Instant::now();
+                let login = authd.login_raw(&slug, "steady@example.com", PASSWORD).await;
+                // Attempts answered UNAVAILABLE are not refunded to the
+                // account's failure budget, so RATE_LIMITED is honest too.
+                assert!(
+                    login["data"]["login"]["accessToken"].is_string()
+                        || matches!(code(&login), Some("UNAVAILABLE" | "RATE_LIMITED")),
+                    "{login}"
+                );
+                if started.elapsed() > Duration::from_secs(2) {
+                    slow.fetch_add(1, Ordering::Relaxed);
+                }
+                if i % 5 == 0 {
+                    let started = Instant::now();
+                    let new_slug = format!("w{worker}-{i}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+                    let created = authd
+                        .platform(
+                            "mutation($i: CreateTenantInput!) { createTenant(input: $i) { id } }",
+                            json!({ "i": { "slug": new_slug, "name": "Outage", "adminEmail": admin_email(&new_slug), "adminPassword": ADMIN_PASSWORD } }),
+                        )
+                        .await;
+                    if created["data"]["createTenant"]["id"].is_string() {
+                        tenants.lock().push(new_slug);
+                    } else {
+                        assert_eq!(code(&created), Some("UNAVAILABLE"), "{created}");
+                    }
+                    if started.elapsed() > Duration::from_secs(2) {
+                        slow.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }));
@@ -1204,4 +1235,11 @@ async fn a_stopped_postgres_answers_unavailable_fast_and_loses_no_acknowledged_w
         .await
         .unwrap();
     assert_eq!(stored as usize, emails.len(), "every acknowledged registration is stored");
+    let slugs = tenants.lock().clone();
+    let created: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE slug = ANY($1)")
+        .bind(&slugs)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created as usize, slugs.len(), "every acknowledged tenant is stored");
 }
