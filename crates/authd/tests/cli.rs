@@ -216,6 +216,15 @@ fn the_readme_run_command_serves_the_platform_api_on_the_embedded_default() {
     let child = start();
     wait_ready();
     let token_path = cwd.join("authd-data/platform-token");
+    // The port may answer a moment before the token file is there (another
+    // process may even have held the free port briefly): wait for both.
+    for _ in 0..200 {
+        if token_path.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_ready();
     let token = std::fs::read_to_string(&token_path).unwrap();
     #[cfg(unix)]
     {
