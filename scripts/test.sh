@@ -331,6 +331,29 @@ setup_postgres() {
   fi
   export AUTHD_TEST_DATABASE_URL
   note "AUTHD_TEST_DATABASE_URL=$AUTHD_TEST_DATABASE_URL"
+  drop_orphan_test_databases
+  # And at the end: what this run's tests left (a test killed mid-way).
+  CLEANUPS+=("drop_orphan_test_databases")
+}
+
+# Test databases are named authd_test_<pid>_<uuid> and dropped by the test
+# that made them; a run that was killed leaves some behind. Drop those whose
+# process is gone (and the unnamed ones of older versions), never another
+# live run's.
+drop_orphan_test_databases() {
+  have psql || return 0
+  local db pid n=0
+  while read -r db; do
+    [[ -n "$db" ]] || continue
+    if [[ "$db" =~ ^authd_test_([0-9]+)_ ]]; then
+      pid=${BASH_REMATCH[1]}
+      kill -0 "$pid" 2>/dev/null && continue
+    elif [[ ! "$db" =~ ^authd_test_[0-9a-f]{32}$ ]]; then
+      continue
+    fi
+    psql "$AUTHD_TEST_DATABASE_URL" -qAtc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 && n=$((n + 1))
+  done < <(psql "$AUTHD_TEST_DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'authd\_test\_%'" 2>/dev/null)
+  [[ $n -eq 0 ]] || note "dropped $n test databases left by earlier runs"
 }
 
 # ---------------------------------------------------------------------------
@@ -581,6 +604,26 @@ setup_python() {
   export AUTHD_TEST_PYTHON
 }
 
+# What a fresh Debian machine lacks for the rest of this script: installed
+# with apt when allowed, else named exactly.
+setup_base_tools() {
+  step "Base tools"
+  local missing=() tool pkg
+  for tool in curl:curl unzip:unzip openssl:openssl psql:postgresql-client node:nodejs npm:npm; do
+    have "${tool%%:*}" || missing+=("${tool#*:}")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    note "already installed"
+  elif ! apt_install "${missing[@]}"; then
+    die "missing ${missing[*]} and cannot install them here (needs apt as root or sudo): install them (Debian: apt-get install ${missing[*]})"
+  fi
+  if have rustup; then
+    for pkg in rustfmt clippy; do
+      rustup component list --installed 2>/dev/null | grep -q "^$pkg" || rustup component add "$pkg" >&2 || true
+    done
+  fi
+}
+
 setup_node() {
   step "Node tools"
   local marker="$ENV_DIR/npm.sha256" want
@@ -638,6 +681,7 @@ if [[ $STOP -eq 1 ]]; then
   step "stopped private servers left by earlier runs"
   exit 0
 fi
+setup_base_tools
 setup_postgres
 setup_redis
 setup_redis_cluster

@@ -63,7 +63,8 @@ pub fn with_database(url: &str, db: &str) -> String {
 pub async fn fresh_database() -> String {
     use sqlx::Connection;
     let admin = pg_admin_url();
-    let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
+    // The pid in the name lets scripts/test.sh drop what a killed run left.
+    let name = format!("authd_test_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("Postgres must answer at AUTHD_TEST_DATABASE_URL (scripts/test.sh sets it up)");
@@ -83,6 +84,9 @@ pub struct TestServer {
     pub data_dir: std::path::PathBuf,
     pub http: reqwest::Client,
     pub env: HashMap<String, String>,
+    /// The database this server's harness created, dropped with the server
+    /// (replicas started from its environment share it and do not own it).
+    pub owned_database: Option<String>,
 }
 
 /// Test configuration: cheap argon2, a free port, no shutdown delay.
@@ -124,11 +128,16 @@ impl TestServer {
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut HashMap<String, String>)) -> Self {
         let data_dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
         let mut env = base_env(backend, &data_dir);
+        let mut owned = None;
         if backend.is_postgres() {
-            env.insert("DATABASE_URL".into(), fresh_database().await);
+            let url = fresh_database().await;
+            owned = url::Url::parse(&url).ok().map(|u| u.path().trim_start_matches('/').to_owned());
+            env.insert("DATABASE_URL".into(), url);
         }
         tweak(&mut env);
-        Self::start_env(backend, env, data_dir).await
+        let mut server = Self::start_env(backend, env, data_dir).await;
+        server.owned_database = owned;
+        server
     }
 
     /// Starts a server from a full environment (e.g. a second replica).
@@ -149,6 +158,7 @@ impl TestServer {
             http,
             env,
             running: Some(running),
+            owned_database: None,
         }
     }
 
@@ -245,6 +255,23 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        // Every test database is dropped after its test (on a thread with
+        // its own runtime: `drop` cannot await).
+        if let Some(name) = self.owned_database.take() {
+            drop(self.running.take());
+            let admin = pg_admin_url();
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(async move {
+                    use sqlx::Connection;
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await;
+                    }
+                });
+            })
+            .join();
+        }
     }
 }
 

@@ -942,3 +942,21 @@ async fn disable_and_delete_reach_the_other_replicas() {
     let login = second.login_raw("shared", &t.admin_email, &t.admin_password).await;
     assert_eq!(code(&login), Some("TENANT_NOT_FOUND"), "{login}");
 }
+
+/// Every test database is dropped with the server that made it, so test runs
+/// leave nothing in the developer's Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_database_is_dropped_with_its_server() {
+    use sqlx::Connection;
+    let s = TestServer::start(Backend::Production).await;
+    let name = s.owned_database.clone().expect("the harness made a database");
+    assert!(name.starts_with(&format!("authd_test_{}_", std::process::id())), "{name}");
+    drop(s);
+    let mut admin = sqlx::PgConnection::connect(&harness::pg_admin_url()).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} is still there");
+}

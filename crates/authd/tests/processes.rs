@@ -49,7 +49,7 @@ async fn fresh_database() -> String {
     use sqlx::Connection;
     let admin = std::env::var("AUTHD_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("authd_test_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("authd_test_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("Postgres must answer at AUTHD_TEST_DATABASE_URL (scripts/test.sh sets it up)");
