@@ -25,7 +25,6 @@ pub const SECRET_LEN: usize = 20;
 pub const STEP_SECONDS: u64 = 30;
 /// Digits per code.
 pub const DIGITS: usize = 6;
-const MODULUS: u32 = 1_000_000;
 
 /// A user's TOTP secret. Zeroized on drop; `Debug` never shows it.
 #[derive(Clone)]
@@ -56,14 +55,16 @@ impl TotpSecret {
         BASE32_NOPAD.encode(self.as_bytes())
     }
 
-    fn totp(&self) -> Result<Totp> {
+    fn builder(&self) -> Builder {
         Builder::new()
             .with_algorithm(Algorithm::SHA1)
             .with_digits(DIGITS as u8)
             .with_step_duration(STEP_SECONDS)
             .with_secret(Secret::new_stack(*self.0))
-            .build()
-            .map_err(|e| Error::internal(format!("TOTP parameters rejected: {e}")))
+    }
+
+    fn totp(&self) -> Result<Totp> {
+        self.builder().build().map_err(|e| Error::internal(format!("TOTP parameters rejected: {e}")))
     }
 }
 
@@ -76,31 +77,22 @@ impl fmt::Debug for TotpSecret {
 /// The `otpauth://` URI an authenticator app enrolls from (the Key URI
 /// format): `otpauth://totp/{issuer}:{label}?secret=...&issuer=...&algorithm=SHA1&digits=6&period=30`.
 ///
-/// Issuer and label are percent-encoded. The format forbids a `:` inside
-/// either (apps split the label at the first colon, encoded or not), so any
-/// is replaced by a space. The parameters are spelled out even though they
-/// are the defaults: some apps otherwise guess differently.
-pub fn otpauth_uri(secret: &TotpSecret, issuer: &str, label: &str) -> String {
-    let issuer = percent_encode(&issuer.replace(':', " "));
-    let label = percent_encode(&label.replace(':', " "));
-    let secret = secret.to_base32();
-    let path = if issuer.is_empty() { label } else { format!("{issuer}:{label}") };
-    let issuer_param = if issuer.is_empty() { String::new() } else { format!("&issuer={issuer}") };
-    format!("otpauth://totp/{path}?secret={secret}{issuer_param}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECONDS}")
-}
-
-/// RFC 3986 percent-encoding of everything but the unreserved characters,
-/// so a space is `%20` (not `+`, which apps would show literally).
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// totp-rs builds it (percent-encoding issuer and label). The format forbids
+/// a `:` inside either (apps split the label at the first colon, encoded or
+/// not), so any is replaced by a space first. totp-rs leaves out parameters
+/// that have their default values; they are spelled out here anyway, since
+/// some apps otherwise guess differently.
+pub fn otpauth_uri(secret: &TotpSecret, issuer: &str, label: &str) -> Result<String> {
+    let issuer = issuer.replace(':', " ");
+    let label = label.replace(':', " ");
+    let totp = secret
+        .builder()
+        .with_issuer((!issuer.is_empty()).then_some(issuer))
+        .with_account_name(label)
+        .build()
+        .map_err(|e| Error::internal(format!("TOTP parameters rejected: {e}")))?;
+    let url = totp.to_url().map_err(|e| Error::internal(format!("otpauth URI: {e}")))?;
+    Ok(format!("{url}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECONDS}"))
 }
 
 /// A QR code of `uri` as a standalone SVG document, rendered in process so
@@ -163,14 +155,10 @@ pub fn matching_step(secret: &TotpSecret, code: u32, now_unix: u64) -> Option<u6
     matched
 }
 
-/// RFC 4226 §5.3: HMAC over the step counter (computed by totp-rs), then
-/// dynamic truncation to a 31-bit number, reduced to six digits.
+/// The code of one time step, computed by totp-rs (RFC 6238 over RFC 4226's
+/// HMAC and dynamic truncation).
 fn hotp_at_step(totp: &Totp, step: u64) -> Option<u32> {
-    let mac = totp.sign(step.checked_mul(STEP_SECONDS)?);
-    let mac = mac.as_ref();
-    let offset = usize::from(mac.last()? & 0x0f);
-    let word: [u8; 4] = mac.get(offset..offset + 4)?.try_into().ok()?;
-    Some((u32::from_be_bytes(word) & 0x7fff_ffff) % MODULUS)
+    totp.generate(step.checked_mul(STEP_SECONDS)?).to_string().parse().ok()
 }
 
 /// Crockford's base32 alphabet (lowercase): no `i`, `l`, `o` or `u`, so a
@@ -309,7 +297,7 @@ mod tests {
     #[test]
     fn otpauth_uri_is_encoded_and_parsable() {
         let secret = rfc_secret();
-        let uri = otpauth_uri(&secret, "Acme Corp", "alice@example.com");
+        let uri = otpauth_uri(&secret, "Acme Corp", "alice@example.com").unwrap();
         assert_eq!(
             uri,
             "otpauth://totp/Acme%20Corp:alice%40example.com?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\
@@ -325,7 +313,7 @@ mod tests {
 
     #[test]
     fn otpauth_uri_cannot_be_split_by_a_colon_or_injected() {
-        let uri = otpauth_uri(&rfc_secret(), "Evil:Corp", "a&secret=AAAA:b?x");
+        let uri = otpauth_uri(&rfc_secret(), "Evil:Corp", "a&secret=AAAA:b?x").unwrap();
         let (_, query) = uri.split_once('?').unwrap();
         assert_eq!(query.matches("secret=").count(), 1, "{uri}");
         let parsed = Totp::from_url(&uri).unwrap();
@@ -335,7 +323,7 @@ mod tests {
 
     #[test]
     fn qr_code_is_an_svg_document() {
-        let svg = qr_svg(&otpauth_uri(&rfc_secret(), "Acme", "alice@example.com")).unwrap();
+        let svg = qr_svg(&otpauth_uri(&rfc_secret(), "Acme", "alice@example.com").unwrap()).unwrap();
         assert!(svg.contains("<svg"), "{svg}");
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("<path"));

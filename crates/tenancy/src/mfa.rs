@@ -250,7 +250,7 @@ impl TenantCtx<'_> {
         self.deps.store.set_totp_pending(self.rt.id, user.id, Some(&sealed)).await?;
         let issuer = self.rt.snapshot().record.name.clone();
         let label = user.email.clone().unwrap_or_else(|| user.id.to_string());
-        let uri = totp::otpauth_uri(&secret, &issuer, &label);
+        let uri = totp::otpauth_uri(&secret, &issuer, &label)?;
         let qr_svg = totp::qr_svg(&uri)?;
         Ok(Enrollment { secret_base32: secret.to_base32(), otpauth_uri: uri, qr_svg })
     }
