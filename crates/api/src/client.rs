@@ -101,15 +101,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
 }
 
+/// The value of the request cookie `name` (RFC 6265 `Cookie` headers, parsed
+/// by the `cookie` crate).
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
 }
 
 pub const ACCESS_COOKIE: &str = "authd_access";
@@ -117,9 +119,14 @@ pub const REFRESH_COOKIE: &str = "authd_refresh";
 
 /// A `Set-Cookie` value scoped to the tenant's path (docs/api.md, Cookies).
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"))
-        .ok()
+    let c = cookie::Cookie::build((name, value))
+        .path(path)
+        .max_age(cookie::time::Duration::seconds(i64::try_from(max_age).unwrap_or(i64::MAX)))
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .secure(secure)
+        .build();
+    HeaderValue::from_str(&c.to_string()).ok()
 }
 
 pub fn origin(headers: &HeaderMap) -> Option<String> {
