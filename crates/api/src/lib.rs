@@ -23,6 +23,7 @@ pub mod graphql;
 pub mod observe;
 pub mod platform_schema;
 pub mod routes;
+pub mod tenant_email;
 pub mod tenant_mfa;
 pub mod tenant_oauth;
 pub mod tenant_schema;

@@ -204,7 +204,14 @@ pub fn render_metrics(state: &AppState) -> String {
     m::LOGINS.render(&mut out);
     m::BACKEND_ERRORS.render(&mut out);
     m::HASH_WAIT_SECONDS.render(&mut out);
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 5] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 8] = [
+        ("authd_mail_sent_total", "Mails the relay accepted (or written as .eml files).", &m::MAIL_SENT),
+        (
+            "authd_mail_failed_total",
+            "Mails abandoned: refused for good by the relay, or undeliverable after every attempt.",
+            &m::MAIL_FAILED,
+        ),
+        ("authd_mail_retries_total", "Mail deliveries that failed and will be retried.", &m::MAIL_RETRIES),
         (
             "authd_tenant_lookups_total",
             "Storage lookups of a tenant by slug (unknown slugs are mostly answered from memory).",
@@ -231,6 +238,20 @@ pub fn render_metrics(state: &AppState) -> String {
         "Hashing jobs waiting for a worker.",
         Kind::Gauge,
         stats.queued.load(Ordering::Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "authd_mail_queued",
+        "Mails waiting in the outbox (all replicas), as last read by this replica's sender.",
+        Kind::Gauge,
+        m::MAIL_QUEUED.load(Ordering::Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "authd_mail_oldest_queued_seconds",
+        "Age of the oldest mail in the outbox, as last read by this replica's sender.",
+        Kind::Gauge,
+        m::MAIL_OLDEST_SECONDS.load(Ordering::Relaxed) as f64,
     );
     let audit = &state.platform.deps.audit.stats;
     single(

@@ -6,6 +6,7 @@ use async_graphql::connection::{Connection, Edge};
 use async_graphql::{
     Context, EmptySubscription, Enum, ID, InputObject, Json, Object, Result, Schema, SimpleObject, Union,
 };
+use authd_core::mail::{MailKind, TemplateOverride};
 use authd_core::settings::{RateLimitPolicy, Role, SigningAlgorithm, TenantSettings};
 use authd_core::{Error, UserId};
 use authd_store::{AuditEvent as AuditRecord, AuditFilter, UserRecord};
@@ -32,7 +33,12 @@ pub struct QueryRoot(TenantQuery, crate::tenant_oauth::OAuthQuery);
 /// The tenant schema's `Mutation`: the core operations and the two-factor ones.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct MutationRoot(TenantMutation, crate::tenant_mfa::MfaMutation, crate::tenant_oauth::OAuthMutation);
+pub struct MutationRoot(
+    TenantMutation,
+    crate::tenant_mfa::MfaMutation,
+    crate::tenant_oauth::OAuthMutation,
+    crate::tenant_email::EmailMutation,
+);
 
 pub fn build() -> TenantSchema {
     Schema::build(QueryRoot::default(), MutationRoot::default(), EmptySubscription)
@@ -249,7 +255,7 @@ pub struct User {
 }
 
 impl User {
-    fn of(record: UserRecord, activity_visible: bool) -> Self {
+    pub(crate) fn of(record: UserRecord, activity_visible: bool) -> Self {
         Self { record, activity_visible }
     }
 }
@@ -262,9 +268,11 @@ impl User {
     async fn email(&self) -> Option<&str> {
         self.record.email.as_deref()
     }
-    /// The email is proven: asserted by a social-login provider the tenant
-    /// trusts for `email_verified`. Only such accounts are ever linked to a
-    /// social login by email.
+    /// The email is proven: its owner opened a link mailed to it
+    /// (verification, password reset, magic link, email change), or a
+    /// social-login provider the tenant trusts for `email_verified` asserted
+    /// it, or it is the first admin's. Only such accounts are ever linked to
+    /// a social login by email.
     async fn email_verified(&self) -> bool {
         self.record.email_verified
     }
@@ -388,6 +396,8 @@ pub struct GqlRateLimits {
     mfa_attempts_per_account_per_15_minutes: i32,
     refresh_per_session_per_minute: i32,
     tenant_requests_per_second: i32,
+    email_requests_per_address_per_hour: i32,
+    email_requests_per_ip_per_hour: i32,
 }
 
 /// Every field optional: only those given change.
@@ -401,6 +411,8 @@ pub struct RateLimitPolicyInput {
     mfa_attempts_per_account_per_15_minutes: Option<i32>,
     refresh_per_session_per_minute: Option<i32>,
     tenant_requests_per_second: Option<i32>,
+    email_requests_per_address_per_hour: Option<i32>,
+    email_requests_per_ip_per_hour: Option<i32>,
 }
 
 fn to_i32(v: u32) -> i32 {
@@ -417,6 +429,8 @@ impl From<&RateLimitPolicy> for GqlRateLimits {
             mfa_attempts_per_account_per_15_minutes: to_i32(p.mfa_attempts_per_account_per_15_minutes),
             refresh_per_session_per_minute: to_i32(p.refresh_per_session_per_minute),
             tenant_requests_per_second: to_i32(p.tenant_requests_per_second),
+            email_requests_per_address_per_hour: to_i32(p.email_requests_per_address_per_hour),
+            email_requests_per_ip_per_hour: to_i32(p.email_requests_per_ip_per_hour),
         }
     }
 }
@@ -468,6 +482,16 @@ impl RateLimitPolicyInput {
                 self.tenant_requests_per_second,
                 p.tenant_requests_per_second,
             )?,
+            email_requests_per_address_per_hour: non_negative(
+                "emailRequestsPerAddressPerHour",
+                self.email_requests_per_address_per_hour,
+                p.email_requests_per_address_per_hour,
+            )?,
+            email_requests_per_ip_per_hour: non_negative(
+                "emailRequestsPerIpPerHour",
+                self.email_requests_per_ip_per_hour,
+                p.email_requests_per_ip_per_hour,
+            )?,
         })
     }
 }
@@ -485,6 +509,76 @@ pub struct GqlSettings {
     link_by_verified_email: bool,
     audit_retention_days: i32,
     rate_limits: GqlRateLimits,
+    /// A correct password of an account whose email is not verified answers
+    /// `EMAIL_NOT_VERIFIED` (default false).
+    require_verified_email: bool,
+    /// `requestMagicLink` mails sign-in links (default false).
+    magic_links_enabled: bool,
+    /// The tenant's own wording of its mails (the built-in one for kinds
+    /// and parts not listed).
+    email_templates: Vec<EmailTemplate>,
+}
+
+/// What a mail is for (`snake_case` in audit details and the outbox).
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+pub enum EmailTemplateKind {
+    #[graphql(name = "VERIFICATION")]
+    Verification,
+    #[graphql(name = "PASSWORD_RESET")]
+    PasswordReset,
+    #[graphql(name = "MAGIC_LINK")]
+    MagicLink,
+    /// Sent to the new address of an email change.
+    #[graphql(name = "EMAIL_CHANGE")]
+    EmailChange,
+    /// Sent to the old address once an email change is confirmed.
+    #[graphql(name = "EMAIL_CHANGED")]
+    EmailChanged,
+}
+
+impl From<MailKind> for EmailTemplateKind {
+    fn from(k: MailKind) -> Self {
+        match k {
+            MailKind::Verification => Self::Verification,
+            MailKind::PasswordReset => Self::PasswordReset,
+            MailKind::MagicLink => Self::MagicLink,
+            MailKind::EmailChange => Self::EmailChange,
+            MailKind::EmailChanged => Self::EmailChanged,
+        }
+    }
+}
+
+impl From<EmailTemplateKind> for MailKind {
+    fn from(k: EmailTemplateKind) -> Self {
+        match k {
+            EmailTemplateKind::Verification => Self::Verification,
+            EmailTemplateKind::PasswordReset => Self::PasswordReset,
+            EmailTemplateKind::MagicLink => Self::MagicLink,
+            EmailTemplateKind::EmailChange => Self::EmailChange,
+            EmailTemplateKind::EmailChanged => Self::EmailChanged,
+        }
+    }
+}
+
+/// A tenant's wording of one kind of mail, as minijinja templates with the
+/// variables `tenant`, `email`, `link`, `expires_in` and `new_email`; the
+/// HTML part escapes them. A part left null keeps the built-in one.
+#[derive(SimpleObject)]
+pub struct EmailTemplate {
+    kind: EmailTemplateKind,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+}
+
+/// One kind's wording; checked when saved (syntax, variables, and the text
+/// and HTML parts of a link mail must show `{{ link }}`).
+#[derive(InputObject)]
+pub struct EmailTemplateInput {
+    kind: EmailTemplateKind,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
 }
 
 fn settings_out(s: &TenantSettings, slug: &str) -> GqlSettings {
@@ -499,6 +593,18 @@ fn settings_out(s: &TenantSettings, slug: &str) -> GqlSettings {
         link_by_verified_email: s.link_by_verified_email,
         audit_retention_days: i32::try_from(s.audit_retention_days).unwrap_or(i32::MAX),
         rate_limits: (&s.rate_limits).into(),
+        require_verified_email: s.require_verified_email,
+        magic_links_enabled: s.magic_links_enabled,
+        email_templates: s
+            .email_templates
+            .iter()
+            .map(|t| EmailTemplate {
+                kind: t.kind.into(),
+                subject: t.subject.clone(),
+                text: t.text.clone(),
+                html: t.html.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -515,6 +621,10 @@ pub struct TenantSettingsInput {
     link_by_verified_email: Option<bool>,
     audit_retention_days: Option<i32>,
     rate_limits: Option<RateLimitPolicyInput>,
+    require_verified_email: Option<bool>,
+    magic_links_enabled: Option<bool>,
+    /// Replaces every override (an empty list restores the built-in wording).
+    email_templates: Option<Vec<EmailTemplateInput>>,
 }
 
 fn int_field(field: &str, v: Option<i32>, current: u32) -> std::result::Result<u32, Error> {
@@ -544,6 +654,15 @@ impl TenantSettingsInput {
                 Some(r) => r.merge(&old.rate_limits)?,
                 None => old.rate_limits.clone(),
             },
+            require_verified_email: self.require_verified_email.unwrap_or(old.require_verified_email),
+            magic_links_enabled: self.magic_links_enabled.unwrap_or(old.magic_links_enabled),
+            email_templates: match self.email_templates {
+                Some(list) => list
+                    .into_iter()
+                    .map(|t| TemplateOverride { kind: t.kind.into(), subject: t.subject, text: t.text, html: t.html })
+                    .collect(),
+                None => old.email_templates.clone(),
+            },
         })
     }
 }
@@ -552,6 +671,9 @@ impl TenantSettingsInput {
 pub struct RegisterInput {
     email: String,
     password: String,
+    /// Where the verification link goes (one of `allowedRedirectUris`); when
+    /// given, the new account is mailed `{redirectUri}?token=…`.
+    redirect_uri: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -671,7 +793,8 @@ impl TenantMutation {
     /// Creates a password account.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<User> {
         let r = req(ctx)?;
-        let user = r.tenant().register(&input.email, &input.password, &r.meta).await.gql()?;
+        let user =
+            r.tenant().register(&input.email, &input.password, input.redirect_uri.as_deref(), &r.meta).await.gql()?;
         Ok(User::of(user, true))
     }
 

@@ -77,6 +77,24 @@ pub const VARIABLES: &[(&str, bool, &str)] = &[
     ("AUTHD_DRAIN_SECS", false, "then let in-flight requests finish for at most this long (default 20)"),
     ("AUTHD_LOG_FORMAT", false, "text or json (default text)"),
     ("AUTHD_METRICS_TENANT_LABELS", false, "add a tenant label to per-request metrics (default false: cardinality)"),
+    (
+        "AUTHD_SMTP_URL",
+        true,
+        "SMTP relay for mail: smtp:// (plain, a local relay), smtp+starttls:// or smtps://, credentials in the URL (default: none; the embedded default then writes .eml files into AUTHD_DATA_DIR/mail)",
+    ),
+    ("AUTHD_MAIL_FROM", false, "sender address of every mail (default no-reply@ the public URL's host)"),
+    (
+        "AUTHD_SMTP_CA_FILE",
+        false,
+        "PEM file of a CA to trust for the SMTP relay's certificate, besides the webpki roots",
+    ),
+    ("AUTHD_SMTP_TIMEOUT_MS", false, "time limit of one SMTP delivery (default 10000)"),
+    ("AUTHD_MAIL_POLL_MS", false, "how often the mail sender looks at the outbox unwoken (default 2000)"),
+    (
+        "AUTHD_MAIL_RETRY_BASE_MS",
+        false,
+        "first retry delay of a failed delivery; doubles up to 10 minutes (default 2000)",
+    ),
 ];
 
 #[derive(Clone, Debug)]
@@ -119,6 +137,14 @@ pub struct Config {
     pub log_json: bool,
     /// `AUTHD_METRICS_TENANT_LABELS`.
     pub metrics_tenant_labels: bool,
+    /// `AUTHD_SMTP_URL` (a secret: it may hold credentials).
+    pub smtp_url: Option<SecretString>,
+    /// `AUTHD_MAIL_FROM`.
+    pub mail_from: lettre::Address,
+    /// `AUTHD_SMTP_CA_FILE`, read at start-up.
+    pub smtp_ca_pem: Option<Vec<u8>>,
+    pub smtp_timeout: Duration,
+    pub mail_timing: authd_tenancy::mail::SenderTiming,
     /// An OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; the SDK reads the value) and
     /// neither `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`.
@@ -139,6 +165,8 @@ impl std::fmt::Debug for Config {
                 },
             )
             .field("redis", &self.redis_url.as_deref().map(mask_url))
+            .field("smtp", &self.smtp_url.as_ref().map(|u| mask_url(secrecy::ExposeSecret::expose_secret(u))))
+            .field("mail_from", &self.mail_from.to_string())
             .field("master_key", &self.master_key.as_ref().map(|k| format!("id {}", k.id())))
             .field("platform_token", &self.platform_token.as_ref().map(|_| "***"))
             .field("admin_listen", &self.admin_listen)
@@ -310,7 +338,36 @@ impl Config {
         let otel_traces = otel_endpoint.is_some()
             && !env.plain("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
             && !env.plain("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+        let smtp_url = env.secret("AUTHD_SMTP_URL")?;
+        if let Some(u) = &smtp_url {
+            let settings =
+                authd_tenancy::mail::SmtpSettings { url: u.clone(), ca_pem: None, timeout: Duration::from_secs(10) };
+            if let Err(e) = authd_tenancy::mail::Mailer::smtp_transport(&settings) {
+                return Err(err("AUTHD_SMTP_URL", e.to_string()));
+            }
+        }
+        let host = url::Url::parse(&public_url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let default_from = if host.contains('.') { format!("no-reply@{host}") } else { "no-reply@localhost".into() };
+        let mail_from_text = env.plain("AUTHD_MAIL_FROM").unwrap_or(default_from);
+        let mail_from: lettre::Address = mail_from_text
+            .parse()
+            .map_err(|_| err("AUTHD_MAIL_FROM", format!("{mail_from_text:?} is not an email address")))?;
+        let mail_timing = authd_tenancy::mail::SenderTiming {
+            poll_interval: Duration::from_millis(env.parse("AUTHD_MAIL_POLL_MS", 2000u64)?.max(10)),
+            retry_base: Duration::from_millis(env.parse("AUTHD_MAIL_RETRY_BASE_MS", 2000u64)?.max(10)),
+            ..Default::default()
+        };
         Ok(Self {
+            smtp_url: smtp_url.map(SecretString::from),
+            mail_from,
+            smtp_ca_pem: match env.plain("AUTHD_SMTP_CA_FILE") {
+                Some(path) => Some(
+                    std::fs::read(&path).map_err(|e| err("AUTHD_SMTP_CA_FILE", format!("cannot read {path}: {e}")))?,
+                ),
+                None => None,
+            },
+            smtp_timeout: Duration::from_millis(env.parse("AUTHD_SMTP_TIMEOUT_MS", 10_000u64)?.max(100)),
+            mail_timing,
             listen,
             public_url,
             public_url_from_listen,
@@ -379,6 +436,8 @@ mod tests {
             (vec![("REDIS_URL", "http://x")], "REDIS_URL"),
             (vec![("AUTHD_METRICS_TENANT_LABELS", "sometimes")], "AUTHD_METRICS_TENANT_LABELS"),
             (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (vec![("AUTHD_SMTP_URL", "http://mail.example.com")], "AUTHD_SMTP_URL"),
+            (vec![("AUTHD_MAIL_FROM", "not an address")], "AUTHD_MAIL_FROM"),
         ] {
             let e = cfg(&pairs).err().unwrap();
             assert_eq!(e.var, var, "{e}");

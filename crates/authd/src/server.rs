@@ -18,7 +18,7 @@ use authd_tokens::TokenStore;
 use authd_tokens::memory::MemoryTokenStore;
 use authd_tokens::redis_store::RedisTokenStore;
 use authd_tokens::sqlite::SqliteTokenStore;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -173,6 +173,7 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
     let keyring = Arc::new(master_keyring(config)?);
     let hasher = HashPool::new(config.hash_threads, config.hash_queue_per_tenant)?;
     let audit = AuditSink::start(store.clone(), config.audit_queue_max);
+    let mail = mailer(config)?;
     Ok(Arc::new(Deps {
         store,
         tokens,
@@ -183,7 +184,37 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
         clock: Default::default(),
         fallback: authd_tenancy::limits::Fallback::new(config.replicas),
         provider_http: Default::default(),
+        mail,
     }))
+}
+
+/// Mail goes to the SMTP relay when one is configured; else the embedded
+/// default writes `.eml` files into the data dir, and Postgres has none
+/// (flows that must send mail answer `UNAVAILABLE`).
+fn mailer(config: &Config) -> anyhow::Result<Option<Arc<authd_tenancy::mail::Mailer>>> {
+    use authd_tenancy::mail::{Mailer, SmtpSettings, Transport};
+    let transport = match (&config.smtp_url, &config.storage) {
+        (Some(url), _) => {
+            let settings = SmtpSettings {
+                url: url.expose_secret().to_owned(),
+                ca_pem: config.smtp_ca_pem.clone(),
+                timeout: config.smtp_timeout,
+            };
+            Transport::Smtp(Mailer::smtp_transport(&settings).map_err(|e| anyhow!("AUTHD_SMTP_URL: {e}"))?)
+        }
+        (None, Storage::Embedded) => {
+            let dir = config.data_dir.join("mail");
+            tracing::info!(dir = %dir.display(), "AUTHD_SMTP_URL is not set: mail is written as .eml files here");
+            Transport::Files(dir)
+        }
+        (None, Storage::Postgres { .. }) => {
+            tracing::warn!(
+                "AUTHD_SMTP_URL is not set: email verification, password reset and magic links are unavailable"
+            );
+            return Ok(None);
+        }
+    };
+    Ok(Some(Arc::new(Mailer::new(config.mail_from.clone(), transport, config.mail_timing))))
 }
 
 /// A running server.
@@ -261,6 +292,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let state = AppState::new(platform.clone(), api, token);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(serve(listener, authd_api::public_router(state.clone()), shutdown_rx.clone()))];
+    if let Some(mailer) = platform.deps.mail.clone() {
+        let deps = platform.deps.clone();
+        tasks.push(tokio::spawn(authd_tenancy::mail::run_sender(deps, mailer, shutdown_rx.clone())));
+    }
     let mut admin_addr = None;
     if let Some(admin) = config.admin_listen {
         let l =

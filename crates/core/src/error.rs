@@ -18,6 +18,8 @@ pub enum ErrorCode {
     TenantDisabled,
     ProviderNotFound,
     Unavailable,
+    EmailNotVerified,
+    LinkInvalid,
     Internal,
 }
 
@@ -36,6 +38,8 @@ impl ErrorCode {
             Self::TenantDisabled => "TENANT_DISABLED",
             Self::ProviderNotFound => "PROVIDER_NOT_FOUND",
             Self::Unavailable => "UNAVAILABLE",
+            Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            Self::LinkInvalid => "LINK_INVALID",
             Self::Internal => "INTERNAL",
         }
     }
@@ -77,6 +81,12 @@ pub enum Error {
     /// cause for the log.
     #[error("a backing service is unavailable; retry later")]
     Unavailable(String),
+    /// A correct password, but the tenant requires a verified email first.
+    #[error("verify your email address before signing in")]
+    EmailNotVerified,
+    /// An email link's token is unknown, used, replaced or expired.
+    #[error("this link is invalid or has expired")]
+    LinkInvalid,
     /// A bug or an invariant broken; the string is the internal cause.
     #[error("internal error")]
     Internal(String),
@@ -119,6 +129,8 @@ impl Error {
             Self::TenantDisabled => ErrorCode::TenantDisabled,
             Self::ProviderNotFound => ErrorCode::ProviderNotFound,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::EmailNotVerified => ErrorCode::EmailNotVerified,
+            Self::LinkInvalid => ErrorCode::LinkInvalid,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -22,6 +22,7 @@ pub mod email;
 pub mod error;
 pub mod ids;
 pub mod keys;
+pub mod mail;
 pub mod password;
 pub mod settings;
 pub mod totp;

@@ -82,6 +82,12 @@ pub struct RateLimitPolicy {
     pub refresh_per_session_per_minute: u32,
     /// All requests of the tenant per second (platform protection).
     pub tenant_requests_per_second: u32,
+    /// Password-reset and magic-link requests per address per hour (unknown
+    /// addresses count exactly like known ones).
+    pub email_requests_per_address_per_hour: u32,
+    /// Password-reset, magic-link and verification-mail requests per client
+    /// IP per hour.
+    pub email_requests_per_ip_per_hour: u32,
 }
 
 impl Default for RateLimitPolicy {
@@ -94,6 +100,8 @@ impl Default for RateLimitPolicy {
             mfa_attempts_per_account_per_15_minutes: 15,
             refresh_per_session_per_minute: 30,
             tenant_requests_per_second: 500,
+            email_requests_per_address_per_hour: 5,
+            email_requests_per_ip_per_hour: 30,
         }
     }
 }
@@ -114,6 +122,8 @@ impl RateLimitPolicy {
             ("mfaAttemptsPerAccountPer15Minutes", self.mfa_attempts_per_account_per_15_minutes),
             ("refreshPerSessionPerMinute", self.refresh_per_session_per_minute),
             ("tenantRequestsPerSecond", self.tenant_requests_per_second),
+            ("emailRequestsPerAddressPerHour", self.email_requests_per_address_per_hour),
+            ("emailRequestsPerIpPerHour", self.email_requests_per_ip_per_hour),
         ] {
             if !(1..=1_000_000).contains(&v) {
                 return Err(Error::bad_input(field(name), "must be between 1 and 1000000"));
@@ -138,6 +148,13 @@ pub struct TenantSettings {
     pub link_by_verified_email: bool,
     pub audit_retention_days: u32,
     pub rate_limits: RateLimitPolicy,
+    /// A correct password of an account whose email is not verified answers
+    /// `EMAIL_NOT_VERIFIED`.
+    pub require_verified_email: bool,
+    /// `requestMagicLink` sends sign-in links.
+    pub magic_links_enabled: bool,
+    /// The tenant's own wording of its mails, per kind (built-in otherwise).
+    pub email_templates: Vec<crate::mail::TemplateOverride>,
 }
 
 impl Default for TenantSettings {
@@ -153,6 +170,9 @@ impl Default for TenantSettings {
             link_by_verified_email: false,
             audit_retention_days: 90,
             rate_limits: RateLimitPolicy::default(),
+            require_verified_email: false,
+            magic_links_enabled: false,
+            email_templates: Vec::new(),
         }
     }
 }
@@ -197,6 +217,7 @@ impl TenantSettings {
                 ));
             }
         }
+        crate::mail::validate_overrides(&self.email_templates)?;
         self.rate_limits.validate()
     }
 }

@@ -292,6 +292,60 @@ pub trait Store: Send + Sync + 'static {
         events: &[AuditEvent],
     ) -> Result<UserRecord>;
 
+    // ---- tenant: email links, and the mail outbox ----
+
+    /// Creates a password user like [`Store::create_user`] and, in the same
+    /// transaction, stores its verification link and queues its mail.
+    async fn create_user_with_link(
+        &self,
+        tenant: TenantId,
+        user: &NewUser,
+        event: &AuditEvent,
+        link: &EmailLink,
+        mail: &OutboxMail,
+    ) -> Result<UserRecord>;
+
+    /// Stores `link` (replacing the user's earlier link of its kind), queues
+    /// `mail` and records `event`, in one transaction.
+    async fn issue_link(&self, tenant: TenantId, link: &EmailLink, mail: &OutboxMail, event: &AuditEvent)
+    -> Result<()>;
+
+    /// The link whose token hashes to `hash`, expired or not.
+    async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>>;
+
+    /// Deletes `link` (only while it is still stored with its hash: a link
+    /// is redeemed once), applies `effect` to its user, records `events` and
+    /// queues `mail`, in one transaction. Returns the user as changed, or
+    /// `None` (and changes nothing) when the link was used or replaced
+    /// meanwhile, or a verification's address is no longer the user's.
+    async fn redeem_link(
+        &self,
+        tenant: TenantId,
+        link: &EmailLink,
+        effect: Option<&LinkEffect>,
+        events: &[AuditEvent],
+        mail: Option<&OutboxMail>,
+    ) -> Result<Option<UserRecord>>;
+
+    /// Deletes the user's links of `kind` (a changed password ends its reset links).
+    async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()>;
+
+    /// Claims up to `limit` due mails of every tenant for `lease`: each is
+    /// handed to one caller at a time, across replicas.
+    async fn claim_mail(&self, now: DateTime<Utc>, lease: std::time::Duration, limit: u32) -> Result<Vec<QueuedMail>>;
+
+    /// The relay accepted the mail: it leaves the outbox.
+    async fn mail_delivered(&self, id: uuid::Uuid) -> Result<()>;
+
+    /// Delivery failed for now: try again at `retry_at`.
+    async fn mail_deferred(&self, id: uuid::Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()>;
+
+    /// Delivery failed for good (the relay refused it permanently, or every
+    /// attempt failed): it leaves the outbox.
+    async fn mail_abandoned(&self, id: uuid::Uuid) -> Result<()>;
+
+    async fn outbox_stats(&self) -> Result<OutboxStats>;
+
     // ---- master-key rotation (`authd reseal`) ----
 
     /// Every sealed TOTP secret of the tenant: (user, active, pending).

@@ -194,3 +194,58 @@ pub struct TotpReseal {
     pub active: Option<String>,
     pub pending: Option<String>,
 }
+
+/// A link mailed to a user, as stored: its token only as a keyed hash. A
+/// user has at most one of each kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmailLink {
+    pub user_id: UserId,
+    /// `verification`, `password_reset`, `magic_link` or `email_change`.
+    pub kind: String,
+    pub token_hash: String,
+    /// The address the link proves.
+    pub email: String,
+    /// A magic link's PKCE S256 challenge.
+    pub code_challenge: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What redeeming a link does to its user, in the same transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEffect {
+    /// Marks the email verified, if it is still the link's address.
+    VerifyEmail,
+    /// Sets this password hash (and marks the email verified: the link proved it).
+    SetPassword(String),
+    /// Makes the link's address the user's email, verified.
+    ChangeEmail,
+}
+
+/// A mail to queue, sealed (it holds a live link).
+#[derive(Clone, Debug)]
+pub struct OutboxMail {
+    pub id: uuid::Uuid,
+    pub kind: String,
+    pub message_sealed: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A mail claimed for delivery.
+#[derive(Clone, Debug)]
+pub struct QueuedMail {
+    pub id: uuid::Uuid,
+    pub tenant_id: TenantId,
+    pub kind: String,
+    pub message_sealed: String,
+    pub created_at: DateTime<Utc>,
+    /// Delivery attempts so far, this one included.
+    pub attempts: u32,
+}
+
+/// The outbox at a glance (metrics).
+#[derive(Clone, Debug, Default)]
+pub struct OutboxStats {
+    pub queued: u64,
+    pub oldest: Option<DateTime<Utc>>,
+}

@@ -854,6 +854,231 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(record)
     }
+
+    async fn create_user_with_link(
+        &self,
+        tenant: TenantId,
+        user: &NewUser,
+        event: &AuditEvent,
+        link: &EmailLink,
+        mail: &OutboxMail,
+    ) -> Result<UserRecord> {
+        let mut tx = self.tx().await?;
+        let record = insert_user(&mut tx, tenant, user).await?;
+        upsert_link(&mut tx, tenant, link).await?;
+        insert_mail(&mut tx, tenant, mail).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn issue_link(
+        &self,
+        tenant: TenantId,
+        link: &EmailLink,
+        mail: &OutboxMail,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tx().await?;
+        upsert_link(&mut tx, tenant, link).await?;
+        insert_mail(&mut tx, tenant, mail).await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
+        let row = sqlx::query(
+            "SELECT user_id, kind, token_hash, email, code_challenge, created_at, expires_at FROM email_links \
+             WHERE tenant_id = ?1 AND token_hash = ?2",
+        )
+        .bind(tenant.to_string())
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(EmailLink {
+                user_id: UserId(uuid_col(&r, "user_id")?),
+                kind: r.try_get("kind")?,
+                token_hash: r.try_get("token_hash")?,
+                email: r.try_get("email")?,
+                code_challenge: r.try_get("code_challenge")?,
+                created_at: from_micros(r.try_get("created_at")?)?,
+                expires_at: from_micros(r.try_get("expires_at")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn redeem_link(
+        &self,
+        tenant: TenantId,
+        link: &EmailLink,
+        effect: Option<&LinkEffect>,
+        events: &[AuditEvent],
+        mail: Option<&OutboxMail>,
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.tx().await?;
+        let taken = sqlx::query(
+            "DELETE FROM email_links WHERE tenant_id = ?1 AND user_id = ?2 AND kind = ?3 AND token_hash = ?4",
+        )
+        .bind(tenant.to_string())
+        .bind(link.user_id.to_string())
+        .bind(&link.kind)
+        .bind(&link.token_hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if taken == 0 {
+            return Ok(None);
+        }
+        let now = micros(Utc::now());
+        let (sql, value): (String, Option<&str>) = match effect {
+            None => (format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = ?2 AND ?3 IS NULL"), None),
+            Some(LinkEffect::VerifyEmail) => (
+                format!(
+                    "UPDATE users SET email_verified = 1, updated_at = ?4 \
+                     WHERE tenant_id = ?1 AND id = ?2 AND email = ?3 RETURNING {USER_COLUMNS}"
+                ),
+                Some(&link.email),
+            ),
+            Some(LinkEffect::SetPassword(phc)) => (
+                format!(
+                    "UPDATE users SET password_hash = ?3, email_verified = (email_verified OR email = ?5), \
+                     updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2 RETURNING {USER_COLUMNS}"
+                ),
+                Some(phc),
+            ),
+            Some(LinkEffect::ChangeEmail) => (
+                format!(
+                    "UPDATE users SET email = ?3, email_verified = 1, updated_at = ?4 \
+                     WHERE tenant_id = ?1 AND id = ?2 RETURNING {USER_COLUMNS}"
+                ),
+                Some(&link.email),
+            ),
+        };
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string()).bind(link.user_id.to_string()).bind(value);
+        if effect.is_some() {
+            q = q.bind(now);
+        }
+        if matches!(effect, Some(LinkEffect::SetPassword(_))) {
+            q = q.bind(&link.email);
+        }
+        let Some(row) = q.fetch_optional(&mut *tx).await? else { return Ok(None) };
+        for e in events {
+            insert_event(&mut tx, tenant, e).await?;
+        }
+        if let Some(mail) = mail {
+            insert_mail(&mut tx, tenant, mail).await?;
+        }
+        let user = user_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
+        sqlx::query("DELETE FROM email_links WHERE tenant_id = ?1 AND user_id = ?2 AND kind = ?3")
+            .bind(tenant.to_string())
+            .bind(user.to_string())
+            .bind(kind)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
+        let rows = sqlx::query(
+            "UPDATE mail_outbox SET claimed_until = ?2, attempts = attempts + 1 WHERE id IN ( \
+                 SELECT id FROM mail_outbox WHERE failed_at IS NULL AND next_attempt_at <= ?1 \
+                 AND (claimed_until IS NULL OR claimed_until < ?1) ORDER BY next_attempt_at LIMIT ?3) \
+             RETURNING id, tenant_id, kind, message_sealed, created_at, attempts",
+        )
+        .bind(micros(now))
+        .bind(micros(until))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedMail {
+                    id: uuid_col(r, "id")?,
+                    tenant_id: TenantId(uuid_col(r, "tenant_id")?),
+                    kind: r.try_get("kind")?,
+                    message_sealed: r.try_get("message_sealed")?,
+                    created_at: from_micros(r.try_get("created_at")?)?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn mail_delivered(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM mail_outbox WHERE id = ?1").bind(id.to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn mail_deferred(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
+        sqlx::query("UPDATE mail_outbox SET next_attempt_at = ?2, claimed_until = NULL, last_error = ?3 WHERE id = ?1")
+            .bind(id.to_string())
+            .bind(micros(retry_at))
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn mail_abandoned(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM mail_outbox WHERE id = ?1").bind(id.to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        let row =
+            sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM mail_outbox WHERE failed_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        Ok(OutboxStats {
+            queued: u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0),
+            oldest: oldest.map(from_micros).transpose()?,
+        })
+    }
+}
+
+async fn upsert_link(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, l: &EmailLink) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO email_links (tenant_id, user_id, kind, token_hash, email, code_challenge, created_at, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (tenant_id, user_id, kind) DO UPDATE SET \
+         token_hash = excluded.token_hash, email = excluded.email, code_challenge = excluded.code_challenge, \
+         created_at = excluded.created_at, expires_at = excluded.expires_at",
+    )
+    .bind(tenant.to_string())
+    .bind(l.user_id.to_string())
+    .bind(&l.kind)
+    .bind(&l.token_hash)
+    .bind(&l.email)
+    .bind(&l.code_challenge)
+    .bind(micros(l.created_at))
+    .bind(micros(l.expires_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_mail(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, m: &OutboxMail) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO mail_outbox (id, tenant_id, kind, message_sealed, created_at, next_attempt_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )
+    .bind(m.id.to_string())
+    .bind(tenant.to_string())
+    .bind(&m.kind)
+    .bind(&m.message_sealed)
+    .bind(micros(m.created_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Replaces a user's recovery codes (deleting the old set).

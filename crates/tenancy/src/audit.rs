@@ -52,6 +52,14 @@ pub mod kinds {
     pub const ACCOUNT_LINKED: &str = "account.linked";
     pub const OAUTH_LOGIN_SUCCEEDED: &str = "oauth.login_succeeded";
     pub const OAUTH_CALLBACK_REJECTED: &str = "oauth.callback_rejected";
+    pub const EMAIL_VERIFICATION_SENT: &str = "email.verification_sent";
+    pub const EMAIL_VERIFIED: &str = "email.verified";
+    pub const PASSWORD_RESET_REQUESTED: &str = "password.reset_requested";
+    pub const PASSWORD_RESET: &str = "password.reset";
+    pub const PASSWORD_CHANGED: &str = "password.changed";
+    pub const MAGIC_LINK_SENT: &str = "magic_link.sent";
+    pub const EMAIL_CHANGE_REQUESTED: &str = "email.change_requested";
+    pub const EMAIL_CHANGED: &str = "email.changed";
 }
 
 /// Builds an event stamped now.

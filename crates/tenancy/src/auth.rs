@@ -86,7 +86,18 @@ impl TenantCtx<'_> {
 
     // ------------------------------------------------------------ accounts
 
-    pub async fn register(&self, email: &str, pw: &str, meta: &RequestMeta) -> Result<UserRecord> {
+    /// Creates a password account; with `redirect_uri`, also mails it a
+    /// verification link (in the same transaction).
+    pub async fn register(
+        &self,
+        email: &str,
+        pw: &str,
+        redirect_uri: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<UserRecord> {
+        if let Some(uri) = redirect_uri {
+            self.email().validate_redirect(uri)?;
+        }
         self.before_register(meta).await?;
         let email = Email::parse(email)?;
         let settings = self.snapshot().record.settings.clone();
@@ -106,12 +117,15 @@ impl TenantCtx<'_> {
             created_at: Utc::now(),
         };
         let event = audit::event(kinds::USER_REGISTERED, meta, Some(user.id), Some(user.id), None);
-        let record = self.deps.store.create_user(self.rt.id, &user, &event).await?;
+        let record = match redirect_uri {
+            Some(uri) => self.email().create_with_verification(&user, &event, uri).await?,
+            None => self.deps.store.create_user(self.rt.id, &user, &event).await?,
+        };
         audit::log_event(self.rt.id, &event);
         Ok(record)
     }
 
-    async fn hash(&self, pw: &str) -> Result<String> {
+    pub(crate) async fn hash(&self, pw: &str) -> Result<String> {
         let params = self.deps.config.argon2;
         let pw = zeroize::Zeroizing::new(pw.to_owned());
         let phc = self
@@ -196,6 +210,18 @@ impl TenantCtx<'_> {
         }
         let Some(mut user) = user else { return Err(Error::InvalidCredentials) };
         self.login_succeeded(&account, meta).await;
+        if self.snapshot().record.settings.require_verified_email && !user.email_verified {
+            // Only a correct password learns this: a wrong one stays
+            // INVALID_CREDENTIALS above.
+            self.audit_later(
+                kinds::LOGIN_FAILED,
+                meta,
+                None,
+                Some(user.id),
+                Some(serde_json::json!({ "reason": "email_not_verified" })),
+            );
+            return Err(Error::EmailNotVerified);
+        }
         if verified.needs_rehash {
             // Parameters were raised since this hash was made: upgrade it now
             // that we hold the password.

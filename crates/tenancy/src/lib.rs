@@ -26,6 +26,8 @@
 //! - [`keyset`]: a tenant's signing keys: current signer, verifier, JWKS, rotation.
 //! - [`auth`]: accounts, login, tokens and sessions.
 //! - [`admin`]: tenant-admin operations.
+//! - [`email`]: the email flows: verification, password reset and change, magic links, email change.
+//! - [`mail`]: composing mail into the outbox, and the sender that delivers it (SMTP or `.eml` files).
 //! - [`mfa`]: TOTP enrollment, MFA challenges and recovery codes.
 //! - [`limits`]: per-tenant rate limits and brute-force protection.
 //! - [`hashing`]: the fair password-hashing pool.
@@ -39,9 +41,11 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod children;
+pub mod email;
 pub mod hashing;
 pub mod keyset;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod mfa;
 pub mod oauth;
@@ -114,6 +118,9 @@ pub struct Deps {
     pub clock: limits::Clock,
     /// In-process limits used while the token store is unreachable.
     pub fallback: limits::Fallback,
+    /// Mail delivery; `None` when no SMTP relay is configured on Postgres
+    /// (flows that must send mail then answer `UNAVAILABLE`).
+    pub mail: Option<Arc<mail::Mailer>>,
     /// The client for OAuth providers, built from the config on first use.
     pub provider_http: std::sync::OnceLock<Arc<oauth::net::ProviderHttp>>,
 }

@@ -102,6 +102,8 @@ pub enum Limit {
     RegistrationsPerIp,
     MfaPerAccount,
     RefreshPerSession,
+    EmailPerAddress,
+    EmailPerIp,
 }
 
 impl Limit {
@@ -114,6 +116,8 @@ impl Limit {
             Self::RegistrationsPerIp => "registrationsPerIpPerHour",
             Self::MfaPerAccount => "mfaAttemptsPerAccountPer15Minutes",
             Self::RefreshPerSession => "refreshPerSessionPerMinute",
+            Self::EmailPerAddress => "emailRequestsPerAddressPerHour",
+            Self::EmailPerIp => "emailRequestsPerIpPerHour",
         }
     }
 }
@@ -252,6 +256,22 @@ impl TenantCtx<'_> {
             meta,
         )
         .await
+    }
+
+    /// Before a request that mails a link: per client IP, and per address
+    /// when one is named (`address` is its account key; unknown addresses
+    /// count exactly like known ones).
+    pub(crate) async fn before_email_request(&self, address: Option<&str>, meta: &RequestMeta) -> Result<()> {
+        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let key = format!("email-ip:{}", Self::ip(meta));
+        self.check(Limit::EmailPerIp, &key, p.email_requests_per_ip_per_hour, HOUR, meta).await?;
+        match address {
+            Some(a) => {
+                let key = format!("email-addr:{a}");
+                self.check(Limit::EmailPerAddress, &key, p.email_requests_per_address_per_hour, HOUR, meta).await
+            }
+            None => Ok(()),
+        }
     }
 
     pub(crate) async fn before_refresh(&self, session: authd_core::SessionId, meta: &RequestMeta) -> Result<()> {

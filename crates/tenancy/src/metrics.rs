@@ -30,6 +30,16 @@ pub static RATE_LIMITED: AtomicU64 = AtomicU64::new(0);
 /// Storage lookups of a tenant by slug (a request for a tenant not running
 /// on this replica); unknown slugs mostly cost none.
 pub static TENANT_LOOKUPS: AtomicU64 = AtomicU64::new(0);
+/// Mails the relay accepted (or written as files).
+pub static MAIL_SENT: AtomicU64 = AtomicU64::new(0);
+/// Mails abandoned: refused for good, or undeliverable after every attempt.
+pub static MAIL_FAILED: AtomicU64 = AtomicU64::new(0);
+/// Delivery attempts that failed and will be retried.
+pub static MAIL_RETRIES: AtomicU64 = AtomicU64::new(0);
+/// Mails in the outbox (every replica's), as last read.
+pub static MAIL_QUEUED: AtomicU64 = AtomicU64::new(0);
+/// Age of the oldest mail in the outbox, in seconds, as last read.
+pub static MAIL_OLDEST_SECONDS: AtomicU64 = AtomicU64::new(0);
 
 static TENANT_LABELS: AtomicBool = AtomicBool::new(false);
 

@@ -185,7 +185,7 @@ impl TenantCtx<'_> {
     /// It counts against the account's failed logins exactly like `login`
     /// (the same per-IP, burst and per-account limits, refunded on success),
     /// so a stolen access token cannot be used to guess the password.
-    async fn recheck_password(&self, user: &UserRecord, password: &str, meta: &RequestMeta) -> Result<()> {
+    pub(crate) async fn recheck_password(&self, user: &UserRecord, password: &str, meta: &RequestMeta) -> Result<()> {
         let account = crate::limits::account_key(self, user.email.as_deref().unwrap_or(&user.id.to_string()));
         self.before_login(&account, meta).await?;
         match self.check_password(user, password).await {

@@ -484,6 +484,81 @@ mod store {
             .await
         }
 
+        async fn create_user_with_link(
+            &self,
+            tenant: TenantId,
+            user: &NewUser,
+            event: &AuditEvent,
+            link: &EmailLink,
+            mail: &OutboxMail,
+        ) -> Result<UserRecord> {
+            call(
+                span!(self, "store.create_user_with_link", tenant),
+                self.inner.create_user_with_link(tenant, user, event, link, mail),
+            )
+            .await
+        }
+
+        async fn issue_link(
+            &self,
+            tenant: TenantId,
+            link: &EmailLink,
+            mail: &OutboxMail,
+            event: &AuditEvent,
+        ) -> Result<()> {
+            call(span!(self, "store.issue_link", tenant), self.inner.issue_link(tenant, link, mail, event)).await
+        }
+
+        async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
+            call(span!(self, "store.link_by_hash", tenant), self.inner.link_by_hash(tenant, hash)).await
+        }
+
+        async fn redeem_link(
+            &self,
+            tenant: TenantId,
+            link: &EmailLink,
+            effect: Option<&LinkEffect>,
+            events: &[AuditEvent],
+            mail: Option<&OutboxMail>,
+        ) -> Result<Option<UserRecord>> {
+            call(span!(self, "store.redeem_link", tenant), self.inner.redeem_link(tenant, link, effect, events, mail))
+                .await
+        }
+
+        async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
+            call(span!(self, "store.delete_links", tenant), self.inner.delete_links(tenant, user, kind)).await
+        }
+
+        async fn claim_mail(
+            &self,
+            now: chrono::DateTime<chrono::Utc>,
+            lease: std::time::Duration,
+            limit: u32,
+        ) -> Result<Vec<QueuedMail>> {
+            call(span!(self, "store.claim_mail"), self.inner.claim_mail(now, lease, limit)).await
+        }
+
+        async fn mail_delivered(&self, id: uuid::Uuid) -> Result<()> {
+            call(span!(self, "store.mail_delivered"), self.inner.mail_delivered(id)).await
+        }
+
+        async fn mail_deferred(
+            &self,
+            id: uuid::Uuid,
+            retry_at: chrono::DateTime<chrono::Utc>,
+            error: &str,
+        ) -> Result<()> {
+            call(span!(self, "store.mail_deferred"), self.inner.mail_deferred(id, retry_at, error)).await
+        }
+
+        async fn mail_abandoned(&self, id: uuid::Uuid) -> Result<()> {
+            call(span!(self, "store.mail_abandoned"), self.inner.mail_abandoned(id)).await
+        }
+
+        async fn outbox_stats(&self) -> Result<OutboxStats> {
+            call(span!(self, "store.outbox_stats"), self.inner.outbox_stats()).await
+        }
+
         async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
             call(span!(self, "store.sealed_totp_secrets", tenant), self.inner.sealed_totp_secrets(tenant)).await
         }

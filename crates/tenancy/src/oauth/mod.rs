@@ -133,12 +133,12 @@ impl Reject {
     }
 }
 
-fn s256(verifier: &str) -> String {
+pub(crate) fn s256(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
 
 /// RFC 7636 §4.2: a challenge is 43 base64url characters (S256 of a verifier).
-fn valid_challenge(c: &str) -> bool {
+pub(crate) fn valid_challenge(c: &str) -> bool {
     c.len() == 43 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -154,7 +154,7 @@ fn printable(s: &str, max: usize) -> bool {
     !s.is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control)
 }
 
-fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
+pub(crate) fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
     let mut url = base.to_owned();
     let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
     url.push(if base.contains('?') { '&' } else { '?' });
@@ -772,6 +772,9 @@ impl TenantCtx<'_> {
         // RFC 7636 §4.1: a verifier is 43 to 128 characters.
         if code.is_empty() || code.len() > 200 || verifier.len() < 43 || verifier.len() > 128 {
             return Err(Error::Unauthenticated);
+        }
+        if code.starts_with(crate::email::MAGIC_CODE_PREFIX) {
+            return self.email().exchange_magic_code(code, verifier, meta).await;
         }
         let hash = self.deps.keyring.keyed_hash(CODE_PURPOSE, code.as_bytes());
         let refuse = |reason: &str| {
