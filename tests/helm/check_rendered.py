@@ -36,7 +36,10 @@ SECRET_VARS = {
     "AUTHD_MASTER_KEY",
     "AUTHD_MASTER_KEY_PREVIOUS",
     "AUTHD_PLATFORM_TOKEN",
+    "AUTHD_SMTP_URL",
 }
+# Connection URLs (secrets: they carry credentials) never go in a ConfigMap.
+URL_SCHEMES = ("postgres://", "postgresql://", "redis://", "rediss://", "smtp://", "smtps://", "smtp+starttls://")
 # Custom resources: not in the Kubernetes API schemas; checked below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 UID = 10001
@@ -156,7 +159,7 @@ def check(docs):
         for k, v in (cm.get("data") or {}).items():
             if k in SECRET_VARS or (k.endswith("_FILE") and k[:-5] in SECRET_VARS):
                 problem(f"{ident(cm)}: secret variable {k} in a ConfigMap")
-            if any(s in str(v) for s in ("postgres://", "postgresql://", "redis://", "rediss://")):
+            if any(s in str(v) for s in URL_SCHEMES):
                 problem(f"{ident(cm)}: {k} looks like a connection URL (a secret)")
     for s in secrets.values():
         extra = set(s.get("data") or {}) - SECRET_VARS

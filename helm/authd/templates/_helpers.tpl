@@ -103,7 +103,7 @@ the two lists equal). Each reaches the container as a file in
 /etc/authd/secrets and NAME_FILE pointing at it.
 */}}
 {{- define "authd.secretVariables" -}}
-DATABASE_URL REDIS_URL AUTHD_MASTER_KEY AUTHD_MASTER_KEY_PREVIOUS AUTHD_PLATFORM_TOKEN
+DATABASE_URL REDIS_URL AUTHD_MASTER_KEY AUTHD_MASTER_KEY_PREVIOUS AUTHD_PLATFORM_TOKEN AUTHD_SMTP_URL
 {{- end }}
 
 {{- define "authd.secretDir" -}}
