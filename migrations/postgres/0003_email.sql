@@ -6,7 +6,8 @@
 CREATE TABLE email_links (
     tenant_id      uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     user_id        uuid NOT NULL,
-    kind           text NOT NULL CHECK (kind IN ('verification', 'password_reset', 'magic_link', 'email_change')),
+    -- verification, password_reset, magic_link or email_change
+    kind           text NOT NULL,
     token_hash     text NOT NULL,
     -- The address the link proves (the account's at the time, or the new
     -- address of an email change).

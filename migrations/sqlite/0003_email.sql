@@ -3,7 +3,7 @@
 CREATE TABLE email_links (
     tenant_id      TEXT NOT NULL,
     user_id        TEXT NOT NULL,
-    kind           TEXT NOT NULL CHECK (kind IN ('verification', 'password_reset', 'magic_link', 'email_change')),
+    kind           TEXT NOT NULL,
     token_hash     TEXT NOT NULL,
     email          TEXT NOT NULL,
     code_challenge TEXT,

@@ -8,6 +8,7 @@ mod harness;
 
 mod admin;
 mod audit;
+mod email;
 mod graphiql;
 mod helm;
 mod hygiene;

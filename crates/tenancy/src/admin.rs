@@ -215,6 +215,9 @@ fn changed_fields(old: &TenantSettings, new: &TenantSettings) -> Vec<&'static st
         link_by_verified_email => "linkByVerifiedEmail",
         audit_retention_days => "auditRetentionDays",
         rate_limits => "rateLimits",
+        require_verified_email => "requireVerifiedEmail",
+        magic_links_enabled => "magicLinksEnabled",
+        email_templates => "emailTemplates",
     );
     out
 }

@@ -112,12 +112,7 @@ impl Mailer {
             .tls(tls)
             .timeout(Some(s.timeout));
         if !url.username().is_empty() {
-            let decode = |v: &str| {
-                url::form_urlencoded::parse(format!("v={v}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
-            };
+            let decode = |v: &str| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
             let user = decode(url.username());
             let pass = decode(url.password().unwrap_or(""));
             b = b.credentials(Credentials::new(user, pass));

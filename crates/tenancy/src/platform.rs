@@ -270,7 +270,8 @@ impl Platform {
         let admin = NewUser {
             id: UserId::new(),
             email: Some(email.as_str().to_owned()),
-            email_verified: false,
+            // The platform operator vouches for the first admin's address.
+            email_verified: true,
             password_hash: Some(phc),
             role: Role::Admin,
             created_at: now,
