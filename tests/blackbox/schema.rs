@@ -52,6 +52,19 @@ fn contract_names_are_in_the_schemas() {
         "scalar JSON",
         "accessTokenLifetimeMinutes: Int!",
         "recentActivity(first: Int = 20): [AuditEvent!]!",
+        // Email (docs/api.md, Email).
+        "sendVerificationEmail(redirectUri: String!): Boolean!",
+        "verifyEmail(token: String!): User!",
+        "requestPasswordReset(email: String!, redirectUri: String!): Boolean!",
+        "resetPassword(token: String!, newPassword: String!): Boolean!",
+        "changePassword(currentPassword: String!, newPassword: String!): Boolean!",
+        "requestMagicLink(email: String!, redirectUri: String!, codeChallenge: String!): Boolean!",
+        "requestEmailChange(newEmail: String!, password: String!, redirectUri: String!): Boolean!",
+        "confirmEmailChange(token: String!): User!",
+        "emailVerified: Boolean!",
+        "requireVerifiedEmail: Boolean!",
+        "magicLinksEnabled: Boolean!",
+        "redirectUri: String",
     ] {
         assert!(tenant.contains(needle), "tenant schema lacks {needle:?}");
     }
