@@ -352,9 +352,11 @@ impl Config {
         let mail_from: lettre::Address = mail_from_text
             .parse()
             .map_err(|_| err("AUTHD_MAIL_FROM", format!("{mail_from_text:?} is not an email address")))?;
+        let smtp_timeout = Duration::from_millis(env.parse("AUTHD_SMTP_TIMEOUT_MS", 10_000u64)?.max(100));
         let mail_timing = authd_tenancy::mail::SenderTiming {
             poll_interval: Duration::from_millis(env.parse("AUTHD_MAIL_POLL_MS", 2000u64)?.max(10)),
             retry_base: Duration::from_millis(env.parse("AUTHD_MAIL_RETRY_BASE_MS", 2000u64)?.max(10)),
+            send_timeout: smtp_timeout,
             ..Default::default()
         };
         Ok(Self {
@@ -366,7 +368,7 @@ impl Config {
                 ),
                 None => None,
             },
-            smtp_timeout: Duration::from_millis(env.parse("AUTHD_SMTP_TIMEOUT_MS", 10_000u64)?.max(100)),
+            smtp_timeout,
             mail_timing,
             listen,
             public_url,

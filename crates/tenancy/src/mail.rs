@@ -52,6 +52,9 @@ pub struct SenderTiming {
     pub retry_max: Duration,
     /// Attempts before a mail is abandoned.
     pub max_attempts: u32,
+    /// How long one delivery may take (the SMTP timeout); a claimed batch
+    /// is only worked on while its lease leaves room for one more.
+    pub send_timeout: Duration,
 }
 
 impl Default for SenderTiming {
@@ -61,6 +64,7 @@ impl Default for SenderTiming {
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(600),
             max_attempts: 60,
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -217,9 +221,13 @@ fn backoff(timing: &SenderTiming, attempts: u32) -> Duration {
     timing.retry_base.saturating_mul(factor).min(timing.retry_max)
 }
 
-/// How long a claimed mail is kept from other senders.
-const LEASE: Duration = Duration::from_secs(60);
-const BATCH: u32 = 20;
+const BATCH: u32 = 10;
+
+/// How long a claimed batch is kept from other senders: room for every
+/// mail of the batch to take the whole send timeout, and a margin.
+fn lease(timing: &SenderTiming) -> Duration {
+    timing.send_timeout.saturating_mul(BATCH) + Duration::from_secs(30)
+}
 /// How often the queue's size and age are read for the metrics.
 const STATS_EVERY: Duration = Duration::from_secs(10);
 
@@ -230,7 +238,9 @@ pub async fn run_sender(deps: Arc<Deps>, mailer: Arc<Mailer>, mut stop: watch::R
         if *stop.borrow() {
             return;
         }
-        let claimed = match deps.store.claim_mail(Utc::now(), LEASE, BATCH).await {
+        let lease = lease(&mailer.timing);
+        let claimed_at = tokio::time::Instant::now();
+        let claimed = match deps.store.claim_mail(Utc::now(), lease, BATCH).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "mail outbox unavailable");
@@ -239,6 +249,14 @@ pub async fn run_sender(deps: Arc<Deps>, mailer: Arc<Mailer>, mut stop: watch::R
         };
         let full = claimed.len() == BATCH as usize;
         for mail in claimed {
+            // Never send once the lease may have run out: another replica
+            // may hold the row by then. Hand it back instead.
+            if claimed_at.elapsed() + mailer.timing.send_timeout + Duration::from_secs(5) > lease {
+                if let Err(e) = deps.store.mail_deferred(mail.id, Utc::now(), "lease ran short").await {
+                    tracing::warn!(error = %e, mail = %mail.id, "could not hand a claimed mail back");
+                }
+                continue;
+            }
             settle(&deps, &mailer, &mail).await;
         }
         if last_stats.elapsed() >= STATS_EVERY {
