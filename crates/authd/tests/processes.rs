@@ -1243,3 +1243,95 @@ async fn a_stopped_postgres_answers_unavailable_fast_and_loses_no_acknowledged_w
         .unwrap();
     assert_eq!(created as usize, slugs.len(), "every acknowledged tenant is stored");
 }
+
+// ------------------------------------------------------------------ mail
+
+/// A mail queued by a process that is then killed (SIGKILL, between the
+/// commit and the send: its relay was down) is delivered by the next
+/// process, exactly once, and neither process logs its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_queued_by_a_killed_process_is_delivered_once_by_the_next() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut env = production_env().await;
+    env.insert("AUTHD_SMTP_URL".into(), format!("smtp://127.0.0.1:{port}"));
+    env.insert("AUTHD_MAIL_POLL_MS".into(), "100".into());
+    env.insert("AUTHD_MAIL_RETRY_BASE_MS".into(), "100".into());
+    let mut a = Authd::spawn(&env);
+    let (slug, _) = a.tenant().await;
+    let (admin, _) = a.login(&slug, &admin_email(&slug), ADMIN_PASSWORD).await;
+    let app = "https://app.example.com/reset";
+    let set = a
+        .gql(
+            &slug,
+            Some(&admin),
+            "mutation($u: [String!]!) { updateTenantSettings(input: { allowedRedirectUris: $u }) { allowedRedirectUris } }",
+            json!({ "u": [app] }),
+        )
+        .await;
+    assert!(set["errors"].is_null(), "{set}");
+    let who = "crash@example.com";
+    a.register(&slug, who).await;
+    let asked = a
+        .gql(
+            &slug,
+            None,
+            "mutation($e: String!, $r: String!) { requestPasswordReset(email: $e, redirectUri: $r) }",
+            json!({ "e": who, "r": app }),
+        )
+        .await;
+    assert_eq!(asked["data"]["requestPasswordReset"], true, "{asked}");
+
+    // Committed: the row is in the outbox (read as the superuser).
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(&env["DATABASE_URL"]).await.unwrap();
+    let mut queued = 0i64;
+    for _ in 0..200 {
+        queued = sqlx::query_scalar("SELECT count(*) FROM mail_outbox").fetch_one(&mut db).await.unwrap();
+        if queued == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued, 1, "the reset mail was not queued");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+
+    // The relay comes back; a new process finds the mail.
+    let dir = temp_dir();
+    let mut sink = Command::new(python())
+        .arg(scripts_dir().join("smtp_sink.py"))
+        .args(["--port", &port.to_string(), "--dir", &dir.display().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("smtp_sink.py");
+    let mut ready = String::new();
+    BufReader::new(sink.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "READY");
+    let b = Authd::spawn(&env);
+    let mails = || -> Vec<Value> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(20), || async { !mails().is_empty() }).await, "the mail never arrived");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = mails();
+    let _ = sink.kill();
+    let _ = sink.wait();
+    assert_eq!(got.len(), 1, "exactly once: {got:?}");
+    assert_eq!(got[0]["rcpt_tos"], json!([who]));
+    let text = got[0]["text"].as_str().unwrap();
+    let start = text.find("token=").unwrap() + "token=".len();
+    let token: String =
+        text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    assert!(token.len() >= 43, "{text}");
+    for (name, p) in [("first", &a), ("second", &b)] {
+        let logs = p.logs.lock().join("\n");
+        assert!(!logs.contains(&token), "the {name} process logged the reset token");
+    }
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM mail_outbox").fetch_one(&mut db).await.unwrap();
+    assert_eq!(outbox, 0, "a delivered mail leaves the outbox");
+}
