@@ -15,6 +15,7 @@ mod hygiene;
 mod limits;
 mod mfa;
 mod oauth;
+mod passkeys;
 mod platform;
 mod restart;
 mod rls;

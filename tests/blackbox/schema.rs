@@ -65,6 +65,16 @@ fn contract_names_are_in_the_schemas() {
         "requireVerifiedEmail: Boolean!",
         "magicLinksEnabled: Boolean!",
         "redirectUri: String",
+        // Passkeys (docs/api.md, Passkeys).
+        "passkeys: [Passkey!]!",
+        "beginPasskeyRegistration: PasskeyOptions!",
+        "finishPasskeyRegistration(challengeId: String!, credential: JSON!, name: String): Passkey!",
+        "beginPasskeyLogin(email: String): PasskeyOptions!",
+        "finishPasskeyLogin(challengeId: String!, credential: JSON!): LoginResult!",
+        "renamePasskey(id: ID!, name: String!): Passkey!",
+        "deletePasskey(id: ID!): Boolean!",
+        "webauthnRpId: String",
+        "webauthnOrigins: [String!]!",
     ] {
         assert!(tenant.contains(needle), "tenant schema lacks {needle:?}");
     }

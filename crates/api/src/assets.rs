@@ -49,6 +49,22 @@ pub fn graphiql_page(endpoint: &str) -> Response {
     resp
 }
 
+/// The passkeys example page (`crates/api/web`), for the tenant it is served under.
+pub fn passkeys_example_page() -> Response {
+    let mut resp =
+        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("../web/passkeys.html")).into_response();
+    security_headers(&mut resp);
+    resp
+}
+
+/// The passkeys example's script.
+pub fn passkeys_example_script() -> Response {
+    let mut resp = ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../web/passkeys.js"))
+        .into_response();
+    security_headers(&mut resp);
+    resp
+}
+
 /// One asset file, cached by browsers for a day.
 pub fn asset(name: &str) -> Response {
     match FILES.iter().find(|(n, _, _)| *n == name) {

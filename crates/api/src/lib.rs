@@ -26,6 +26,7 @@ pub mod routes;
 pub mod tenant_email;
 pub mod tenant_mfa;
 pub mod tenant_oauth;
+pub mod tenant_passkeys;
 pub mod tenant_schema;
 
 use std::sync::Arc;

@@ -36,6 +36,8 @@ pub fn public_router(state: AppState) -> Router {
         .route("/t/{tenant}/.well-known/jwks.json", get(jwks))
         .route("/t/{tenant}/.well-known/openid-configuration", get(discovery))
         .route("/t/{tenant}/oauth/{provider}/callback", get(oauth_callback))
+        .route("/t/{tenant}/examples/passkeys", get(passkeys_example))
+        .route("/examples/passkeys.js", get(|| async { assets::passkeys_example_script() }))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/graphiql-assets/{file}", get(asset));
@@ -145,6 +147,13 @@ async fn tenant_graphiql(Path(tenant): Path<String>) -> Response {
         return error_response(Error::bad_input("tenant", "not a valid tenant slug"));
     }
     assets::graphiql_page(&format!("/t/{tenant}/graphql"))
+}
+
+async fn passkeys_example(Path(tenant): Path<String>) -> Response {
+    if authd_core::Slug::parse(&tenant).is_err() {
+        return error_response(Error::bad_input("tenant", "not a valid tenant slug"));
+    }
+    assets::passkeys_example_page()
 }
 
 async fn platform_graphiql() -> Response {

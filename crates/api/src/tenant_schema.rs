@@ -28,7 +28,7 @@ pub type TenantSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 /// The tenant schema's `Query`: the core queries and the social-login ones.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(TenantQuery, crate::tenant_oauth::OAuthQuery);
+pub struct QueryRoot(TenantQuery, crate::tenant_oauth::OAuthQuery, crate::tenant_passkeys::PasskeyQuery);
 
 /// The tenant schema's `Mutation`: the core operations and the two-factor ones.
 #[derive(async_graphql::MergedObject, Default)]
@@ -38,6 +38,7 @@ pub struct MutationRoot(
     crate::tenant_mfa::MfaMutation,
     crate::tenant_oauth::OAuthMutation,
     crate::tenant_email::EmailMutation,
+    crate::tenant_passkeys::PasskeyMutation,
 );
 
 pub fn build() -> TenantSchema {
@@ -517,6 +518,11 @@ pub struct GqlSettings {
     /// The tenant's own wording of its mails (the built-in one for kinds
     /// and parts not listed).
     email_templates: Vec<EmailTemplate>,
+    /// The WebAuthn relying-party ID; null: the public URL's host.
+    webauthn_rp_id: Option<String>,
+    /// Origins accepted in passkey ceremonies; empty: the tenant's
+    /// `allowedOrigins` within the relying party, and the public URL's origin.
+    webauthn_origins: Vec<String>,
 }
 
 /// What a mail is for (`snake_case` in audit details and the outbox).
@@ -605,6 +611,8 @@ fn settings_out(s: &TenantSettings, slug: &str) -> GqlSettings {
                 html: t.html.clone(),
             })
             .collect(),
+        webauthn_rp_id: s.webauthn_rp_id.clone(),
+        webauthn_origins: s.webauthn_origins.clone(),
     }
 }
 
@@ -625,6 +633,9 @@ pub struct TenantSettingsInput {
     magic_links_enabled: Option<bool>,
     /// Replaces every override (an empty list restores the built-in wording).
     email_templates: Option<Vec<EmailTemplateInput>>,
+    /// An empty string restores the default (the public URL's host).
+    webauthn_rp_id: Option<String>,
+    webauthn_origins: Option<Vec<String>>,
 }
 
 fn int_field(field: &str, v: Option<i32>, current: u32) -> std::result::Result<u32, Error> {
@@ -663,6 +674,12 @@ impl TenantSettingsInput {
                     .collect(),
                 None => old.email_templates.clone(),
             },
+            webauthn_rp_id: match self.webauthn_rp_id {
+                Some(v) if v.trim().is_empty() => None,
+                Some(v) => Some(v.trim().to_owned()),
+                None => old.webauthn_rp_id.clone(),
+            },
+            webauthn_origins: self.webauthn_origins.unwrap_or_else(|| old.webauthn_origins.clone()),
         })
     }
 }

@@ -155,6 +155,11 @@ pub struct TenantSettings {
     pub magic_links_enabled: bool,
     /// The tenant's own wording of its mails, per kind (built-in otherwise).
     pub email_templates: Vec<crate::mail::TemplateOverride>,
+    /// The WebAuthn relying-party ID; `None`: the public URL's host.
+    pub webauthn_rp_id: Option<String>,
+    /// Origins accepted in passkey ceremonies; empty: the tenant's
+    /// `allowedOrigins` within the RP ID, and the public URL's origin.
+    pub webauthn_origins: Vec<String>,
 }
 
 impl Default for TenantSettings {
@@ -173,6 +178,8 @@ impl Default for TenantSettings {
             require_verified_email: false,
             magic_links_enabled: false,
             email_templates: Vec::new(),
+            webauthn_rp_id: None,
+            webauthn_origins: Vec::new(),
         }
     }
 }

@@ -346,6 +346,35 @@ pub trait Store: Send + Sync + 'static {
 
     async fn outbox_stats(&self) -> Result<OutboxStats>;
 
+    // ---- tenant: passkeys ----
+
+    /// The user's passkeys, oldest first.
+    async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>>;
+
+    /// The passkey with this credential id.
+    async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>>;
+
+    /// Stores a new passkey with the event. A credential id already
+    /// registered in the tenant is `Duplicate("id")`.
+    async fn insert_passkey(&self, tenant: TenantId, passkey: &PasskeyRecord, event: &AuditEvent) -> Result<()>;
+
+    /// Records a sign-in: the credential's new state, only while its stored
+    /// count is still `previous_count` (two sign-ins racing with one
+    /// counter value cannot both pass). Returns whether it was recorded.
+    async fn record_passkey_use(&self, tenant: TenantId, passkey: &PasskeyRecord, previous_count: i64) -> Result<bool>;
+
+    /// Renames one of the user's passkeys; `None` when the user has no such passkey.
+    async fn rename_passkey(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        id: uuid::Uuid,
+        name: &str,
+    ) -> Result<Option<PasskeyRecord>>;
+
+    /// Deletes one of the user's passkeys with the event; whether it existed.
+    async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: uuid::Uuid, event: &AuditEvent) -> Result<bool>;
+
     // ---- master-key rotation (`authd reseal`) ----
 
     /// Every sealed TOTP secret of the tenant: (user, active, pending).

@@ -249,3 +249,20 @@ pub struct OutboxStats {
     pub queued: u64,
     pub oldest: Option<DateTime<Utc>>,
 }
+
+/// A user's passkey.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PasskeyRecord {
+    pub id: uuid::Uuid,
+    pub user_id: UserId,
+    /// base64url of the WebAuthn credential id.
+    pub credential_id: String,
+    pub name: String,
+    /// The serialized webauthn-rs credential (public key, counter, flags).
+    pub credential: String,
+    pub sign_count: i64,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}

@@ -1113,6 +1113,113 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at, id"
+        )))
+        .bind(tenant.0)
+        .bind(user.0)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(passkey_from_row).collect()
+    }
+
+    async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = $1 AND credential_id = $2"
+        )))
+        .bind(tenant.0)
+        .bind(credential_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(passkey_from_row).transpose()
+    }
+
+    async fn insert_passkey(&self, tenant: TenantId, p: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        sqlx::query(
+            "INSERT INTO passkeys (tenant_id, id, user_id, credential_id, name, credential, sign_count, \
+             backup_eligible, backup_state, created_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(tenant.0)
+        .bind(p.id)
+        .bind(p.user_id.0)
+        .bind(&p.credential_id)
+        .bind(&p.name)
+        .bind(&p.credential)
+        .bind(p.sign_count)
+        .bind(p.backup_eligible)
+        .bind(p.backup_state)
+        .bind(p.created_at)
+        .bind(p.last_used_at)
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_passkey_use(&self, tenant: TenantId, p: &PasskeyRecord, previous_count: i64) -> Result<bool> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let n = sqlx::query(
+            "UPDATE passkeys SET credential = $3, sign_count = $4, backup_state = $5, last_used_at = $6 \
+             WHERE tenant_id = $1 AND id = $2 AND sign_count = $7",
+        )
+        .bind(tenant.0)
+        .bind(p.id)
+        .bind(&p.credential)
+        .bind(p.sign_count)
+        .bind(p.backup_state)
+        .bind(p.last_used_at)
+        .bind(previous_count)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn rename_passkey(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        id: Uuid,
+        name: &str,
+    ) -> Result<Option<PasskeyRecord>> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE passkeys SET name = $4 WHERE tenant_id = $1 AND user_id = $2 AND id = $3 RETURNING {PASSKEY_COLUMNS}"
+        )))
+        .bind(tenant.0)
+        .bind(user.0)
+        .bind(id)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(passkey_from_row).transpose()
+    }
+
+    async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: Uuid, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.tenant_tx(tenant).await?;
+        let n = sqlx::query("DELETE FROM passkeys WHERE tenant_id = $1 AND user_id = $2 AND id = $3")
+            .bind(tenant.0)
+            .bind(user.0)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 1 {
+            insert_event(&mut tx, tenant, event).await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     async fn outbox_stats(&self) -> Result<OutboxStats> {
         let row =
             sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM mail_outbox WHERE failed_at IS NULL")
@@ -1123,6 +1230,24 @@ impl Store for PgStore {
             oldest: row.try_get("oldest")?,
         })
     }
+}
+
+const PASSKEY_COLUMNS: &str = "id, user_id, credential_id, name, credential, sign_count, backup_eligible, backup_state, \
+                               created_at, last_used_at";
+
+fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord> {
+    Ok(PasskeyRecord {
+        id: row.try_get("id")?,
+        user_id: UserId(row.try_get("user_id")?),
+        credential_id: row.try_get("credential_id")?,
+        name: row.try_get("name")?,
+        credential: row.try_get("credential")?,
+        sign_count: row.try_get("sign_count")?,
+        backup_eligible: row.try_get("backup_eligible")?,
+        backup_state: row.try_get("backup_state")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    })
 }
 
 async fn upsert_link(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, l: &EmailLink) -> Result<()> {

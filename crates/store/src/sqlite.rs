@@ -1033,6 +1033,105 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = ?1 AND user_id = ?2 ORDER BY created_at, id"
+        )))
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(passkey_from_row).collect()
+    }
+
+    async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = ?1 AND credential_id = ?2"
+        )))
+        .bind(tenant.to_string())
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(passkey_from_row).transpose()
+    }
+
+    async fn insert_passkey(&self, tenant: TenantId, p: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.tx().await?;
+        sqlx::query(
+            "INSERT INTO passkeys (tenant_id, id, user_id, credential_id, name, credential, sign_count, \
+             backup_eligible, backup_state, created_at, last_used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .bind(tenant.to_string())
+        .bind(p.id.to_string())
+        .bind(p.user_id.to_string())
+        .bind(&p.credential_id)
+        .bind(&p.name)
+        .bind(&p.credential)
+        .bind(p.sign_count)
+        .bind(p.backup_eligible)
+        .bind(p.backup_state)
+        .bind(micros(p.created_at))
+        .bind(p.last_used_at.map(micros))
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_passkey_use(&self, tenant: TenantId, p: &PasskeyRecord, previous_count: i64) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE passkeys SET credential = ?3, sign_count = ?4, backup_state = ?5, last_used_at = ?6 \
+             WHERE tenant_id = ?1 AND id = ?2 AND sign_count = ?7",
+        )
+        .bind(tenant.to_string())
+        .bind(p.id.to_string())
+        .bind(&p.credential)
+        .bind(p.sign_count)
+        .bind(p.backup_state)
+        .bind(p.last_used_at.map(micros))
+        .bind(previous_count)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn rename_passkey(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        id: Uuid,
+        name: &str,
+    ) -> Result<Option<PasskeyRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE passkeys SET name = ?4 WHERE tenant_id = ?1 AND user_id = ?2 AND id = ?3 RETURNING {PASSKEY_COLUMNS}"
+        )))
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(id.to_string())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(passkey_from_row).transpose()
+    }
+
+    async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: Uuid, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.tx().await?;
+        let n = sqlx::query("DELETE FROM passkeys WHERE tenant_id = ?1 AND user_id = ?2 AND id = ?3")
+            .bind(tenant.to_string())
+            .bind(user.to_string())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 1 {
+            insert_event(&mut tx, tenant, event).await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     async fn outbox_stats(&self) -> Result<OutboxStats> {
         let row =
             sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM mail_outbox WHERE failed_at IS NULL")
@@ -1044,6 +1143,25 @@ impl Store for SqliteStore {
             oldest: oldest.map(from_micros).transpose()?,
         })
     }
+}
+
+const PASSKEY_COLUMNS: &str = "id, user_id, credential_id, name, credential, sign_count, backup_eligible, backup_state, \
+                               created_at, last_used_at";
+
+fn passkey_from_row(row: &SqliteRow) -> Result<PasskeyRecord> {
+    let last: Option<i64> = row.try_get("last_used_at")?;
+    Ok(PasskeyRecord {
+        id: uuid_col(row, "id")?,
+        user_id: UserId(uuid_col(row, "user_id")?),
+        credential_id: row.try_get("credential_id")?,
+        name: row.try_get("name")?,
+        credential: row.try_get("credential")?,
+        sign_count: row.try_get("sign_count")?,
+        backup_eligible: row.try_get("backup_eligible")?,
+        backup_state: row.try_get("backup_state")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        last_used_at: last.map(from_micros).transpose()?,
+    })
 }
 
 async fn upsert_link(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, l: &EmailLink) -> Result<()> {

@@ -130,6 +130,12 @@ impl TenantCtx<'_> {
     ) -> Result<TenantSettings> {
         let admin = self.require_admin(p).await?;
         new.validate()?;
+        crate::passkeys::relying_party(
+            new.webauthn_rp_id.as_deref(),
+            &new.webauthn_origins,
+            &new.allowed_origins,
+            &self.deps.config.public_url,
+        )?;
         let old = self.rt.snapshot().record.settings.clone();
         let changed = changed_fields(&old, &new);
         if changed.is_empty() {
@@ -218,6 +224,8 @@ fn changed_fields(old: &TenantSettings, new: &TenantSettings) -> Vec<&'static st
         require_verified_email => "requireVerifiedEmail",
         magic_links_enabled => "magicLinksEnabled",
         email_templates => "emailTemplates",
+        webauthn_rp_id => "webauthnRpId",
+        webauthn_origins => "webauthnOrigins",
     );
     out
 }

@@ -60,6 +60,10 @@ pub mod kinds {
     pub const MAGIC_LINK_SENT: &str = "magic_link.sent";
     pub const EMAIL_CHANGE_REQUESTED: &str = "email.change_requested";
     pub const EMAIL_CHANGED: &str = "email.changed";
+    pub const PASSKEY_REGISTERED: &str = "passkey.registered";
+    pub const PASSKEY_DELETED: &str = "passkey.deleted";
+    pub const PASSKEY_LOGIN_SUCCEEDED: &str = "passkey.login_succeeded";
+    pub const PASSKEY_LOGIN_FAILED: &str = "passkey.login_failed";
 }
 
 /// Builds an event stamped now.

@@ -29,6 +29,7 @@
 //! - [`email`]: the email flows: verification, password reset and change, magic links, email change.
 //! - [`mail`]: composing mail into the outbox, and the sender that delivers it (SMTP or `.eml` files).
 //! - [`mfa`]: TOTP enrollment, MFA challenges and recovery codes.
+//! - [`passkeys`]: WebAuthn registration and sign-in (with an email, or usernameless).
 //! - [`limits`]: per-tenant rate limits and brute-force protection.
 //! - [`hashing`]: the fair password-hashing pool.
 //! - [`audit`]: audit events and their batched sink.
@@ -49,6 +50,7 @@ pub mod mail;
 pub mod metrics;
 pub mod mfa;
 pub mod oauth;
+pub mod passkeys;
 pub mod platform;
 pub mod reseal;
 pub mod runtime;

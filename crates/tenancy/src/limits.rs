@@ -240,6 +240,14 @@ impl TenantCtx<'_> {
         self.check(Limit::LoginPerIp, &key, p.login_per_ip_per_minute, MINUTE, meta).await
     }
 
+    /// Before a passkey sign-in starts (each start stores a ceremony for 5
+    /// minutes): it counts as a login attempt from that IP.
+    pub(crate) async fn before_passkey_begin(&self, meta: &RequestMeta) -> Result<()> {
+        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let key = format!("passkey-begin-ip:{}", Self::ip(meta));
+        self.check(Limit::LoginPerIp, &key, p.login_per_ip_per_minute, MINUTE, meta).await
+    }
+
     pub(crate) async fn before_register(&self, meta: &RequestMeta) -> Result<()> {
         let p = self.rt.snapshot().record.settings.rate_limits.clone();
         let key = format!("register-ip:{}", Self::ip(meta));

@@ -555,6 +555,55 @@ mod store {
             call(span!(self, "store.mail_abandoned"), self.inner.mail_abandoned(id)).await
         }
 
+        async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
+            call(span!(self, "store.passkeys", tenant), self.inner.passkeys(tenant, user)).await
+        }
+
+        async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
+            call(
+                span!(self, "store.passkey_by_credential", tenant),
+                self.inner.passkey_by_credential(tenant, credential_id),
+            )
+            .await
+        }
+
+        async fn insert_passkey(&self, tenant: TenantId, passkey: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
+            call(span!(self, "store.insert_passkey", tenant), self.inner.insert_passkey(tenant, passkey, event)).await
+        }
+
+        async fn record_passkey_use(
+            &self,
+            tenant: TenantId,
+            passkey: &PasskeyRecord,
+            previous_count: i64,
+        ) -> Result<bool> {
+            call(
+                span!(self, "store.record_passkey_use", tenant),
+                self.inner.record_passkey_use(tenant, passkey, previous_count),
+            )
+            .await
+        }
+
+        async fn rename_passkey(
+            &self,
+            tenant: TenantId,
+            user: UserId,
+            id: uuid::Uuid,
+            name: &str,
+        ) -> Result<Option<PasskeyRecord>> {
+            call(span!(self, "store.rename_passkey", tenant), self.inner.rename_passkey(tenant, user, id, name)).await
+        }
+
+        async fn delete_passkey(
+            &self,
+            tenant: TenantId,
+            user: UserId,
+            id: uuid::Uuid,
+            event: &AuditEvent,
+        ) -> Result<bool> {
+            call(span!(self, "store.delete_passkey", tenant), self.inner.delete_passkey(tenant, user, id, event)).await
+        }
+
         async fn outbox_stats(&self) -> Result<OutboxStats> {
             call(span!(self, "store.outbox_stats"), self.inner.outbox_stats()).await
         }
