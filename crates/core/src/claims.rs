@@ -22,4 +22,32 @@ pub struct AccessClaims {
     /// (an admin of a tenant that requires MFA, before enrolling).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mfa_enrollment_required: bool,
+    /// The OAuth client the token was issued to (single sign-on; RFC 9068).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Space-separated scopes granted to that client (RFC 9068).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// The claims of an OpenID Connect ID token (OpenID Connect Core §2),
+/// signed with `typ: JWT`. `aud` is the client id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub azp: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub auth_time: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    pub amr: Vec<String>,
+    /// The OpenID provider session (the SSO session) the sign-in belongs to.
+    pub sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
 }

@@ -293,6 +293,8 @@ impl TenantCtx<'_> {
             amr: session.amr.clone(),
             role: user.role.as_str().to_owned(),
             mfa_enrollment_required: settings.require_mfa_for_admins && user.role == Role::Admin && !user.totp_enabled,
+            client_id: None,
+            scope: None,
         };
         let token = snap.keys.sign(&claims, Utc::now())?;
         Ok((token, lifetime))

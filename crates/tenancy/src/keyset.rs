@@ -101,6 +101,33 @@ impl KeySet {
         key.signer.sign(claims)
     }
 
+    /// Signs an ID token (`typ: JWT`) with the current key.
+    pub fn sign_id_token(&self, claims: &authd_core::claims::IdClaims, now: DateTime<Utc>) -> Result<String> {
+        let key = self.current(now).ok_or_else(|| Error::internal("tenant has no signing key"))?;
+        key.signer.sign_typed(claims, "JWT")
+    }
+
+    /// The algorithm ID tokens are signed with now.
+    pub fn current_algorithm(&self, now: DateTime<Utc>) -> Option<authd_core::settings::SigningAlgorithm> {
+        self.current(now).map(|k| k.info.algorithm)
+    }
+
+    /// Verifies an ID token this tenant issued (an `id_token_hint`), with
+    /// the keys published at `now`.
+    pub fn verify_id_token(
+        &self,
+        token: &str,
+        issuer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<authd_core::claims::IdClaims> {
+        self.verifier.verify_id_token(token, issuer, |kid| {
+            self.keys
+                .iter()
+                .position(|k| k.info.kid == kid)
+                .is_some_and(|i| self.retired_at(i, now).is_none_or(|r| r + retirement_window() > now))
+        })
+    }
+
     /// Verifies with the keys published at `now` only: a retired key stops
     /// verifying the moment it leaves the JWKS, and a key removed by an
     /// immediate rotation is not in the set at all.
@@ -306,6 +333,8 @@ mod tests {
             amr: vec!["pwd".into()],
             role: "user".into(),
             mfa_enrollment_required: false,
+            client_id: None,
+            scope: None,
         };
         let token = set.sign(&claims, at(0)).unwrap();
         set.verify(&token, "https://auth.example.com/t/acme", "acme", at(1)).unwrap();
@@ -335,6 +364,8 @@ mod tests {
             amr: vec!["pwd".into()],
             role: "user".into(),
             mfa_enrollment_required: false,
+            client_id: None,
+            scope: None,
         };
         let token = old.sign(&claims, at(0)).unwrap();
         let verify = |m: i64| set.verify(&token, "https://auth.example.com/t/acme", "acme", at(m));

@@ -177,10 +177,7 @@ impl PasskeyService<'_> {
     pub async fn begin_registration(&self, p: &Principal) -> Result<Options> {
         let user = self.ctx.me(p).await?;
         let existing = self.list(p).await?;
-        let exclude = existing
-            .iter()
-            .filter_map(|k| URL_SAFE_NO_PAD.decode(&k.credential_id).ok())
-            .collect::<Vec<_>>();
+        let exclude = existing.iter().filter_map(|k| URL_SAFE_NO_PAD.decode(&k.credential_id).ok()).collect::<Vec<_>>();
         let label = user.email.clone().unwrap_or_else(|| user.id.to_string());
         let core = self.core()?;
         let builder = core
