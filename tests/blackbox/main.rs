@@ -21,6 +21,7 @@ mod restart;
 mod rls;
 mod schema;
 mod smoke;
+mod sso;
 mod supervision;
 mod tls;
 mod tokens;

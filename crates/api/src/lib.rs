@@ -23,11 +23,13 @@ pub mod graphql;
 pub mod observe;
 pub mod platform_schema;
 pub mod routes;
+pub mod sso_routes;
 pub mod tenant_email;
 pub mod tenant_mfa;
 pub mod tenant_oauth;
 pub mod tenant_passkeys;
 pub mod tenant_schema;
+pub mod tenant_sso;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -41,6 +41,7 @@ pub fn public_router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/graphiql-assets/{file}", get(asset));
+    router = crate::sso_routes::routes(router);
     if state.config.platform_on_public {
         router =
             router.route("/graphql", get(platform_graphiql).post(platform_graphql)).route("/metrics", get(metrics));
@@ -75,7 +76,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
-fn error_response(e: Error) -> Response {
+pub(crate) fn error_response(e: Error) -> Response {
     let status = status_of(e.code());
     let retry = match &e {
         Error::RateLimited { retry_after } => Some(*retry_after),
@@ -100,6 +101,10 @@ fn body_refused(state: &AppState, rejection: BytesRejection) -> Response {
         "the request body could not be read".to_owned()
     };
     (status, axum::Json(error_body(Error::bad_input_msg(None, message)))).into_response()
+}
+
+pub(crate) fn request_meta(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> RequestMeta {
+    meta(state, peer, headers)
 }
 
 fn meta(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> RequestMeta {
@@ -372,18 +377,36 @@ async fn discovery(State(state): State<AppState>, Path(tenant): Path<String>) ->
     match state.platform.tenant(&tenant).await {
         Ok(rt) => {
             let issuer = state.platform.deps.config.issuer(rt.slug.as_str());
+            let alg = rt.snapshot().record.settings.signing_algorithm.as_str();
             cacheable_json(
                 &state,
                 serde_json::json!({
                     "issuer": issuer,
+                    "authorization_endpoint": format!("{issuer}/oauth2/authorize"),
+                    "token_endpoint": format!("{issuer}/oauth2/token"),
+                    "userinfo_endpoint": format!("{issuer}/oauth2/userinfo"),
+                    "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+                    "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+                    "end_session_endpoint": format!("{issuer}/oauth2/logout"),
                     "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
                     "graphql_endpoint": format!("{issuer}/graphql"),
-                    "id_token_signing_alg_values_supported": ["ES256", "EdDSA", "RS256"],
-                    "access_token_signing_alg_values_supported": ["ES256", "EdDSA", "RS256"],
-                    "subject_types_supported": ["public"],
                     "response_types_supported": ["code"],
-                    "token_endpoint_auth_methods_supported": ["none"],
+                    "response_modes_supported": ["query"],
+                    "grant_types_supported": authd_tenancy::sso::GRANT_TYPES,
+                    "scopes_supported": authd_tenancy::sso::SCOPES,
+                    "claims_supported": ["sub", "iss", "aud", "azp", "exp", "iat", "auth_time", "nonce", "amr", "sid", "email", "email_verified"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": [alg],
+                    "access_token_signing_alg_values_supported": ["ES256", "EdDSA", "RS256"],
+                    "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+                    "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+                    "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
                     "code_challenge_methods_supported": ["S256"],
+                    "prompt_values_supported": ["none", "login", "consent"],
+                    "authorization_response_iss_parameter_supported": true,
+                    "claims_parameter_supported": false,
+                    "request_parameter_supported": false,
+                    "request_uri_parameter_supported": false,
                 }),
             )
         }

@@ -28,7 +28,12 @@ pub type TenantSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 /// The tenant schema's `Query`: the core queries and the social-login ones.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(TenantQuery, crate::tenant_oauth::OAuthQuery, crate::tenant_passkeys::PasskeyQuery);
+pub struct QueryRoot(
+    TenantQuery,
+    crate::tenant_oauth::OAuthQuery,
+    crate::tenant_passkeys::PasskeyQuery,
+    crate::tenant_sso::SsoQuery,
+);
 
 /// The tenant schema's `Mutation`: the core operations and the two-factor ones.
 #[derive(async_graphql::MergedObject, Default)]
@@ -39,6 +44,7 @@ pub struct MutationRoot(
     crate::tenant_oauth::OAuthMutation,
     crate::tenant_email::EmailMutation,
     crate::tenant_passkeys::PasskeyMutation,
+    crate::tenant_sso::SsoMutation,
 );
 
 pub fn build() -> TenantSchema {
@@ -399,6 +405,7 @@ pub struct GqlRateLimits {
     tenant_requests_per_second: i32,
     email_requests_per_address_per_hour: i32,
     email_requests_per_ip_per_hour: i32,
+    token_requests_per_client_per_minute: i32,
 }
 
 /// Every field optional: only those given change.
@@ -414,6 +421,7 @@ pub struct RateLimitPolicyInput {
     tenant_requests_per_second: Option<i32>,
     email_requests_per_address_per_hour: Option<i32>,
     email_requests_per_ip_per_hour: Option<i32>,
+    token_requests_per_client_per_minute: Option<i32>,
 }
 
 fn to_i32(v: u32) -> i32 {
@@ -432,6 +440,7 @@ impl From<&RateLimitPolicy> for GqlRateLimits {
             tenant_requests_per_second: to_i32(p.tenant_requests_per_second),
             email_requests_per_address_per_hour: to_i32(p.email_requests_per_address_per_hour),
             email_requests_per_ip_per_hour: to_i32(p.email_requests_per_ip_per_hour),
+            token_requests_per_client_per_minute: to_i32(p.token_requests_per_client_per_minute),
         }
     }
 }
@@ -492,6 +501,11 @@ impl RateLimitPolicyInput {
                 "emailRequestsPerIpPerHour",
                 self.email_requests_per_ip_per_hour,
                 p.email_requests_per_ip_per_hour,
+            )?,
+            token_requests_per_client_per_minute: non_negative(
+                "tokenRequestsPerClientPerMinute",
+                self.token_requests_per_client_per_minute,
+                p.token_requests_per_client_per_minute,
             )?,
         })
     }

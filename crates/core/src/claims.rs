@@ -28,6 +28,10 @@ pub struct AccessClaims {
     /// Space-separated scopes granted to that client (RFC 9068).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The single sign-on session the client's grant came from: ending it
+    /// ends this token too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso_sid: Option<Uuid>,
 }
 
 /// The claims of an OpenID Connect ID token (OpenID Connect Core §2),

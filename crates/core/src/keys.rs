@@ -525,6 +525,7 @@ mod tests {
             mfa_enrollment_required: false,
             client_id: None,
             scope: None,
+            sso_sid: None,
         }
     }
 

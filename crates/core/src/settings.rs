@@ -88,6 +88,9 @@ pub struct RateLimitPolicy {
     /// Password-reset, magic-link and verification-mail requests per client
     /// IP per hour.
     pub email_requests_per_ip_per_hour: u32,
+    /// Calls of the token, introspection and revocation endpoints per OAuth
+    /// client per minute.
+    pub token_requests_per_client_per_minute: u32,
 }
 
 impl Default for RateLimitPolicy {
@@ -102,6 +105,7 @@ impl Default for RateLimitPolicy {
             tenant_requests_per_second: 500,
             email_requests_per_address_per_hour: 5,
             email_requests_per_ip_per_hour: 30,
+            token_requests_per_client_per_minute: 600,
         }
     }
 }
@@ -124,6 +128,7 @@ impl RateLimitPolicy {
             ("tenantRequestsPerSecond", self.tenant_requests_per_second),
             ("emailRequestsPerAddressPerHour", self.email_requests_per_address_per_hour),
             ("emailRequestsPerIpPerHour", self.email_requests_per_ip_per_hour),
+            ("tokenRequestsPerClientPerMinute", self.token_requests_per_client_per_minute),
         ] {
             if !(1..=1_000_000).contains(&v) {
                 return Err(Error::bad_input(field(name), "must be between 1 and 1000000"));

@@ -375,6 +375,51 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one of the user's passkeys with the event; whether it existed.
     async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: uuid::Uuid, event: &AuditEvent) -> Result<bool>;
 
+    // ---- tenant: OAuth clients of the tenant's OpenID provider ----
+
+    async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>>;
+
+    async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>>;
+
+    /// Creates the client, or replaces everything of an existing one but its
+    /// id, secret and creation time (`create` says which; replacing a missing
+    /// client is `Ok(None)`), with the event.
+    async fn save_oauth_client(
+        &self,
+        tenant: TenantId,
+        client: &OAuthClientRecord,
+        create: bool,
+        event: &AuditEvent,
+    ) -> Result<Option<OAuthClientRecord>>;
+
+    /// Replaces a confidential client's secret hash, with the event.
+    async fn set_oauth_client_secret(
+        &self,
+        tenant: TenantId,
+        client_id: &str,
+        secret_hash: &str,
+        event: &AuditEvent,
+    ) -> Result<Option<OAuthClientRecord>>;
+
+    /// Deletes the client (and its consents), with the event.
+    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool>;
+
+    /// The scopes (sorted, space-separated) the user consented to for the client.
+    async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>>;
+
+    /// Records (or replaces) a consent, with the event.
+    async fn grant_consent(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        client_id: &str,
+        scopes: &str,
+        event: &AuditEvent,
+    ) -> Result<()>;
+
+    /// Withdraws a consent; whether there was one.
+    async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool>;
+
     // ---- master-key rotation (`authd reseal`) ----
 
     /// Every sealed TOTP secret of the tenant: (user, active, pending).

@@ -266,3 +266,20 @@ pub struct PasskeyRecord {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
 }
+
+/// An OAuth client of a tenant's OpenID provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuthClientRecord {
+    pub client_id: String,
+    pub name: String,
+    /// Keyed hash of a confidential client's secret; `None` for public clients.
+    pub secret_hash: Option<String>,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub public: bool,
+    pub first_party: bool,
+    pub grant_types: Vec<String>,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

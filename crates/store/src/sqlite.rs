@@ -1132,6 +1132,169 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
+    async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE tenant_id = ?1 ORDER BY created_at, client_id"
+        )))
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(client_from_row).collect()
+    }
+
+    async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE tenant_id = ?1 AND client_id = ?2"
+        )))
+        .bind(tenant.to_string())
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(client_from_row).transpose()
+    }
+
+    async fn save_oauth_client(
+        &self,
+        tenant: TenantId,
+        c: &OAuthClientRecord,
+        create: bool,
+        event: &AuditEvent,
+    ) -> Result<Option<OAuthClientRecord>> {
+        let mut tx = self.tx().await?;
+        let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
+        let row = if create {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO oauth_clients (tenant_id, client_id, name, secret_hash, redirect_uris, \
+                 post_logout_redirect_uris, public, first_party, grant_types, scopes, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING {CLIENT_COLUMNS}"
+            )))
+            .bind(tenant.to_string())
+            .bind(&c.client_id)
+            .bind(&c.name)
+            .bind(&c.secret_hash)
+            .bind(json(&c.redirect_uris))
+            .bind(json(&c.post_logout_redirect_uris))
+            .bind(c.public)
+            .bind(c.first_party)
+            .bind(json(&c.grant_types))
+            .bind(json(&c.scopes))
+            .bind(micros(c.created_at))
+            .bind(micros(c.updated_at))
+            .fetch_optional(&mut *tx)
+            .await?
+        } else {
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE oauth_clients SET name = ?3, redirect_uris = ?4, post_logout_redirect_uris = ?5, \
+                 first_party = ?6, grant_types = ?7, scopes = ?8, updated_at = ?9 \
+                 WHERE tenant_id = ?1 AND client_id = ?2 RETURNING {CLIENT_COLUMNS}"
+            )))
+            .bind(tenant.to_string())
+            .bind(&c.client_id)
+            .bind(&c.name)
+            .bind(json(&c.redirect_uris))
+            .bind(json(&c.post_logout_redirect_uris))
+            .bind(c.first_party)
+            .bind(json(&c.grant_types))
+            .bind(json(&c.scopes))
+            .bind(micros(c.updated_at))
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let Some(row) = row else { return Ok(None) };
+        let record = client_from_row(&row)?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn set_oauth_client_secret(
+        &self,
+        tenant: TenantId,
+        client_id: &str,
+        secret_hash: &str,
+        event: &AuditEvent,
+    ) -> Result<Option<OAuthClientRecord>> {
+        let mut tx = self.tx().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE oauth_clients SET secret_hash = ?3, updated_at = ?4 \
+             WHERE tenant_id = ?1 AND client_id = ?2 AND NOT public RETURNING {CLIENT_COLUMNS}"
+        )))
+        .bind(tenant.to_string())
+        .bind(client_id)
+        .bind(secret_hash)
+        .bind(micros(Utc::now()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let record = client_from_row(&row)?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.tx().await?;
+        let n = sqlx::query("DELETE FROM oauth_clients WHERE tenant_id = ?1 AND client_id = ?2")
+            .bind(tenant.to_string())
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT scopes FROM oauth_consents WHERE tenant_id = ?1 AND user_id = ?2 AND client_id = ?3",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn grant_consent(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        client_id: &str,
+        scopes: &str,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.tx().await?;
+        sqlx::query(
+            "INSERT INTO oauth_consents (tenant_id, user_id, client_id, scopes, granted_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (tenant_id, user_id, client_id) DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at",
+        )
+        .bind(tenant.to_string())
+        .bind(user.to_string())
+        .bind(client_id)
+        .bind(scopes)
+        .bind(micros(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        insert_event(&mut tx, tenant, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM oauth_consents WHERE tenant_id = ?1 AND user_id = ?2 AND client_id = ?3")
+            .bind(tenant.to_string())
+            .bind(user.to_string())
+            .bind(client_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
     async fn outbox_stats(&self) -> Result<OutboxStats> {
         let row =
             sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM mail_outbox WHERE failed_at IS NULL")
@@ -1143,6 +1306,29 @@ impl Store for SqliteStore {
             oldest: oldest.map(from_micros).transpose()?,
         })
     }
+}
+
+const CLIENT_COLUMNS: &str = "client_id, name, secret_hash, redirect_uris, post_logout_redirect_uris, public, first_party, \
+                              grant_types, scopes, created_at, updated_at";
+
+fn client_from_row(row: &SqliteRow) -> Result<OAuthClientRecord> {
+    let list = |col: &str| -> Result<Vec<String>> {
+        let v: String = row.try_get(col)?;
+        serde_json::from_str(&v).map_err(|e| Error::Internal(e.to_string()))
+    };
+    Ok(OAuthClientRecord {
+        client_id: row.try_get("client_id")?,
+        name: row.try_get("name")?,
+        secret_hash: row.try_get("secret_hash")?,
+        redirect_uris: list("redirect_uris")?,
+        post_logout_redirect_uris: list("post_logout_redirect_uris")?,
+        public: row.try_get("public")?,
+        first_party: row.try_get("first_party")?,
+        grant_types: list("grant_types")?,
+        scopes: list("scopes")?,
+        created_at: from_micros(row.try_get("created_at")?)?,
+        updated_at: from_micros(row.try_get("updated_at")?)?,
+    })
 }
 
 const PASSKEY_COLUMNS: &str = "id, user_id, credential_id, name, credential, sign_count, backup_eligible, backup_state, \

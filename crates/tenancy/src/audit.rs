@@ -64,6 +64,13 @@ pub mod kinds {
     pub const PASSKEY_DELETED: &str = "passkey.deleted";
     pub const PASSKEY_LOGIN_SUCCEEDED: &str = "passkey.login_succeeded";
     pub const PASSKEY_LOGIN_FAILED: &str = "passkey.login_failed";
+    pub const OAUTH_CLIENT_CREATED: &str = "oauth_client.created";
+    pub const OAUTH_CLIENT_CHANGED: &str = "oauth_client.changed";
+    pub const OAUTH_CLIENT_DELETED: &str = "oauth_client.deleted";
+    pub const SSO_LOGIN_SUCCEEDED: &str = "sso.login_succeeded";
+    pub const SSO_CONSENT_GRANTED: &str = "sso.consent_granted";
+    pub const SSO_TOKEN_ISSUED: &str = "sso.token_issued";
+    pub const SSO_LOGOUT: &str = "sso.logout";
 }
 
 /// Builds an event stamped now.

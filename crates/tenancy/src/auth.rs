@@ -37,6 +37,9 @@ pub struct Principal {
     pub amr: Vec<String>,
     /// The token allows only `me` and TOTP enrollment.
     pub mfa_enrollment_required: bool,
+    /// Set for tokens issued to an OAuth client (single sign-on).
+    pub client_id: Option<String>,
+    pub scope: Option<String>,
 }
 
 /// Tokens handed to a client.
@@ -277,6 +280,57 @@ impl TenantCtx<'_> {
     }
 
     fn sign_access(&self, user: &UserRecord, session: &SessionRecord) -> Result<(String, u64)> {
+        let (claims, lifetime) = self.access_claims(user, session.id, session.amr.clone());
+        let token = self.snapshot().keys.sign(&claims, Utc::now())?;
+        Ok((token, lifetime))
+    }
+
+    /// An access token for an OAuth client (single sign-on): the tenant's
+    /// usual claims plus `client_id`, `scope` and the SSO session.
+    pub(crate) fn client_access_token(
+        &self,
+        user: &UserRecord,
+        sid: SessionId,
+        amr: Vec<String>,
+        client_id: &str,
+        scope: &str,
+        sso_sid: Option<SessionId>,
+    ) -> Result<(String, u64)> {
+        let (mut claims, lifetime) = self.access_claims(user, sid, amr);
+        claims.client_id = Some(client_id.to_owned());
+        claims.scope = Some(scope.to_owned());
+        claims.sso_sid = sso_sid.map(|s| s.0);
+        Ok((self.snapshot().keys.sign(&claims, Utc::now())?, lifetime))
+    }
+
+    /// A `client_credentials` access token: `sub` is the client id, no user,
+    /// role `service` (so no user operation accepts it).
+    pub(crate) fn service_access_token(&self, client_id: &str, scope: &str) -> Result<(String, u64)> {
+        let snap = self.snapshot();
+        let settings = &snap.record.settings;
+        let lifetime = u64::from(settings.access_token_lifetime_minutes) * 60;
+        let now = Utc::now().timestamp();
+        let sub = Uuid::parse_str(client_id).map_err(Error::internal)?;
+        let claims = AccessClaims {
+            iss: self.issuer(),
+            sub,
+            aud: settings.audience_for(self.rt.slug.as_str()).to_owned(),
+            tid: self.rt.id.0,
+            sid: Uuid::new_v4(),
+            jti: Uuid::new_v4(),
+            iat: now,
+            exp: now + i64::try_from(lifetime).unwrap_or(900),
+            amr: Vec::new(),
+            role: "service".into(),
+            mfa_enrollment_required: false,
+            client_id: Some(client_id.to_owned()),
+            scope: Some(scope.to_owned()),
+            sso_sid: None,
+        };
+        Ok((snap.keys.sign(&claims, Utc::now())?, lifetime))
+    }
+
+    fn access_claims(&self, user: &UserRecord, sid: SessionId, amr: Vec<String>) -> (AccessClaims, u64) {
         let snap = self.snapshot();
         let settings = &snap.record.settings;
         let lifetime = u64::from(settings.access_token_lifetime_minutes) * 60;
@@ -286,18 +340,18 @@ impl TenantCtx<'_> {
             sub: user.id.0,
             aud: settings.audience_for(self.rt.slug.as_str()).to_owned(),
             tid: self.rt.id.0,
-            sid: session.id.0,
+            sid: sid.0,
             jti: Uuid::new_v4(),
             iat: now,
             exp: now + i64::try_from(lifetime).unwrap_or(900),
-            amr: session.amr.clone(),
+            amr,
             role: user.role.as_str().to_owned(),
             mfa_enrollment_required: settings.require_mfa_for_admins && user.role == Role::Admin && !user.totp_enabled,
             client_id: None,
             scope: None,
+            sso_sid: None,
         };
-        let token = snap.keys.sign(&claims, Utc::now())?;
-        Ok((token, lifetime))
+        (claims, lifetime)
     }
 
     // ------------------------------------------------------------ tokens
@@ -315,6 +369,12 @@ impl TenantCtx<'_> {
         if self.deps.tokens.is_session_denied(self.rt.id, sid).await? {
             return Err(Error::Unauthenticated);
         }
+        // A client's token also ends with the SSO session it came from.
+        if let Some(sso) = claims.sso_sid
+            && self.deps.tokens.is_session_denied(self.rt.id, SessionId(sso)).await?
+        {
+            return Err(Error::Unauthenticated);
+        }
         let role = Role::parse(&claims.role).map_err(|_| Error::Unauthenticated)?;
         Ok(Principal {
             user: UserId(claims.sub),
@@ -322,6 +382,8 @@ impl TenantCtx<'_> {
             role,
             amr: claims.amr,
             mfa_enrollment_required: claims.mfa_enrollment_required,
+            client_id: claims.client_id,
+            scope: claims.scope,
         })
     }
 
@@ -366,7 +428,7 @@ impl TenantCtx<'_> {
     /// key) for `new`. After a master-key rotation, tokens issued before it
     /// hash under a previous key: those are tried too (only while previous
     /// keys are configured).
-    async fn rotate(&self, refresh_token: &str, old: &str, new: &str) -> Result<RotateOutcome> {
+    pub(crate) async fn rotate(&self, refresh_token: &str, old: &str, new: &str) -> Result<RotateOutcome> {
         let now = Utc::now().timestamp();
         let ttl = self.deps.config.refresh_token_ttl;
         let mut outcome = self.deps.tokens.rotate_refresh(self.rt.id, old, new, now, ttl).await?;

@@ -335,6 +335,7 @@ mod tests {
             mfa_enrollment_required: false,
             client_id: None,
             scope: None,
+            sso_sid: None,
         };
         let token = set.sign(&claims, at(0)).unwrap();
         set.verify(&token, "https://auth.example.com/t/acme", "acme", at(1)).unwrap();
@@ -366,6 +367,7 @@ mod tests {
             mfa_enrollment_required: false,
             client_id: None,
             scope: None,
+            sso_sid: None,
         };
         let token = old.sign(&claims, at(0)).unwrap();
         let verify = |m: i64| set.verify(&token, "https://auth.example.com/t/acme", "acme", at(m));

@@ -29,6 +29,7 @@
 //! - [`email`]: the email flows: verification, password reset and change, magic links, email change.
 //! - [`mail`]: composing mail into the outbox, and the sender that delivers it (SMTP or `.eml` files).
 //! - [`mfa`]: TOTP enrollment, MFA challenges and recovery codes.
+//! - [`sso`]: single sign-on: the tenant as an OpenID provider (clients, authorize, tokens, logout).
 //! - [`passkeys`]: WebAuthn registration and sign-in (with an email, or usernameless).
 //! - [`limits`]: per-tenant rate limits and brute-force protection.
 //! - [`hashing`]: the fair password-hashing pool.
@@ -55,6 +56,7 @@ pub mod platform;
 pub mod reseal;
 pub mod runtime;
 pub mod slugs;
+pub mod sso;
 pub mod tenant;
 pub mod traced;
 

@@ -104,6 +104,7 @@ pub enum Limit {
     RefreshPerSession,
     EmailPerAddress,
     EmailPerIp,
+    TokenPerClient,
 }
 
 impl Limit {
@@ -118,6 +119,7 @@ impl Limit {
             Self::RefreshPerSession => "refreshPerSessionPerMinute",
             Self::EmailPerAddress => "emailRequestsPerAddressPerHour",
             Self::EmailPerIp => "emailRequestsPerIpPerHour",
+            Self::TokenPerClient => "tokenRequestsPerClientPerMinute",
         }
     }
 }
@@ -147,6 +149,12 @@ pub(crate) fn ip_key(ip: Option<&str>) -> String {
 
 pub(crate) fn whole_seconds(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
+}
+
+/// A short keyed hash of a caller-chosen string, for a limit key.
+pub(crate) fn short_hash(ctx: &TenantCtx<'_>, value: &str) -> String {
+    let h = ctx.deps.keyring.keyed_hash("rate-limit-key", value.as_bytes());
+    h[..32.min(h.len())].to_owned()
 }
 
 /// The account key: a keyed hash of the normalised email (the raw address
@@ -280,6 +288,14 @@ impl TenantCtx<'_> {
             }
             None => Ok(()),
         }
+    }
+
+    /// Before a call of the token, introspection or revocation endpoint,
+    /// per client id (known or not: guessing secrets is limited too).
+    pub(crate) async fn before_token_request(&self, client_id: &str, meta: &RequestMeta) -> Result<()> {
+        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let key = format!("token-client:{}", crate::limits::short_hash(self, client_id));
+        self.check(Limit::TokenPerClient, &key, p.token_requests_per_client_per_minute, MINUTE, meta).await
     }
 
     pub(crate) async fn before_refresh(&self, session: authd_core::SessionId, meta: &RequestMeta) -> Result<()> {

@@ -604,6 +604,73 @@ mod store {
             call(span!(self, "store.delete_passkey", tenant), self.inner.delete_passkey(tenant, user, id, event)).await
         }
 
+        async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
+            call(span!(self, "store.oauth_clients", tenant), self.inner.oauth_clients(tenant)).await
+        }
+
+        async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>> {
+            call(span!(self, "store.oauth_client", tenant), self.inner.oauth_client(tenant, client_id)).await
+        }
+
+        async fn save_oauth_client(
+            &self,
+            tenant: TenantId,
+            client: &OAuthClientRecord,
+            create: bool,
+            event: &AuditEvent,
+        ) -> Result<Option<OAuthClientRecord>> {
+            call(
+                span!(self, "store.save_oauth_client", tenant),
+                self.inner.save_oauth_client(tenant, client, create, event),
+            )
+            .await
+        }
+
+        async fn set_oauth_client_secret(
+            &self,
+            tenant: TenantId,
+            client_id: &str,
+            secret_hash: &str,
+            event: &AuditEvent,
+        ) -> Result<Option<OAuthClientRecord>> {
+            call(
+                span!(self, "store.set_oauth_client_secret", tenant),
+                self.inner.set_oauth_client_secret(tenant, client_id, secret_hash, event),
+            )
+            .await
+        }
+
+        async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
+            call(
+                span!(self, "store.delete_oauth_client", tenant),
+                self.inner.delete_oauth_client(tenant, client_id, event),
+            )
+            .await
+        }
+
+        async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {
+            call(span!(self, "store.consent", tenant), self.inner.consent(tenant, user, client_id)).await
+        }
+
+        async fn grant_consent(
+            &self,
+            tenant: TenantId,
+            user: UserId,
+            client_id: &str,
+            scopes: &str,
+            event: &AuditEvent,
+        ) -> Result<()> {
+            call(
+                span!(self, "store.grant_consent", tenant),
+                self.inner.grant_consent(tenant, user, client_id, scopes, event),
+            )
+            .await
+        }
+
+        async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
+            call(span!(self, "store.revoke_consent", tenant), self.inner.revoke_consent(tenant, user, client_id)).await
+        }
+
         async fn outbox_stats(&self) -> Result<OutboxStats> {
             call(span!(self, "store.outbox_stats"), self.inner.outbox_stats()).await
         }

@@ -380,7 +380,12 @@ impl TenantCtx<'_> {
     ) -> Result<String> {
         let record = self.provider_record(provider)?;
         // RFC 9700 §4.1.3: exact string match, no patterns, no prefixes.
-        if !self.rt.snapshot().record.settings.allowed_redirect_uris.iter().any(|u| u == redirect_uri) {
+        // The tenant's own hosted sign-in page is always an allowed app.
+        let hosted = redirect_uri.strip_prefix(&format!("{}/login/social?request=", self.issuer()));
+        let hosted = hosted.is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !hosted && !self.rt.snapshot().record.settings.allowed_redirect_uris.iter().any(|u| u == redirect_uri) {
             return Err(Error::bad_input("redirectUri", "not one of the tenant's allowed redirect URIs"));
         }
         if !valid_challenge(code_challenge) {
