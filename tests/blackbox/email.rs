@@ -253,12 +253,8 @@ async fn verification_through_smtp() {
     assert_eq!(me["data"]["me"]["emailVerified"], true, "{me}");
 
     // Audit events, and no token anywhere it should not be.
-    let events = op(&s, &t, Some(&admin), "{ auditEvents(first: 100) { edges { node { type detail } } } }", json!({}))
-        .await
-        .to_string();
-    for kind in ["email.verification_sent", "email.verified"] {
-        assert!(events.contains(kind), "{kind} missing: {events}");
-    }
+    let events =
+        crate::harness::audit_log_with(&s, &t.slug, &admin, &["email.verification_sent", "email.verified"]).await;
     let metrics = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("authd_mail_sent_total"), "{metrics}");
     for secret in [&token, &second] {
@@ -335,12 +331,13 @@ async fn password_reset_and_change() {
         assert_eq!(code(&last), Some("RATE_LIMITED"), "{last}");
     }
 
-    let events = op(&s, &t, Some(&admin), "{ auditEvents(first: 100) { edges { node { type } } } }", json!({}))
-        .await
-        .to_string();
-    for kind in ["password.reset_requested", "password.reset", "password.changed"] {
-        assert!(events.contains(kind), "{kind} missing: {events}");
-    }
+    crate::harness::audit_log_with(
+        &s,
+        &t.slug,
+        &admin,
+        &["password.reset_requested", "password.reset", "password.changed"],
+    )
+    .await;
     assert!(!captured_logs().contains(&token), "a reset token in the logs");
 }
 
@@ -469,10 +466,7 @@ async fn magic_links_with_pkce_and_totp() {
     let code3 = link_param(sink.wait_for(&enrolled.email, 1).await[0]["text"].as_str().unwrap(), "code");
     let mfa = op(&s, &t, None, exchange, json!({ "c": code3, "v": verifier })).await;
     assert_eq!(mfa["data"]["exchangeLoginCode"]["__typename"], "MfaChallenge", "{mfa}");
-    let events = op(&s, &t, Some(&admin), "{ auditEvents(first: 100) { edges { node { type } } } }", json!({}))
-        .await
-        .to_string();
-    assert!(events.contains("magic_link.sent"), "{events}");
+    crate::harness::audit_log_with(&s, &t.slug, &admin, &["magic_link.sent"]).await;
 }
 
 /// Email change: the password, a link to the new address, the old one told.
@@ -504,10 +498,7 @@ async fn email_change() {
     assert!(notice["text"].as_str().unwrap().contains(&new), "the old address is told: {notice}");
     s.login(&t.slug, &new, PASSWORD).await;
     assert_eq!(code(&s.login_raw(&t.slug, &old, PASSWORD).await), Some("INVALID_CREDENTIALS"));
-    let events = op(&s, &t, Some(&admin), "{ auditEvents(first: 100) { edges { node { type } } } }", json!({}))
-        .await
-        .to_string();
-    assert!(events.contains("email.change_requested") && events.contains("email.changed"), "{events}");
+    crate::harness::audit_log_with(&s, &t.slug, &admin, &["email.change_requested", "email.changed"]).await;
 }
 
 /// An SMTP outage during a reset request: the answer comes at once, the

@@ -424,3 +424,22 @@ fn init_logs() -> Arc<parking_lot::Mutex<Vec<u8>>> {
         .try_init();
     buf
 }
+
+/// The tenant's audit log as text once it holds every one of `kinds`
+/// (events that record no change are written in batches), within 5 s;
+/// panics naming the missing ones otherwise.
+pub async fn audit_log_with(s: &TestServer, slug: &str, admin: &str, kinds: &[&str]) -> String {
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = s
+            .gql(slug, Some(admin), "{ auditEvents(first: 100) { edges { node { type detail } } } }", json!({}))
+            .await
+            .to_string();
+        if kinds.iter().all(|k| log.contains(&format!("\"{k}\""))) {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let missing: Vec<_> = kinds.iter().filter(|k| !log.contains(&format!("\"{k}\""))).collect();
+    panic!("audit events {missing:?} missing: {log}");
+}
