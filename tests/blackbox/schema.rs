@@ -75,6 +75,15 @@ fn contract_names_are_in_the_schemas() {
         "deletePasskey(id: ID!): Boolean!",
         "webauthnRpId: String",
         "webauthnOrigins: [String!]!",
+        // Single sign-on (docs/api.md, Single sign-on).
+        "oauthClients: [OAuthClient!]!",
+        "createOAuthClient(input: OAuthClientInput!): OAuthClientCreated!",
+        "updateOAuthClient(clientId: String!, input: OAuthClientInput!): OAuthClient!",
+        "rotateOAuthClientSecret(clientId: String!): OAuthClientCreated!",
+        "deleteOAuthClient(clientId: String!): Boolean!",
+        "clientSecret: String",
+        "postLogoutRedirectUris: [String!]!",
+        "firstParty: Boolean!",
     ] {
         assert!(tenant.contains(needle), "tenant schema lacks {needle:?}");
     }
