@@ -19,24 +19,24 @@ const FINISH_LOGIN: &str = "mutation($c: String!, $k: JSON!) { finishPasskeyLogi
 const LIST: &str = "{ passkeys { id name lastUsedAt } }";
 
 /// A user with a password session and a software passkey.
-struct Holder {
-    soft: SoftPasskey,
-    access: String,
-    email: String,
-    user_id: String,
-    credential_id: String,
+pub(crate) struct Holder {
+    pub(crate) soft: SoftPasskey,
+    pub(crate) access: String,
+    pub(crate) email: String,
+    pub(crate) user_id: String,
+    pub(crate) credential_id: String,
 }
 
 /// Where the tenant's app runs (the software authenticator, like a browser,
 /// wants https or localhost, and a domain rather than the test server's IP).
-const ORIGIN: &str = "https://login.example.com";
+pub(crate) const ORIGIN: &str = "https://login.example.com";
 
-fn origin(_s: &TestServer) -> url::Url {
+pub(crate) fn origin(_s: &TestServer) -> url::Url {
     url::Url::parse(ORIGIN).unwrap()
 }
 
 /// A tenant whose relying party is `example.com`, accepting [`ORIGIN`].
-async fn tenant(s: &TestServer) -> Tenant {
+pub(crate) async fn tenant(s: &TestServer) -> Tenant {
     let t = s.tenant().await;
     let (admin, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
     let set = s
@@ -72,11 +72,11 @@ fn creation(options: &Value) -> CreationChallengeResponse {
     serde_json::from_value(json!({ "publicKey": options })).unwrap_or_else(|e| panic!("{e}: {options}"))
 }
 
-fn request(options: &Value) -> RequestChallengeResponse {
+pub(crate) fn request(options: &Value) -> RequestChallengeResponse {
     serde_json::from_value(json!({ "publicKey": options })).unwrap_or_else(|e| panic!("{e}: {options}"))
 }
 
-async fn registered(s: &TestServer, t: &Tenant, verify_user: bool) -> Holder {
+pub(crate) async fn registered(s: &TestServer, t: &Tenant, verify_user: bool) -> Holder {
     let email = format!("pk-{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     s.register(&t.slug, &email, PASSWORD).await;
     let (access, _) = s.login(&t.slug, &email, PASSWORD).await;
@@ -133,7 +133,7 @@ async fn finish(s: &TestServer, t: &Tenant, challenge: &str, pkc: &PublicKeyCred
 /// The user handle a discoverable credential returns (not signed: the
 /// software authenticator keeps no discoverable credentials, so the test
 /// client adds it).
-fn with_user_handle(mut pkc: PublicKeyCredential, user_id: &str) -> PublicKeyCredential {
+pub(crate) fn with_user_handle(mut pkc: PublicKeyCredential, user_id: &str) -> PublicKeyCredential {
     pkc.response.user_handle = Some(uuid::Uuid::parse_str(user_id).unwrap().as_bytes().to_vec());
     pkc
 }

@@ -330,6 +330,12 @@ async fn code_flow_by_forms(backend: Backend) {
     let (mine, _) = s.login(&t.slug, &email, PASSWORD).await;
     let sessions = s.gql(&t.slug, Some(&mine), "{ sessions { id } }", json!({})).await;
     assert!(sessions["data"]["sessions"].to_string().contains(id["sid"].as_str().unwrap()), "{sessions}");
+    // revokeSession ends the SSO session: the next authorize needs the form.
+    let revoked =
+        s.gql(&t.slug, Some(&mine), "mutation($i: ID!) { revokeSession(id: $i) }", json!({ "i": id["sid"] })).await;
+    assert_eq!(revoked["data"]["revokeSession"], true, "{revoked}");
+    let (_, ch4) = pkce();
+    assert!(matches!(visit(&b, &s, &authorize_url(&s, &t, &c, "openid", &ch4, &[])).await, Step::Page { .. }));
     crate::harness::audit_log_with(
         &s,
         &t.slug,
@@ -699,4 +705,59 @@ async fn a_browser_signs_in_on_the_hosted_page() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(claims(body["id_token"].as_str().unwrap())["email"], email.as_str());
+}
+
+/// The hosted page's passkey button posts a usernameless passkey sign-in;
+/// a verified passkey signs in without a password (driven here by the
+/// software passkey, as the page's script would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosted_page_signs_in_with_a_passkey() {
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    let s = TestServer::start(Backend::Embedded).await;
+    let t = crate::passkeys::tenant(&s).await;
+    let admin = admin(&s, &t).await;
+    let c =
+        client(&s, &t, &admin, json!({ "name": "Notes", "redirectUris": [app("notes")], "firstParty": true })).await;
+    let mut h = crate::passkeys::registered(&s, &t, true).await;
+    let b = browser();
+    let (verifier, ch) = pkce();
+    let Step::Page { html } = visit(&b, &s, &authorize_url(&s, &t, &c, "openid", &ch, &[])).await else { panic!() };
+    assert!(html.contains("id=\"passkey\"") && html.contains("/hosted-assets/passkey.js"), "{html}");
+    let begin = s.gql(&t.slug, None, "mutation { beginPasskeyLogin { challengeId options } }", json!({})).await;
+    let bl = &begin["data"]["beginPasskeyLogin"];
+    let mut options = bl["options"].clone();
+    options["allowCredentials"] = json!([{ "type": "public-key", "id": h.credential_id }]);
+    options["userVerification"] = json!("required");
+    let pkc = h.soft.do_authentication(crate::passkeys::origin(&s), crate::passkeys::request(&options)).unwrap();
+    let pkc = crate::passkeys::with_user_handle(pkc, &h.user_id);
+    let (_, loc, page, _) = post_form(
+        &b,
+        &s,
+        &format!("/t/{}/login/passkey", t.slug),
+        &[
+            ("request", &field(&html, "request")),
+            ("csrf_token", &field(&html, "csrf_token")),
+            ("challenge_id", bl["challengeId"].as_str().unwrap()),
+            ("credential", &serde_json::to_string(&pkc).unwrap()),
+        ],
+    )
+    .await;
+    let landed = loc.unwrap_or_else(|| panic!("no redirect: {page}"));
+    let (status, body) = token(
+        &s,
+        &t,
+        &c,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &param(&landed, "code").unwrap()),
+            ("redirect_uri", &c.redirect),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = claims(body["id_token"].as_str().unwrap());
+    assert_eq!(id["sub"], h.user_id.as_str());
+    assert_eq!(id["amr"], json!(["hwk", "user"]));
+    let _ = &mut h;
 }

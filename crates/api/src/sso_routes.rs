@@ -47,7 +47,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/t/{tenant}/login/consent", post(consent_submit))
         .route("/t/{tenant}/login/provider/{provider}", get(social_start))
         .route("/t/{tenant}/login/social", get(social_return))
+        .route("/t/{tenant}/login/passkey", post(passkey_submit))
         .route("/hosted-assets/hosted.css", get(css))
+        .route("/hosted-assets/passkey.js", get(passkey_js))
 }
 
 // ------------------------------------------------------------------ pages
@@ -96,6 +98,13 @@ struct MessagePage {
 }
 
 const CSS: &str = include_str!("../templates/hosted.css");
+const PASSKEY_JS: &str = include_str!("../templates/passkey.js");
+
+async fn passkey_js() -> Response {
+    let mut resp = ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], PASSKEY_JS).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    resp
+}
 
 async fn css() -> Response {
     let mut resp = ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response();
@@ -122,9 +131,10 @@ fn page(status: StatusCode, html: String, redirect_to: Option<&str>) -> Response
         Some(u) => format!("'self' {}", u.origin().ascii_serialization()),
         None => "'self'".to_owned(),
     };
+    // The one script is the optional passkey button's, from authd itself.
     let csp = format!(
-        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action {form_action}; \
-         frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; \
+         form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
     );
     let mut resp = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
     let h = resp.headers_mut();
@@ -514,6 +524,52 @@ async fn mfa_submit(
             mfa_form(&call, &request, &challenge, StatusCode::UNAUTHORIZED, Some(text)).await
         }
         Err(e) => failure(&call, e),
+    }
+}
+
+/// The passkey button's answer: a usernameless passkey sign-in.
+async fn passkey_submit(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = match Call::open(state, &tenant, peer, headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let form = form_of(&body);
+    if !call.csrf_ok(&form) {
+        return refused_csrf(&call);
+    }
+    let request = form.get("request").cloned().unwrap_or_default();
+    let challenge = form.get("challenge_id").cloned().unwrap_or_default();
+    let credential: serde_json::Value =
+        form.get("credential").and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+    match call.ctx().passkeys().finish_login(&challenge, credential, &call.meta).await {
+        Ok(LoginOutcome::Tokens(t)) => {
+            let amr = match call.state.platform.deps.tokens.get_session(call.rt.id, t.session).await {
+                Ok(Some(s)) => s.amr,
+                _ => vec!["hwk".into()],
+            };
+            signed_in(&call, &request, &t, amr).await
+        }
+        Ok(LoginOutcome::MfaChallenge { challenge_id, .. }) => {
+            mfa_form(&call, &request, &challenge_id, StatusCode::OK, None).await
+        }
+        Err(Error::RateLimited { retry_after }) => {
+            let text = format!("Too many attempts. Try again in {retry_after} seconds.");
+            let mut resp = login_form(&call, &request, StatusCode::TOO_MANY_REQUESTS, Some(text), "").await;
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
+        Err(_) => {
+            let text = "That passkey did not sign you in.".to_owned();
+            login_form(&call, &request, StatusCode::UNAUTHORIZED, Some(text), "").await
+        }
     }
 }
 
