@@ -367,14 +367,14 @@ async fn oauth_callback(
 }
 
 async fn jwks(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
-    match state.platform.tenant(&tenant).await {
+    match state.platform.tenant_without_touch(&tenant).await {
         Ok(rt) => cacheable_json(&state, rt.snapshot().keys.jwks(Utc::now())),
         Err(e) => error_response(e),
     }
 }
 
 async fn discovery(State(state): State<AppState>, Path(tenant): Path<String>) -> Response {
-    match state.platform.tenant(&tenant).await {
+    match state.platform.tenant_without_touch(&tenant).await {
         Ok(rt) => {
             let issuer = state.platform.deps.config.issuer(rt.slug.as_str());
             let alg = rt.snapshot().record.settings.signing_algorithm.as_str();

@@ -111,6 +111,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>>;
 
+    /// The change feed: tenants whose record, settings, signing keys or
+    /// OAuth providers changed after `since` (their `updated_at`, bumped in
+    /// the transaction of every such change), and the database's clock now.
+    async fn tenants_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)>;
+
     /// Tenants ordered by id (time-ordered), after `after`, at most `limit`.
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>>;
 

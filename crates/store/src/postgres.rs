@@ -362,6 +362,25 @@ impl Store for PgStore {
         row.as_ref().map(tenant_from_row).transpose()
     }
 
+    async fn tenants_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)> {
+        let mut tx = self.pool.begin().await?;
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+        let rows =
+            sqlx::query("SELECT id, updated_at FROM tenants WHERE updated_at > $1 ORDER BY updated_at LIMIT 10000")
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let changed = rows
+            .iter()
+            .map(|r| Ok((TenantId(r.try_get("id")?), r.try_get("updated_at")?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((changed, now))
+    }
+
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
@@ -573,6 +592,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         insert_event(&mut tx, tenant, event).await?;
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -587,6 +607,7 @@ impl Store for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -857,6 +878,7 @@ impl Store for PgStore {
         .await?;
         let record = provider_from_row(&row)?;
         insert_event(&mut tx, tenant, event).await?;
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -878,6 +900,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         insert_event(&mut tx, tenant, event).await?;
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -1444,6 +1467,16 @@ fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord> {
         created_at: row.try_get("created_at")?,
         last_used_at: row.try_get("last_used_at")?,
     })
+}
+
+/// Bumps the tenant's `updated_at`: the change feed's signal that its
+/// snapshot (record, keys, providers) changed, in the change's transaction.
+async fn touch_tenant(tx: &mut Transaction<'static, Postgres>, tenant: TenantId) -> Result<()> {
+    sqlx::query("UPDATE tenants SET updated_at = clock_timestamp() WHERE id = $1")
+        .bind(tenant.0)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn upsert_link(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, l: &EmailLink) -> Result<()> {

@@ -299,6 +299,23 @@ impl Store for SqliteStore {
         row.as_ref().map(tenant_from_row).transpose()
     }
 
+    async fn tenants_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)> {
+        let now = Utc::now();
+        let rows =
+            sqlx::query("SELECT id, updated_at FROM tenants WHERE updated_at > ?1 ORDER BY updated_at LIMIT 10000")
+                .bind(micros(since))
+                .fetch_all(&self.pool)
+                .await?;
+        let changed = rows
+            .iter()
+            .map(|r| Ok((TenantId(uuid_col(r, "id")?), from_micros(r.try_get("updated_at")?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((changed, now))
+    }
+
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {TENANT_COLUMNS} FROM tenants WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
@@ -505,6 +522,7 @@ impl Store for SqliteStore {
                 .await?;
         }
         insert_event(&mut tx, tenant, event).await?;
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -519,6 +537,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -784,6 +803,7 @@ impl Store for SqliteStore {
         .await?;
         let record = provider_from_row(&row)?;
         insert_event(&mut tx, tenant, event).await?;
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -805,6 +825,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         insert_event(&mut tx, tenant, event).await?;
+        touch_tenant(&mut tx, tenant).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -1348,6 +1369,17 @@ fn passkey_from_row(row: &SqliteRow) -> Result<PasskeyRecord> {
         created_at: from_micros(row.try_get("created_at")?)?,
         last_used_at: last.map(from_micros).transpose()?,
     })
+}
+
+/// Bumps the tenant's `updated_at`: the change feed's signal that its
+/// snapshot (record, keys, providers) changed, in the change's transaction.
+async fn touch_tenant(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId) -> Result<()> {
+    sqlx::query("UPDATE tenants SET updated_at = ?2 WHERE id = ?1")
+        .bind(tenant.to_string())
+        .bind(micros(Utc::now()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn upsert_link(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, l: &EmailLink) -> Result<()> {

@@ -122,6 +122,50 @@ impl Actor for PlatformSupervisor {
     }
 }
 
+/// How far back each poll of the change feed looks beyond the previous one:
+/// a change committed late with an earlier `updated_at` is still seen.
+const FEED_OVERLAP: chrono::Duration = chrono::Duration::seconds(10);
+
+/// The change feed: one query per `tenant_refresh_interval` for the whole
+/// process, whatever the number of tenants, asks storage which tenants
+/// changed (their `updated_at`, bumped by every change to a record,
+/// settings, keys or providers); the running ones among them reload. Redis
+/// pub/sub makes it faster still between replicas; this makes it certain
+/// without Redis and after a missed notice. Idle tenants cost nothing.
+fn start_change_feed(deps: &Arc<Deps>, tenants: &TenantMap) {
+    let (deps, tenants) = (Arc::downgrade(deps), Arc::downgrade(tenants));
+    tokio::spawn(async move {
+        let Some(interval) = deps.upgrade().map(|d| d.config.tenant_refresh_interval) else { return };
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut since: Option<chrono::DateTime<Utc>> = None;
+        let mut seen: std::collections::HashMap<TenantId, chrono::DateTime<Utc>> = std::collections::HashMap::new();
+        loop {
+            ticker.tick().await;
+            let (Some(deps), Some(running)) = (deps.upgrade(), tenants.upgrade()) else { return };
+            let from = since.unwrap_or_else(|| Utc::now() - FEED_OVERLAP);
+            match deps.store.tenants_changed_since(from).await {
+                Ok((changed, now)) => {
+                    for (id, at) in changed {
+                        if seen.get(&id) == Some(&at) {
+                            continue;
+                        }
+                        seen.insert(id, at);
+                        let sup = running.iter().find(|r| r.id == id).and_then(|r| r.supervisor());
+                        if let Some(sup) = sup {
+                            let _ = sup.cast(crate::tenant::TenantMsg::Reload);
+                        }
+                    }
+                    let next = now - FEED_OVERLAP;
+                    seen.retain(|_, at| *at > next);
+                    since = Some(next);
+                }
+                Err(e) => tracing::debug!(error = %e, "change feed: storage did not answer; trying again"),
+            }
+        }
+    });
+}
+
 /// Loads a tenant's snapshot (record and signing keys) from storage.
 pub(crate) async fn load_snapshot(deps: &Deps, record: TenantRecord) -> Result<TenantSnapshot> {
     let keys = deps.store.signing_keys(record.id).await?;
@@ -169,6 +213,7 @@ impl Platform {
             .map_err(|e| Error::internal(format!("cannot start platform supervisor: {e}")))?;
         let slugs = Arc::new(crate::slugs::SlugDirectory::default());
         slugs.start(deps.store.clone());
+        start_change_feed(&deps, &tenants);
         // Changes announced by other replicas (Redis pub/sub): the tenant
         // reloads now instead of at its next periodic reload, and a tenant
         // created there joins the known slugs here.
@@ -204,10 +249,23 @@ impl Platform {
     /// The running tenant for `slug`, starting it if needed. Unknown slug:
     /// `TENANT_NOT_FOUND`; disabled: `TENANT_DISABLED`; malformed: `BAD_USER_INPUT`.
     pub async fn tenant(&self, slug: &str) -> Result<Arc<TenantRuntime>> {
+        self.tenant_touching(slug, true).await
+    }
+
+    /// [`Platform::tenant`] for reads that must not keep a tenant running:
+    /// resource servers fetch the JWKS and discovery every few minutes
+    /// forever, and that alone is no reason to keep a tenant's actors up.
+    pub async fn tenant_without_touch(&self, slug: &str) -> Result<Arc<TenantRuntime>> {
+        self.tenant_touching(slug, false).await
+    }
+
+    async fn tenant_touching(&self, slug: &str, touch: bool) -> Result<Arc<TenantRuntime>> {
         if let Some(rt) = self.tenants.get(slug).map(|r| r.clone())
             && rt.is_alive()
         {
-            rt.touch();
+            if touch {
+                rt.touch();
+            }
             return check_enabled(rt);
         }
         let slug = Slug::parse(slug)?;
@@ -224,7 +282,9 @@ impl Platform {
         let rt =
             ractor::call_t!(self.supervisor, PlatformMsg::Start, CALL_TIMEOUT.as_millis() as u64, Box::new(snapshot))
                 .map_err(call_err)??;
-        rt.touch();
+        if touch {
+            rt.touch();
+        }
         check_enabled(rt)
     }
 

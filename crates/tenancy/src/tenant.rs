@@ -178,7 +178,9 @@ impl Actor for TenantSupervisor {
         let session = spawn_session(&myself, &args.runtime, &args.deps).await?;
         let limiter = spawn_limiter(&myself, &args.runtime).await?;
         args.runtime.set_supervisor(myself.clone());
-        myself.send_interval(args.deps.config.tenant_refresh_interval, || TenantMsg::Tick);
+        // Changes reach the snapshot through the change feed (and Redis
+        // notices); the tick only checks idleness and runs retention.
+        myself.send_interval(TICK, || TenantMsg::Tick);
         let mut state = TenantState {
             runtime: args.runtime,
             deps: args.deps,
@@ -216,7 +218,6 @@ impl Actor for TenantSupervisor {
                     state.runtime.mark_stopped();
                     myself.stop(Some("idle".into()));
                 } else {
-                    reload(&myself, state);
                     retention(state);
                 }
             }
@@ -343,6 +344,9 @@ fn reload(myself: &ActorRef<TenantMsg>, state: &mut TenantState) {
         }
     });
 }
+
+/// How often a running tenant checks whether it is idle.
+const TICK: Duration = Duration::from_secs(5);
 
 /// How often a running tenant deletes audit events older than its
 /// `auditRetentionDays`.

@@ -270,6 +270,13 @@ mod store {
             call(span!(self, "store.tenant_by_id", id), self.inner.tenant_by_id(id)).await
         }
 
+        async fn tenants_changed_since(
+            &self,
+            since: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(Vec<(TenantId, chrono::DateTime<chrono::Utc>)>, chrono::DateTime<chrono::Utc>)> {
+            call(span!(self, "store.tenants_changed_since"), self.inner.tenants_changed_since(since)).await
+        }
+
         async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
             call(span!(self, "store.list_tenants"), self.inner.list_tenants(after, limit)).await
         }
