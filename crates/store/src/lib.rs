@@ -114,6 +114,9 @@ pub trait Store: Send + Sync + 'static {
     /// The change feed: tenants whose record, settings, signing keys or
     /// OAuth providers changed after `since` (their `updated_at`, bumped in
     /// the transaction of every such change), and the database's clock now.
+    /// Which of `ids` no longer exist (deleted tenants).
+    async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>>;
+
     async fn tenants_changed_since(
         &self,
         since: DateTime<Utc>,

@@ -362,6 +362,13 @@ impl Store for PgStore {
         row.as_ref().map(tenant_from_row).transpose()
     }
 
+    async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
+        let wanted: Vec<Uuid> = ids.iter().map(|t| t.0).collect();
+        let present: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM tenants WHERE id = ANY($1)").bind(&wanted).fetch_all(&self.pool).await?;
+        Ok(ids.iter().filter(|t| !present.contains(&t.0)).copied().collect())
+    }
+
     async fn tenants_changed_since(
         &self,
         since: DateTime<Utc>,

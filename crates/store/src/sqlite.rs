@@ -299,6 +299,20 @@ impl Store for SqliteStore {
         row.as_ref().map(tenant_from_row).transpose()
     }
 
+    async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
+        let mut missing = Vec::new();
+        for id in ids {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE id = ?1")
+                .bind(id.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+            if n == 0 {
+                missing.push(*id);
+            }
+        }
+        Ok(missing)
+    }
+
     async fn tenants_changed_since(
         &self,
         since: DateTime<Utc>,

@@ -125,6 +125,8 @@ impl Actor for PlatformSupervisor {
 /// How far back each poll of the change feed looks beyond the previous one:
 /// a change committed late with an earlier `updated_at` is still seen.
 const FEED_OVERLAP: chrono::Duration = chrono::Duration::seconds(10);
+/// Every how many polls the feed checks that running tenants still exist.
+const EXISTENCE_EVERY: u32 = 30;
 
 /// The change feed: one query per `tenant_refresh_interval` for the whole
 /// process, whatever the number of tenants, asks storage which tenants
@@ -140,6 +142,7 @@ fn start_change_feed(deps: &Arc<Deps>, tenants: &TenantMap) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut since: Option<chrono::DateTime<Utc>> = None;
         let mut seen: std::collections::HashMap<TenantId, chrono::DateTime<Utc>> = std::collections::HashMap::new();
+        let mut checks: u32 = 0;
         loop {
             ticker.tick().await;
             let (Some(deps), Some(running)) = (deps.upgrade(), tenants.upgrade()) else { return };
@@ -161,6 +164,22 @@ fn start_change_feed(deps: &Arc<Deps>, tenants: &TenantMap) {
                     since = Some(next);
                 }
                 Err(e) => tracing::debug!(error = %e, "change feed: storage did not answer; trying again"),
+            }
+            // A deleted tenant leaves no row to change: now and then, the
+            // running ones are checked to still exist (one query).
+            checks += 1;
+            if checks % EXISTENCE_EVERY == 0 {
+                let ids: Vec<TenantId> = running.iter().map(|r| r.id).collect();
+                if !ids.is_empty()
+                    && let Ok(gone) = deps.store.missing_tenants(&ids).await
+                {
+                    for id in gone {
+                        let sup = running.iter().find(|r| r.id == id).and_then(|r| r.supervisor());
+                        if let Some(sup) = sup {
+                            let _ = sup.cast(crate::tenant::TenantMsg::Reload);
+                        }
+                    }
+                }
             }
         }
     });
@@ -189,6 +208,8 @@ pub struct Platform {
     tenants: TenantMap,
     /// Every slug that exists: unknown slugs cost no query.
     pub slugs: Arc<crate::slugs::SlugDirectory>,
+    /// Storage lookups by slug of this platform (the metric counts the process's).
+    lookups: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -243,7 +264,7 @@ impl Platform {
                 }
             });
         }
-        Ok(Self { deps, supervisor, tenants, slugs })
+        Ok(Self { deps, supervisor, tenants, slugs, lookups: Default::default() })
     }
 
     /// The running tenant for `slug`, starting it if needed. Unknown slug:
@@ -273,6 +294,7 @@ impl Platform {
             return Err(Error::TenantNotFound);
         }
         crate::metrics::TENANT_LOOKUPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(record) = self.deps.store.tenant_by_slug(slug.as_str()).await? else {
             self.slugs.remove(slug.as_str());
             return Err(Error::TenantNotFound);
@@ -286,6 +308,11 @@ impl Platform {
             rt.touch();
         }
         check_enabled(rt)
+    }
+
+    /// Storage lookups of tenants by slug made by this platform.
+    pub fn tenant_lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tenants whose supervisor is running.
@@ -390,6 +417,11 @@ impl Platform {
         log_platform_event(&event);
         self.slugs.remove(slug.as_str());
         self.stop_tenant(slug.as_str()).await;
+        // Other replicas stop it now (a deleted row is not in the change
+        // feed; the feed's existence check is the slower backstop).
+        if let Err(e) = self.deps.tokens.publish_change(id).await {
+            tracing::debug!(tenant = %id, error = %e, "could not announce the deletion to other replicas");
+        }
         if let Err(e) = self.deps.tokens.purge_tenant(id).await {
             tracing::warn!(tenant = %id, error = %e, "tenant deleted but its token-store keys could not be purged; they expire on their own");
         }

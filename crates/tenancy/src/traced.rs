@@ -270,6 +270,10 @@ mod store {
             call(span!(self, "store.tenant_by_id", id), self.inner.tenant_by_id(id)).await
         }
 
+        async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
+            call(span!(self, "store.missing_tenants"), self.inner.missing_tenants(ids)).await
+        }
+
         async fn tenants_changed_since(
             &self,
             since: chrono::DateTime<chrono::Utc>,
