@@ -50,7 +50,11 @@ pub const VARIABLES: &[(&str, bool, &str)] = &[
     ),
     ("AUTHD_PROVIDER_ALLOWED_NETWORKS", false, "comma-separated CIDRs where OAuth providers may live although private"),
     ("AUTHD_TENANT_IDLE_TIMEOUT_SECS", false, "stop an idle tenant's actors after this long (default 600)"),
-    ("AUTHD_TENANT_REFRESH_MS", false, "how often a running tenant reloads its state from storage (default 1000)"),
+    (
+        "AUTHD_TENANT_REFRESH_MS",
+        false,
+        "how often the change feed asks storage which tenants changed (one query per process; default 1000)",
+    ),
     ("AUTHD_ARGON2_MEMORY_KIB", false, "argon2id memory cost (default 19456)"),
     ("AUTHD_ARGON2_ITERATIONS", false, "argon2id time cost (default 2)"),
     ("AUTHD_ARGON2_PARALLELISM", false, "argon2id lanes (default 1)"),

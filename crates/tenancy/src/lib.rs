@@ -79,8 +79,8 @@ pub struct TenancyConfig {
     pub argon2: Argon2Params,
     /// A tenant with no request for this long has its supervisor stopped.
     pub tenant_idle_timeout: Duration,
-    /// How often a running tenant reloads its snapshot from storage (how
-    /// changes made by other replicas arrive).
+    /// How often the change feed asks storage which tenants changed (how
+    /// changes made by other replicas arrive without Redis).
     pub tenant_refresh_interval: Duration,
     /// Lifetime of a session (refresh-token family) without use.
     pub refresh_token_ttl: Duration,
