@@ -576,15 +576,11 @@ async fn a_certified_relying_party_signs_in() {
     .await;
     let email = user(&s, &t).await;
     let secret = c.secret.clone().unwrap();
-    let rp = |args: Vec<String>| {
-        let mut all = vec![
-            "--issuer".to_owned(),
-            t.issuer.clone(),
-            "--client-id".into(),
-            c.id.clone(),
-            "--client-secret".into(),
-            secret.clone(),
-        ];
+    // The subcommand first, then the client, then the subcommand's options.
+    let rp = |mut args: Vec<String>| {
+        let sub = args.remove(0);
+        let mut all = vec![sub, "--issuer".to_owned(), t.issuer.clone(), "--client-id".into(), c.id.clone()];
+        all.extend(["--client-secret".to_owned(), secret.clone()]);
         all.extend(args);
         rp_run(all)
     };
