@@ -418,20 +418,33 @@ async fn sso_and_logout(backend: Backend) {
 }
 both!(sso_across_clients_and_logout, sso_and_logout);
 
-/// Each refusal on its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sso_refusals() {
+/// What each refusal test starts from: a tenant with a first-party and a
+/// third-party client, a user, and a browser.
+struct Refusal {
+    s: TestServer,
+    t: Tenant,
+    admin: String,
+    c: Client,
+    third: Client,
+    email: String,
+    b: reqwest::Client,
+}
+
+async fn refusal() -> Refusal {
     let s = TestServer::start(Backend::Production).await;
     let t = s.tenant().await;
-    let other = s.tenant().await;
     let admin = admin(&s, &t).await;
     let c =
         client(&s, &t, &admin, json!({ "name": "Notes", "redirectUris": [app("notes")], "firstParty": true })).await;
     let third = client(&s, &t, &admin, json!({ "name": "Partner", "redirectUris": [app("partner")] })).await;
     let email = user(&s, &t).await;
-    let b = browser();
+    Refusal { s, t, admin, c, third, email, b: browser() }
+}
 
-    // No PKCE: an RFC 6749 error at the (registered) redirect URI.
+/// No PKCE: an RFC 6749 error at the (registered) redirect URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_refuses_a_request_without_pkce() {
+    let Refusal { s, t, c, b, .. } = refusal().await;
     let mut no_pkce = url::Url::parse(&authorize_url(&s, &t, &c, "openid", "x", &[])).unwrap();
     let kept: Vec<(String, String)> = no_pkce
         .query_pairs()
@@ -441,40 +454,75 @@ async fn sso_refusals() {
     no_pkce.query_pairs_mut().clear().extend_pairs(kept);
     let Step::AtClient(at) = visit(&b, &s, no_pkce.as_str()).await else { panic!("no PKCE: redirected error") };
     assert_eq!(param(&at, "error").as_deref(), Some("invalid_request"), "{at}");
+    assert_eq!(param(&at, "state").as_deref(), Some("st-123"));
+}
 
-    // An unregistered redirect URI: an error page, no redirect.
+/// An unregistered redirect URI: an error page, no redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_never_redirects_to_an_unregistered_uri() {
+    let Refusal { s, t, c, b, .. } = refusal().await;
     let (_, ch) = pkce();
     let evil = Client { id: c.id.clone(), secret: None, redirect: "https://evil.example.com/cb".into() };
     let resp = b.get(authorize_url(&s, &t, &evil, "openid", &ch, &[])).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert!(location(&resp).is_none());
+    let page = resp.text().await.unwrap();
+    assert!(!page.contains("evil.example.com"), "the page does not echo the URI either");
+}
 
-    // A client of another tenant is unknown here.
-    let other_admin = admin_of(&s, &other).await;
+/// A client of another tenant is unknown here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_does_not_know_another_tenants_client() {
+    let Refusal { s, t, b, .. } = refusal().await;
+    let other = s.tenant().await;
+    let other_admin = admin(&s, &other).await;
     let foreign = client(&s, &other, &other_admin, json!({ "name": "X", "redirectUris": [app("x")] })).await;
+    let (_, ch) = pkce();
     let resp = b.get(authorize_url(&s, &t, &foreign, "openid", &ch, &[])).send().await.unwrap();
     assert_eq!(resp.status(), 400, "another tenant's client");
     assert!(location(&resp).is_none());
+    // Nor does its secret work at this tenant's token endpoint.
+    let (status, body) = token(&s, &t, &foreign, &[("grant_type", "client_credentials")]).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
+}
 
-    // prompt=none without a session.
+/// `prompt=none` without a session answers `login_required` at the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_prompt_none_without_a_session() {
+    let Refusal { s, t, c, b, .. } = refusal().await;
+    let (_, ch) = pkce();
     let Step::AtClient(at) = visit(&b, &s, &authorize_url(&s, &t, &c, "openid", &ch, &[("prompt", "none")])).await
     else {
-        panic!()
+        panic!("prompt=none answers at the client")
     };
     assert_eq!(param(&at, "error").as_deref(), Some("login_required"));
+}
 
-    // CSRF token missing.
+/// A hosted form without its CSRF token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_refuses_a_form_without_its_csrf_token() {
+    let Refusal { s, t, c, b, email, .. } = refusal().await;
+    let (_, ch) = pkce();
     let Step::Page { html, .. } = visit(&b, &s, &authorize_url(&s, &t, &c, "openid", &ch, &[])).await else { panic!() };
+    let login = format!("/t/{}/login", t.slug);
+    let (status, loc, _, _) =
+        post_form(&b, &s, &login, &[("request", &field(&html, "request")), ("email", &email), ("password", PASSWORD)])
+            .await;
+    assert_eq!((status, loc), (403, None), "a form without its CSRF token");
     let (status, _, _, _) = post_form(
         &b,
         &s,
-        &format!("/t/{}/login", t.slug),
-        &[("request", &field(&html, "request")), ("email", &email), ("password", PASSWORD)],
+        &login,
+        &[("request", &field(&html, "request")), ("csrf_token", "forged"), ("email", &email), ("password", PASSWORD)],
     )
     .await;
-    assert_eq!(status, 403, "a form without its CSRF token");
+    assert_eq!(status, 403, "a forged CSRF token");
+}
 
-    // Wrong verifier.
+/// A wrong PKCE verifier: `invalid_grant`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_refuses_a_wrong_verifier() {
+    let Refusal { s, t, c, b, email, .. } = refusal().await;
     let (_, ch) = pkce();
     let landed = sign_in(&b, &s, &t, &authorize_url(&s, &t, &c, "openid", &ch, &[]), &email, PASSWORD).await;
     let (wrong, _) = pkce();
@@ -491,13 +539,29 @@ async fn sso_refusals() {
     )
     .await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
+}
 
-    // Consent denied (a third-party client).
+/// Consent denied for a third-party client: `access_denied` at the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_consent_denied() {
+    let Refusal { s, t, third, b, email, .. } = refusal().await;
     let (_, ch) = pkce();
     let Step::Page { html, .. } = visit(&b, &s, &authorize_url(&s, &t, &third, "openid email", &ch, &[])).await else {
-        panic!("a third-party client asks for consent")
+        panic!()
     };
-    assert!(html.contains("name=\"decision\""), "{html}");
+    let (_, _, html, _) = post_form(
+        &b,
+        &s,
+        &format!("/t/{}/login", t.slug),
+        &[
+            ("request", &field(&html, "request")),
+            ("csrf_token", &field(&html, "csrf_token")),
+            ("email", &email),
+            ("password", PASSWORD),
+        ],
+    )
+    .await;
+    assert!(html.contains("name=\"decision\""), "a third-party client asks for consent: {html}");
     let (_, loc, _, _) = post_form(
         &b,
         &s,
@@ -506,8 +570,12 @@ async fn sso_refusals() {
     )
     .await;
     assert_eq!(param(&loc.unwrap(), "error").as_deref(), Some("access_denied"));
+}
 
-    // A rotated secret: the old one is refused.
+/// A rotated secret: the old one is refused, the new one accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_refuses_a_rotated_secret() {
+    let Refusal { s, t, admin, c, .. } = refusal().await;
     let rotated = s
         .gql(
             &t.slug,
@@ -522,18 +590,20 @@ async fn sso_refusals() {
     let fresh = Client { id: c.id.clone(), secret: Some(new_secret), redirect: c.redirect.clone() };
     let (status, body) = token(&s, &t, &fresh, &[("grant_type", "authorization_code"), ("code", "x")]).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "{body}");
+}
 
-    // A wrong-password flood on the hosted page is limited exactly like `login`.
-    let b2 = browser();
+/// A wrong-password flood on the hosted page is limited exactly like `login`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_limits_a_password_flood_like_login() {
+    let Refusal { s, t, c, email, .. } = refusal().await;
+    let b = browser();
     let (_, ch) = pkce();
-    let Step::Page { html, .. } = visit(&b2, &s, &authorize_url(&s, &t, &c, "openid", &ch, &[])).await else {
-        panic!()
-    };
+    let Step::Page { html, .. } = visit(&b, &s, &authorize_url(&s, &t, &c, "openid", &ch, &[])).await else { panic!() };
     let (request, csrf) = (field(&html, "request"), field(&html, "csrf_token"));
     let mut limited = None;
     for i in 0..20 {
         let (status, _, page, headers) = post_form(
-            &b2,
+            &b,
             &s,
             &format!("/t/{}/login", t.slug),
             &[("request", &request), ("csrf_token", &csrf), ("email", &email), ("password", "wrong password here")],
@@ -550,10 +620,6 @@ async fn sso_refusals() {
     assert!(limited.is_some(), "the flood was never limited");
     // The GraphQL login of that account is throttled too (same counters).
     assert_eq!(code(&s.login_raw(&t.slug, &email, "wrong password here").await), Some("RATE_LIMITED"));
-}
-
-async fn admin_of(s: &TestServer, t: &Tenant) -> String {
-    admin(s, t).await
 }
 
 /// A certified relying party (openid-client 6) drives every flow: code with
