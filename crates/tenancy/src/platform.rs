@@ -168,7 +168,7 @@ fn start_change_feed(deps: &Arc<Deps>, tenants: &TenantMap) {
             // A deleted tenant leaves no row to change: now and then, the
             // running ones are checked to still exist (one query).
             checks += 1;
-            if checks % EXISTENCE_EVERY == 0 {
+            if checks.is_multiple_of(EXISTENCE_EVERY) {
                 let ids: Vec<TenantId> = running.iter().map(|r| r.id).collect();
                 if !ids.is_empty()
                     && let Ok(gone) = deps.store.missing_tenants(&ids).await
