@@ -446,6 +446,38 @@ async fn retention(backend: Backend) {
 }
 both!(retention_removes_only_events_older_than_the_tenants_setting, retention);
 
+/// The `X-Request-Id` of a response is the `requestId` of the audit events
+/// its request left: the caller's when sane, else a fresh UUID v4.
+async fn request_ids(backend: Backend) {
+    let s = server(backend).await;
+    let t = s.tenant().await;
+    let (admin, _) = s.login(&t.slug, &t.admin_email, &t.admin_password).await;
+    let long = "r".repeat(300);
+    for (i, sent) in [Some("audit-request-1"), Some("has spaces"), Some(long.as_str()), None].into_iter().enumerate() {
+        let mut req = s.http.post(format!("{}/t/{}/graphql", s.url, t.slug)).json(&json!({
+            "query": "mutation($i: LoginInput!) { login(input: $i) { __typename } }",
+            "variables": { "i": { "email": format!("request-id-{i}@example.com"), "password": "a wrong password" } },
+        }));
+        if let Some(id) = sent {
+            req = req.header("x-request-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        let echoed = resp.headers().get("x-request-id").expect("x-request-id on the response").to_str().unwrap();
+        let echoed = echoed.to_owned();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(code(&body), Some("INVALID_CREDENTIALS"), "{body}");
+        match sent {
+            Some(id @ "audit-request-1") => assert_eq!(echoed, id),
+            _ => assert!(uuid::Uuid::parse_str(&echoed).is_ok_and(|u| u.get_version_num() == 4), "{sent:?} → {echoed}"),
+        }
+        // `events` flushes the queue, so the next refusal does not coalesce into this one.
+        let all = events(&s, &t.slug, &admin, "login.failed").await;
+        assert_eq!(all.len(), i + 1, "{all:?}");
+        assert_eq!(all[0]["requestId"], echoed.as_str(), "{sent:?}: the newest event has the response's id: {all:?}");
+    }
+}
+both!(the_responses_request_id_is_its_audit_events_request_id, request_ids);
+
 /// A flood of failed logins while the audit table is locked (storage slow):
 /// the queue never passes `AUTHD_AUDIT_QUEUE_MAX`, repeated refusals of one
 /// client coalesce, and once storage answers every failure is accounted for

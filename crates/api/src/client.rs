@@ -81,12 +81,26 @@ fn parse_forwarded_for(v: &str) -> Option<IpAddr> {
     v.parse().ok().or_else(|| v.rsplit_once(':').and_then(|(h, _)| h.parse().ok()))
 }
 
-/// The caller's request id if it is sane, else a fresh one.
+/// The request id header, set on every request by the router's layers
+/// (`routes::with_http_layers`) and echoed on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A caller's request id is kept when it is 1 to 128 visible ASCII
+/// characters (no spaces, no control characters); anything else is replaced.
+pub fn is_sane_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+}
+
+/// The request's id: the `X-Request-Id` the router's layers set (the
+/// caller's, if sane, else a fresh UUID v4), so audit events, spans and the
+/// response header carry the same id. Outside those layers (a test calling
+/// a handler directly), the same rules apply here.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(REQUEST_ID_HEADER)
+        .filter(|v| is_sane_request_id(v))
         .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -143,6 +157,20 @@ mod tests {
             h.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        let sane = "0193a6b2-7c1e-7d00-9f00-abcdefabcdef";
+        assert_eq!(request_id(&headers(&[("x-request-id", sane)])), sane);
+        for insane in ["", "has space", &"a".repeat(129)] {
+            assert!(!is_sane_request_id(&HeaderValue::from_str(insane).unwrap()), "{insane:?}");
+            let fresh = request_id(&headers(&[("x-request-id", insane)]));
+            assert!(uuid::Uuid::parse_str(&fresh).is_ok(), "{insane:?} → {fresh}");
+        }
+        assert!(is_sane_request_id(&HeaderValue::from_static("a-b_c.d:e/f")));
+        assert!(!is_sane_request_id(&HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()));
+        assert!(uuid::Uuid::parse_str(&request_id(&HeaderMap::new())).is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! This crate never names a database or Redis type.
 //!
 //! Layout:
-//! - [`routes`]: the router: public and admin listeners, health, JWKS and discovery, GraphiQL.
+//! - [`routes`]: the router: public and admin listeners, their HTTP layers (request ids, panics, timeout), health, JWKS and discovery, GraphiQL.
 //! - [`graphql`]: request hygiene (JSON POST only, no batching, size/depth/complexity/alias limits) and execution.
 //! - [`errors`]: the one mapping from domain errors to GraphQL errors.
 //! - [`cursor`]: opaque Relay cursors shared by both schemas.

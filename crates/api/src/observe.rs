@@ -35,14 +35,18 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The span of one GraphQL request and the request id audit events carry:
 /// the trace id when tracing is on (so an audit event leads to its trace),
-/// else `X-Request-Id` or a fresh UUID.
+/// else the request's `X-Request-Id` (the caller's if sane, else a fresh
+/// UUID: `client::request_id`). The span records the `X-Request-Id` too, so
+/// the id a response carries leads to its trace.
 pub fn graphql_span(schema: &'static str, tenant: &str, headers: &HeaderMap) -> (tracing::Span, String) {
+    let header_id = client::request_id(headers);
     let span = tracing::info_span!(
         "graphql",
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         graphql.schema = schema,
         tenant = tenant,
+        request_id = header_id.as_str(),
         graphql.operation.name = tracing::field::Empty,
         graphql.operation.type = tracing::field::Empty,
         graphql.root_fields = tracing::field::Empty,
@@ -52,11 +56,7 @@ pub fn graphql_span(schema: &'static str, tenant: &str, headers: &HeaderMap) -> 
     // Fails only when no OpenTelemetry layer is installed: then there is no trace to join.
     let _ = span.set_parent(parent);
     let trace_id = span.context().span().span_context().trace_id();
-    let request_id = if trace_id != opentelemetry::trace::TraceId::INVALID {
-        trace_id.to_string()
-    } else {
-        client::request_id(headers)
-    };
+    let request_id = if trace_id != opentelemetry::trace::TraceId::INVALID { trace_id.to_string() } else { header_id };
     (span, request_id)
 }
 

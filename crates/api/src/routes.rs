@@ -10,14 +10,17 @@ use authd_core::{Error, ErrorCode};
 use authd_tenancy::audit::RequestMeta;
 use axum::Router;
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::Instrument;
 
 use crate::AppState;
@@ -47,21 +50,95 @@ pub fn public_router(state: AppState) -> Router {
             router.route("/graphql", get(platform_graphiql).post(platform_graphql)).route("/metrics", get(metrics));
     }
     let limit = state.config.max_body_bytes;
-    router.layer(DefaultBodyLimit::max(limit)).layer(axum::middleware::from_fn(observe::http_metrics)).with_state(state)
+    with_http_layers(router, limit, REQUEST_TIMEOUT).with_state(state)
 }
 
 /// Routes of the admin listener: the platform API and `/metrics`.
 pub fn admin_router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
+    let router = Router::new()
         .route("/graphql", get(platform_graphiql).post(platform_graphql))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/graphiql-assets/{file}", get(asset))
-        .layer(DefaultBodyLimit::max(limit))
+        .route("/graphiql-assets/{file}", get(asset));
+    with_http_layers(router, limit, REQUEST_TIMEOUT).with_state(state)
+}
+
+/// The longest a request may take, from routing until its response starts
+/// (reading the body included): past it the caller gets 503 `UNAVAILABLE`.
+/// The work inside is bounded far below it (storage 1 s to connect and 5 s a
+/// statement, providers 10 s a call, a full password-hashing queue refuses
+/// at once), so only a stuck dependency or an overloaded replica reaches it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP layers both listeners' routes run inside, outermost first:
+///
+/// 1. an `X-Request-Id` that is not sane (`client::is_sane_request_id`) is
+///    dropped, then `SetRequestIdLayer` gives a request without one a fresh
+///    UUID v4 (`client::request_id` reads it for audit events and spans) and
+///    `PropagateRequestIdLayer` echoes it on every response, the ones below
+///    included;
+/// 2. `observe::http_metrics` counts the final status, so a panic (500) and
+///    a timeout (503) are counted;
+/// 3. `CatchPanicLayer`: a panicking handler answers 500 `INTERNAL` and is
+///    logged, and the connection lives on;
+/// 4. the request timeout: 503 `UNAVAILABLE` after `timeout`;
+/// 5. the body limit (`DefaultBodyLimit`, read by the `Bytes` extractors).
+///
+/// Public so that tests build their routers with exactly these layers.
+pub fn with_http_layers<S>(router: Router<S>, max_body_bytes: usize, timeout: Duration) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let layers = tower::ServiceBuilder::new()
+        .map_request(drop_insane_request_id)
+        .layer(SetRequestIdLayer::new(HeaderName::from_static(client::REQUEST_ID_HEADER), MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(HeaderName::from_static(client::REQUEST_ID_HEADER)))
         .layer(axum::middleware::from_fn(observe::http_metrics))
-        .with_state(state)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(HandleErrorLayer::new(move |e: tower::BoxError| async move { timed_out(&e, timeout) }))
+        .timeout(timeout)
+        .layer(DefaultBodyLimit::max(max_body_bytes));
+    router.layer(layers)
+}
+
+/// A caller's `X-Request-Id` that is empty, too long or not visible ASCII
+/// is removed, so that `SetRequestIdLayer` (which keeps any id present)
+/// makes a fresh one.
+fn drop_insane_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
+    let insane = req.headers().get(client::REQUEST_ID_HEADER).is_some_and(|v| !client::is_sane_request_id(v));
+    if insane {
+        req.headers_mut().remove(client::REQUEST_ID_HEADER);
+    }
+    req
+}
+
+/// The answer to a panicking handler: the contract's `INTERNAL` error. The
+/// panic message is logged at error level (by `error_body`); the request,
+/// its body included, is not.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    let body = error_body(Error::internal(format!("a request handler panicked: {message}")));
+    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
+}
+
+/// The answer to a request that ran out of time (or, never in practice,
+/// another error of the layers below the timeout).
+fn timed_out(e: &tower::BoxError, timeout: Duration) -> Response {
+    if !e.is::<tower::timeout::error::Elapsed>() {
+        return error_response(Error::internal(format!("request failed in a layer: {e}")));
+    }
+    tracing::warn!(timeout_ms = timeout.as_millis(), "request timed out");
+    let body = serde_json::json!({ "errors": [{
+        "message": "the request took too long; retry later",
+        "extensions": { "code": ErrorCode::Unavailable.as_str() },
+    }] });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 fn status_of(code: ErrorCode) -> StatusCode {
