@@ -484,15 +484,15 @@ impl Store for PgStore {
         row.as_ref().map(user_from_row).transpose()
     }
 
+    /// One round trip (migration 0007): the function sets the tenant and
+    /// reads the row under row-level security, in the statement's own
+    /// transaction.
     async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row =
-            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2")))
-                .bind(tenant.0)
-                .bind(id.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.commit().await?;
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM authd_user_by_id($1, $2)")))
+            .bind(tenant.0)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
