@@ -723,13 +723,12 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 # Dependencies that no source of their crate names (cargo-machete: a fast
 # search of each crate's sources, no build). Installed when missing, which
 # takes a minute or two. Crates listed in MACHETE_PENDING are not checked
-# yet: their unused dependencies (core: chrono, getrandom, ipnet, secrecy;
-# store: futures, serde, tracing; tenancy: futures) are still to be removed;
-# take a crate off the list when its Cargo.toml is clean. A false positive
+# (none today; a crate whose unused dependencies cannot go at once is listed
+# here until they can). A false positive
 # (a dependency named only through a macro) goes into the crate's
 # [package.metadata.cargo-machete] ignored list.
 MACHETE_VERSION=0.9.2
-MACHETE_PENDING=(crates/core crates/store crates/tenancy)
+MACHETE_PENDING=()
 unused_dependencies() {
   local dirs=() d p pending
   if ! have cargo-machete; then
@@ -741,10 +740,10 @@ unused_dependencies() {
     d=${d%/}
     [[ -f "$d/Cargo.toml" ]] || continue
     pending=0
-    for p in "${MACHETE_PENDING[@]}"; do [[ "$d" == "$p" ]] && pending=1; done
+    for p in "${MACHETE_PENDING[@]+"${MACHETE_PENDING[@]}"}"; do [[ "$d" == "$p" ]] && pending=1; done
     [[ $pending -eq 1 ]] || dirs+=("$d")
   done
-  step "cargo machete (unused dependencies; not yet: ${MACHETE_PENDING[*]})"
+  step "cargo machete (unused dependencies)"
   cargo machete --skip-target-dir "${dirs[@]}" 9>&-
 }
 
