@@ -246,6 +246,8 @@ impl Actor for TenantSupervisor {
             TenantMsg::ReloadFailed => {
                 state.reloading = false;
                 state.reload_again = false;
+                // The change feed has moved on: retry on our own.
+                myself.send_after(RELOAD_RETRY, || TenantMsg::Reload);
             }
             TenantMsg::SessionActor(reply) => {
                 let _ = reply.send(state.session.clone());
@@ -338,19 +340,24 @@ fn reload(myself: &ActorRef<TenantMsg>, state: &mut TenantState) {
             }
             Err(e) => {
                 tracing::warn!(tenant = %id, error = %e, "tenant reload failed; keeping the last snapshot");
-                // Keep serving the last snapshot; the next tick tries again.
+                // Keep serving the last snapshot; the supervisor retries.
                 let _ = me.cast(TenantMsg::ReloadFailed);
             }
         }
     });
 }
 
+/// How long after a failed reload the supervisor tries again.
+const RELOAD_RETRY: Duration = Duration::from_secs(2);
+
 /// How often a running tenant checks whether it is idle.
 const TICK: Duration = Duration::from_secs(5);
 
 /// How often a running tenant deletes audit events older than its
 /// `auditRetentionDays`.
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// Retention is counted in days: every six hours is plenty, and keeps
+/// thousands of idle tenants from costing the database a purge each hour.
+const RETENTION_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 /// The audit retention job: the only path by which events leave (besides
 /// tenant deletion). Runs in a task; the handler never waits on storage.
@@ -366,7 +373,7 @@ fn retention(state: &mut TenantState) {
         match deps.store.purge_audit_events(id, before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(tenant = %id, removed = n, days, "audit retention removed old events"),
-            Err(e) => tracing::warn!(tenant = %id, error = %e, "audit retention failed; retrying in an hour"),
+            Err(e) => tracing::warn!(tenant = %id, error = %e, "audit retention failed; retrying in six hours"),
         }
     });
 }
