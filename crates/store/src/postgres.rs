@@ -373,19 +373,20 @@ impl Store for PgStore {
         &self,
         since: DateTime<Utc>,
     ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)> {
-        let mut tx = self.pool.begin().await?;
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
-        let rows =
-            sqlx::query("SELECT id, updated_at FROM tenants WHERE updated_at > $1 ORDER BY updated_at LIMIT 10000")
-                .bind(since)
-                .fetch_all(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        let changed = rows
-            .iter()
-            .map(|r| Ok((TenantId(r.try_get("id")?), r.try_get("updated_at")?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((changed, now))
+        // One statement (one transaction, one round trip) with the clock.
+        let row = sqlx::query(
+            "SELECT now() AS now, \
+                    COALESCE(array_agg(id ORDER BY updated_at), '{}') AS ids, \
+                    COALESCE(array_agg(updated_at ORDER BY updated_at), '{}') AS ats \
+             FROM (SELECT id, updated_at FROM tenants WHERE updated_at > $1 ORDER BY updated_at LIMIT 10000) t",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        let now: DateTime<Utc> = row.try_get("now")?;
+        let ids: Vec<Uuid> = row.try_get("ids")?;
+        let ats: Vec<DateTime<Utc>> = row.try_get("ats")?;
+        Ok((ids.into_iter().map(TenantId).zip(ats).collect(), now))
     }
 
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
