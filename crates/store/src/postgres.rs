@@ -71,6 +71,11 @@ pub async fn create_service_role(url: &str, name: &str, password: Option<&str>) 
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The change feed's own connection: it asks once a second forever, so
+    /// it skips the pool's ping before each use (a transaction of its own
+    /// in Postgres' statistics); a broken connection fails one look, and
+    /// the next one reconnects.
+    feed: PgPool,
 }
 
 /// How long the service waits on Postgres before answering `UNAVAILABLE`.
@@ -102,19 +107,20 @@ impl PgStore {
     pub async fn connect_with(url: &str, max_connections: u32, timeouts: PgTimeouts) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.to_string()))?;
         let statement_ms = timeouts.statement.as_millis().max(1);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(timeouts.acquire)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    conn.execute(AssertSqlSafe(format!("SET ROLE {APP_ROLE}"))).await?;
-                    conn.execute(AssertSqlSafe(format!("SET statement_timeout = {statement_ms}"))).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(opts)
-            .await?;
-        Ok(Self { pool })
+        let options = |max: u32| {
+            PgPoolOptions::new().max_connections(max).acquire_timeout(timeouts.acquire).after_connect(
+                move |conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute(AssertSqlSafe(format!("SET ROLE {APP_ROLE}"))).await?;
+                        conn.execute(AssertSqlSafe(format!("SET statement_timeout = {statement_ms}"))).await?;
+                        Ok(())
+                    })
+                },
+            )
+        };
+        let pool = options(max_connections).connect_with(opts.clone()).await?;
+        let feed = options(1).test_before_acquire(false).connect_lazy_with(opts);
+        Ok(Self { pool, feed })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -381,7 +387,7 @@ impl Store for PgStore {
              FROM (SELECT id, updated_at FROM tenants WHERE updated_at > $1 ORDER BY updated_at LIMIT 10000) t",
         )
         .bind(since)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.feed)
         .await?;
         let now: DateTime<Utc> = row.try_get("now")?;
         let ids: Vec<Uuid> = row.try_get("ids")?;
