@@ -260,6 +260,16 @@ async fn code_flow_by_forms(backend: Backend) {
     let i = introspect(&s, &t, &c, &access).await;
     assert_eq!(i["active"], true, "{i}");
     assert_eq!(i["client_id"], c.id.as_str());
+    // A client's refresh token is no token of the GraphQL API.
+    let graphql = s
+        .gql(
+            &t.slug,
+            None,
+            "mutation($r: String) { refresh(refreshToken: $r) { accessToken } }",
+            json!({ "r": refresh }),
+        )
+        .await;
+    assert_eq!(code(&graphql), Some("UNAUTHENTICATED"), "{graphql}");
     let (status, refreshed) =
         token(&s, &t, &c, &[("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())]).await;
     assert_eq!(status, 200, "{refreshed}");

@@ -429,13 +429,23 @@ impl TenantCtx<'_> {
     /// hash under a previous key: those are tried too (only while previous
     /// keys are configured).
     pub(crate) async fn rotate(&self, refresh_token: &str, old: &str, new: &str) -> Result<RotateOutcome> {
+        self.rotate_as(REFRESH_PURPOSE, refresh_token, old, new).await
+    }
+
+    /// [`TenantCtx::rotate`] for tokens hashed under `purpose` (an OAuth
+    /// client's grant has its own, so its tokens never work at `refresh`).
+    pub(crate) async fn rotate_as(
+        &self,
+        purpose: &str,
+        refresh_token: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<RotateOutcome> {
         let now = Utc::now().timestamp();
         let ttl = self.deps.config.refresh_token_ttl;
         let mut outcome = self.deps.tokens.rotate_refresh(self.rt.id, old, new, now, ttl).await?;
         if outcome == RotateOutcome::NotFound {
-            for candidate in
-                self.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, refresh_token.as_bytes()).iter().skip(1)
-            {
+            for candidate in self.deps.keyring.keyed_hash_candidates(purpose, refresh_token.as_bytes()).iter().skip(1) {
                 outcome = self.deps.tokens.rotate_refresh(self.rt.id, candidate, new, now, ttl).await?;
                 if outcome != RotateOutcome::NotFound {
                     break;

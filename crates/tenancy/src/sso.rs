@@ -53,7 +53,10 @@ const GRANT_KIND: &str = "oidc_grant";
 const SECRET_PURPOSE: &str = "oauth-client-secret";
 const CODE_PURPOSE: &str = "authz-code";
 const SSO_PURPOSE: &str = "sso-cookie";
-const REFRESH_PURPOSE: &str = "refresh-token";
+/// Grant refresh tokens hash under a purpose of their own: the GraphQL
+/// `refresh` and `logout` (which hash under `refresh-token`) never find them,
+/// so a client's token cannot be turned into one without `client_id`.
+const REFRESH_PURPOSE: &str = "oidc-refresh-token";
 
 /// How long a parked authorization request waits for the person.
 pub const REQUEST_TTL: Duration = Duration::from_secs(600);
@@ -947,7 +950,7 @@ impl SsoService<'_> {
         }
         let new_token = crypto::random_token(32);
         let new = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
-        let session = match self.ctx.rotate(token, &old, &new).await? {
+        let session = match self.ctx.rotate_as(REFRESH_PURPOSE, token, &old, &new).await? {
             RotateOutcome::Rotated(s) => s,
             RotateOutcome::Reused { .. } => {
                 return Err(OAuthError::grant("refresh token reused: the grant is revoked"));
