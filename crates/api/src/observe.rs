@@ -192,96 +192,89 @@ pub async fn http_metrics(req: axum::extract::Request, next: axum::middleware::N
     resp
 }
 
-/// Prometheus text exposition of every family.
+/// Prometheus text exposition (version 0.0.4) of every family, encoded by
+/// `prometheus-client`. Values kept elsewhere (atomics, queue lengths) are
+/// read now, into a registry built for this scrape.
 pub fn render_metrics(state: &AppState) -> String {
-    use authd_tenancy::metrics::{self as m, Kind, single};
+    use authd_tenancy::metrics::{self as m, register};
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let stats = state.platform.deps.hasher.stats();
-    let mut out = String::new();
-    m::HTTP_REQUESTS.render(&mut out);
-    m::HTTP_SECONDS.render(&mut out);
-    m::REQUESTS.render(&mut out);
-    m::REQUEST_SECONDS.render(&mut out);
-    m::LOGINS.render(&mut out);
-    m::BACKEND_ERRORS.render(&mut out);
-    m::HASH_WAIT_SECONDS.render(&mut out);
+    let mut r = prometheus_client::registry::Registry::default();
+    m::HTTP_REQUESTS.register(&mut r);
+    m::HTTP_SECONDS.register(&mut r);
+    m::REQUESTS.register(&mut r);
+    m::REQUEST_SECONDS.register(&mut r);
+    m::LOGINS.register(&mut r);
+    m::BACKEND_ERRORS.register(&mut r);
+    m::HASH_WAIT_SECONDS.register(&mut r);
+    // Counter names without `_total`: the encoder appends it.
     let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 8] = [
-        ("authd_mail_sent_total", "Mails the relay accepted (or written as .eml files).", &m::MAIL_SENT),
+        ("authd_mail_sent", "Mails the relay accepted (or written as .eml files).", &m::MAIL_SENT),
         (
-            "authd_mail_failed_total",
+            "authd_mail_failed",
             "Mails abandoned: refused for good by the relay, or undeliverable after every attempt.",
             &m::MAIL_FAILED,
         ),
-        ("authd_mail_retries_total", "Mail deliveries that failed and will be retried.", &m::MAIL_RETRIES),
+        ("authd_mail_retries", "Mail deliveries that failed and will be retried.", &m::MAIL_RETRIES),
         (
-            "authd_tenant_lookups_total",
+            "authd_tenant_lookups",
             "Storage lookups of a tenant by slug (unknown slugs are mostly answered from memory).",
             &m::TENANT_LOOKUPS,
         ),
-        ("authd_actor_restarts_total", "Tenant children restarted after a failure.", &m::ACTOR_RESTARTS),
-        ("authd_password_verifications_total", "Argon2 verifications performed.", &m::PASSWORD_VERIFICATIONS),
-        ("authd_password_hashes_total", "Argon2 hashes computed.", &m::PASSWORD_HASHES),
-        ("authd_rate_limited_total", "Requests refused by a rate limit or the tenant quota.", &m::RATE_LIMITED),
+        ("authd_actor_restarts", "Tenant children restarted after a failure.", &m::ACTOR_RESTARTS),
+        ("authd_password_verifications", "Argon2 verifications performed.", &m::PASSWORD_VERIFICATIONS),
+        ("authd_password_hashes", "Argon2 hashes computed.", &m::PASSWORD_HASHES),
+        ("authd_rate_limited", "Requests refused by a rate limit or the tenant quota.", &m::RATE_LIMITED),
     ];
     for (name, help, v) in counters {
-        single(&mut out, name, help, Kind::Counter, v.load(Ordering::Relaxed) as f64);
+        register(&mut r, name, help, ConstCounter::new(load(v)));
     }
-    single(
-        &mut out,
-        "authd_active_tenants",
-        "Tenant supervisors running.",
-        Kind::Gauge,
-        state.platform.active_tenants() as f64,
-    );
-    single(
-        &mut out,
-        "authd_hash_queue_depth",
-        "Hashing jobs waiting for a worker.",
-        Kind::Gauge,
-        stats.queued.load(Ordering::Relaxed) as f64,
-    );
-    single(
-        &mut out,
+    let active = ConstGauge::new(state.platform.active_tenants());
+    register(&mut r, "authd_active_tenants", "Tenant supervisors running.", active);
+    let depth = ConstGauge::new(load(&stats.queued));
+    register(&mut r, "authd_hash_queue_depth", "Hashing jobs waiting for a worker.", depth);
+    register(
+        &mut r,
         "authd_mail_queued",
         "Mails waiting in the outbox (all replicas), as last read by this replica's sender.",
-        Kind::Gauge,
-        m::MAIL_QUEUED.load(Ordering::Relaxed) as f64,
+        ConstGauge::new(load(&m::MAIL_QUEUED)),
     );
-    single(
-        &mut out,
+    register(
+        &mut r,
         "authd_mail_oldest_queued_seconds",
         "Age of the oldest mail in the outbox, as last read by this replica's sender.",
-        Kind::Gauge,
-        m::MAIL_OLDEST_SECONDS.load(Ordering::Relaxed) as f64,
+        ConstGauge::new(load(&m::MAIL_OLDEST_SECONDS)),
     );
     let audit = &state.platform.deps.audit.stats;
-    single(
-        &mut out,
+    register(
+        &mut r,
         "authd_audit_queue_length",
         "Audit events waiting to be written (bounded by AUTHD_AUDIT_QUEUE_MAX).",
-        Kind::Gauge,
-        audit.queued.load(Ordering::Relaxed) as f64,
+        ConstGauge::new(load(&audit.queued)),
     );
-    single(
-        &mut out,
-        "authd_audit_events_dropped_total",
+    register(
+        &mut r,
+        "authd_audit_events_dropped",
         "Audit events not stored because the queue was full (they are in the log).",
-        Kind::Counter,
-        audit.dropped.load(Ordering::Relaxed) as f64,
+        ConstCounter::new(load(&audit.dropped)),
     );
-    single(
-        &mut out,
-        "authd_audit_events_coalesced_total",
+    register(
+        &mut r,
+        "authd_audit_events_coalesced",
         "Repeated refusals merged into a queued event (its detail.count).",
-        Kind::Counter,
-        audit.coalesced.load(Ordering::Relaxed) as f64,
+        ConstCounter::new(load(&audit.coalesced)),
     );
-    single(
-        &mut out,
-        "authd_hash_refused_total",
+    register(
+        &mut r,
+        "authd_hash_refused",
         "Hashing jobs refused (tenant queue full).",
-        Kind::Counter,
-        stats.refused.load(Ordering::Relaxed) as f64,
+        ConstCounter::new(load(&stats.refused)),
     );
+    let mut out = String::new();
+    // Writing to a String does not fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &r);
     out
 }
 

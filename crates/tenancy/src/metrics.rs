@@ -1,23 +1,26 @@
 //! Process-wide metrics the observability layer exports at `/metrics`.
 //!
-//! Plain counters are atomics bumped where things happen. Labelled families
-//! ([`Family`]) keep one series per label set and render themselves in the
-//! Prometheus text exposition format (version 0.0.4): `# HELP` and `# TYPE`
-//! lines, escaped label values, cumulative histogram buckets with `+Inf`,
-//! `_sum` and `_count`.
+//! Plain counters are atomics bumped where things happen; `/metrics` reads
+//! them at scrape time. Labelled families ([`CounterFamily`],
+//! [`HistogramFamily`]) keep one series per label set in a
+//! `prometheus-client` family. The exposition itself (the Prometheus text
+//! format, version 0.0.4: `# HELP`/`# TYPE`, escaping, cumulative buckets
+//! with `+Inf`, `_sum`, `_count`) is `prometheus_client`'s.
 //!
 //! Label values are bounded by construction: operation names come from the
 //! schema, outcomes from the error codes. The `tenant` label is the one
 //! unbounded dimension, so it is off unless [`set_tenant_labels`] switched it
 //! on (`AUTHD_METRICS_TENANT_LABELS=true`).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
-
+use prometheus_client::encoding::EncodeMetric;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
 /// Children restarted by tenant supervisors.
 pub static ACTOR_RESTARTS: AtomicU64 = AtomicU64::new(0);
 /// Argon2 verifications performed (including dummy ones).
@@ -56,171 +59,123 @@ pub fn tenant_labels() -> bool {
 /// Seconds; from a fast token-store script to a slow argon2 queue.
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
+/// A series' labels in declared order. An empty value is the same as no
+/// label to Prometheus: it is left out.
+type Labels = Vec<(&'static str, String)>;
+
+fn labels(names: &'static [&'static str], values: &[&str]) -> Labels {
+    debug_assert_eq!(values.len(), names.len(), "{names:?}");
+    names.iter().zip(values).filter(|(_, v)| !v.is_empty()).map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
-#[derive(Default)]
-struct Series {
-    value: f64,
-    /// Per bucket (not cumulative); rendered cumulatively.
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// Registers `metric` under `name` with its help text. A counter's name is
+/// given without `_total` (the encoder appends it), and the registry appends
+/// the help's final full stop itself, so it is taken off here.
+pub fn register(registry: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric);
 }
 
-/// A metric family with labels.
-pub struct Family {
+/// A family that is exposed (`# HELP` and `# TYPE`) before its first series
+/// too: `prometheus-client` leaves empty families out, and scrapers and
+/// dashboards expect every family.
+#[derive(Debug)]
+struct Declared<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Declared<M> {
+    fn encode(&self, encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+/// Builds each series' histogram with the family's bucket bounds.
+#[derive(Clone, Debug)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// A labelled counter family (`name` without `_total`).
+#[derive(Debug)]
+pub struct CounterFamily {
     pub name: &'static str,
     pub help: &'static str,
-    pub kind: Kind,
     labels: &'static [&'static str],
-    buckets: &'static [f64],
-    series: Mutex<BTreeMap<Vec<String>, Series>>,
+    series: Family<Labels, Counter>,
 }
 
-impl Family {
-    pub const fn counter(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Self { name, help, kind: Kind::Counter, labels, buckets: &[], series: Mutex::new(BTreeMap::new()) }
+impl CounterFamily {
+    pub fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self { name, help, labels, series: Family::default() }
     }
 
-    pub const fn histogram(
-        name: &'static str,
-        help: &'static str,
-        labels: &'static [&'static str],
-        buckets: &'static [f64],
-    ) -> Self {
-        Self { name, help, kind: Kind::Histogram, labels, buckets, series: Mutex::new(BTreeMap::new()) }
-    }
-
-    fn key(&self, values: &[&str]) -> Vec<String> {
-        debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
-        values.iter().map(|v| (*v).to_owned()).collect()
-    }
-
-    /// Adds `n` to a counter.
+    /// Adds `n` to the series of `values` (one per label, in order).
     pub fn inc_by(&self, values: &[&str], n: u64) {
-        self.series.lock().entry(self.key(values)).or_default().value += n as f64;
+        self.series.get_or_create(&labels(self.labels, values)).inc_by(n);
     }
 
     pub fn inc(&self, values: &[&str]) {
         self.inc_by(values, 1);
     }
 
-    /// Records one observation in a histogram.
-    pub fn observe(&self, values: &[&str], v: f64) {
-        let mut series = self.series.lock();
-        let s = series.entry(self.key(values)).or_default();
-        if s.buckets.len() != self.buckets.len() {
-            s.buckets = vec![0; self.buckets.len()];
-        }
-        if let Some(i) = self.buckets.iter().position(|b| v <= *b) {
-            s.buckets[i] += 1;
-        }
-        s.sum += v;
-        s.count += 1;
-    }
-
-    /// The current value of a counter series (0 if never touched).
+    /// The current value of a series (0 if never touched).
     pub fn get(&self, values: &[&str]) -> f64 {
-        self.series.lock().get(&self.key(values)).map_or(0.0, |s| s.value)
+        self.series.get(&labels(self.labels, values)).map_or(0.0, |c| c.get() as f64)
     }
 
-    /// Appends the family in the text exposition format.
-    pub fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, self.kind);
-        for (values, s) in self.series.lock().iter() {
-            // An empty value is the same as no label to Prometheus: leave it out.
-            let labels: Vec<(&str, &str)> = self
-                .labels
-                .iter()
-                .copied()
-                .zip(values.iter().map(String::as_str))
-                .filter(|(_, v)| !v.is_empty())
-                .collect();
-            match self.kind {
-                Kind::Counter | Kind::Gauge => sample(out, self.name, "", &labels, s.value),
-                Kind::Histogram => {
-                    let mut cumulative = 0;
-                    for (i, bound) in self.buckets.iter().enumerate() {
-                        cumulative += s.buckets.get(i).copied().unwrap_or(0);
-                        let le = fmt_value(*bound);
-                        let mut with_le = labels.clone();
-                        with_le.push(("le", &le));
-                        sample(out, self.name, "_bucket", &with_le, cumulative as f64);
-                    }
-                    let mut with_le = labels.clone();
-                    with_le.push(("le", "+Inf"));
-                    sample(out, self.name, "_bucket", &with_le, s.count as f64);
-                    sample(out, self.name, "_sum", &labels, s.sum);
-                    sample(out, self.name, "_count", &labels, s.count as f64);
-                }
-            }
-        }
+    pub fn register(&self, registry: &mut Registry) {
+        register(registry, self.name, self.help, Declared(self.series.clone()));
     }
 }
 
-/// `# HELP` and `# TYPE` lines (HELP escapes `\` and newlines).
-pub fn header(out: &mut String, name: &str, help: &str, kind: Kind) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let kind = match kind {
-        Kind::Counter => "counter",
-        Kind::Gauge => "gauge",
-        Kind::Histogram => "histogram",
-    };
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// A labelled histogram family.
+#[derive(Debug)]
+pub struct HistogramFamily {
+    pub name: &'static str,
+    pub help: &'static str,
+    labels: &'static [&'static str],
+    series: Family<Labels, Histogram, Buckets>,
 }
 
-/// One sample line; label values escape `\`, `"` and newlines.
-pub fn sample(out: &mut String, name: &str, suffix: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    out.push_str(suffix);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-            let _ = write!(out, "{k}=\"{v}\"");
-        }
-        out.push('}');
+impl HistogramFamily {
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+        buckets: &'static [f64],
+    ) -> Self {
+        Self { name, help, labels, series: Family::new_with_constructor(Buckets(buckets)) }
     }
-    let _ = writeln!(out, " {}", fmt_value(value));
-}
 
-/// A single-series family.
-pub fn single(out: &mut String, name: &str, help: &str, kind: Kind, value: f64) {
-    header(out, name, help, kind);
-    sample(out, name, "", &[], value);
-}
+    /// Records one observation in the series of `values`.
+    pub fn observe(&self, values: &[&str], v: f64) {
+        self.series.get_or_create(&labels(self.labels, values)).observe(v);
+    }
 
-fn fmt_value(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
+    pub fn register(&self, registry: &mut Registry) {
+        register(registry, self.name, self.help, Declared(self.series.clone()));
     }
 }
 
 /// GraphQL root fields executed, by operation (root field), operation type
 /// and outcome (`ok` or the error code); `tenant` when switched on.
-pub static REQUESTS: LazyLock<Family> = LazyLock::new(|| {
-    Family::counter(
-        "authd_graphql_requests_total",
+pub static REQUESTS: LazyLock<CounterFamily> = LazyLock::new(|| {
+    CounterFamily::new(
+        "authd_graphql_requests",
         "GraphQL requests, by operation (root field), operation type and outcome (ok or the error code).",
         &["schema", "operation", "type", "outcome", "tenant"],
     )
 });
 
 /// Request latency, by the same labels as [`REQUESTS`].
-pub static REQUEST_SECONDS: LazyLock<Family> = LazyLock::new(|| {
-    Family::histogram(
+pub static REQUEST_SECONDS: LazyLock<HistogramFamily> = LazyLock::new(|| {
+    HistogramFamily::new(
         "authd_graphql_request_duration_seconds",
         "GraphQL request latency in seconds, by operation, operation type and outcome.",
         &["schema", "operation", "type", "outcome", "tenant"],
@@ -229,17 +184,17 @@ pub static REQUEST_SECONDS: LazyLock<Family> = LazyLock::new(|| {
 });
 
 /// Every HTTP request, by route template (never the raw path), method and status.
-pub static HTTP_REQUESTS: LazyLock<Family> = LazyLock::new(|| {
-    Family::counter(
-        "authd_http_requests_total",
+pub static HTTP_REQUESTS: LazyLock<CounterFamily> = LazyLock::new(|| {
+    CounterFamily::new(
+        "authd_http_requests",
         "HTTP requests by route template, method and status code.",
         &["route", "method", "status"],
     )
 });
 
 /// HTTP latency by route template.
-pub static HTTP_SECONDS: LazyLock<Family> = LazyLock::new(|| {
-    Family::histogram(
+pub static HTTP_SECONDS: LazyLock<HistogramFamily> = LazyLock::new(|| {
+    HistogramFamily::new(
         "authd_http_request_duration_seconds",
         "HTTP request latency in seconds, by route template.",
         &["route"],
@@ -248,26 +203,26 @@ pub static HTTP_SECONDS: LazyLock<Family> = LazyLock::new(|| {
 });
 
 /// Login attempts by outcome (`success`, `mfa_required`, or the error code).
-pub static LOGINS: LazyLock<Family> = LazyLock::new(|| {
-    Family::counter(
-        "authd_login_attempts_total",
+pub static LOGINS: LazyLock<CounterFamily> = LazyLock::new(|| {
+    CounterFamily::new(
+        "authd_login_attempts",
         "Password logins by outcome: success, mfa_required, or the error code (invalid_credentials, rate_limited, ...).",
         &["outcome", "tenant"],
     )
 });
 
 /// Calls to storage or the token store that failed for a backend reason.
-pub static BACKEND_ERRORS: LazyLock<Family> = LazyLock::new(|| {
-    Family::counter(
-        "authd_backend_errors_total",
+pub static BACKEND_ERRORS: LazyLock<CounterFamily> = LazyLock::new(|| {
+    CounterFamily::new(
+        "authd_backend_errors",
         "Storage and token-store calls that failed (unavailable or internal), by backend.",
         &["backend"],
     )
 });
 
 /// Time a hashing job waited for a worker.
-pub static HASH_WAIT_SECONDS: LazyLock<Family> = LazyLock::new(|| {
-    Family::histogram(
+pub static HASH_WAIT_SECONDS: LazyLock<HistogramFamily> = LazyLock::new(|| {
+    HistogramFamily::new(
         "authd_hash_queue_wait_seconds",
         "Seconds a password-hashing job waited in the fair queue before a worker took it.",
         &[],
@@ -285,19 +240,45 @@ pub fn tenant_label(slug: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn encode(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry).unwrap_or_default();
+        out
+    }
+
     #[test]
     fn histograms_are_cumulative_and_labels_escaped() {
-        let f = Family::histogram("t_seconds", "help", &["op"], &[0.1, 1.0]);
-        f.observe(&["a\"b\\c\nd"], 0.05);
-        f.observe(&["a\"b\\c\nd"], 0.5);
-        f.observe(&["a\"b\\c\nd"], 5.0);
-        let mut out = String::new();
-        f.render(&mut out);
-        assert!(out.contains("# TYPE t_seconds histogram"), "{out}");
+        let f = HistogramFamily::new("t_seconds", "Help.", &["op", "tenant"], &[0.1, 1.0]);
+        for v in [0.05, 0.5, 5.0] {
+            f.observe(&["a\"b\\c\nd", ""], v);
+        }
+        let mut registry = Registry::default();
+        f.register(&mut registry);
+        let out = encode(&registry);
+        assert!(out.starts_with("# HELP t_seconds Help.\n# TYPE t_seconds histogram\n"), "{out}");
         assert!(out.contains(r#"t_seconds_bucket{op="a\"b\\c\nd",le="0.1"} 1"#), "{out}");
         assert!(out.contains(r#"t_seconds_bucket{op="a\"b\\c\nd",le="1"} 2"#), "{out}");
         assert!(out.contains(r#"t_seconds_bucket{op="a\"b\\c\nd",le="+Inf"} 3"#), "{out}");
         assert!(out.contains(r#"t_seconds_count{op="a\"b\\c\nd"} 3"#), "{out}");
         assert!(out.contains(r#"t_seconds_sum{op="a\"b\\c\nd"} 5.55"#), "{out}");
+    }
+
+    #[test]
+    fn counters_keep_their_names_and_empty_families_their_header() {
+        let f = CounterFamily::new("t_requests", "Requests.", &["outcome"]);
+        let empty = CounterFamily::new("t_errors", "Errors.", &["backend"]);
+        f.inc(&["ok"]);
+        f.inc_by(&["ok"], 2);
+        assert_eq!(f.get(&["ok"]), 3.0);
+        assert_eq!(f.get(&["no"]), 0.0);
+        let mut registry = Registry::default();
+        f.register(&mut registry);
+        empty.register(&mut registry);
+        let out = encode(&registry);
+        assert_eq!(
+            out,
+            "# HELP t_requests_total Requests.\n# TYPE t_requests_total counter\nt_requests_total{outcome=\"ok\"} 3\n\
+             # HELP t_errors_total Errors.\n# TYPE t_errors_total counter\n"
+        );
     }
 }
