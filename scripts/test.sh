@@ -23,7 +23,8 @@
 #   --stop        stop private servers left running by --keep (or by a run
 #                 that was killed), then exit; every run also does this first
 #   --no-lint     skip `cargo fmt --check`, `cargo machete` (unused
-#                 dependencies) and `cargo clippy`
+#                 dependencies), `cargo deny` (licenses, bans, sources) and
+#                 `cargo clippy`
 #   -h, --help    show this text
 # Everything else is passed to `cargo test --workspace --all-targets`, e.g.
 #   scripts/test.sh -- refresh_token          # only tests whose name matches
@@ -747,6 +748,19 @@ unused_dependencies() {
   cargo machete --skip-target-dir "${dirs[@]}" 9>&-
 }
 
+# Licenses, banned crates and sources of every dependency (deny.toml),
+# offline. Installed when missing (a few minutes, once per machine).
+DENY_VERSION=0.20.2
+dependency_policy() {
+  if ! have cargo-deny; then
+    step "cargo install cargo-deny@$DENY_VERSION --locked"
+    cargo install cargo-deny --version "$DENY_VERSION" --locked --quiet 9>&- ||
+      die "could not install cargo-deny (needed for the dependency policy check; --no-lint skips it)"
+  fi
+  step "cargo deny check bans licenses sources"
+  cargo deny --offline check bans licenses sources 9>&-
+}
+
 if [[ $LINT -eq 1 ]]; then
   # Cheap checks of the non-Rust parts first, so they fail in seconds.
   step "GraphiQL assets and test scripts"
@@ -755,6 +769,7 @@ if [[ $LINT -eq 1 ]]; then
   step "cargo fmt --all -- --check"
   cargo fmt --all -- --check 9>&-
   unused_dependencies
+  dependency_policy
   step "cargo clippy --workspace --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings 9>&-
 fi
