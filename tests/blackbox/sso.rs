@@ -833,3 +833,84 @@ async fn the_hosted_page_signs_in_with_a_passkey() {
     assert_eq!(id["amr"], json!(["hwk", "user"]));
     let _ = &mut h;
 }
+
+/// Client management: admins only; listing, updating (not `public`),
+/// deleting (its tokens stop); a user's consent is revocable and then
+/// asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sso_clients_are_managed_by_admins_and_consents_revocable() {
+    let Refusal { s, t, admin, c, third, email, b } = refusal().await;
+    let (user_token, _) = s.login(&t.slug, &email, PASSWORD).await;
+    let list = "{ oauthClients { clientId name public firstParty redirectUris grantTypes scopes } }";
+    assert_eq!(code(&s.gql(&t.slug, Some(&user_token), list, json!({})).await), Some("FORBIDDEN"));
+    let listed = s.gql(&t.slug, Some(&admin), list, json!({})).await;
+    let clients = listed["data"]["oauthClients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2, "{listed}");
+    assert!(!listed.to_string().contains("secret"), "no secret is ever listed");
+
+    let update = "mutation($c: String!, $i: OAuthClientInput!) { updateOAuthClient(clientId: $c, input: $i) { name redirectUris } }";
+    let renamed = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            update,
+            json!({ "c": c.id, "i": { "name": "Notes 2", "redirectUris": [app("notes2")], "firstParty": true } }),
+        )
+        .await;
+    assert_eq!(
+        renamed["data"]["updateOAuthClient"],
+        json!({ "name": "Notes 2", "redirectUris": [app("notes2")] }),
+        "{renamed}"
+    );
+    let flip = s
+        .gql(
+            &t.slug,
+            Some(&admin),
+            update,
+            json!({ "c": c.id, "i": { "name": "Notes", "redirectUris": [app("notes")], "public": true } }),
+        )
+        .await;
+    assert_eq!(code(&flip), Some("BAD_USER_INPUT"), "public cannot change: {flip}");
+    // The old redirect URI is no longer registered.
+    let (_, ch) = pkce();
+    let resp = b.get(authorize_url(&s, &t, &c, "openid", &ch, &[])).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Consent to the third-party client, then withdraw it: asked again.
+    let (_, ch) = pkce();
+    let landed = sign_in(&b, &s, &t, &authorize_url(&s, &t, &third, "openid email", &ch, &[]), &email, PASSWORD).await;
+    assert!(param(&landed, "code").is_some(), "{landed}");
+    let (_, ch) = pkce();
+    assert!(
+        matches!(visit(&b, &s, &authorize_url(&s, &t, &third, "openid email", &ch, &[])).await, Step::AtClient(_)),
+        "remembered"
+    );
+    let revoke = "mutation($c: String!) { revokeOAuthConsent(clientId: $c) }";
+    assert_eq!(
+        s.gql(&t.slug, Some(&user_token), revoke, json!({ "c": third.id })).await["data"]["revokeOAuthConsent"],
+        true
+    );
+    let (_, ch) = pkce();
+    let Step::Page { html } = visit(&b, &s, &authorize_url(&s, &t, &third, "openid email", &ch, &[])).await else {
+        panic!("consent is asked again")
+    };
+    assert!(html.contains("name=\"decision\""), "{html}");
+
+    // Deleted: unknown to authorize and the token endpoint.
+    let delete = "mutation($c: String!) { deleteOAuthClient(clientId: $c) }";
+    assert_eq!(code(&s.gql(&t.slug, Some(&user_token), delete, json!({ "c": third.id })).await), Some("FORBIDDEN"));
+    assert_eq!(s.gql(&t.slug, Some(&admin), delete, json!({ "c": third.id })).await["data"]["deleteOAuthClient"], true);
+    assert_eq!(
+        s.gql(&t.slug, Some(&admin), delete, json!({ "c": third.id })).await["data"]["deleteOAuthClient"],
+        false
+    );
+    let (status, body) = token(&s, &t, &third, &[("grant_type", "client_credentials")]).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
+    crate::harness::audit_log_with(
+        &s,
+        &t.slug,
+        &admin,
+        &["oauth_client.changed", "oauth_client.deleted", "sso.consent_granted"],
+    )
+    .await;
+}
