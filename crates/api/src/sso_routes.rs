@@ -355,6 +355,23 @@ async fn mfa_form(
     resp
 }
 
+/// A throttled form answer carries `Retry-After` (whole seconds).
+fn retry_after_header(mut resp: Response, secs: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// The methods a finished sign-in's session records (`fallback` if the
+/// token store cannot say).
+async fn session_amr(call: &Call, session: authd_core::SessionId, fallback: &str) -> Vec<String> {
+    match call.state.platform.deps.tokens.get_session(call.rt.id, session).await {
+        Ok(Some(s)) => s.amr,
+        _ => vec![fallback.into()],
+    }
+}
+
 /// Where a request goes once the person is (or is not yet) signed in.
 async fn proceed(call: &Call, request: &str, sso: Option<&SsoSession>) -> Response {
     let next = match call.ctx().sso().continue_request(request, sso).await {
@@ -463,11 +480,10 @@ async fn login_submit(
         }
         Err(Error::RateLimited { retry_after }) => {
             let text = format!("Too many attempts. Try again in {retry_after} seconds.");
-            let mut resp = login_form(&call, &request, StatusCode::TOO_MANY_REQUESTS, Some(text), &email).await;
-            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            resp
+            retry_after_header(
+                login_form(&call, &request, StatusCode::TOO_MANY_REQUESTS, Some(text), &email).await,
+                retry_after,
+            )
         }
         Err(Error::InvalidCredentials) => {
             let text = "The email or the password is wrong.".to_owned();
@@ -505,19 +521,15 @@ async fn mfa_submit(
     let ctx = call.ctx();
     match ctx.verify_mfa(&challenge, &code, &call.meta).await {
         Ok(tokens) => {
-            let amr = match call.state.platform.deps.tokens.get_session(call.rt.id, tokens.session).await {
-                Ok(Some(s)) => s.amr,
-                _ => vec!["otp".into()],
-            };
+            let amr = session_amr(&call, tokens.session, "otp").await;
             signed_in(&call, &request, &tokens, amr).await
         }
         Err(Error::RateLimited { retry_after }) => {
             let text = format!("Too many attempts. Try again in {retry_after} seconds.");
-            let mut resp = mfa_form(&call, &request, &challenge, StatusCode::TOO_MANY_REQUESTS, Some(text)).await;
-            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            resp
+            retry_after_header(
+                mfa_form(&call, &request, &challenge, StatusCode::TOO_MANY_REQUESTS, Some(text)).await,
+                retry_after,
+            )
         }
         Err(Error::MfaInvalid) => {
             let text = "That code is wrong or has expired.".to_owned();
@@ -549,10 +561,7 @@ async fn passkey_submit(
         form.get("credential").and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
     match call.ctx().passkeys().finish_login(&challenge, credential, &call.meta).await {
         Ok(LoginOutcome::Tokens(t)) => {
-            let amr = match call.state.platform.deps.tokens.get_session(call.rt.id, t.session).await {
-                Ok(Some(s)) => s.amr,
-                _ => vec!["hwk".into()],
-            };
+            let amr = session_amr(&call, t.session, "hwk").await;
             signed_in(&call, &request, &t, amr).await
         }
         Ok(LoginOutcome::MfaChallenge { challenge_id, .. }) => {
@@ -560,11 +569,10 @@ async fn passkey_submit(
         }
         Err(Error::RateLimited { retry_after }) => {
             let text = format!("Too many attempts. Try again in {retry_after} seconds.");
-            let mut resp = login_form(&call, &request, StatusCode::TOO_MANY_REQUESTS, Some(text), "").await;
-            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            resp
+            retry_after_header(
+                login_form(&call, &request, StatusCode::TOO_MANY_REQUESTS, Some(text), "").await,
+                retry_after,
+            )
         }
         Err(_) => {
             let text = "That passkey did not sign you in.".to_owned();
@@ -628,7 +636,10 @@ async fn social_start(
         Ok(None) => expired(&call),
         Err(Error::RateLimited { retry_after }) => {
             let text = format!("Too many attempts. Try again in {retry_after} seconds.");
-            login_form(&call, &request, StatusCode::TOO_MANY_REQUESTS, Some(text), "").await
+            retry_after_header(
+                login_form(&call, &request, StatusCode::TOO_MANY_REQUESTS, Some(text), "").await,
+                retry_after,
+            )
         }
         Err(Error::ProviderNotFound | Error::BadInput { .. }) => {
             login_form(
@@ -710,6 +721,21 @@ fn client_auth(headers: &HeaderMap, form: &HashMap<String, String>) -> ClientAut
     }
 }
 
+/// The start of every client-authenticated endpoint (token, introspection,
+/// revocation): the tenant, the form body, the client's credentials.
+async fn client_call(
+    state: AppState,
+    tenant: &str,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: &Bytes,
+) -> Result<(Call, HashMap<String, String>, ClientAuth), Response> {
+    let call = Call::open(state, tenant, peer, headers).await?;
+    let form = form_of(body);
+    let auth = client_auth(&call.headers, &form);
+    Ok((call, form, auth))
+}
+
 fn json_no_store(body: serde_json::Value) -> Response {
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -724,12 +750,10 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
+    let (call, form, auth) = match client_call(state, &tenant, peer, headers, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
-    let form = form_of(&body);
-    let auth = client_auth(&call.headers, &form);
     let basic = auth.basic.is_some();
     match call.ctx().sso().token(auth, &form, &call.meta).await {
         Ok(body) => json_no_store(body),
@@ -744,12 +768,10 @@ async fn introspect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
+    let (call, form, auth) = match client_call(state, &tenant, peer, headers, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
-    let form = form_of(&body);
-    let auth = client_auth(&call.headers, &form);
     let basic = auth.basic.is_some();
     let token = form.get("token").cloned().unwrap_or_default();
     match call.ctx().sso().introspect(auth, &token, &call.meta).await {
@@ -765,12 +787,10 @@ async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
+    let (call, form, auth) = match client_call(state, &tenant, peer, headers, &body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
-    let form = form_of(&body);
-    let auth = client_auth(&call.headers, &form);
     let basic = auth.basic.is_some();
     let token = form.get("token").cloned().unwrap_or_default();
     match call.ctx().sso().revoke(auth, &token, &call.meta).await {
