@@ -184,9 +184,7 @@ fn email(tag: &str) -> String {
 }
 
 fn amr(access: &str) -> Value {
-    let payload = access.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
-    serde_json::from_slice::<Value>(&bytes).unwrap()["amr"].clone()
+    crate::tokens::claims_of(access)["amr"].clone()
 }
 
 /// Verification end to end through a real SMTP server: the mail's parts,

@@ -62,11 +62,7 @@ pub(crate) async fn tenant(s: &TestServer) -> Tenant {
     t
 }
 
-fn claims(access: &str) -> Value {
-    use base64::Engine;
-    let payload = access.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
+use crate::tokens::claims_of as claims;
 
 fn creation(options: &Value) -> CreationChallengeResponse {
     serde_json::from_value(json!({ "publicKey": options })).unwrap_or_else(|e| panic!("{e}: {options}"))

@@ -192,10 +192,7 @@ async fn introspect(s: &TestServer, t: &Tenant, c: &Client, tok: &str) -> Value 
     resp.json().await.unwrap()
 }
 
-fn claims(jwt: &str) -> Value {
-    let payload = jwt.split('.').nth(1).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
+use crate::tokens::claims_of as claims;
 
 async fn user(s: &TestServer, t: &Tenant) -> String {
     let email = format!("sso-{}@example.com", &uuid::Uuid::new_v4().simple().to_string()[..8]);
