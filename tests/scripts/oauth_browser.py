@@ -11,39 +11,12 @@ $AUTHD_TEST_CHROMEDRIVER or PATH (scripts/test.sh installs them).
 """
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 
-try:
-    from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # pragma: no cover - depends on the environment
-    sys.stderr.write("oauth_browser.py: selenium is not installed; run it with $AUTHD_TEST_PYTHON\n")
-    sys.exit(2)
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-
-
-def tool(env, name):
-    path = os.environ.get(env) or shutil.which(name)
-    if not path:
-        sys.stderr.write(f"oauth_browser.py: {name} not found (set {env} or install it)\n")
-        sys.exit(2)
-    return path
+import chromium
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 
 def main(argv):
@@ -54,16 +27,8 @@ def main(argv):
     parser.add_argument("--timeout", type=float, default=30)
     args = parser.parse_args(argv)
 
-    profile = tempfile.mkdtemp(prefix="authd-oauth-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = tool("AUTHD_TEST_CHROMIUM", "chromium")
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = None
+    driver, profile = chromium.start("oauth")
     try:
-        driver = webdriver.Chrome(
-            service=Service(executable_path=tool("AUTHD_TEST_CHROMEDRIVER", "chromedriver")), options=options
-        )
         driver.set_page_load_timeout(args.timeout)
         wait = WebDriverWait(driver, args.timeout)
         driver.get(args.url)
@@ -87,15 +52,12 @@ def main(argv):
         print(driver.current_url)
         return 0
     except TimeoutException:
-        where = driver.current_url if driver else "?"
+        where = driver.current_url
         sys.stderr.write(f"oauth_browser.py: the flow did not reach the app; stuck at {where}\n")
-        if driver:
-            sys.stderr.write(driver.page_source[:2000] + "\n")
+        sys.stderr.write(driver.page_source[:2000] + "\n")
         return 1
     finally:
-        if driver:
-            driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        chromium.stop(driver, profile)
 
 
 if __name__ == "__main__":

@@ -13,40 +13,13 @@ $AUTHD_TEST_CHROMEDRIVER or PATH (scripts/test.sh installs them).
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 
-try:
-    from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
-    from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # pragma: no cover - depends on the environment
-    sys.stderr.write("passkey_browser.py: selenium is not installed; run it with $AUTHD_TEST_PYTHON\n")
-    sys.exit(2)
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-
-
-def tool(env, name):
-    path = os.environ.get(env) or shutil.which(name)
-    if not path:
-        sys.stderr.write(f"passkey_browser.py: {name} not found (set {env} or install it)\n")
-        sys.exit(2)
-    return path
+import chromium
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.virtual_authenticator import VirtualAuthenticatorOptions
+from selenium.webdriver.support.ui import WebDriverWait
 
 
 def main(argv):
@@ -57,13 +30,7 @@ def main(argv):
     parser.add_argument("--timeout", type=float, default=30)
     args = parser.parse_args(argv)
 
-    profile = tempfile.mkdtemp(prefix="authd-passkey-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = tool("AUTHD_TEST_CHROMIUM", "chromium")
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    service = Service(executable_path=tool("AUTHD_TEST_CHROMEDRIVER", "chromedriver"))
-    driver = webdriver.Chrome(service=service, options=options)
+    driver, profile = chromium.start("passkey")
     try:
         authenticator = VirtualAuthenticatorOptions()
         authenticator.protocol = VirtualAuthenticatorOptions.Protocol.CTAP2
@@ -99,8 +66,7 @@ def main(argv):
         usernameless = step("login-usernameless")
         print(json.dumps({"email": by_email, "usernameless": usernameless}))
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        chromium.stop(driver, profile)
 
 
 if __name__ == "__main__":
