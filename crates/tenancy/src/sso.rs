@@ -695,7 +695,7 @@ impl SsoService<'_> {
     pub async fn start_social(&self, request_id: &str, provider: &str, meta: &RequestMeta) -> Result<Option<String>> {
         let Some(mut r) = self.request(request_id).await? else { return Ok(None) };
         let verifier = crypto::random_token(32);
-        let url = self.ctx.start_oauth_login(provider, &self.social_return(request_id), &s256(&verifier), meta).await?;
+        let url = self.ctx.start_oauth_flow(provider, &self.social_return(request_id), &s256(&verifier), meta).await?;
         r.social_verifier = Some(verifier);
         // Replace the parked request with one that knows the verifier.
         let value = serde_json::to_string(&r).map_err(Error::internal)?;

@@ -378,16 +378,24 @@ impl TenantCtx<'_> {
         code_challenge: &str,
         meta: &RequestMeta,
     ) -> Result<String> {
-        let record = self.provider_record(provider)?;
         // RFC 9700 §4.1.3: exact string match, no patterns, no prefixes.
-        // The tenant's own hosted sign-in page is always an allowed app.
-        let hosted = redirect_uri.strip_prefix(&format!("{}/login/social?request=", self.issuer()));
-        let hosted = hosted.is_some_and(|id| {
-            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-        if !hosted && !self.rt.snapshot().record.settings.allowed_redirect_uris.iter().any(|u| u == redirect_uri) {
+        if !self.rt.snapshot().record.settings.allowed_redirect_uris.iter().any(|u| u == redirect_uri) {
             return Err(Error::bad_input("redirectUri", "not one of the tenant's allowed redirect URIs"));
         }
+        self.start_oauth_flow(provider, redirect_uri, code_challenge, meta).await
+    }
+
+    /// Starts a social login that returns to `redirect_uri` as given: the
+    /// caller vouches for it (an app's checked URI, or the tenant's own
+    /// hosted sign-in page, which is no app URI of the tenant's list).
+    pub(crate) async fn start_oauth_flow(
+        &self,
+        provider: &str,
+        redirect_uri: &str,
+        code_challenge: &str,
+        meta: &RequestMeta,
+    ) -> Result<String> {
+        let record = self.provider_record(provider)?;
         if !valid_challenge(code_challenge) {
             return Err(Error::bad_input("codeChallenge", "an S256 code challenge is 43 base64url characters"));
         }
