@@ -88,7 +88,7 @@ async fn server(backend: Backend) -> TestServer {
     .await
 }
 
-fn callback(s: &TestServer, t: &Tenant, provider: &str) -> String {
+pub(crate) fn callback(s: &TestServer, t: &Tenant, provider: &str) -> String {
     format!("{}/t/{}/oauth/{}/callback", s.url, t.slug, provider)
 }
 
@@ -111,7 +111,14 @@ async fn upsert(s: &TestServer, t: &Tenant, admin: &str, input: Value) -> Value 
     s.gql(&t.slug, Some(admin), UPSERT, json!({ "i": input })).await
 }
 
-async fn configure_oidc(s: &TestServer, t: &Tenant, admin: &str, name: &str, issuer: &str, trust: Option<bool>) {
+pub(crate) async fn configure_oidc(
+    s: &TestServer,
+    t: &Tenant,
+    admin: &str,
+    name: &str,
+    issuer: &str,
+    trust: Option<bool>,
+) {
     let mut input = json!({
         "name": name, "kind": "OIDC", "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET,
         "issuer": issuer, "displayName": format!("IdP {name}"),

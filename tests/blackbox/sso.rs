@@ -911,3 +911,56 @@ async fn sso_clients_are_managed_by_admins_and_consents_revocable() {
     )
     .await;
 }
+
+/// The hosted page's social-login button runs the tenant's provider flow
+/// (here the `oidc-provider` npm package) and comes back to the hosted page,
+/// which signs the user in and continues to the client: `amr ["fed"]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosted_page_signs_in_with_a_social_provider() {
+    // The provider runs on loopback.
+    let s = TestServer::start_with(Backend::Embedded, |env| {
+        env.insert("AUTHD_PROVIDER_ALLOWED_NETWORKS".into(), "127.0.0.0/8".into());
+    })
+    .await;
+    let t = s.tenant().await;
+    let admin = admin(&s, &t).await;
+    let accounts = json!({ "social-user": { "email": "social-sso@example.com", "email_verified": true } });
+    let op = crate::oauth::OidcProvider::start(&[crate::oauth::callback(&s, &t, "corp")], "normal", accounts).await;
+    crate::oauth::configure_oidc(&s, &t, &admin, "corp", &op.issuer, Some(true)).await;
+    let c =
+        client(&s, &t, &admin, json!({ "name": "Notes", "redirectUris": [app("notes")], "firstParty": true })).await;
+    let b = browser();
+    let (verifier, ch) = pkce();
+    let Step::Page { html } = visit(&b, &s, &authorize_url(&s, &t, &c, "openid email", &ch, &[])).await else {
+        panic!("the sign-in page")
+    };
+    assert!(html.contains(&format!("/t/{}/login/provider/corp?request=", t.slug)), "a button per provider: {html}");
+    let request = field(&html, "request");
+    let resp = b.get(format!("{}/t/{}/login/provider/corp?request={request}", s.url, t.slug)).send().await.unwrap();
+    let at_provider = location(&resp).unwrap_or_else(|| panic!("to the provider: {}", resp.status()));
+    assert!(at_provider.starts_with(&op.issuer), "{at_provider}");
+    let callback = crate::oauth::Browser::new()
+        .run_until(&at_provider, "social-user", &crate::oauth::callback(&s, &t, "corp"))
+        .await;
+    // authd's callback returns to the hosted page, which goes on to the client.
+    let landed = match visit(&b, &s, &callback).await {
+        Step::AtClient(u) => u,
+        Step::Page { html } => panic!("did not reach the client: {html}"),
+    };
+    let (status, body) = token(
+        &s,
+        &t,
+        &c,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &param(&landed, "code").unwrap()),
+            ("redirect_uri", &c.redirect),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = claims(body["id_token"].as_str().unwrap());
+    assert_eq!(id["amr"], json!(["fed"]));
+    assert_eq!(id["email"], "social-sso@example.com");
+}
