@@ -26,7 +26,7 @@ pub fn event(at: DateTime<Utc>, id: EventId) -> String {
     encode(&format!("{}|{}", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), id))
 }
 
-pub fn parse_event(cursor: &str) -> Result<authd_store::EventCursor, Error> {
+pub fn parse_event(cursor: &str) -> Result<authd_core::records::EventCursor, Error> {
     let raw = decode(cursor)?;
     let (at, id) = raw.split_once('|').ok_or_else(bad)?;
     let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);

@@ -3,8 +3,8 @@
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, EmptySubscription, ID, InputObject, Json, Object, Result, Schema, SimpleObject};
+use authd_core::records::{PlatformEvent, TenantRecord};
 use authd_core::{Error, TenantId};
-use authd_store::{PlatformEvent, TenantRecord};
 use authd_tenancy::audit::RequestMeta;
 use authd_tenancy::{CreateTenant, Platform};
 use chrono::{DateTime, Utc};

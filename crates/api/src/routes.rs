@@ -12,14 +12,15 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tracing::Instrument;
 
@@ -35,7 +36,7 @@ use crate::tenant_schema::TenantRequest;
 /// Routes of the public listener.
 pub fn public_router(state: AppState) -> Router {
     let mut router = Router::new()
-        .route("/t/{tenant}/graphql", get(tenant_graphiql).post(tenant_graphql).options(tenant_preflight))
+        .route("/t/{tenant}/graphql", tenant_graphql_cors(get(tenant_graphiql).post(tenant_graphql), &state))
         .route("/t/{tenant}/.well-known/jwks.json", get(jwks))
         .route("/t/{tenant}/.well-known/openid-configuration", get(discovery))
         .route("/t/{tenant}/oauth/{provider}/callback", get(oauth_callback))
@@ -242,43 +243,66 @@ async fn platform_graphiql() -> Response {
     assets::graphiql_page("/graphql")
 }
 
-/// CORS headers for an allowed origin.
-fn cors(resp: &mut Response, origin: &str) {
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(origin) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-    }
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
+/// A request's `Origin` is one the tenant allows (its settings'
+/// `allowedOrigins`): put in the request's extensions by [`allowed_origin`],
+/// read by the CORS layer and by cookie mode.
+#[derive(Clone, Copy)]
+struct OriginAllowed;
+
+/// The tenant GraphQL endpoint's CORS: `tower-http`'s `CorsLayer` answers
+/// preflights (`OPTIONS`, before method routing) and adds the headers to
+/// responses, allowing exactly the origins the tenant lists, with credentials
+/// (cookie mode needs them). Which origins those are is asked once per
+/// request by the middleware in front of it, so the layer's own checks are a
+/// lookup in the request's extensions.
+fn tenant_graphql_cors(route: MethodRouter<AppState>, state: &AppState) -> MethodRouter<AppState> {
+    let allowed =
+        |_: &HeaderValue, parts: &axum::http::request::Parts| parts.extensions.get::<OriginAllowed>().is_some();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(allowed))
+        .allow_credentials(AllowCredentials::predicate(allowed))
+        .allow_methods([Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-auth-mode"),
+            HeaderName::from_static(client::REQUEST_ID_HEADER),
+        ])
+        .max_age(Duration::from_secs(600));
+    route.layer(cors).layer(axum::middleware::from_fn_with_state(state.clone(), allowed_origin))
 }
 
-async fn tenant_preflight(State(state): State<AppState>, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    let Some(origin) = client::origin(&headers) else { return resp };
-    let Ok(rt) = state.platform.tenant(&tenant).await else { return resp };
-    if rt.snapshot().record.settings.allowed_origins.contains(&origin) {
-        cors(&mut resp, &origin);
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST"));
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, authorization, x-auth-mode, x-request-id"),
-        );
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+/// Marks a request whose `Origin` the tenant allows. An unknown or disabled
+/// tenant allows none (the request itself then answers the tenant error).
+async fn allowed_origin(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(origin) = client::origin(req.headers())
+        && let Ok(rt) = state.platform.tenant(&tenant).await
+        && rt.snapshot().record.settings.allowed_origins.contains(&origin)
+    {
+        req.extensions_mut().insert(OriginAllowed);
     }
-    resp
+    next.run(req).await
 }
 
 async fn tenant_graphql(
     State(state): State<AppState>,
     Path(tenant): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    origin_allowed: Option<Extension<OriginAllowed>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     // Everything the request does (tenant lookup, storage, token store) runs inside its span.
     let (span, request_id) = observe::graphql_span("tenant", &tenant, &headers);
-    tenant_graphql_traced(state, tenant, peer, headers, body, span.clone(), request_id).instrument(span).await
+    let origin_allowed = origin_allowed.is_some();
+    tenant_graphql_traced(state, tenant, peer, headers, origin_allowed, body, (span.clone(), request_id))
+        .instrument(span)
+        .await
 }
 
 async fn tenant_graphql_traced(
@@ -286,9 +310,9 @@ async fn tenant_graphql_traced(
     tenant: String,
     peer: SocketAddr,
     headers: HeaderMap,
+    origin_allowed: bool,
     body: Result<Bytes, BytesRejection>,
-    span: tracing::Span,
-    request_id: String,
+    (span, request_id): (tracing::Span, String),
 ) -> Response {
     let rt = match state.platform.tenant(&tenant).await {
         Ok(rt) => rt,
@@ -307,9 +331,6 @@ async fn tenant_graphql_traced(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let origin = client::origin(&headers);
-    let settings = &rt.snapshot().record.settings;
-    let origin_allowed = origin.as_ref().is_some_and(|o| settings.allowed_origins.iter().any(|a| a == o));
     let cookie_mode =
         headers.get("x-auth-mode").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("cookie"));
     let started = std::time::Instant::now();
@@ -335,9 +356,6 @@ async fn tenant_graphql_traced(
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let (Some(origin), true) = (origin, origin_allowed) {
-        cors(&mut resp, &origin);
-    }
     resp
 }
 

@@ -3,7 +3,7 @@
 //! providers, and the two ends of the flow an app drives.
 
 use async_graphql::{Context, Enum, InputObject, Object, Result, SimpleObject};
-use authd_store::OAuthProviderRecord;
+use authd_core::records::OAuthProviderRecord;
 use authd_tenancy::oauth::{ProviderInput, ProviderKind};
 use chrono::{DateTime, Utc};
 

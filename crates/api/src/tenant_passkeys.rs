@@ -5,7 +5,7 @@
 //! `PublicKeyCredential.parseCreationOptionsFromJSON` and `toJSON()` fit.
 
 use async_graphql::{Context, ID, Json, Object, Result, SimpleObject};
-use authd_store::PasskeyRecord;
+use authd_core::records::PasskeyRecord;
 use chrono::{DateTime, Utc};
 
 use crate::errors::GqlResult;

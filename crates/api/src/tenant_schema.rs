@@ -7,9 +7,9 @@ use async_graphql::{
     Context, EmptySubscription, Enum, ID, InputObject, Json, Object, Result, Schema, SimpleObject, Union,
 };
 use authd_core::mail::{MailKind, TemplateOverride};
+use authd_core::records::{AuditEvent as AuditRecord, AuditFilter, UserRecord};
 use authd_core::settings::{RateLimitPolicy, Role, SigningAlgorithm, TenantSettings};
 use authd_core::{Error, UserId};
-use authd_store::{AuditEvent as AuditRecord, AuditFilter, UserRecord};
 use authd_tenancy::audit::RequestMeta;
 use authd_tenancy::auth::{IssuedTokens, LoginOutcome, Principal, TenantCtx};
 use authd_tenancy::keyset::KeyInfo;

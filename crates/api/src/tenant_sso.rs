@@ -3,7 +3,7 @@
 //! OpenID provider; a user withdraws a consent.
 
 use async_graphql::{Context, InputObject, Object, Result, SimpleObject};
-use authd_store::OAuthClientRecord;
+use authd_core::records::OAuthClientRecord;
 use authd_tenancy::sso::ClientInput;
 use chrono::{DateTime, Utc};
 

@@ -14,6 +14,7 @@
 //! - [`crypto`]: the master key, AEAD sealing bound to tenant/purpose/row, keyed hashes, random tokens.
 //! - [`keys`]: per-tenant signing keys, JWKS, JWT signing and verification.
 //! - [`password`]: argon2id hashing and the password policy.
+//! - [`records`]: the stored records (tenants, users, keys, events, providers, clients, passkeys, mail) every layer passes around.
 //! - [`totp`]: RFC 6238 codes, otpauth URIs and QR codes.
 
 pub mod claims;
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod keys;
 pub mod mail;
 pub mod password;
+pub mod records;
 pub mod settings;
 pub mod totp;
 

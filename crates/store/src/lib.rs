@@ -13,11 +13,10 @@
 //! in the repository's `migrations/{postgres,sqlite}` and are embedded here.
 //!
 //! Layout:
-//! - [`model`]: the records.
+//! - the records it reads and writes are `authd_core::records`, re-exported here.
 //! - [`postgres`]: the Postgres backend and `migrate_postgres`.
 //! - [`sqlite`]: the SQLite backend.
 
-pub mod model;
 pub mod postgres;
 pub mod sqlite;
 
@@ -26,7 +25,9 @@ use authd_core::settings::{Role, TenantSettings};
 use authd_core::{Slug, TenantId, UserId};
 use chrono::{DateTime, Utc};
 
-pub use model::*;
+// The records live in `authd_core::records` (the transport shows them without
+// depending on storage); re-exported so storage code names them as before.
+pub use authd_core::records::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

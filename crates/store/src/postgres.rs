@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::model::*;
 use crate::{Error, Result, Store, role_from_str};
+use authd_core::records::*;
 
 /// The role the service runs as (created by the first migration).
 pub const APP_ROLE: &str = "authd_app";

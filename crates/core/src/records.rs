@@ -1,7 +1,10 @@
-//! Rows as the rest of the system sees them, independent of the backend.
+//! Records: what storage holds (tenants, users, keys, events, providers,
+//! clients, passkeys, mail), as every layer sees them, independent of the
+//! backend. The storage crate reads and writes them; the tenancy layer
+//! returns them; the transport shows them without naming the database.
 
-use authd_core::settings::{Role, SigningAlgorithm, TenantSettings};
-use authd_core::{EventId, Slug, TenantId, UserId};
+use crate::settings::{Role, SigningAlgorithm, TenantSettings};
+use crate::{EventId, Slug, TenantId, UserId};
 use chrono::{DateTime, Utc};
 
 #[derive(Clone, Debug, PartialEq)]
