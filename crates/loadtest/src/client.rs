@@ -173,6 +173,37 @@ impl Api {
         .map(|_| ())
     }
 
+    /// Whether a tenant with this slug exists (the platform API's `tenant`).
+    pub async fn tenant_exists(&self, platform_token: &str, slug: &str) -> anyhow::Result<bool> {
+        let url = format!("{}/graphql", self.platform_base);
+        let data = self
+            .setup(
+                &url,
+                Some(platform_token),
+                &format!("tenant {slug}"),
+                "query($s: String!) { tenant(slug: $s) { id } }",
+                json!({ "s": slug }),
+            )
+            .await?;
+        Ok(!data["tenant"].is_null())
+    }
+
+    /// The smallest GraphQL request a tenant answers (`{ __typename }`): the
+    /// first one makes the replica start the tenant.
+    pub async fn touch(&self, slug: &str) -> Result<(), String> {
+        self.call(&self.tenant_url(slug), None, "{ __typename }", json!({})).await.map(|_| ())
+    }
+
+    /// The tenant's JWKS, as a resource server fetches it.
+    pub async fn jwks(&self, slug: &str) -> Result<(), String> {
+        let url = format!("{}/t/{slug}/.well-known/jwks.json", self.base);
+        let resp = self.http.get(&url).send().await.map_err(|_| "TRANSPORT".to_owned())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP_{}", resp.status().as_u16()));
+        }
+        resp.bytes().await.map(|_| ()).map_err(|_| "TRANSPORT".to_owned())
+    }
+
     pub async fn delete_tenant(&self, platform_token: &str, slug: &str) -> anyhow::Result<()> {
         let url = format!("{}/graphql", self.platform_base);
         self.setup(

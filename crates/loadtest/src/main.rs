@@ -22,12 +22,14 @@
 //! - [`cpu`]: CPU time from `/proc`, the noise-resistant view.
 //! - [`stats`]: samples, percentiles and the per-phase summary.
 //! - [`report`]: the tables and the one-line summary.
+//! - [`scale`]: `--scale`: idle cost and first-request latency with many tenants.
 
 mod ceiling;
 mod client;
 mod cpu;
 mod phases;
 mod report;
+mod scale;
 mod stats;
 mod target;
 
@@ -119,6 +121,31 @@ struct Args {
     /// Leave the created tenants on an external server (they are deleted by default).
     #[arg(long)]
     keep_tenants: bool,
+    /// PID of the external authd (on this machine): its own CPU time gives
+    /// each phase's requests per authd CPU-second, and `--scale` its idle
+    /// CPU and RSS.
+    #[arg(long, requires = "url")]
+    server_pid: Option<u32>,
+    /// Instead of the load phases, measure tenants at scale: make sure this
+    /// many tenants exist (`scale-000000`…, kept for the next run), touch
+    /// `--scale-active` of them, measure an idle window, then time the first
+    /// requests to untouched ones.
+    #[arg(long)]
+    scale: Option<usize>,
+    /// Tenants touched once before the idle window.
+    #[arg(long, default_value_t = 2000)]
+    scale_active: usize,
+    /// Untouched tenants timed for their first JWKS, and as many for their
+    /// first GraphQL request.
+    #[arg(long, default_value_t = 200)]
+    scale_cold: usize,
+    /// Length of the idle window in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    scale_idle_secs: f64,
+    /// The external server's Postgres database (needs `psql`): `--scale`
+    /// counts the transactions it commits during the idle window.
+    #[arg(long, requires = "url")]
+    database_url: Option<String>,
 }
 
 /// The run's settings once defaults are resolved.
@@ -198,7 +225,7 @@ async fn run(args: &Args, plan: &Plan, target: &Target, slugs: &mut Vec<String>)
         slugs: slugs.clone(),
         password: format!("load-user-{}", uuid::Uuid::new_v4().simple()),
         users: Vec::new(),
-        measure_cpu: target.is_spawned(),
+        cpu_of: cpu_of(args, target),
     });
     let mut workers: Vec<Worker> = (0..args.concurrency).map(|i| Worker::new(i, i % args.tenants)).collect();
     let mut phases = Vec::new();
@@ -229,7 +256,7 @@ async fn run(args: &Args, plan: &Plan, target: &Target, slugs: &mut Vec<String>)
                 slugs: slugs.clone(),
                 password: shared.password.clone(),
                 users,
-                measure_cpu: shared.measure_cpu,
+                cpu_of: shared.cpu_of,
             });
         }
         if phase == Phase::Login {
@@ -243,7 +270,15 @@ async fn run(args: &Args, plan: &Plan, target: &Target, slugs: &mut Vec<String>)
 
     let fairness = if args.fairness { Some(fairness(args, plan, &shared).await?) } else { None };
     Ok(Report {
-        target: target.description.clone(),
+        target: format!(
+            "{}; CPU figures: {}",
+            target.description,
+            match cpu_of(args, target) {
+                Some(cpu::Process::This) => "this process (server and load generator together)".to_owned(),
+                Some(cpu::Process::Pid(pid)) => format!("the authd process {pid} alone"),
+                None => "none (pass --server-pid)".to_owned(),
+            }
+        ),
         tenants: args.tenants,
         concurrency: args.concurrency,
         phase_secs: plan.phase.as_secs_f64(),
@@ -258,6 +293,12 @@ async fn run(args: &Args, plan: &Plan, target: &Target, slugs: &mut Vec<String>)
         expected_codes: args.expected_codes.clone(),
         max_error_percent: args.max_error_percent,
     })
+}
+
+/// Whose CPU time counts as the server's: this process when it runs the
+/// server, the external server's with `--server-pid`.
+fn cpu_of(args: &Args, target: &Target) -> Option<cpu::Process> {
+    if target.is_spawned() { Some(cpu::Process::This) } else { args.server_pid.map(cpu::Process::Pid) }
 }
 
 fn flood_clients(args: &Args) -> usize {
@@ -308,6 +349,21 @@ async fn main_async(args: Args) -> anyhow::Result<ExitCode> {
             Target::spawn(plan.argon2, plan.hash_threads).await?
         }
     };
+    if let Some(tenants) = args.scale {
+        let scale = scale::ScalePlan {
+            tenants,
+            active: args.scale_active,
+            cold: args.scale_cold,
+            idle: secs(args.scale_idle_secs, "--scale-idle-secs")?,
+            concurrency: args.concurrency,
+            process: cpu_of(&args, &target),
+            database_url: args.database_url.clone(),
+        };
+        let result = scale::run(&scale, &target).await;
+        target.stop().await;
+        result?.print();
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut slugs = Vec::new();
     let result = run(&args, &plan, &target, &mut slugs).await;
     if !target.is_spawned()

@@ -44,9 +44,10 @@ pub struct Shared {
     /// Users registered so far, per tenant; read by workers that registered
     /// none of their own (e.g. the fairness phase's clients).
     pub users: Vec<Vec<String>>,
-    /// The server runs in this process, so the process's CPU time is the
-    /// server's (and the clients') cost of a phase.
-    pub measure_cpu: bool,
+    /// Whose CPU time is a phase's cost: this process when the server runs
+    /// in it (clients included), the external server's with `--server-pid`,
+    /// none otherwise.
+    pub cpu_of: Option<crate::cpu::Process>,
 }
 
 /// One simulated client.
@@ -162,7 +163,7 @@ pub async fn run_phase(
     label: &str,
     duration: Duration,
 ) -> anyhow::Result<(Vec<Worker>, Summary)> {
-    let cpu_started = if shared.measure_cpu { crate::cpu::process_ns() } else { None };
+    let cpu_started = shared.cpu_of.and_then(crate::cpu::cpu_ns);
     let started = Instant::now();
     let deadline = started + duration;
     let mut set = JoinSet::new();
@@ -179,7 +180,7 @@ pub async fn run_phase(
     // Wall time includes the tail of requests started before the deadline,
     // which are counted too.
     let elapsed = started.elapsed();
-    let cpu = cpu_started.zip(crate::cpu::process_ns()).map(|(a, b)| b.saturating_sub(a));
+    let cpu = cpu_started.zip(shared.cpu_of.and_then(crate::cpu::cpu_ns)).map(|(a, b)| b.saturating_sub(a));
     back.sort_by_key(|w| w.id);
     Ok((back, Summary::new(label, samples, elapsed).with_cpu(cpu)))
 }

@@ -79,12 +79,12 @@ fn opt(v: Option<f64>, width: usize, decimals: usize) -> String {
 }
 
 const HEADER: &str = "\
-| phase              |      ok | errors |    req/s |  p50 ms |  p99 ms |  max ms | CPU ms/req |
-|:-------------------|--------:|-------:|---------:|--------:|--------:|--------:|-----------:|";
+| phase              |      ok | errors |    req/s |  p50 ms |  p99 ms |  max ms | CPU ms/req | req/CPU-s |
+|:-------------------|--------:|-------:|---------:|--------:|--------:|--------:|-----------:|----------:|";
 
 fn row(label: &str, s: &Summary) -> String {
     format!(
-        "| {label:<18} | {:>7} | {:>6} | {:>8.1} | {:>7.1} | {:>7.1} | {:>7.1} | {} |",
+        "| {label:<18} | {:>7} | {:>6} | {:>8.1} | {:>7.1} | {:>7.1} | {:>7.1} | {} | {} |",
         s.ok,
         s.error_count(),
         s.per_sec,
@@ -92,6 +92,8 @@ fn row(label: &str, s: &Summary) -> String {
         s.p99_ms,
         s.max_ms,
         opt(s.cpu_ms_per_ok, 10, 2),
+        // Requests per CPU-second: the figure a busy machine moves least.
+        opt(s.cpu_ms_per_ok.filter(|c| *c > 0.0).map(|c| 1000.0 / c), 9, 0),
     )
 }
 
