@@ -20,7 +20,8 @@ use authd_tenancy::auth::{LoginOutcome, TenantCtx};
 use authd_tenancy::sso::{AuthorizeOutcome, AuthorizeParams, ClientAuth, Next, OAuthError, SsoSession};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -184,19 +185,26 @@ struct Call {
     headers: HeaderMap,
 }
 
-impl Call {
-    async fn open(state: AppState, tenant: &str, peer: SocketAddr, headers: HeaderMap) -> Result<Self, Response> {
-        let rt = match state.platform.tenant(tenant).await {
-            Ok(rt) => rt,
-            Err(e) => return Err(crate::routes::error_response(e)),
-        };
-        if let Err(e) = rt.check_quota() {
-            return Err(crate::routes::error_response(e));
-        }
-        let meta = crate::routes::request_meta(&state, peer, &headers);
-        Ok(Self { state, rt, meta, headers })
-    }
+/// Every hosted page and endpoint starts the same way: the tenant of the
+/// path (its quota checked), the caller's address and headers.
+impl FromRequestParts<AppState> for Call {
+    type Rejection = Response;
 
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let tenant = params.get("tenant").map(String::as_str).unwrap_or_default();
+        let ConnectInfo(peer) =
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        let rt = state.platform.tenant(tenant).await.map_err(crate::routes::error_response)?;
+        rt.check_quota().map_err(crate::routes::error_response)?;
+        let meta = crate::routes::request_meta(state, peer, &parts.headers);
+        Ok(Self { state: state.clone(), rt, meta, headers: parts.headers.clone() })
+    }
+}
+
+impl Call {
     fn ctx(&self) -> TenantCtx<'_> {
         TenantCtx { deps: &self.state.platform.deps, rt: &self.rt }
     }
@@ -254,17 +262,7 @@ async fn sso_of(call: &Call) -> Option<SsoSession> {
 
 // ------------------------------------------------------------------ authorize
 
-async fn authorize(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<AuthorizeParams>,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn authorize(call: Call, Query(q): Query<AuthorizeParams>) -> Response {
     let ctx = call.ctx();
     match ctx.sso().authorize(q, call.cookie(SSO_COOKIE).as_deref(), &call.meta).await {
         Ok(AuthorizeOutcome::Redirect(to)) => redirect(&to),
@@ -402,17 +400,7 @@ async fn proceed(call: &Call, request: &str, sso: Option<&SsoSession>) -> Respon
     }
 }
 
-async fn login_page(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<RequestQuery>,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn login_page(call: Call, Query(q): Query<RequestQuery>) -> Response {
     let Some(request) = q.request.filter(|r| !r.is_empty()) else {
         return message(
             StatusCode::BAD_REQUEST,
@@ -452,17 +440,7 @@ fn refused_csrf(call: &Call) -> Response {
     )
 }
 
-async fn login_submit(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn login_submit(call: Call, body: Bytes) -> Response {
     let form = form_of(&body);
     if !call.csrf_ok(&form) {
         return refused_csrf(&call);
@@ -500,17 +478,7 @@ async fn login_submit(
     }
 }
 
-async fn mfa_submit(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn mfa_submit(call: Call, body: Bytes) -> Response {
     let form = form_of(&body);
     if !call.csrf_ok(&form) {
         return refused_csrf(&call);
@@ -540,17 +508,7 @@ async fn mfa_submit(
 }
 
 /// The passkey button's answer: a usernameless passkey sign-in.
-async fn passkey_submit(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn passkey_submit(call: Call, body: Bytes) -> Response {
     let form = form_of(&body);
     if !call.csrf_ok(&form) {
         return refused_csrf(&call);
@@ -581,17 +539,7 @@ async fn passkey_submit(
     }
 }
 
-async fn consent_submit(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn consent_submit(call: Call, body: Bytes) -> Response {
     let form = form_of(&body);
     if !call.csrf_ok(&form) {
         return refused_csrf(&call);
@@ -620,16 +568,10 @@ async fn consent_submit(
 }
 
 async fn social_start(
-    State(state): State<AppState>,
-    Path((tenant, provider)): Path<(String, String)>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    call: Call,
+    Path((_, provider)): Path<(String, String)>,
     Query(q): Query<RequestQuery>,
 ) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let request = q.request.unwrap_or_default();
     match call.ctx().sso().start_social(&request, &provider, &call.meta).await {
         Ok(Some(to)) => redirect(&to),
@@ -662,17 +604,7 @@ struct SocialReturn {
     error: Option<String>,
 }
 
-async fn social_return(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<SocialReturn>,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn social_return(call: Call, Query(q): Query<SocialReturn>) -> Response {
     let request = q.request.unwrap_or_default();
     let (Some(code), None) = (q.code, q.error) else {
         return login_form(&call, &request, StatusCode::UNAUTHORIZED, Some("That sign-in did not succeed.".into()), "")
@@ -723,17 +655,24 @@ fn client_auth(headers: &HeaderMap, form: &HashMap<String, String>) -> ClientAut
 
 /// The start of every client-authenticated endpoint (token, introspection,
 /// revocation): the tenant, the form body, the client's credentials.
-async fn client_call(
-    state: AppState,
-    tenant: &str,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    body: &Bytes,
-) -> Result<(Call, HashMap<String, String>, ClientAuth), Response> {
-    let call = Call::open(state, tenant, peer, headers).await?;
-    let form = form_of(body);
-    let auth = client_auth(&call.headers, &form);
-    Ok((call, form, auth))
+struct ClientCall {
+    call: Call,
+    form: HashMap<String, String>,
+    auth: ClientAuth,
+}
+
+impl FromRequest<AppState> for ClientCall {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let call = Call::from_request_parts(&mut parts, state).await?;
+        let body =
+            Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(IntoResponse::into_response)?;
+        let form = form_of(&body);
+        let auth = client_auth(&call.headers, &form);
+        Ok(Self { call, form, auth })
+    }
 }
 
 fn json_no_store(body: serde_json::Value) -> Response {
@@ -743,17 +682,7 @@ fn json_no_store(body: serde_json::Value) -> Response {
     resp
 }
 
-async fn token(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (call, form, auth) = match client_call(state, &tenant, peer, headers, &body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn token(ClientCall { call, form, auth }: ClientCall) -> Response {
     let basic = auth.basic.is_some();
     match call.ctx().sso().token(auth, &form, &call.meta).await {
         Ok(body) => json_no_store(body),
@@ -761,17 +690,7 @@ async fn token(
     }
 }
 
-async fn introspect(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (call, form, auth) = match client_call(state, &tenant, peer, headers, &body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn introspect(ClientCall { call, form, auth }: ClientCall) -> Response {
     let basic = auth.basic.is_some();
     let token = form.get("token").cloned().unwrap_or_default();
     match call.ctx().sso().introspect(auth, &token, &call.meta).await {
@@ -780,17 +699,7 @@ async fn introspect(
     }
 }
 
-async fn revoke(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (call, form, auth) = match client_call(state, &tenant, peer, headers, &body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn revoke(ClientCall { call, form, auth }: ClientCall) -> Response {
     let basic = auth.basic.is_some();
     let token = form.get("token").cloned().unwrap_or_default();
     match call.ctx().sso().revoke(auth, &token, &call.meta).await {
@@ -799,16 +708,7 @@ async fn revoke(
     }
 }
 
-async fn userinfo(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn userinfo(call: Call) -> Response {
     let challenge = |status: StatusCode, value: &'static str| {
         let mut resp = status.into_response();
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
@@ -833,17 +733,7 @@ struct LogoutQuery {
     client_id: Option<String>,
 }
 
-async fn logout(
-    State(state): State<AppState>,
-    Path(tenant): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(q): Query<LogoutQuery>,
-) -> Response {
-    let call = match Call::open(state, &tenant, peer, headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn logout(call: Call, Query(q): Query<LogoutQuery>) -> Response {
     let outcome = call
         .ctx()
         .sso()
