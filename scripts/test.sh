@@ -757,6 +757,12 @@ dependency_policy() {
     cargo install cargo-deny --version "$DENY_VERSION" --locked --quiet 9>&- ||
       die "could not install cargo-deny (needed for the dependency policy check; --no-lint skips it)"
   fi
+  # cargo deny reads `cargo metadata`, which wants every crate of the lock
+  # file on disk, those of other platforms too (windows-link, ...): a build
+  # fetches only the host's, so fetch them all first (from the registry,
+  # the one network access the check needs).
+  step "cargo fetch --locked (every platform's crates, for cargo deny)"
+  cargo fetch --locked 9>&-
   step "cargo deny check bans licenses sources"
   cargo deny --offline check bans licenses sources 9>&-
 }
