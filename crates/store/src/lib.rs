@@ -14,10 +14,20 @@
 //!
 //! Layout:
 //! - the records it reads and writes are `authd_core::records`, re-exported here.
+//! - `sql`: the statements both dialects say alike (sqlx's SQLite driver
+//!   takes `$N` placeholders), with their values by meaning (id, time, JSON,
+//!   …) for each backend to bind as its schema stores them.
+//! - `rows`: reading result rows of either backend into records.
+//! - `shared`: the operations whose steps are the same in both backends
+//!   (statements, transaction, audit events), over how a backend runs a
+//!   statement and the few statements its dialect says differently.
 //! - [`postgres`]: the Postgres backend and `migrate_postgres`.
 //! - [`sqlite`]: the SQLite backend.
 
 pub mod postgres;
+mod rows;
+mod shared;
+mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -9,14 +9,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use authd_core::settings::{SigningAlgorithm, TenantSettings};
-use authd_core::{EventId, Slug, TenantId, UserId};
+use authd_core::settings::TenantSettings;
+use authd_core::{Slug, TenantId, UserId};
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::{Error, Result, Store, role_from_str};
+use crate::rows::{self, Columns, Plain};
+use crate::shared::{self, Backend, Dialect, Exec};
+use crate::sql::{self, Arg, Stmt, client_columns, escape_like, tenant_columns, user_columns};
+use crate::{Error, Result, Store};
 use authd_core::records::*;
 
 /// The role the service runs as (created by the first migration).
@@ -163,157 +167,210 @@ impl PgStore {
     }
 }
 
-fn tenant_from_row(row: &PgRow) -> Result<TenantRecord> {
-    let settings: serde_json::Value = row.try_get("settings")?;
-    let slug: String = row.try_get("slug")?;
-    Ok(TenantRecord {
-        id: TenantId(row.try_get("id")?),
-        slug: Slug::parse(&slug).map_err(|e| Error::Internal(e.to_string()))?,
-        name: row.try_get("name")?,
-        disabled: row.try_get("disabled")?,
-        settings: serde_json::from_value::<TenantSettings>(settings).map_err(|e| Error::Internal(e.to_string()))?,
-        created_at: row.try_get("created_at")?,
-    })
+/// Binds a statement's values as this schema stores them.
+fn query(stmt: Stmt<'_>) -> Query<'static, Postgres, PgArguments> {
+    let mut q = sqlx::query(stmt.sql);
+    for arg in stmt.args {
+        q = match arg {
+            Arg::Id(v) => q.bind(v),
+            Arg::Time(v) => q.bind(v),
+            Arg::Json(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::Int(v) => q.bind(v),
+            Arg::Flag(v) => q.bind(v),
+        };
+    }
+    q
 }
 
-fn user_from_row(row: &PgRow) -> Result<UserRecord> {
-    let role: String = row.try_get("role")?;
-    Ok(UserRecord {
-        id: UserId(row.try_get("id")?),
-        email: row.try_get("email")?,
-        email_verified: row.try_get("email_verified")?,
-        password_hash: row.try_get("password_hash")?,
-        role: role_from_str(&role)?,
-        disabled: row.try_get("disabled")?,
-        totp_enabled: row.try_get("totp_enabled")?,
-        totp_secret_sealed: row.try_get("totp_secret_sealed")?,
-        totp_pending_sealed: row.try_get("totp_pending_sealed")?,
-        totp_last_step: row.try_get("totp_last_step")?,
-        created_at: row.try_get("created_at")?,
-    })
+impl Columns for PgRow {
+    fn get<T: Plain>(&self, col: &str) -> Result<T> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn opt_id(&self, col: &str) -> Result<Option<Uuid>> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
+        Ok(self.try_get(col)?)
+    }
 }
 
-fn key_from_row(row: &PgRow) -> Result<SigningKeyRecord> {
-    let alg: String = row.try_get("algorithm")?;
-    Ok(SigningKeyRecord {
-        kid: row.try_get("kid")?,
-        algorithm: SigningAlgorithm::parse(&alg).map_err(|e| Error::Internal(e.to_string()))?,
-        private_key_sealed: row.try_get("private_key_sealed")?,
-        public_jwk: row.try_get("public_jwk")?,
-        created_at: row.try_get("created_at")?,
-        activates_at: row.try_get("activates_at")?,
-    })
+#[async_trait]
+impl Exec for Transaction<'static, Postgres> {
+    type Row = PgRow;
+
+    async fn run(&mut self, stmt: Stmt<'_>) -> Result<u64> {
+        Ok(query(stmt).execute(&mut **self).await?.rows_affected())
+    }
+
+    async fn optional(&mut self, stmt: Stmt<'_>) -> Result<Option<PgRow>> {
+        Ok(query(stmt).fetch_optional(&mut **self).await?)
+    }
+
+    async fn all(&mut self, stmt: Stmt<'_>) -> Result<Vec<PgRow>> {
+        Ok(query(stmt).fetch_all(&mut **self).await?)
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(Transaction::commit(self).await?)
+    }
 }
 
-fn event_from_row(row: &PgRow) -> Result<AuditEvent> {
-    Ok(AuditEvent {
-        id: EventId(row.try_get("id")?),
-        at: row.try_get("at")?,
-        kind: row.try_get("type")?,
-        actor_id: row.try_get::<Option<Uuid>, _>("actor_id")?.map(UserId),
-        subject_id: row.try_get::<Option<Uuid>, _>("subject_id")?.map(UserId),
-        ip: row.try_get("ip")?,
-        user_agent: row.try_get("user_agent")?,
-        request_id: row.try_get("request_id")?,
-        detail: row.try_get("detail")?,
-    })
+/// Every tenant-owned statement runs in a transaction that set the tenant
+/// (the trait's default), so row-level security sees only its rows.
+#[async_trait]
+impl Backend for PgStore {
+    type Row = PgRow;
+    type Tx = Transaction<'static, Postgres>;
+
+    async fn begin(&self, tenant: TenantId) -> Result<Self::Tx> {
+        self.tenant_tx(tenant).await
+    }
+
+    async fn begin_platform(&self) -> Result<Self::Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn pool_run(&self, stmt: Stmt<'_>) -> Result<u64> {
+        Ok(query(stmt).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn pool_optional(&self, stmt: Stmt<'_>) -> Result<Option<PgRow>> {
+        Ok(query(stmt).fetch_optional(&self.pool).await?)
+    }
 }
 
-fn platform_event_from_row(row: &PgRow) -> Result<PlatformEvent> {
-    Ok(PlatformEvent {
-        id: EventId(row.try_get("id")?),
-        at: row.try_get("at")?,
-        kind: row.try_get("type")?,
-        tenant_id: row.try_get::<Option<Uuid>, _>("tenant_id")?.map(TenantId),
-        tenant_slug: row.try_get("tenant_slug")?,
-        operator: row.try_get("operator")?,
-        ip: row.try_get("ip")?,
-        user_agent: row.try_get("user_agent")?,
-        request_id: row.try_get("request_id")?,
-        detail: row.try_get("detail")?,
-    })
+/// Changes are stamped with the database's clock (`now()`, the transaction's
+/// start), booleans are `true`/`false`.
+impl Dialect for PgStore {
+    fn touch_tenant(tenant: TenantId) -> Stmt<'static> {
+        Stmt::new("UPDATE tenants SET updated_at = clock_timestamp() WHERE id = $1").id(tenant.0)
+    }
+
+    fn set_tenant_disabled(slug: &Slug, disabled: bool) -> Stmt<'_> {
+        Stmt::new(concat!(
+            "UPDATE tenants SET disabled = $2, updated_at = now() WHERE slug = $1 RETURNING ",
+            tenant_columns!()
+        ))
+        .text(slug.as_str())
+        .flag(disabled)
+    }
+
+    fn update_settings(tenant: TenantId, settings: serde_json::Value) -> Stmt<'static> {
+        Stmt::new("UPDATE tenants SET settings = $2, updated_at = now() WHERE id = $1").id(tenant.0).json(settings)
+    }
+
+    fn set_totp_pending(tenant: TenantId, user: UserId, sealed: Option<&str>) -> Stmt<'_> {
+        Stmt::tenant_user(
+            "UPDATE users SET totp_pending_sealed = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+            tenant,
+            user,
+        )
+        .opt_text(sealed)
+    }
+
+    fn enable_totp(tenant: TenantId, user: UserId, pending: &str, step: i64) -> Stmt<'_> {
+        Stmt::tenant_user(
+            "UPDATE users SET totp_secret_sealed = totp_pending_sealed, totp_pending_sealed = NULL, \
+             totp_enabled = true, totp_last_step = $4, updated_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND totp_pending_sealed = $3",
+            tenant,
+            user,
+        )
+        .text(pending)
+        .int(step)
+    }
+
+    fn disable_totp(tenant: TenantId, user: UserId) -> Stmt<'static> {
+        Stmt::tenant_user(
+            "UPDATE users SET totp_secret_sealed = NULL, totp_pending_sealed = NULL, totp_enabled = false, \
+             totp_last_step = NULL, updated_at = now() WHERE tenant_id = $1 AND id = $2",
+            tenant,
+            user,
+        )
+    }
+
+    fn insert_recovery_code(tenant: TenantId, user: UserId, hash: &str) -> Stmt<'_> {
+        Stmt::tenant_user(
+            "INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES ($1, $2, $3, now())",
+            tenant,
+            user,
+        )
+        .text(hash)
+    }
+
+    fn insert_identity<'a>(tenant: TenantId, identity: &Identity<'a>, user: UserId) -> Stmt<'a> {
+        Stmt::new(
+            "INSERT INTO user_identities (tenant_id, provider, issuer, subject, email, user_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, now())",
+        )
+        .id(tenant.0)
+        .text(identity.provider)
+        .text(identity.issuer)
+        .text(identity.subject)
+        .opt_text(identity.email)
+        .id(user.0)
+    }
+
+    fn set_oauth_client_secret<'a>(tenant: TenantId, client_id: &'a str, secret_hash: &'a str) -> Stmt<'a> {
+        Stmt::new(concat!(
+            "UPDATE oauth_clients SET secret_hash = $3, updated_at = now() \
+             WHERE tenant_id = $1 AND client_id = $2 AND NOT public RETURNING ",
+            client_columns!()
+        ))
+        .id(tenant.0)
+        .text(client_id)
+        .text(secret_hash)
+    }
+
+    fn grant_consent<'a>(tenant: TenantId, user: UserId, client_id: &'a str, scopes: &'a str) -> Stmt<'a> {
+        Stmt::tenant_user(
+            "INSERT INTO oauth_consents (tenant_id, user_id, client_id, scopes, granted_at) VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (tenant_id, user_id, client_id) DO UPDATE SET scopes = EXCLUDED.scopes, granted_at = now()",
+            tenant,
+            user,
+        )
+        .text(client_id)
+        .text(scopes)
+    }
 }
 
-const USER_COLUMNS: &str = "id, email, email_verified, password_hash, role, disabled, totp_enabled, totp_secret_sealed, \
-                            totp_pending_sealed, totp_last_step, created_at";
-const TENANT_COLUMNS: &str = "id, slug, name, disabled, settings, created_at";
-
-async fn insert_event(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, e: &AuditEvent) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_events (tenant_id, id, at, type, actor_id, subject_id, ip, user_agent, request_id, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(tenant.0)
-    .bind(e.id.0)
-    .bind(e.at)
-    .bind(&e.kind)
-    .bind(e.actor_id.map(|u| u.0))
-    .bind(e.subject_id.map(|u| u.0))
-    .bind(&e.ip)
-    .bind(&e.user_agent)
-    .bind(&e.request_id)
-    .bind(&e.detail)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_platform_event(tx: &mut Transaction<'static, Postgres>, e: &PlatformEvent) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO platform_audit_events (id, at, type, tenant_id, tenant_slug, operator, ip, user_agent, \
-         request_id, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(e.id.0)
-    .bind(e.at)
-    .bind(&e.kind)
-    .bind(e.tenant_id.map(|t| t.0))
-    .bind(&e.tenant_slug)
-    .bind(&e.operator)
-    .bind(&e.ip)
-    .bind(&e.user_agent)
-    .bind(&e.request_id)
-    .bind(&e.detail)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_user(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, u: &NewUser) -> Result<UserRecord> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO users (tenant_id, id, email, password_hash, role, created_at, updated_at, email_verified) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6, $7) RETURNING {USER_COLUMNS}"
-    )))
-    .bind(tenant.0)
-    .bind(u.id.0)
-    .bind(&u.email)
-    .bind(&u.password_hash)
-    .bind(u.role.as_str())
-    .bind(u.created_at)
-    .bind(u.email_verified)
-    .fetch_one(&mut **tx)
-    .await?;
-    user_from_row(&row)
-}
-
-async fn insert_key(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, k: &SigningKeyRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO signing_keys (tenant_id, kid, algorithm, private_key_sealed, public_jwk, created_at, activates_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(tenant.0)
-    .bind(&k.kid)
-    .bind(k.algorithm.as_str())
-    .bind(&k.private_key_sealed)
-    .bind(&k.public_jwk)
-    .bind(k.created_at)
-    .bind(k.activates_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-fn settings_json(settings: &TenantSettings) -> Result<serde_json::Value> {
-    serde_json::to_value(settings).map_err(|e| Error::Internal(e.to_string()))
+/// The statement of a link's effect on its user, `RETURNING` the user.
+fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a> {
+    let stmt = |sql| Stmt::tenant_user(sql, tenant, link.user_id);
+    match effect {
+        None => stmt(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE tenant_id = $1 AND id = $2 AND $3::text IS NULL"
+        ))
+        .opt_text(None),
+        Some(LinkEffect::VerifyEmail) => stmt(concat!(
+            "UPDATE users SET email_verified = true, updated_at = now() \
+             WHERE tenant_id = $1 AND id = $2 AND email = $3 RETURNING ",
+            user_columns!()
+        ))
+        .text(&link.email),
+        Some(LinkEffect::SetPassword(phc)) => stmt(concat!(
+            "UPDATE users SET password_hash = $3, email_verified = email_verified OR email = $4, \
+             updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            user_columns!()
+        ))
+        .text(phc)
+        .text(&link.email),
+        Some(LinkEffect::ChangeEmail) => stmt(concat!(
+            "UPDATE users SET email = $3, email_verified = true, updated_at = now() \
+             WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            user_columns!()
+        ))
+        .text(&link.email),
+    }
 }
 
 #[async_trait]
@@ -331,41 +388,15 @@ impl Store for PgStore {
         tenant_event: &AuditEvent,
         platform_event: &PlatformEvent,
     ) -> Result<TenantRecord> {
-        let mut tx = self.tenant_tx(tenant.id).await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO tenants (id, slug, name, settings, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) RETURNING {TENANT_COLUMNS}"
-        )))
-        .bind(tenant.id.0)
-        .bind(tenant.slug.as_str())
-        .bind(&tenant.name)
-        .bind(settings_json(&tenant.settings)?)
-        .bind(tenant.created_at)
-        .fetch_one(&mut *tx)
-        .await?;
-        let record = tenant_from_row(&row)?;
-        insert_user(&mut tx, tenant.id, admin).await?;
-        insert_key(&mut tx, tenant.id, key).await?;
-        insert_event(&mut tx, tenant.id, tenant_event).await?;
-        insert_platform_event(&mut tx, platform_event).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::create_tenant(self, tenant, admin, key, tenant_event, platform_event).await
     }
 
     async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1")))
-            .bind(slug)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(tenant_from_row).transpose()
+        shared::tenant_by_slug(self, slug).await
     }
 
     async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1")))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(tenant_from_row).transpose()
+        shared::tenant_by_id(self, id).await
     }
 
     async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
@@ -396,14 +427,17 @@ impl Store for PgStore {
     }
 
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
-        )))
+        // Postgres types a parameter from its use: a NULL one is cast.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            tenant_columns!(),
+            " FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        ))
         .bind(after.map(|t| t.0))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(tenant_from_row).collect()
+        rows.iter().map(rows::tenant).collect()
     }
 
     async fn set_tenant_disabled(
@@ -412,37 +446,11 @@ impl Store for PgStore {
         disabled: bool,
         event: &PlatformEvent,
     ) -> Result<Option<TenantRecord>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE tenants SET disabled = $2, updated_at = now() WHERE slug = $1 RETURNING {TENANT_COLUMNS}"
-        )))
-        .bind(slug.as_str())
-        .bind(disabled)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let record = tenant_from_row(&row)?;
-        let mut event = event.clone();
-        event.tenant_id = Some(record.id);
-        insert_platform_event(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+        shared::set_tenant_disabled(self, slug, disabled, event).await
     }
 
     async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
-        let mut tx = self.pool.begin().await?;
-        // Tenant-owned rows go by ON DELETE CASCADE, which Postgres runs as
-        // the tables' owner, past row-level security, in this transaction.
-        let id: Option<Uuid> = sqlx::query_scalar("DELETE FROM tenants WHERE slug = $1 RETURNING id")
-            .bind(slug.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(id) = id else { return Ok(None) };
-        let mut event = event.clone();
-        event.tenant_id = Some(TenantId(id));
-        insert_platform_event(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(Some(TenantId(id)))
+        shared::delete_tenant(self, slug, event).await
     }
 
     async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
@@ -456,51 +464,31 @@ impl Store for PgStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(platform_event_from_row).collect()
+        rows.iter().map(rows::platform_event).collect()
     }
 
     async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        sqlx::query("UPDATE tenants SET settings = $2, updated_at = now() WHERE id = $1")
-            .bind(tenant.0)
-            .bind(settings_json(settings)?)
-            .execute(&mut *tx)
-            .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::update_settings(self, tenant, settings, event).await
     }
 
     async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let record = insert_user(&mut tx, tenant, user).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::create_user(self, tenant, user, event).await
     }
 
     async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row =
-            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND email = $2")))
-                .bind(tenant.0)
-                .bind(email)
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        row.as_ref().map(user_from_row).transpose()
+        shared::user_by_email(self, tenant, email).await
     }
 
     /// One round trip (migration 0007): the function sets the tenant and
     /// reads the row under row-level security, in the statement's own
     /// transaction.
     async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM authd_user_by_id($1, $2)")))
+        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM authd_user_by_id($1, $2)"))
             .bind(tenant.0)
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(user_from_row).transpose()
+        row.as_ref().map(rows::user).transpose()
     }
 
     async fn list_users(
@@ -512,11 +500,13 @@ impl Store for PgStore {
     ) -> Result<Vec<UserRecord>> {
         let mut tx = self.tenant_tx(tenant).await?;
         let pattern = email_prefix.map(|p| format!("{}%", escape_like(p)));
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 \
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE tenant_id = $1 \
              AND ($2::text IS NULL OR email LIKE $2 ESCAPE '\\') \
              AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4"
-        )))
+        ))
         .bind(tenant.0)
         .bind(pattern)
         .bind(after.map(|u| u.0))
@@ -524,7 +514,7 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter().map(user_from_row).collect()
+        rows.iter().map(rows::user).collect()
     }
 
     async fn update_user(
@@ -539,11 +529,12 @@ impl Store for PgStore {
             // Serialize admin changes of this tenant: lock its row.
             sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.0).execute(&mut *tx).await?;
         }
-        let row = sqlx::query(AssertSqlSafe(format!(
+        let row = sqlx::query(concat!(
             "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
              disabled = COALESCE($5, disabled), updated_at = now() \
-             WHERE tenant_id = $1 AND id = $2 RETURNING {USER_COLUMNS}"
-        )))
+             WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            user_columns!()
+        ))
         .bind(tenant.0)
         .bind(id.0)
         .bind(&change.password_hash)
@@ -552,43 +543,22 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        if change.keep_an_admin {
-            let admins: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled",
-            )
-            .bind(tenant.0)
-            .fetch_one(&mut *tx)
-            .await?;
-            if admins == 0 {
-                return Err(Error::LastAdmin);
-            }
+        if change.keep_an_admin && tx.one(sql::count_active_admins(tenant)).await?.count()? == 0 {
+            return Err(Error::LastAdmin);
         }
         if let Some(event) = event {
-            insert_event(&mut tx, tenant, event).await?;
+            tx.run(sql::insert_event(tenant, event)).await?;
         }
         tx.commit().await?;
-        user_from_row(&row).map(Some)
+        rows::user(&row).map(Some)
     }
 
     async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled")
-                .bind(tenant.0)
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        shared::count_active_admins(self, tenant).await
     }
 
     async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let rows = sqlx::query("SELECT * FROM signing_keys WHERE tenant_id = $1 ORDER BY activates_at, kid")
-            .bind(tenant.0)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        rows.iter().map(key_from_row).collect()
+        shared::signing_keys(self, tenant).await
     }
 
     async fn add_signing_key(
@@ -599,40 +569,25 @@ impl Store for PgStore {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.tenant_tx(tenant).await?;
-        insert_key(&mut tx, tenant, key).await?;
+        tx.run(sql::insert_key(tenant, key)).await?;
+        // One statement for every key to remove: an array parameter.
         sqlx::query("DELETE FROM signing_keys WHERE tenant_id = $1 AND kid = ANY($2)")
             .bind(tenant.0)
             .bind(remove)
             .execute(&mut *tx)
             .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        touch_tenant(&mut tx, tenant).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.run(Self::touch_tenant(tenant)).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        for (kid, value) in sealed {
-            sqlx::query("UPDATE signing_keys SET private_key_sealed = $3 WHERE tenant_id = $1 AND kid = $2")
-                .bind(tenant.0)
-                .bind(kid)
-                .bind(value)
-                .execute(&mut *tx)
-                .await?;
-        }
-        touch_tenant(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::reseal_signing_keys(self, tenant, sealed).await
     }
 
     async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        for e in events {
-            insert_event(&mut tx, tenant, e).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        shared::append_events(self, tenant, events).await
     }
 
     async fn audit_events(
@@ -664,7 +619,7 @@ impl Store for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(rows::event).collect()
     }
 
     async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
@@ -679,17 +634,7 @@ impl Store for PgStore {
     }
 
     async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let done = sqlx::query(
-            "UPDATE users SET totp_pending_sealed = $3, updated_at = now() WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .bind(sealed)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        shared::set_totp_pending(self, tenant, user, sealed).await
     }
 
     async fn enable_totp(
@@ -701,41 +646,11 @@ impl Store for PgStore {
         recovery_hashes: &[String],
         event: &AuditEvent,
     ) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let done = sqlx::query(
-            "UPDATE users SET totp_secret_sealed = totp_pending_sealed, totp_pending_sealed = NULL, \
-             totp_enabled = true, totp_last_step = $4, updated_at = now() \
-             WHERE tenant_id = $1 AND id = $2 AND totp_pending_sealed = $3",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .bind(pending_sealed)
-        .bind(step)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(true)
+        shared::enable_totp(self, tenant, user, pending_sealed, step, recovery_hashes, event).await
     }
 
     async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        sqlx::query(
-            "UPDATE users SET totp_secret_sealed = NULL, totp_pending_sealed = NULL, totp_enabled = false, \
-             totp_last_step = NULL, updated_at = now() WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .execute(&mut *tx)
-        .await?;
-        insert_recovery_codes(&mut tx, tenant, user, &[]).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::disable_totp(self, tenant, user, event).await
     }
 
     async fn replace_recovery_codes(
@@ -745,11 +660,7 @@ impl Store for PgStore {
         recovery_hashes: &[String],
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::replace_recovery_codes(self, tenant, user, recovery_hashes, event).await
     }
 
     async fn use_recovery_code(
@@ -774,54 +685,21 @@ impl Store for PgStore {
         if used.is_none() {
             return Ok(false);
         }
-        insert_event(&mut tx, tenant, event).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2 AND used_at IS NULL",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        shared::recovery_codes_left(self, tenant, user).await
     }
 
     async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let done = sqlx::query(
-            "UPDATE users SET totp_last_step = $3 WHERE tenant_id = $1 AND id = $2 AND totp_enabled \
-             AND (totp_last_step IS NULL OR totp_last_step < $3)",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .bind(step)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        shared::advance_totp_step(self, tenant, user, step).await
     }
 
     async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let rows = sqlx::query(
-            "SELECT id, totp_secret_sealed, totp_pending_sealed FROM users WHERE tenant_id = $1 \
-             AND (totp_secret_sealed IS NOT NULL OR totp_pending_sealed IS NOT NULL)",
-        )
-        .bind(tenant.0)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                Ok((UserId(r.try_get("id")?), r.try_get("totp_secret_sealed")?, r.try_get("totp_pending_sealed")?))
-            })
-            .collect()
+        shared::sealed_totp_secrets(self, tenant).await
     }
 
     async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
@@ -848,13 +726,7 @@ impl Store for PgStore {
     }
 
     async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let rows = sqlx::query("SELECT * FROM oauth_providers WHERE tenant_id = $1 ORDER BY name")
-            .bind(tenant.0)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        rows.iter().map(provider_from_row).collect()
+        shared::oauth_providers(self, tenant).await
     }
 
     async fn upsert_oauth_provider(
@@ -863,77 +735,15 @@ impl Store for PgStore {
         p: &OAuthProviderRecord,
         event: &AuditEvent,
     ) -> Result<OAuthProviderRecord> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let scopes = serde_json::to_value(&p.scopes).map_err(|e| Error::Internal(e.to_string()))?;
-        let row = sqlx::query(
-            "INSERT INTO oauth_providers (tenant_id, name, kind, display_name, client_id, client_secret_sealed, \
-             issuer, scopes, enabled, trust_email_verified, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (tenant_id, name) DO UPDATE SET kind = EXCLUDED.kind, display_name = EXCLUDED.display_name, \
-             client_id = EXCLUDED.client_id, \
-             client_secret_sealed = COALESCE(EXCLUDED.client_secret_sealed, oauth_providers.client_secret_sealed), \
-             issuer = EXCLUDED.issuer, scopes = EXCLUDED.scopes, enabled = EXCLUDED.enabled, \
-             trust_email_verified = EXCLUDED.trust_email_verified, updated_at = EXCLUDED.updated_at \
-             RETURNING *",
-        )
-        .bind(tenant.0)
-        .bind(&p.name)
-        .bind(&p.kind)
-        .bind(&p.display_name)
-        .bind(&p.client_id)
-        .bind(&p.client_secret_sealed)
-        .bind(&p.issuer)
-        .bind(scopes)
-        .bind(p.enabled)
-        .bind(p.trust_email_verified)
-        .bind(p.created_at)
-        .bind(p.updated_at)
-        .fetch_one(&mut *tx)
-        .await?;
-        let record = provider_from_row(&row)?;
-        insert_event(&mut tx, tenant, event).await?;
-        touch_tenant(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::upsert_oauth_provider(self, tenant, p, event).await
     }
 
     async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let deleted = sqlx::query("DELETE FROM oauth_providers WHERE tenant_id = $1 AND name = $2")
-            .bind(tenant.0)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM user_identities WHERE tenant_id = $1 AND provider = $2")
-            .bind(tenant.0)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        touch_tenant(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(true)
+        shared::delete_oauth_provider(self, tenant, name, event).await
     }
 
     async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = \
-             (SELECT user_id FROM user_identities \
-             WHERE tenant_id = $1 AND provider = $2 AND issuer = $3 AND subject = $4)"
-        )))
-        .bind(tenant.0)
-        .bind(identity.provider)
-        .bind(identity.issuer)
-        .bind(identity.subject)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.as_ref().map(user_from_row).transpose()
+        shared::user_by_identity(self, tenant, identity).await
     }
 
     async fn link_identity(
@@ -943,11 +753,7 @@ impl Store for PgStore {
         user: UserId,
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        insert_identity(&mut tx, tenant, identity, user).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::link_identity(self, tenant, identity, user, event).await
     }
 
     async fn create_user_with_identity(
@@ -957,14 +763,7 @@ impl Store for PgStore {
         identity: &Identity<'_>,
         events: &[AuditEvent],
     ) -> Result<UserRecord> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let record = insert_user(&mut tx, tenant, user).await?;
-        insert_identity(&mut tx, tenant, identity, user.id).await?;
-        for e in events {
-            insert_event(&mut tx, tenant, e).await?;
-        }
-        tx.commit().await?;
-        Ok(record)
+        shared::create_user_with_identity(self, tenant, user, identity, events).await
     }
 
     async fn create_user_with_link(
@@ -975,13 +774,7 @@ impl Store for PgStore {
         link: &EmailLink,
         mail: &OutboxMail,
     ) -> Result<UserRecord> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let record = insert_user(&mut tx, tenant, user).await?;
-        upsert_link(&mut tx, tenant, link).await?;
-        insert_mail(&mut tx, tenant, mail).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::create_user_with_link(self, tenant, user, event, link, mail).await
     }
 
     async fn issue_link(
@@ -991,37 +784,11 @@ impl Store for PgStore {
         mail: &OutboxMail,
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        upsert_link(&mut tx, tenant, link).await?;
-        insert_mail(&mut tx, tenant, mail).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::issue_link(self, tenant, link, mail, event).await
     }
 
     async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(
-            "SELECT user_id, kind, token_hash, email, code_challenge, created_at, expires_at FROM email_links \
-             WHERE tenant_id = $1 AND token_hash = $2",
-        )
-        .bind(tenant.0)
-        .bind(hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.map(|r| {
-            Ok(EmailLink {
-                user_id: UserId(r.try_get("user_id")?),
-                kind: r.try_get("kind")?,
-                token_hash: r.try_get("token_hash")?,
-                email: r.try_get("email")?,
-                code_challenge: r.try_get("code_challenge")?,
-                created_at: r.try_get("created_at")?,
-                expires_at: r.try_get("expires_at")?,
-            })
-        })
-        .transpose()
+        shared::link_by_hash(self, tenant, hash).await
     }
 
     async fn redeem_link(
@@ -1032,72 +799,11 @@ impl Store for PgStore {
         events: &[AuditEvent],
         mail: Option<&OutboxMail>,
     ) -> Result<Option<UserRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let taken = sqlx::query(
-            "DELETE FROM email_links WHERE tenant_id = $1 AND user_id = $2 AND kind = $3 AND token_hash = $4",
-        )
-        .bind(tenant.0)
-        .bind(link.user_id.0)
-        .bind(&link.kind)
-        .bind(&link.token_hash)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if taken == 0 {
-            return Ok(None);
-        }
-        let (sql, value): (String, Option<&str>) = match effect {
-            None => (
-                format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2 AND $3::text IS NULL"),
-                None,
-            ),
-            Some(LinkEffect::VerifyEmail) => (
-                format!(
-                    "UPDATE users SET email_verified = true, updated_at = now() \
-                     WHERE tenant_id = $1 AND id = $2 AND email = $3 RETURNING {USER_COLUMNS}"
-                ),
-                Some(&link.email),
-            ),
-            Some(LinkEffect::SetPassword(phc)) => (
-                format!(
-                    "UPDATE users SET password_hash = $3, email_verified = email_verified OR email = $4, \
-                     updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING {USER_COLUMNS}"
-                ),
-                Some(phc),
-            ),
-            Some(LinkEffect::ChangeEmail) => (
-                format!(
-                    "UPDATE users SET email = $3, email_verified = true, updated_at = now() \
-                     WHERE tenant_id = $1 AND id = $2 RETURNING {USER_COLUMNS}"
-                ),
-                Some(&link.email),
-            ),
-        };
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.0).bind(link.user_id.0).bind(value);
-        if matches!(effect, Some(LinkEffect::SetPassword(_))) {
-            q = q.bind(&link.email);
-        }
-        let Some(row) = q.fetch_optional(&mut *tx).await? else { return Ok(None) };
-        for e in events {
-            insert_event(&mut tx, tenant, e).await?;
-        }
-        if let Some(mail) = mail {
-            insert_mail(&mut tx, tenant, mail).await?;
-        }
-        tx.commit().await?;
-        user_from_row(&row).map(Some)
+        shared::redeem_link(self, tenant, link, link_effect(tenant, link, effect), events, mail).await
     }
 
     async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        sqlx::query("DELETE FROM email_links WHERE tenant_id = $1 AND user_id = $2 AND kind = $3")
-            .bind(tenant.0)
-            .bind(user.0)
-            .bind(kind)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        shared::delete_links(self, tenant, user, kind).await
     }
 
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {
@@ -1131,93 +837,31 @@ impl Store for PgStore {
     }
 
     async fn mail_delivered(&self, id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM mail_outbox WHERE id = $1").bind(id).execute(&self.pool).await?;
-        Ok(())
+        shared::delete_mail(self, id).await
     }
 
     async fn mail_deferred(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
-        sqlx::query("UPDATE mail_outbox SET next_attempt_at = $2, claimed_until = NULL, last_error = $3 WHERE id = $1")
-            .bind(id)
-            .bind(retry_at)
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        shared::mail_deferred(self, id, retry_at, error).await
     }
 
     async fn mail_abandoned(&self, id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM mail_outbox WHERE id = $1").bind(id).execute(&self.pool).await?;
-        Ok(())
+        shared::delete_mail(self, id).await
     }
 
     async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = $1 AND user_id = $2 ORDER BY created_at, id"
-        )))
-        .bind(tenant.0)
-        .bind(user.0)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(passkey_from_row).collect()
+        shared::passkeys(self, tenant, user).await
     }
 
     async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = $1 AND credential_id = $2"
-        )))
-        .bind(tenant.0)
-        .bind(credential_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.as_ref().map(passkey_from_row).transpose()
+        shared::passkey_by_credential(self, tenant, credential_id).await
     }
 
     async fn insert_passkey(&self, tenant: TenantId, p: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        sqlx::query(
-            "INSERT INTO passkeys (tenant_id, id, user_id, credential_id, name, credential, sign_count, \
-             backup_eligible, backup_state, created_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(tenant.0)
-        .bind(p.id)
-        .bind(p.user_id.0)
-        .bind(&p.credential_id)
-        .bind(&p.name)
-        .bind(&p.credential)
-        .bind(p.sign_count)
-        .bind(p.backup_eligible)
-        .bind(p.backup_state)
-        .bind(p.created_at)
-        .bind(p.last_used_at)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::insert_passkey(self, tenant, p, event).await
     }
 
     async fn record_passkey_use(&self, tenant: TenantId, p: &PasskeyRecord, previous_count: i64) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let n = sqlx::query(
-            "UPDATE passkeys SET credential = $3, sign_count = $4, backup_state = $5, last_used_at = $6 \
-             WHERE tenant_id = $1 AND id = $2 AND sign_count = $7",
-        )
-        .bind(tenant.0)
-        .bind(p.id)
-        .bind(&p.credential)
-        .bind(p.sign_count)
-        .bind(p.backup_state)
-        .bind(p.last_used_at)
-        .bind(previous_count)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(n == 1)
+        shared::record_passkey_use(self, tenant, p, previous_count).await
     }
 
     async fn rename_passkey(
@@ -1227,59 +871,19 @@ impl Store for PgStore {
         id: Uuid,
         name: &str,
     ) -> Result<Option<PasskeyRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE passkeys SET name = $4 WHERE tenant_id = $1 AND user_id = $2 AND id = $3 RETURNING {PASSKEY_COLUMNS}"
-        )))
-        .bind(tenant.0)
-        .bind(user.0)
-        .bind(id)
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.as_ref().map(passkey_from_row).transpose()
+        shared::rename_passkey(self, tenant, user, id, name).await
     }
 
     async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: Uuid, event: &AuditEvent) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let n = sqlx::query("DELETE FROM passkeys WHERE tenant_id = $1 AND user_id = $2 AND id = $3")
-            .bind(tenant.0)
-            .bind(user.0)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 1 {
-            insert_event(&mut tx, tenant, event).await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        shared::delete_passkey(self, tenant, user, id, event).await
     }
 
     async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE tenant_id = $1 ORDER BY created_at, client_id"
-        )))
-        .bind(tenant.0)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(client_from_row).collect()
+        shared::oauth_clients(self, tenant).await
     }
 
     async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE tenant_id = $1 AND client_id = $2"
-        )))
-        .bind(tenant.0)
-        .bind(client_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.as_ref().map(client_from_row).transpose()
+        shared::oauth_client(self, tenant, client_id).await
     }
 
     async fn save_oauth_client(
@@ -1289,50 +893,7 @@ impl Store for PgStore {
         create: bool,
         event: &AuditEvent,
     ) -> Result<Option<OAuthClientRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let json = |v: &Vec<String>| serde_json::to_value(v).unwrap_or_default();
-        let row = if create {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO oauth_clients (tenant_id, client_id, name, secret_hash, redirect_uris, \
-                 post_logout_redirect_uris, public, first_party, grant_types, scopes, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {CLIENT_COLUMNS}"
-            )))
-            .bind(tenant.0)
-            .bind(&c.client_id)
-            .bind(&c.name)
-            .bind(&c.secret_hash)
-            .bind(json(&c.redirect_uris))
-            .bind(json(&c.post_logout_redirect_uris))
-            .bind(c.public)
-            .bind(c.first_party)
-            .bind(json(&c.grant_types))
-            .bind(json(&c.scopes))
-            .bind(c.created_at)
-            .bind(c.updated_at)
-            .fetch_optional(&mut *tx)
-            .await?
-        } else {
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE oauth_clients SET name = $3, redirect_uris = $4, post_logout_redirect_uris = $5, \
-                 first_party = $6, grant_types = $7, scopes = $8, updated_at = $9 \
-                 WHERE tenant_id = $1 AND client_id = $2 RETURNING {CLIENT_COLUMNS}"
-            )))
-            .bind(tenant.0)
-            .bind(&c.client_id)
-            .bind(&c.name)
-            .bind(json(&c.redirect_uris))
-            .bind(json(&c.post_logout_redirect_uris))
-            .bind(c.first_party)
-            .bind(json(&c.grant_types))
-            .bind(json(&c.scopes))
-            .bind(c.updated_at)
-            .fetch_optional(&mut *tx)
-            .await?
-        };
-        let Some(row) = row else { return Ok(None) };
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        client_from_row(&row).map(Some)
+        shared::save_oauth_client(self, tenant, c, create, event).await
     }
 
     async fn set_oauth_client_secret(
@@ -1342,22 +903,11 @@ impl Store for PgStore {
         secret_hash: &str,
         event: &AuditEvent,
     ) -> Result<Option<OAuthClientRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE oauth_clients SET secret_hash = $3, updated_at = now() \
-             WHERE tenant_id = $1 AND client_id = $2 AND NOT public RETURNING {CLIENT_COLUMNS}"
-        )))
-        .bind(tenant.0)
-        .bind(client_id)
-        .bind(secret_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        client_from_row(&row).map(Some)
+        shared::set_oauth_client_secret(self, tenant, client_id, secret_hash, event).await
     }
 
+    /// Deletes the client's consents explicitly first (their foreign key
+    /// cascades as well, as in SQLite).
     async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
         let mut tx = self.tenant_tx(tenant).await?;
         sqlx::query("DELETE FROM oauth_consents WHERE tenant_id = $1 AND client_id = $2")
@@ -1365,32 +915,16 @@ impl Store for PgStore {
             .bind(client_id)
             .execute(&mut *tx)
             .await?;
-        let n = sqlx::query("DELETE FROM oauth_clients WHERE tenant_id = $1 AND client_id = $2")
-            .bind(tenant.0)
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
+        if tx.run(sql::delete_oauth_client(tenant, client_id)).await? == 0 {
             return Ok(false);
         }
-        insert_event(&mut tx, tenant, event).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let scopes: Option<String> = sqlx::query_scalar(
-            "SELECT scopes FROM oauth_consents WHERE tenant_id = $1 AND user_id = $2 AND client_id = $3",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .bind(client_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(scopes)
+        shared::consent(self, tenant, user, client_id).await
     }
 
     async fn grant_consent(
@@ -1401,204 +935,14 @@ impl Store for PgStore {
         scopes: &str,
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        sqlx::query(
-            "INSERT INTO oauth_consents (tenant_id, user_id, client_id, scopes, granted_at) VALUES ($1, $2, $3, $4, now()) \
-             ON CONFLICT (tenant_id, user_id, client_id) DO UPDATE SET scopes = EXCLUDED.scopes, granted_at = now()",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .bind(client_id)
-        .bind(scopes)
-        .execute(&mut *tx)
-        .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::grant_consent(self, tenant, user, client_id, scopes, event).await
     }
 
     async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let n = sqlx::query("DELETE FROM oauth_consents WHERE tenant_id = $1 AND user_id = $2 AND client_id = $3")
-            .bind(tenant.0)
-            .bind(user.0)
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n == 1)
+        shared::revoke_consent(self, tenant, user, client_id).await
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
-        let row =
-            sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM mail_outbox WHERE failed_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(OutboxStats {
-            queued: u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0),
-            oldest: row.try_get("oldest")?,
-        })
+        shared::outbox_stats(self).await
     }
-}
-
-const CLIENT_COLUMNS: &str = "client_id, name, secret_hash, redirect_uris, post_logout_redirect_uris, public, first_party, \
-                              grant_types, scopes, created_at, updated_at";
-
-fn client_from_row(row: &PgRow) -> Result<OAuthClientRecord> {
-    let list = |col: &str| -> Result<Vec<String>> {
-        let v: serde_json::Value = row.try_get(col)?;
-        serde_json::from_value(v).map_err(|e| Error::Internal(e.to_string()))
-    };
-    Ok(OAuthClientRecord {
-        client_id: row.try_get("client_id")?,
-        name: row.try_get("name")?,
-        secret_hash: row.try_get("secret_hash")?,
-        redirect_uris: list("redirect_uris")?,
-        post_logout_redirect_uris: list("post_logout_redirect_uris")?,
-        public: row.try_get("public")?,
-        first_party: row.try_get("first_party")?,
-        grant_types: list("grant_types")?,
-        scopes: list("scopes")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-const PASSKEY_COLUMNS: &str = "id, user_id, credential_id, name, credential, sign_count, backup_eligible, backup_state, \
-                               created_at, last_used_at";
-
-fn passkey_from_row(row: &PgRow) -> Result<PasskeyRecord> {
-    Ok(PasskeyRecord {
-        id: row.try_get("id")?,
-        user_id: UserId(row.try_get("user_id")?),
-        credential_id: row.try_get("credential_id")?,
-        name: row.try_get("name")?,
-        credential: row.try_get("credential")?,
-        sign_count: row.try_get("sign_count")?,
-        backup_eligible: row.try_get("backup_eligible")?,
-        backup_state: row.try_get("backup_state")?,
-        created_at: row.try_get("created_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-    })
-}
-
-/// Bumps the tenant's `updated_at`: the change feed's signal that its
-/// snapshot (record, keys, providers) changed, in the change's transaction.
-async fn touch_tenant(tx: &mut Transaction<'static, Postgres>, tenant: TenantId) -> Result<()> {
-    sqlx::query("UPDATE tenants SET updated_at = clock_timestamp() WHERE id = $1")
-        .bind(tenant.0)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn upsert_link(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, l: &EmailLink) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO email_links (tenant_id, user_id, kind, token_hash, email, code_challenge, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, user_id, kind) DO UPDATE SET \
-         token_hash = EXCLUDED.token_hash, email = EXCLUDED.email, code_challenge = EXCLUDED.code_challenge, \
-         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at",
-    )
-    .bind(tenant.0)
-    .bind(l.user_id.0)
-    .bind(&l.kind)
-    .bind(&l.token_hash)
-    .bind(&l.email)
-    .bind(&l.code_challenge)
-    .bind(l.created_at)
-    .bind(l.expires_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_mail(tx: &mut Transaction<'static, Postgres>, tenant: TenantId, m: &OutboxMail) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO mail_outbox (id, tenant_id, kind, message_sealed, created_at, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $5)",
-    )
-    .bind(m.id)
-    .bind(tenant.0)
-    .bind(&m.kind)
-    .bind(&m.message_sealed)
-    .bind(m.created_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Replaces a user's recovery codes (deleting the old set).
-async fn insert_recovery_codes(
-    tx: &mut Transaction<'static, Postgres>,
-    tenant: TenantId,
-    user: UserId,
-    hashes: &[String],
-) -> Result<()> {
-    sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = $1 AND user_id = $2")
-        .bind(tenant.0)
-        .bind(user.0)
-        .execute(&mut **tx)
-        .await?;
-    for h in hashes {
-        sqlx::query(
-            "INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES ($1, $2, $3, now())",
-        )
-        .bind(tenant.0)
-        .bind(user.0)
-        .bind(h)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Escapes `%`, `_` and `\` so a user-supplied prefix matches literally.
-pub(crate) fn escape_like(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn provider_from_row(row: &PgRow) -> Result<OAuthProviderRecord> {
-    let scopes: serde_json::Value = row.try_get("scopes")?;
-    Ok(OAuthProviderRecord {
-        name: row.try_get("name")?,
-        kind: row.try_get("kind")?,
-        display_name: row.try_get("display_name")?,
-        client_id: row.try_get("client_id")?,
-        client_secret_sealed: row.try_get("client_secret_sealed")?,
-        issuer: row.try_get("issuer")?,
-        scopes: serde_json::from_value(scopes).map_err(|e| Error::Internal(e.to_string()))?,
-        enabled: row.try_get("enabled")?,
-        trust_email_verified: row.try_get("trust_email_verified")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-async fn insert_identity(
-    tx: &mut Transaction<'static, Postgres>,
-    tenant: TenantId,
-    identity: &Identity<'_>,
-    user: UserId,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO user_identities (tenant_id, provider, issuer, subject, email, user_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, now())",
-    )
-    .bind(tenant.0)
-    .bind(identity.provider)
-    .bind(identity.issuer)
-    .bind(identity.subject)
-    .bind(identity.email)
-    .bind(user.0)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

@@ -8,15 +8,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use authd_core::settings::{SigningAlgorithm, TenantSettings};
-use authd_core::{EventId, Slug, TenantId, UserId};
+use authd_core::settings::TenantSettings;
+use authd_core::{Slug, TenantId, UserId};
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::query::Query;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use crate::postgres::escape_like;
-use crate::{Error, Result, Store, role_from_str};
+use crate::rows::{self, Columns, Plain};
+use crate::shared::{self, Backend, Dialect, Exec};
+use crate::sql::{self, Arg, Stmt, client_columns, escape_like, tenant_columns, user_columns};
+use crate::{Error, Result, Store};
 use authd_core::records::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -75,176 +80,243 @@ fn from_micros(v: i64) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(v).ok_or_else(|| Error::Internal("timestamp out of range".into()))
 }
 
-fn uuid_col(row: &SqliteRow, col: &str) -> Result<Uuid> {
-    let s: String = row.try_get(col)?;
-    Uuid::parse_str(&s).map_err(|e| Error::Internal(e.to_string()))
+fn parse<T: std::str::FromStr>(s: Option<String>) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    s.map(|s| s.parse().map_err(|e: T::Err| Error::Internal(e.to_string()))).transpose()
 }
 
-fn opt_uuid_col(row: &SqliteRow, col: &str) -> Result<Option<Uuid>> {
-    let s: Option<String> = row.try_get(col)?;
-    s.map(|s| Uuid::parse_str(&s).map_err(|e| Error::Internal(e.to_string()))).transpose()
+/// Binds a statement's values as this schema stores them: ids as UUID
+/// text, times as unix microseconds, JSON as text.
+fn query(stmt: Stmt<'_>) -> Query<'static, Sqlite, SqliteArguments> {
+    let mut q = sqlx::query(stmt.sql);
+    for arg in stmt.args {
+        q = match arg {
+            Arg::Id(v) => q.bind(v.map(|u| u.to_string())),
+            Arg::Time(v) => q.bind(v.map(micros)),
+            Arg::Json(v) => q.bind(v.map(|j| j.to_string())),
+            Arg::Text(v) => q.bind(v),
+            Arg::Int(v) => q.bind(v),
+            Arg::Flag(v) => q.bind(v),
+        };
+    }
+    q
 }
 
-fn json_col(row: &SqliteRow, col: &str) -> Result<Option<serde_json::Value>> {
-    let s: Option<String> = row.try_get(col)?;
-    s.map(|s| serde_json::from_str(&s).map_err(|e| Error::Internal(e.to_string()))).transpose()
+impl Columns for SqliteRow {
+    fn get<T: Plain>(&self, col: &str) -> Result<T> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn opt_id(&self, col: &str) -> Result<Option<Uuid>> {
+        parse(self.try_get(col)?)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
+        self.try_get::<Option<i64>, _>(col)?.map(from_micros).transpose()
+    }
+
+    fn opt_json(&self, col: &str) -> Result<Option<serde_json::Value>> {
+        parse(self.try_get(col)?)
+    }
 }
 
-fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
-    v.as_ref().map(serde_json::Value::to_string)
+#[async_trait]
+impl Exec for Transaction<'static, Sqlite> {
+    type Row = SqliteRow;
+
+    async fn run(&mut self, stmt: Stmt<'_>) -> Result<u64> {
+        Ok(query(stmt).execute(&mut **self).await?.rows_affected())
+    }
+
+    async fn optional(&mut self, stmt: Stmt<'_>) -> Result<Option<SqliteRow>> {
+        Ok(query(stmt).fetch_optional(&mut **self).await?)
+    }
+
+    async fn all(&mut self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>> {
+        Ok(query(stmt).fetch_all(&mut **self).await?)
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(Transaction::commit(self).await?)
+    }
 }
 
-fn tenant_from_row(row: &SqliteRow) -> Result<TenantRecord> {
-    let settings: String = row.try_get("settings")?;
-    let slug: String = row.try_get("slug")?;
-    Ok(TenantRecord {
-        id: TenantId(uuid_col(row, "id")?),
-        slug: Slug::parse(&slug).map_err(|e| Error::Internal(e.to_string()))?,
-        name: row.try_get("name")?,
-        disabled: row.try_get("disabled")?,
-        settings: serde_json::from_str::<TenantSettings>(&settings).map_err(|e| Error::Internal(e.to_string()))?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-    })
+/// No row-level security to set up: a statement that changes one thing
+/// runs on the pool, a transaction only groups statements.
+#[async_trait]
+impl Backend for SqliteStore {
+    type Row = SqliteRow;
+    type Tx = Transaction<'static, Sqlite>;
+
+    async fn begin(&self, _tenant: TenantId) -> Result<Self::Tx> {
+        self.tx().await
+    }
+
+    async fn begin_platform(&self) -> Result<Self::Tx> {
+        self.tx().await
+    }
+
+    async fn pool_run(&self, stmt: Stmt<'_>) -> Result<u64> {
+        Ok(query(stmt).execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn pool_optional(&self, stmt: Stmt<'_>) -> Result<Option<SqliteRow>> {
+        Ok(query(stmt).fetch_optional(&self.pool).await?)
+    }
+
+    async fn run(&self, _tenant: TenantId, stmt: Stmt<'_>) -> Result<u64> {
+        self.pool_run(stmt).await
+    }
+
+    async fn optional(&self, _tenant: TenantId, stmt: Stmt<'_>) -> Result<Option<SqliteRow>> {
+        self.pool_optional(stmt).await
+    }
+
+    async fn all(&self, _tenant: TenantId, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>> {
+        Ok(query(stmt).fetch_all(&self.pool).await?)
+    }
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<UserRecord> {
-    let role: String = row.try_get("role")?;
-    Ok(UserRecord {
-        id: UserId(uuid_col(row, "id")?),
-        email: row.try_get("email")?,
-        email_verified: row.try_get("email_verified")?,
-        password_hash: row.try_get("password_hash")?,
-        role: role_from_str(&role)?,
-        disabled: row.try_get("disabled")?,
-        totp_enabled: row.try_get("totp_enabled")?,
-        totp_secret_sealed: row.try_get("totp_secret_sealed")?,
-        totp_pending_sealed: row.try_get("totp_pending_sealed")?,
-        totp_last_step: row.try_get("totp_last_step")?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-    })
+/// Times are stored as unix microseconds and changes stamped with the
+/// service's clock, bound (Postgres uses its own); booleans are 0 and 1.
+impl Dialect for SqliteStore {
+    fn touch_tenant(tenant: TenantId) -> Stmt<'static> {
+        Stmt::new("UPDATE tenants SET updated_at = $2 WHERE id = $1").id(tenant.0).time(Utc::now())
+    }
+
+    fn set_tenant_disabled(slug: &Slug, disabled: bool) -> Stmt<'_> {
+        Stmt::new(concat!(
+            "UPDATE tenants SET disabled = $2, updated_at = $3 WHERE slug = $1 RETURNING ",
+            tenant_columns!()
+        ))
+        .text(slug.as_str())
+        .flag(disabled)
+        .time(Utc::now())
+    }
+
+    fn update_settings(tenant: TenantId, settings: serde_json::Value) -> Stmt<'static> {
+        Stmt::new("UPDATE tenants SET settings = $2, updated_at = $3 WHERE id = $1")
+            .id(tenant.0)
+            .json(settings)
+            .time(Utc::now())
+    }
+
+    fn set_totp_pending(tenant: TenantId, user: UserId, sealed: Option<&str>) -> Stmt<'_> {
+        Stmt::tenant_user(
+            "UPDATE users SET totp_pending_sealed = $3, updated_at = $4 WHERE tenant_id = $1 AND id = $2",
+            tenant,
+            user,
+        )
+        .opt_text(sealed)
+        .time(Utc::now())
+    }
+
+    fn enable_totp(tenant: TenantId, user: UserId, pending: &str, step: i64) -> Stmt<'_> {
+        Stmt::tenant_user(
+            "UPDATE users SET totp_secret_sealed = totp_pending_sealed, totp_pending_sealed = NULL, \
+             totp_enabled = 1, totp_last_step = $4, updated_at = $5 \
+             WHERE tenant_id = $1 AND id = $2 AND totp_pending_sealed = $3",
+            tenant,
+            user,
+        )
+        .text(pending)
+        .int(step)
+        .time(Utc::now())
+    }
+
+    fn disable_totp(tenant: TenantId, user: UserId) -> Stmt<'static> {
+        Stmt::tenant_user(
+            "UPDATE users SET totp_secret_sealed = NULL, totp_pending_sealed = NULL, totp_enabled = 0, \
+             totp_last_step = NULL, updated_at = $3 WHERE tenant_id = $1 AND id = $2",
+            tenant,
+            user,
+        )
+        .time(Utc::now())
+    }
+
+    fn insert_recovery_code(tenant: TenantId, user: UserId, hash: &str) -> Stmt<'_> {
+        Stmt::tenant_user(
+            "INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES ($1, $2, $3, $4)",
+            tenant,
+            user,
+        )
+        .text(hash)
+        .time(Utc::now())
+    }
+
+    fn insert_identity<'a>(tenant: TenantId, identity: &Identity<'a>, user: UserId) -> Stmt<'a> {
+        Stmt::new(
+            "INSERT INTO user_identities (tenant_id, provider, issuer, subject, email, user_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .id(tenant.0)
+        .text(identity.provider)
+        .text(identity.issuer)
+        .text(identity.subject)
+        .opt_text(identity.email)
+        .id(user.0)
+        .time(Utc::now())
+    }
+
+    fn set_oauth_client_secret<'a>(tenant: TenantId, client_id: &'a str, secret_hash: &'a str) -> Stmt<'a> {
+        Stmt::new(concat!(
+            "UPDATE oauth_clients SET secret_hash = $3, updated_at = $4 \
+             WHERE tenant_id = $1 AND client_id = $2 AND NOT public RETURNING ",
+            client_columns!()
+        ))
+        .id(tenant.0)
+        .text(client_id)
+        .text(secret_hash)
+        .time(Utc::now())
+    }
+
+    fn grant_consent<'a>(tenant: TenantId, user: UserId, client_id: &'a str, scopes: &'a str) -> Stmt<'a> {
+        Stmt::tenant_user(
+            "INSERT INTO oauth_consents (tenant_id, user_id, client_id, scopes, granted_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant_id, user_id, client_id) DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at",
+            tenant,
+            user,
+        )
+        .text(client_id)
+        .text(scopes)
+        .time(Utc::now())
+    }
 }
 
-fn key_from_row(row: &SqliteRow) -> Result<SigningKeyRecord> {
-    let alg: String = row.try_get("algorithm")?;
-    Ok(SigningKeyRecord {
-        kid: row.try_get("kid")?,
-        algorithm: SigningAlgorithm::parse(&alg).map_err(|e| Error::Internal(e.to_string()))?,
-        private_key_sealed: row.try_get("private_key_sealed")?,
-        public_jwk: json_col(row, "public_jwk")?.unwrap_or_default(),
-        created_at: from_micros(row.try_get("created_at")?)?,
-        activates_at: from_micros(row.try_get("activates_at")?)?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<AuditEvent> {
-    Ok(AuditEvent {
-        id: EventId(uuid_col(row, "id")?),
-        at: from_micros(row.try_get("at")?)?,
-        kind: row.try_get("type")?,
-        actor_id: opt_uuid_col(row, "actor_id")?.map(UserId),
-        subject_id: opt_uuid_col(row, "subject_id")?.map(UserId),
-        ip: row.try_get("ip")?,
-        user_agent: row.try_get("user_agent")?,
-        request_id: row.try_get("request_id")?,
-        detail: json_col(row, "detail")?,
-    })
-}
-
-fn platform_event_from_row(row: &SqliteRow) -> Result<PlatformEvent> {
-    Ok(PlatformEvent {
-        id: EventId(uuid_col(row, "id")?),
-        at: from_micros(row.try_get("at")?)?,
-        kind: row.try_get("type")?,
-        tenant_id: opt_uuid_col(row, "tenant_id")?.map(TenantId),
-        tenant_slug: row.try_get("tenant_slug")?,
-        operator: row.try_get("operator")?,
-        ip: row.try_get("ip")?,
-        user_agent: row.try_get("user_agent")?,
-        request_id: row.try_get("request_id")?,
-        detail: json_col(row, "detail")?,
-    })
-}
-
-const USER_COLUMNS: &str = "id, email, email_verified, password_hash, role, disabled, totp_enabled, totp_secret_sealed, \
-                            totp_pending_sealed, totp_last_step, created_at";
-const TENANT_COLUMNS: &str = "id, slug, name, disabled, settings, created_at";
-
-async fn insert_event(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, e: &AuditEvent) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_events (tenant_id, id, at, type, actor_id, subject_id, ip, user_agent, request_id, detail) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .bind(tenant.to_string())
-    .bind(e.id.to_string())
-    .bind(micros(e.at))
-    .bind(&e.kind)
-    .bind(e.actor_id.map(|u| u.to_string()))
-    .bind(e.subject_id.map(|u| u.to_string()))
-    .bind(&e.ip)
-    .bind(&e.user_agent)
-    .bind(&e.request_id)
-    .bind(json_text(&e.detail))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_platform_event(tx: &mut Transaction<'static, Sqlite>, e: &PlatformEvent) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO platform_audit_events (id, at, type, tenant_id, tenant_slug, operator, ip, user_agent, \
-         request_id, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .bind(e.id.to_string())
-    .bind(micros(e.at))
-    .bind(&e.kind)
-    .bind(e.tenant_id.map(|t| t.to_string()))
-    .bind(&e.tenant_slug)
-    .bind(&e.operator)
-    .bind(&e.ip)
-    .bind(&e.user_agent)
-    .bind(&e.request_id)
-    .bind(json_text(&e.detail))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_user(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, u: &NewUser) -> Result<UserRecord> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO users (tenant_id, id, email, password_hash, role, created_at, updated_at, email_verified) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7) RETURNING {USER_COLUMNS}"
-    )))
-    .bind(tenant.to_string())
-    .bind(u.id.to_string())
-    .bind(&u.email)
-    .bind(&u.password_hash)
-    .bind(u.role.as_str())
-    .bind(micros(u.created_at))
-    .bind(u.email_verified)
-    .fetch_one(&mut **tx)
-    .await?;
-    user_from_row(&row)
-}
-
-async fn insert_key(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, k: &SigningKeyRecord) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO signing_keys (tenant_id, kid, algorithm, private_key_sealed, public_jwk, created_at, activates_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .bind(tenant.to_string())
-    .bind(&k.kid)
-    .bind(k.algorithm.as_str())
-    .bind(&k.private_key_sealed)
-    .bind(k.public_jwk.to_string())
-    .bind(micros(k.created_at))
-    .bind(micros(k.activates_at))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-fn settings_text(settings: &TenantSettings) -> Result<String> {
-    serde_json::to_string(settings).map_err(|e| Error::Internal(e.to_string()))
+/// The statement of a link's effect on its user, `RETURNING` the user.
+fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a> {
+    let stmt = |sql| Stmt::tenant_user(sql, tenant, link.user_id);
+    let now = Utc::now();
+    match effect {
+        None => {
+            stmt(concat!("SELECT ", user_columns!(), " FROM users WHERE tenant_id = $1 AND id = $2 AND $3 IS NULL"))
+                .opt_text(None)
+        }
+        Some(LinkEffect::VerifyEmail) => stmt(concat!(
+            "UPDATE users SET email_verified = 1, updated_at = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND email = $3 RETURNING ",
+            user_columns!()
+        ))
+        .text(&link.email)
+        .time(now),
+        Some(LinkEffect::SetPassword(phc)) => stmt(concat!(
+            "UPDATE users SET password_hash = $3, email_verified = (email_verified OR email = $5), \
+             updated_at = $4 WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            user_columns!()
+        ))
+        .text(phc)
+        .time(now)
+        .text(&link.email),
+        Some(LinkEffect::ChangeEmail) => stmt(concat!(
+            "UPDATE users SET email = $3, email_verified = 1, updated_at = $4 \
+             WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            user_columns!()
+        ))
+        .text(&link.email)
+        .time(now),
+    }
 }
 
 #[async_trait]
@@ -262,83 +334,56 @@ impl Store for SqliteStore {
         tenant_event: &AuditEvent,
         platform_event: &PlatformEvent,
     ) -> Result<TenantRecord> {
-        let mut tx = self.tx().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO tenants (id, slug, name, settings, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING {TENANT_COLUMNS}"
-        )))
-        .bind(tenant.id.to_string())
-        .bind(tenant.slug.as_str())
-        .bind(&tenant.name)
-        .bind(settings_text(&tenant.settings)?)
-        .bind(micros(tenant.created_at))
-        .fetch_one(&mut *tx)
-        .await?;
-        let record = tenant_from_row(&row)?;
-        insert_user(&mut tx, tenant.id, admin).await?;
-        insert_key(&mut tx, tenant.id, key).await?;
-        insert_event(&mut tx, tenant.id, tenant_event).await?;
-        insert_platform_event(&mut tx, platform_event).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::create_tenant(self, tenant, admin, key, tenant_event, platform_event).await
     }
 
     async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = ?1")))
-            .bind(slug)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(tenant_from_row).transpose()
+        shared::tenant_by_slug(self, slug).await
     }
 
     async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1")))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(tenant_from_row).transpose()
+        shared::tenant_by_id(self, id).await
     }
 
+    /// One look per id: SQLite has no array parameters.
     async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
         let mut missing = Vec::new();
         for id in ids {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE id = ?1")
-                .bind(id.to_string())
-                .fetch_one(&self.pool)
-                .await?;
-            if n == 0 {
+            if self.pool_optional(sql::tenant_by_id(*id)).await?.is_none() {
                 missing.push(*id);
             }
         }
         Ok(missing)
     }
 
+    /// `updated_at` is stamped with the service's clock here, so the feed's
+    /// "now" is the service's too.
     async fn tenants_changed_since(
         &self,
         since: DateTime<Utc>,
     ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)> {
         let now = Utc::now();
         let rows =
-            sqlx::query("SELECT id, updated_at FROM tenants WHERE updated_at > ?1 ORDER BY updated_at LIMIT 10000")
+            sqlx::query("SELECT id, updated_at FROM tenants WHERE updated_at > $1 ORDER BY updated_at LIMIT 10000")
                 .bind(micros(since))
                 .fetch_all(&self.pool)
                 .await?;
-        let changed = rows
-            .iter()
-            .map(|r| Ok((TenantId(uuid_col(r, "id")?), from_micros(r.try_get("updated_at")?)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let changed =
+            rows.iter().map(|r| Ok((TenantId(r.id("id")?), r.time("updated_at")?))).collect::<Result<Vec<_>>>()?;
         Ok((changed, now))
     }
 
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TENANT_COLUMNS} FROM tenants WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
-        )))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            tenant_columns!(),
+            " FROM tenants WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        ))
         .bind(after.map(|t| t.to_string()))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(tenant_from_row).collect()
+        rows.iter().map(rows::tenant).collect()
     }
 
     async fn set_tenant_disabled(
@@ -347,93 +392,46 @@ impl Store for SqliteStore {
         disabled: bool,
         event: &PlatformEvent,
     ) -> Result<Option<TenantRecord>> {
-        let mut tx = self.tx().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE tenants SET disabled = ?2, updated_at = ?3 WHERE slug = ?1 RETURNING {TENANT_COLUMNS}"
-        )))
-        .bind(slug.as_str())
-        .bind(disabled)
-        .bind(micros(Utc::now()))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let record = tenant_from_row(&row)?;
-        let mut event = event.clone();
-        event.tenant_id = Some(record.id);
-        insert_platform_event(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+        shared::set_tenant_disabled(self, slug, disabled, event).await
     }
 
     async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
-        let mut tx = self.tx().await?;
-        // Tenant-owned rows go by ON DELETE CASCADE (foreign_keys is on).
-        let id: Option<String> = sqlx::query_scalar("DELETE FROM tenants WHERE slug = ?1 RETURNING id")
-            .bind(slug.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(id) = id else { return Ok(None) };
-        let id = TenantId(Uuid::parse_str(&id).map_err(|e| Error::Internal(e.to_string()))?);
-        let mut event = event.clone();
-        event.tenant_id = Some(id);
-        insert_platform_event(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(Some(id))
+        shared::delete_tenant(self, slug, event).await
     }
 
     async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
         let (at, id) = after.map(|(a, i)| (Some(micros(a)), Some(i.to_string()))).unwrap_or((None, None));
         let rows = sqlx::query(
             "SELECT * FROM platform_audit_events \
-             WHERE (?1 IS NULL OR at < ?1 OR (at = ?1 AND id < ?2)) ORDER BY at DESC, id DESC LIMIT ?3",
+             WHERE ($1 IS NULL OR at < $1 OR (at = $1 AND id < $2)) ORDER BY at DESC, id DESC LIMIT $3",
         )
         .bind(at)
         .bind(id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(platform_event_from_row).collect()
+        rows.iter().map(rows::platform_event).collect()
     }
 
     async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.tx().await?;
-        sqlx::query("UPDATE tenants SET settings = ?2, updated_at = ?3 WHERE id = ?1")
-            .bind(tenant.to_string())
-            .bind(settings_text(settings)?)
-            .bind(micros(Utc::now()))
-            .execute(&mut *tx)
-            .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::update_settings(self, tenant, settings, event).await
     }
 
     async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
-        let mut tx = self.tx().await?;
-        let record = insert_user(&mut tx, tenant, user).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::create_user(self, tenant, user, event).await
     }
 
     async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
-        let row =
-            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND email = ?2")))
-                .bind(tenant.to_string())
-                .bind(email)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref().map(user_from_row).transpose()
+        shared::user_by_email(self, tenant, email).await
     }
 
     async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
-        let row =
-            sqlx::query(AssertSqlSafe(format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = ?2")))
-                .bind(tenant.to_string())
-                .bind(id.to_string())
-                .fetch_optional(&self.pool)
-                .await?;
-        row.as_ref().map(user_from_row).transpose()
+        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::user).transpose()
     }
 
     async fn list_users(
@@ -446,18 +444,20 @@ impl Store for SqliteStore {
         let pattern = email_prefix.map(|p| format!("{}%", escape_like(p)));
         // LIKE is case-insensitive for ASCII in SQLite; emails are stored
         // lowercased, and prefixes are lowercased by the caller.
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 \
-             AND (?2 IS NULL OR email LIKE ?2 ESCAPE '\\') \
-             AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4"
-        )))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR email LIKE $2 ESCAPE '\\') \
+             AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+        ))
         .bind(tenant.to_string())
         .bind(pattern)
         .bind(after.map(|u| u.to_string()))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(user_from_row).collect()
+        rows.iter().map(rows::user).collect()
     }
 
     async fn update_user(
@@ -468,11 +468,12 @@ impl Store for SqliteStore {
         event: Option<&AuditEvent>,
     ) -> Result<Option<UserRecord>> {
         let mut tx = self.tx().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE users SET password_hash = COALESCE(?3, password_hash), role = COALESCE(?4, role), \
-             disabled = COALESCE(?5, disabled), updated_at = ?6 \
-             WHERE tenant_id = ?1 AND id = ?2 RETURNING {USER_COLUMNS}"
-        )))
+        let row = sqlx::query(concat!(
+            "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
+             disabled = COALESCE($5, disabled), updated_at = $6 \
+             WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            user_columns!()
+        ))
         .bind(tenant.to_string())
         .bind(id.to_string())
         .bind(&change.password_hash)
@@ -484,39 +485,22 @@ impl Store for SqliteStore {
         let Some(row) = row else { return Ok(None) };
         // SQLite has one writer: the UPDATE above holds the write lock, so
         // this count sees every other admin change of the tenant.
-        if change.keep_an_admin {
-            let admins: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM users WHERE tenant_id = ?1 AND role = 'admin' AND disabled = 0",
-            )
-            .bind(tenant.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-            if admins == 0 {
-                return Err(Error::LastAdmin);
-            }
+        if change.keep_an_admin && tx.one(sql::count_active_admins(tenant)).await?.count()? == 0 {
+            return Err(Error::LastAdmin);
         }
         if let Some(event) = event {
-            insert_event(&mut tx, tenant, event).await?;
+            tx.run(sql::insert_event(tenant, event)).await?;
         }
         tx.commit().await?;
-        user_from_row(&row).map(Some)
+        rows::user(&row).map(Some)
     }
 
     async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM users WHERE tenant_id = ?1 AND role = 'admin' AND disabled = 0")
-                .bind(tenant.to_string())
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        shared::count_active_admins(self, tenant).await
     }
 
     async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
-        let rows = sqlx::query("SELECT * FROM signing_keys WHERE tenant_id = ?1 ORDER BY activates_at, kid")
-            .bind(tenant.to_string())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(key_from_row).collect()
+        shared::signing_keys(self, tenant).await
     }
 
     async fn add_signing_key(
@@ -527,42 +511,27 @@ impl Store for SqliteStore {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.tx().await?;
-        insert_key(&mut tx, tenant, key).await?;
+        tx.run(sql::insert_key(tenant, key)).await?;
+        // One statement per key to remove: SQLite has no array parameters.
         for kid in remove {
-            sqlx::query("DELETE FROM signing_keys WHERE tenant_id = ?1 AND kid = ?2")
+            sqlx::query("DELETE FROM signing_keys WHERE tenant_id = $1 AND kid = $2")
                 .bind(tenant.to_string())
                 .bind(kid)
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_event(&mut tx, tenant, event).await?;
-        touch_tenant(&mut tx, tenant).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.run(Self::touch_tenant(tenant)).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
-        let mut tx = self.tx().await?;
-        for (kid, value) in sealed {
-            sqlx::query("UPDATE signing_keys SET private_key_sealed = ?3 WHERE tenant_id = ?1 AND kid = ?2")
-                .bind(tenant.to_string())
-                .bind(kid)
-                .bind(value)
-                .execute(&mut *tx)
-                .await?;
-        }
-        touch_tenant(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::reseal_signing_keys(self, tenant, sealed).await
     }
 
     async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
-        let mut tx = self.tx().await?;
-        for e in events {
-            insert_event(&mut tx, tenant, e).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        shared::append_events(self, tenant, events).await
     }
 
     async fn audit_events(
@@ -575,13 +544,13 @@ impl Store for SqliteStore {
         let (at, id) = after.map(|(a, i)| (Some(micros(a)), Some(i.to_string()))).unwrap_or((None, None));
         let user = filter.user_id.map(|u| u.to_string());
         let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE tenant_id = ?1 \
-             AND (?2 IS NULL OR type = ?2) \
-             AND (?3 IS NULL OR actor_id = ?3 OR subject_id = ?3) \
-             AND (?4 IS NULL OR at >= ?4) \
-             AND (?5 IS NULL OR at < ?5) \
-             AND (?6 IS NULL OR at < ?6 OR (at = ?6 AND id < ?7)) \
-             ORDER BY at DESC, id DESC LIMIT ?8",
+            "SELECT * FROM audit_events WHERE tenant_id = $1 \
+             AND ($2 IS NULL OR type = $2) \
+             AND ($3 IS NULL OR actor_id = $3 OR subject_id = $3) \
+             AND ($4 IS NULL OR at >= $4) \
+             AND ($5 IS NULL OR at < $5) \
+             AND ($6 IS NULL OR at < $6 OR (at = $6 AND id < $7)) \
+             ORDER BY at DESC, id DESC LIMIT $8",
         )
         .bind(tenant.to_string())
         .bind(&filter.kind)
@@ -593,11 +562,13 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(rows::event).collect()
     }
 
+    /// A plain DELETE: Postgres' service role may not delete events and
+    /// calls a function instead.
     async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM audit_events WHERE tenant_id = ?1 AND at < ?2")
+        let done = sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND at < $2")
             .bind(tenant.to_string())
             .bind(micros(before))
             .execute(&self.pool)
@@ -606,15 +577,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE users SET totp_pending_sealed = ?3, updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2")
-                .bind(tenant.to_string())
-                .bind(user.to_string())
-                .bind(sealed)
-                .bind(micros(Utc::now()))
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        shared::set_totp_pending(self, tenant, user, sealed).await
     }
 
     async fn enable_totp(
@@ -626,43 +589,11 @@ impl Store for SqliteStore {
         recovery_hashes: &[String],
         event: &AuditEvent,
     ) -> Result<bool> {
-        let mut tx = self.tx().await?;
-        let done = sqlx::query(
-            "UPDATE users SET totp_secret_sealed = totp_pending_sealed, totp_pending_sealed = NULL, \
-             totp_enabled = 1, totp_last_step = ?4, updated_at = ?5 \
-             WHERE tenant_id = ?1 AND id = ?2 AND totp_pending_sealed = ?3",
-        )
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .bind(pending_sealed)
-        .bind(step)
-        .bind(micros(Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(true)
+        shared::enable_totp(self, tenant, user, pending_sealed, step, recovery_hashes, event).await
     }
 
     async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.tx().await?;
-        sqlx::query(
-            "UPDATE users SET totp_secret_sealed = NULL, totp_pending_sealed = NULL, totp_enabled = 0, \
-             totp_last_step = NULL, updated_at = ?3 WHERE tenant_id = ?1 AND id = ?2",
-        )
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .bind(micros(Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        insert_recovery_codes(&mut tx, tenant, user, &[]).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::disable_totp(self, tenant, user, event).await
     }
 
     async fn replace_recovery_codes(
@@ -672,13 +603,11 @@ impl Store for SqliteStore {
         recovery_hashes: &[String],
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tx().await?;
-        insert_recovery_codes(&mut tx, tenant, user, recovery_hashes).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::replace_recovery_codes(self, tenant, user, recovery_hashes, event).await
     }
 
+    /// One candidate at a time (no arrays); SQLite's single writer keeps two
+    /// uses of one code apart.
     async fn use_recovery_code(
         &self,
         tenant: TenantId,
@@ -690,7 +619,7 @@ impl Store for SqliteStore {
         let mut used = false;
         for c in candidates {
             let done = sqlx::query(
-                "UPDATE recovery_codes SET used_at = ?4 WHERE tenant_id = ?1 AND user_id = ?2 AND code_hash = ?3 \
+                "UPDATE recovery_codes SET used_at = $4 WHERE tenant_id = $1 AND user_id = $2 AND code_hash = $3 \
                  AND used_at IS NULL",
             )
             .bind(tenant.to_string())
@@ -707,58 +636,32 @@ impl Store for SqliteStore {
         if !used {
             return Ok(false);
         }
-        insert_event(&mut tx, tenant, event).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM recovery_codes WHERE tenant_id = ?1 AND user_id = ?2 AND used_at IS NULL",
-        )
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        shared::recovery_codes_left(self, tenant, user).await
     }
 
     async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE users SET totp_last_step = ?3 WHERE tenant_id = ?1 AND id = ?2 AND totp_enabled = 1 \
-             AND (totp_last_step IS NULL OR totp_last_step < ?3)",
-        )
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .bind(step)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        shared::advance_totp_step(self, tenant, user, step).await
     }
 
     async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
-        let rows = sqlx::query(
-            "SELECT id, totp_secret_sealed, totp_pending_sealed FROM users WHERE tenant_id = ?1 \
-             AND (totp_secret_sealed IS NOT NULL OR totp_pending_sealed IS NOT NULL)",
-        )
-        .bind(tenant.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((UserId(uuid_col(r, "id")?), r.try_get("totp_secret_sealed")?, r.try_get("totp_pending_sealed")?))
-            })
-            .collect()
+        shared::sealed_totp_secrets(self, tenant).await
     }
 
+    /// `IS` compares with NULL where Postgres says `IS NOT DISTINCT FROM`.
     async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
         let mut tx = self.tx().await?;
         let mut replaced = 0;
         for r in sealed {
             let done = sqlx::query(
-                "UPDATE users SET totp_secret_sealed = ?3, totp_pending_sealed = ?4 \
-                 WHERE tenant_id = ?1 AND id = ?2 \
-                 AND totp_secret_sealed IS ?5 AND totp_pending_sealed IS ?6",
+                "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 \
+                 WHERE tenant_id = $1 AND id = $2 \
+                 AND totp_secret_sealed IS $5 AND totp_pending_sealed IS $6",
             )
             .bind(tenant.to_string())
             .bind(r.user.to_string())
@@ -775,11 +678,7 @@ impl Store for SqliteStore {
     }
 
     async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
-        let rows = sqlx::query("SELECT * FROM oauth_providers WHERE tenant_id = ?1 ORDER BY name")
-            .bind(tenant.to_string())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(provider_from_row).collect()
+        shared::oauth_providers(self, tenant).await
     }
 
     async fn upsert_oauth_provider(
@@ -788,75 +687,15 @@ impl Store for SqliteStore {
         p: &OAuthProviderRecord,
         event: &AuditEvent,
     ) -> Result<OAuthProviderRecord> {
-        let mut tx = self.tx().await?;
-        let scopes = serde_json::to_string(&p.scopes).map_err(|e| Error::Internal(e.to_string()))?;
-        let row = sqlx::query(
-            "INSERT INTO oauth_providers (tenant_id, name, kind, display_name, client_id, client_secret_sealed, \
-             issuer, scopes, enabled, trust_email_verified, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-             ON CONFLICT (tenant_id, name) DO UPDATE SET kind = EXCLUDED.kind, display_name = EXCLUDED.display_name, \
-             client_id = EXCLUDED.client_id, \
-             client_secret_sealed = COALESCE(EXCLUDED.client_secret_sealed, oauth_providers.client_secret_sealed), \
-             issuer = EXCLUDED.issuer, scopes = EXCLUDED.scopes, enabled = EXCLUDED.enabled, \
-             trust_email_verified = EXCLUDED.trust_email_verified, updated_at = EXCLUDED.updated_at \
-             RETURNING *",
-        )
-        .bind(tenant.to_string())
-        .bind(&p.name)
-        .bind(&p.kind)
-        .bind(&p.display_name)
-        .bind(&p.client_id)
-        .bind(&p.client_secret_sealed)
-        .bind(&p.issuer)
-        .bind(scopes)
-        .bind(p.enabled)
-        .bind(p.trust_email_verified)
-        .bind(micros(p.created_at))
-        .bind(micros(p.updated_at))
-        .fetch_one(&mut *tx)
-        .await?;
-        let record = provider_from_row(&row)?;
-        insert_event(&mut tx, tenant, event).await?;
-        touch_tenant(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::upsert_oauth_provider(self, tenant, p, event).await
     }
 
     async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
-        let mut tx = self.tx().await?;
-        let deleted = sqlx::query("DELETE FROM oauth_providers WHERE tenant_id = ?1 AND name = ?2")
-            .bind(tenant.to_string())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            return Ok(false);
-        }
-        sqlx::query("DELETE FROM user_identities WHERE tenant_id = ?1 AND provider = ?2")
-            .bind(tenant.to_string())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        touch_tenant(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(true)
+        shared::delete_oauth_provider(self, tenant, name, event).await
     }
 
     async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = \
-             (SELECT user_id FROM user_identities \
-             WHERE tenant_id = ?1 AND provider = ?2 AND issuer = ?3 AND subject = ?4)"
-        )))
-        .bind(tenant.to_string())
-        .bind(identity.provider)
-        .bind(identity.issuer)
-        .bind(identity.subject)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(user_from_row).transpose()
+        shared::user_by_identity(self, tenant, identity).await
     }
 
     async fn link_identity(
@@ -866,11 +705,7 @@ impl Store for SqliteStore {
         user: UserId,
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tx().await?;
-        insert_identity(&mut tx, tenant, identity, user).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::link_identity(self, tenant, identity, user, event).await
     }
 
     async fn create_user_with_identity(
@@ -880,14 +715,7 @@ impl Store for SqliteStore {
         identity: &Identity<'_>,
         events: &[AuditEvent],
     ) -> Result<UserRecord> {
-        let mut tx = self.tx().await?;
-        let record = insert_user(&mut tx, tenant, user).await?;
-        insert_identity(&mut tx, tenant, identity, user.id).await?;
-        for e in events {
-            insert_event(&mut tx, tenant, e).await?;
-        }
-        tx.commit().await?;
-        Ok(record)
+        shared::create_user_with_identity(self, tenant, user, identity, events).await
     }
 
     async fn create_user_with_link(
@@ -898,13 +726,7 @@ impl Store for SqliteStore {
         link: &EmailLink,
         mail: &OutboxMail,
     ) -> Result<UserRecord> {
-        let mut tx = self.tx().await?;
-        let record = insert_user(&mut tx, tenant, user).await?;
-        upsert_link(&mut tx, tenant, link).await?;
-        insert_mail(&mut tx, tenant, mail).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(record)
+        shared::create_user_with_link(self, tenant, user, event, link, mail).await
     }
 
     async fn issue_link(
@@ -914,35 +736,11 @@ impl Store for SqliteStore {
         mail: &OutboxMail,
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tx().await?;
-        upsert_link(&mut tx, tenant, link).await?;
-        insert_mail(&mut tx, tenant, mail).await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::issue_link(self, tenant, link, mail, event).await
     }
 
     async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
-        let row = sqlx::query(
-            "SELECT user_id, kind, token_hash, email, code_challenge, created_at, expires_at FROM email_links \
-             WHERE tenant_id = ?1 AND token_hash = ?2",
-        )
-        .bind(tenant.to_string())
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(EmailLink {
-                user_id: UserId(uuid_col(&r, "user_id")?),
-                kind: r.try_get("kind")?,
-                token_hash: r.try_get("token_hash")?,
-                email: r.try_get("email")?,
-                code_challenge: r.try_get("code_challenge")?,
-                created_at: from_micros(r.try_get("created_at")?)?,
-                expires_at: from_micros(r.try_get("expires_at")?)?,
-            })
-        })
-        .transpose()
+        shared::link_by_hash(self, tenant, hash).await
     }
 
     async fn redeem_link(
@@ -953,80 +751,21 @@ impl Store for SqliteStore {
         events: &[AuditEvent],
         mail: Option<&OutboxMail>,
     ) -> Result<Option<UserRecord>> {
-        let mut tx = self.tx().await?;
-        let taken = sqlx::query(
-            "DELETE FROM email_links WHERE tenant_id = ?1 AND user_id = ?2 AND kind = ?3 AND token_hash = ?4",
-        )
-        .bind(tenant.to_string())
-        .bind(link.user_id.to_string())
-        .bind(&link.kind)
-        .bind(&link.token_hash)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if taken == 0 {
-            return Ok(None);
-        }
-        let now = micros(Utc::now());
-        let (sql, value): (String, Option<&str>) = match effect {
-            None => (format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = ?1 AND id = ?2 AND ?3 IS NULL"), None),
-            Some(LinkEffect::VerifyEmail) => (
-                format!(
-                    "UPDATE users SET email_verified = 1, updated_at = ?4 \
-                     WHERE tenant_id = ?1 AND id = ?2 AND email = ?3 RETURNING {USER_COLUMNS}"
-                ),
-                Some(&link.email),
-            ),
-            Some(LinkEffect::SetPassword(phc)) => (
-                format!(
-                    "UPDATE users SET password_hash = ?3, email_verified = (email_verified OR email = ?5), \
-                     updated_at = ?4 WHERE tenant_id = ?1 AND id = ?2 RETURNING {USER_COLUMNS}"
-                ),
-                Some(phc),
-            ),
-            Some(LinkEffect::ChangeEmail) => (
-                format!(
-                    "UPDATE users SET email = ?3, email_verified = 1, updated_at = ?4 \
-                     WHERE tenant_id = ?1 AND id = ?2 RETURNING {USER_COLUMNS}"
-                ),
-                Some(&link.email),
-            ),
-        };
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_string()).bind(link.user_id.to_string()).bind(value);
-        if effect.is_some() {
-            q = q.bind(now);
-        }
-        if matches!(effect, Some(LinkEffect::SetPassword(_))) {
-            q = q.bind(&link.email);
-        }
-        let Some(row) = q.fetch_optional(&mut *tx).await? else { return Ok(None) };
-        for e in events {
-            insert_event(&mut tx, tenant, e).await?;
-        }
-        if let Some(mail) = mail {
-            insert_mail(&mut tx, tenant, mail).await?;
-        }
-        let user = user_from_row(&row)?;
-        tx.commit().await?;
-        Ok(Some(user))
+        shared::redeem_link(self, tenant, link, link_effect(tenant, link, effect), events, mail).await
     }
 
     async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
-        sqlx::query("DELETE FROM email_links WHERE tenant_id = ?1 AND user_id = ?2 AND kind = ?3")
-            .bind(tenant.to_string())
-            .bind(user.to_string())
-            .bind(kind)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        shared::delete_links(self, tenant, user, kind).await
     }
 
+    /// No `FOR UPDATE SKIP LOCKED`: SQLite's single writer claims for one
+    /// caller at a time.
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60));
         let rows = sqlx::query(
-            "UPDATE mail_outbox SET claimed_until = ?2, attempts = attempts + 1 WHERE id IN ( \
-                 SELECT id FROM mail_outbox WHERE failed_at IS NULL AND next_attempt_at <= ?1 \
-                 AND (claimed_until IS NULL OR claimed_until < ?1) ORDER BY next_attempt_at LIMIT ?3) \
+            "UPDATE mail_outbox SET claimed_until = $2, attempts = attempts + 1 WHERE id IN ( \
+                 SELECT id FROM mail_outbox WHERE failed_at IS NULL AND next_attempt_at <= $1 \
+                 AND (claimed_until IS NULL OR claimed_until < $1) ORDER BY next_attempt_at LIMIT $3) \
              RETURNING id, tenant_id, kind, message_sealed, created_at, attempts",
         )
         .bind(micros(now))
@@ -1037,11 +776,11 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|r| {
                 Ok(QueuedMail {
-                    id: uuid_col(r, "id")?,
-                    tenant_id: TenantId(uuid_col(r, "tenant_id")?),
+                    id: r.id("id")?,
+                    tenant_id: TenantId(r.id("tenant_id")?),
                     kind: r.try_get("kind")?,
                     message_sealed: r.try_get("message_sealed")?,
-                    created_at: from_micros(r.try_get("created_at")?)?,
+                    created_at: r.time("created_at")?,
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
                 })
             })
@@ -1049,87 +788,31 @@ impl Store for SqliteStore {
     }
 
     async fn mail_delivered(&self, id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM mail_outbox WHERE id = ?1").bind(id.to_string()).execute(&self.pool).await?;
-        Ok(())
+        shared::delete_mail(self, id).await
     }
 
     async fn mail_deferred(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
-        sqlx::query("UPDATE mail_outbox SET next_attempt_at = ?2, claimed_until = NULL, last_error = ?3 WHERE id = ?1")
-            .bind(id.to_string())
-            .bind(micros(retry_at))
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        shared::mail_deferred(self, id, retry_at, error).await
     }
 
     async fn mail_abandoned(&self, id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM mail_outbox WHERE id = ?1").bind(id.to_string()).execute(&self.pool).await?;
-        Ok(())
+        shared::delete_mail(self, id).await
     }
 
     async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = ?1 AND user_id = ?2 ORDER BY created_at, id"
-        )))
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(passkey_from_row).collect()
+        shared::passkeys(self, tenant, user).await
     }
 
     async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE tenant_id = ?1 AND credential_id = ?2"
-        )))
-        .bind(tenant.to_string())
-        .bind(credential_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(passkey_from_row).transpose()
+        shared::passkey_by_credential(self, tenant, credential_id).await
     }
 
     async fn insert_passkey(&self, tenant: TenantId, p: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
-        let mut tx = self.tx().await?;
-        sqlx::query(
-            "INSERT INTO passkeys (tenant_id, id, user_id, credential_id, name, credential, sign_count, \
-             backup_eligible, backup_state, created_at, last_used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .bind(tenant.to_string())
-        .bind(p.id.to_string())
-        .bind(p.user_id.to_string())
-        .bind(&p.credential_id)
-        .bind(&p.name)
-        .bind(&p.credential)
-        .bind(p.sign_count)
-        .bind(p.backup_eligible)
-        .bind(p.backup_state)
-        .bind(micros(p.created_at))
-        .bind(p.last_used_at.map(micros))
-        .execute(&mut *tx)
-        .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::insert_passkey(self, tenant, p, event).await
     }
 
     async fn record_passkey_use(&self, tenant: TenantId, p: &PasskeyRecord, previous_count: i64) -> Result<bool> {
-        let n = sqlx::query(
-            "UPDATE passkeys SET credential = ?3, sign_count = ?4, backup_state = ?5, last_used_at = ?6 \
-             WHERE tenant_id = ?1 AND id = ?2 AND sign_count = ?7",
-        )
-        .bind(tenant.to_string())
-        .bind(p.id.to_string())
-        .bind(&p.credential)
-        .bind(p.sign_count)
-        .bind(p.backup_state)
-        .bind(p.last_used_at.map(micros))
-        .bind(previous_count)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        shared::record_passkey_use(self, tenant, p, previous_count).await
     }
 
     async fn rename_passkey(
@@ -1139,53 +822,19 @@ impl Store for SqliteStore {
         id: Uuid,
         name: &str,
     ) -> Result<Option<PasskeyRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE passkeys SET name = ?4 WHERE tenant_id = ?1 AND user_id = ?2 AND id = ?3 RETURNING {PASSKEY_COLUMNS}"
-        )))
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .bind(id.to_string())
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(passkey_from_row).transpose()
+        shared::rename_passkey(self, tenant, user, id, name).await
     }
 
     async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: Uuid, event: &AuditEvent) -> Result<bool> {
-        let mut tx = self.tx().await?;
-        let n = sqlx::query("DELETE FROM passkeys WHERE tenant_id = ?1 AND user_id = ?2 AND id = ?3")
-            .bind(tenant.to_string())
-            .bind(user.to_string())
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 1 {
-            insert_event(&mut tx, tenant, event).await?;
-        }
-        tx.commit().await?;
-        Ok(n == 1)
+        shared::delete_passkey(self, tenant, user, id, event).await
     }
 
     async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE tenant_id = ?1 ORDER BY created_at, client_id"
-        )))
-        .bind(tenant.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(client_from_row).collect()
+        shared::oauth_clients(self, tenant).await
     }
 
     async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {CLIENT_COLUMNS} FROM oauth_clients WHERE tenant_id = ?1 AND client_id = ?2"
-        )))
-        .bind(tenant.to_string())
-        .bind(client_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(client_from_row).transpose()
+        shared::oauth_client(self, tenant, client_id).await
     }
 
     async fn save_oauth_client(
@@ -1195,51 +844,7 @@ impl Store for SqliteStore {
         create: bool,
         event: &AuditEvent,
     ) -> Result<Option<OAuthClientRecord>> {
-        let mut tx = self.tx().await?;
-        let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
-        let row = if create {
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO oauth_clients (tenant_id, client_id, name, secret_hash, redirect_uris, \
-                 post_logout_redirect_uris, public, first_party, grant_types, scopes, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING {CLIENT_COLUMNS}"
-            )))
-            .bind(tenant.to_string())
-            .bind(&c.client_id)
-            .bind(&c.name)
-            .bind(&c.secret_hash)
-            .bind(json(&c.redirect_uris))
-            .bind(json(&c.post_logout_redirect_uris))
-            .bind(c.public)
-            .bind(c.first_party)
-            .bind(json(&c.grant_types))
-            .bind(json(&c.scopes))
-            .bind(micros(c.created_at))
-            .bind(micros(c.updated_at))
-            .fetch_optional(&mut *tx)
-            .await?
-        } else {
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE oauth_clients SET name = ?3, redirect_uris = ?4, post_logout_redirect_uris = ?5, \
-                 first_party = ?6, grant_types = ?7, scopes = ?8, updated_at = ?9 \
-                 WHERE tenant_id = ?1 AND client_id = ?2 RETURNING {CLIENT_COLUMNS}"
-            )))
-            .bind(tenant.to_string())
-            .bind(&c.client_id)
-            .bind(&c.name)
-            .bind(json(&c.redirect_uris))
-            .bind(json(&c.post_logout_redirect_uris))
-            .bind(c.first_party)
-            .bind(json(&c.grant_types))
-            .bind(json(&c.scopes))
-            .bind(micros(c.updated_at))
-            .fetch_optional(&mut *tx)
-            .await?
-        };
-        let Some(row) = row else { return Ok(None) };
-        let record = client_from_row(&row)?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+        shared::save_oauth_client(self, tenant, c, create, event).await
     }
 
     async fn set_oauth_client_secret(
@@ -1249,49 +854,22 @@ impl Store for SqliteStore {
         secret_hash: &str,
         event: &AuditEvent,
     ) -> Result<Option<OAuthClientRecord>> {
-        let mut tx = self.tx().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE oauth_clients SET secret_hash = ?3, updated_at = ?4 \
-             WHERE tenant_id = ?1 AND client_id = ?2 AND NOT public RETURNING {CLIENT_COLUMNS}"
-        )))
-        .bind(tenant.to_string())
-        .bind(client_id)
-        .bind(secret_hash)
-        .bind(micros(Utc::now()))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let record = client_from_row(&row)?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+        shared::set_oauth_client_secret(self, tenant, client_id, secret_hash, event).await
     }
 
+    /// The client's consents go by their foreign key's cascade.
     async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
         let mut tx = self.tx().await?;
-        let n = sqlx::query("DELETE FROM oauth_clients WHERE tenant_id = ?1 AND client_id = ?2")
-            .bind(tenant.to_string())
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n == 0 {
+        if tx.run(sql::delete_oauth_client(tenant, client_id)).await? == 0 {
             return Ok(false);
         }
-        insert_event(&mut tx, tenant, event).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT scopes FROM oauth_consents WHERE tenant_id = ?1 AND user_id = ?2 AND client_id = ?3",
-        )
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .bind(client_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        shared::consent(self, tenant, user, client_id).await
     }
 
     async fn grant_consent(
@@ -1302,194 +880,14 @@ impl Store for SqliteStore {
         scopes: &str,
         event: &AuditEvent,
     ) -> Result<()> {
-        let mut tx = self.tx().await?;
-        sqlx::query(
-            "INSERT INTO oauth_consents (tenant_id, user_id, client_id, scopes, granted_at) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (tenant_id, user_id, client_id) DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at",
-        )
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .bind(client_id)
-        .bind(scopes)
-        .bind(micros(Utc::now()))
-        .execute(&mut *tx)
-        .await?;
-        insert_event(&mut tx, tenant, event).await?;
-        tx.commit().await?;
-        Ok(())
+        shared::grant_consent(self, tenant, user, client_id, scopes, event).await
     }
 
     async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
-        let n = sqlx::query("DELETE FROM oauth_consents WHERE tenant_id = ?1 AND user_id = ?2 AND client_id = ?3")
-            .bind(tenant.to_string())
-            .bind(user.to_string())
-            .bind(client_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
+        shared::revoke_consent(self, tenant, user, client_id).await
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats> {
-        let row =
-            sqlx::query("SELECT count(*) AS n, min(created_at) AS oldest FROM mail_outbox WHERE failed_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        let oldest: Option<i64> = row.try_get("oldest")?;
-        Ok(OutboxStats {
-            queued: u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0),
-            oldest: oldest.map(from_micros).transpose()?,
-        })
+        shared::outbox_stats(self).await
     }
-}
-
-const CLIENT_COLUMNS: &str = "client_id, name, secret_hash, redirect_uris, post_logout_redirect_uris, public, first_party, \
-                              grant_types, scopes, created_at, updated_at";
-
-fn client_from_row(row: &SqliteRow) -> Result<OAuthClientRecord> {
-    let list = |col: &str| -> Result<Vec<String>> {
-        let v: String = row.try_get(col)?;
-        serde_json::from_str(&v).map_err(|e| Error::Internal(e.to_string()))
-    };
-    Ok(OAuthClientRecord {
-        client_id: row.try_get("client_id")?,
-        name: row.try_get("name")?,
-        secret_hash: row.try_get("secret_hash")?,
-        redirect_uris: list("redirect_uris")?,
-        post_logout_redirect_uris: list("post_logout_redirect_uris")?,
-        public: row.try_get("public")?,
-        first_party: row.try_get("first_party")?,
-        grant_types: list("grant_types")?,
-        scopes: list("scopes")?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        updated_at: from_micros(row.try_get("updated_at")?)?,
-    })
-}
-
-const PASSKEY_COLUMNS: &str = "id, user_id, credential_id, name, credential, sign_count, backup_eligible, backup_state, \
-                               created_at, last_used_at";
-
-fn passkey_from_row(row: &SqliteRow) -> Result<PasskeyRecord> {
-    let last: Option<i64> = row.try_get("last_used_at")?;
-    Ok(PasskeyRecord {
-        id: uuid_col(row, "id")?,
-        user_id: UserId(uuid_col(row, "user_id")?),
-        credential_id: row.try_get("credential_id")?,
-        name: row.try_get("name")?,
-        credential: row.try_get("credential")?,
-        sign_count: row.try_get("sign_count")?,
-        backup_eligible: row.try_get("backup_eligible")?,
-        backup_state: row.try_get("backup_state")?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        last_used_at: last.map(from_micros).transpose()?,
-    })
-}
-
-/// Bumps the tenant's `updated_at`: the change feed's signal that its
-/// snapshot (record, keys, providers) changed, in the change's transaction.
-async fn touch_tenant(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId) -> Result<()> {
-    sqlx::query("UPDATE tenants SET updated_at = ?2 WHERE id = ?1")
-        .bind(tenant.to_string())
-        .bind(micros(Utc::now()))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn upsert_link(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, l: &EmailLink) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO email_links (tenant_id, user_id, kind, token_hash, email, code_challenge, created_at, expires_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (tenant_id, user_id, kind) DO UPDATE SET \
-         token_hash = excluded.token_hash, email = excluded.email, code_challenge = excluded.code_challenge, \
-         created_at = excluded.created_at, expires_at = excluded.expires_at",
-    )
-    .bind(tenant.to_string())
-    .bind(l.user_id.to_string())
-    .bind(&l.kind)
-    .bind(&l.token_hash)
-    .bind(&l.email)
-    .bind(&l.code_challenge)
-    .bind(micros(l.created_at))
-    .bind(micros(l.expires_at))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_mail(tx: &mut Transaction<'static, Sqlite>, tenant: TenantId, m: &OutboxMail) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO mail_outbox (id, tenant_id, kind, message_sealed, created_at, next_attempt_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-    )
-    .bind(m.id.to_string())
-    .bind(tenant.to_string())
-    .bind(&m.kind)
-    .bind(&m.message_sealed)
-    .bind(micros(m.created_at))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Replaces a user's recovery codes (deleting the old set).
-async fn insert_recovery_codes(
-    tx: &mut Transaction<'static, Sqlite>,
-    tenant: TenantId,
-    user: UserId,
-    hashes: &[String],
-) -> Result<()> {
-    sqlx::query("DELETE FROM recovery_codes WHERE tenant_id = ?1 AND user_id = ?2")
-        .bind(tenant.to_string())
-        .bind(user.to_string())
-        .execute(&mut **tx)
-        .await?;
-    for h in hashes {
-        sqlx::query("INSERT INTO recovery_codes (tenant_id, user_id, code_hash, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .bind(tenant.to_string())
-            .bind(user.to_string())
-            .bind(h)
-            .bind(micros(Utc::now()))
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
-fn provider_from_row(row: &SqliteRow) -> Result<OAuthProviderRecord> {
-    let scopes: String = row.try_get("scopes")?;
-    Ok(OAuthProviderRecord {
-        name: row.try_get("name")?,
-        kind: row.try_get("kind")?,
-        display_name: row.try_get("display_name")?,
-        client_id: row.try_get("client_id")?,
-        client_secret_sealed: row.try_get("client_secret_sealed")?,
-        issuer: row.try_get("issuer")?,
-        scopes: serde_json::from_str(&scopes).map_err(|e| Error::Internal(e.to_string()))?,
-        enabled: row.try_get("enabled")?,
-        trust_email_verified: row.try_get("trust_email_verified")?,
-        created_at: from_micros(row.try_get("created_at")?)?,
-        updated_at: from_micros(row.try_get("updated_at")?)?,
-    })
-}
-
-async fn insert_identity(
-    tx: &mut Transaction<'static, Sqlite>,
-    tenant: TenantId,
-    identity: &Identity<'_>,
-    user: UserId,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO user_identities (tenant_id, provider, issuer, subject, email, user_id, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .bind(tenant.to_string())
-    .bind(identity.provider)
-    .bind(identity.issuer)
-    .bind(identity.subject)
-    .bind(identity.email)
-    .bind(user.to_string())
-    .bind(micros(Utc::now()))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
