@@ -18,9 +18,10 @@
 //!   takes `$N` placeholders), with their values by meaning (id, time, JSON,
 //!   …) for each backend to bind as its schema stores them.
 //! - `rows`: reading result rows of either backend into records.
-//! - `shared`: the operations whose steps are the same in both backends
-//!   (statements, transaction, audit events), over how a backend runs a
-//!   statement and the few statements its dialect says differently.
+//! - `shared`: [`Store`] for both backends: the operations whose steps are
+//!   the same (statements, transaction, audit events) once, over how a
+//!   backend runs a statement, the few statements its dialect says
+//!   differently and the operations it takes its own way.
 //! - [`postgres`]: the Postgres backend and `migrate_postgres`.
 //! - [`sqlite`]: the SQLite backend.
 

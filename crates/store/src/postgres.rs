@@ -9,18 +9,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use authd_core::settings::TenantSettings;
 use authd_core::{Slug, TenantId, UserId};
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::rows::{self, Columns, Plain};
-use crate::shared::{self, Backend, Dialect, Exec};
+use crate::shared::{Backend, Binds, Dialect, Exec, Specific};
 use crate::sql::{self, Arg, Stmt, client_columns, escape_like, tenant_columns, user_columns};
-use crate::{Error, Result, Store};
+use crate::{Error, Result};
 use authd_core::records::*;
 
 /// The role the service runs as (created by the first migration).
@@ -167,20 +166,25 @@ impl PgStore {
     }
 }
 
-/// Binds a statement's values as this schema stores them.
-fn query(stmt: Stmt<'_>) -> Query<'static, Postgres, PgArguments> {
-    let mut q = sqlx::query(stmt.sql);
-    for arg in stmt.args {
-        q = match arg {
-            Arg::Id(v) => q.bind(v),
-            Arg::Time(v) => q.bind(v),
-            Arg::Json(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::Int(v) => q.bind(v),
-            Arg::Flag(v) => q.bind(v),
-        };
+impl Binds for Postgres {
+    fn query(stmt: Stmt<'_>) -> Query<'static, Postgres, PgArguments> {
+        let mut q = sqlx::query(stmt.sql);
+        for arg in stmt.args {
+            q = match arg {
+                Arg::Id(v) => q.bind(v),
+                Arg::Time(v) => q.bind(v),
+                Arg::Json(v) => q.bind(v),
+                Arg::Text(v) => q.bind(v),
+                Arg::Int(v) => q.bind(v),
+                Arg::Flag(v) => q.bind(v),
+            };
+        }
+        q
     }
-    q
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
 }
 
 impl Columns for PgRow {
@@ -201,27 +205,6 @@ impl Columns for PgRow {
     }
 }
 
-#[async_trait]
-impl Exec for Transaction<'static, Postgres> {
-    type Row = PgRow;
-
-    async fn run(&mut self, stmt: Stmt<'_>) -> Result<u64> {
-        Ok(query(stmt).execute(&mut **self).await?.rows_affected())
-    }
-
-    async fn optional(&mut self, stmt: Stmt<'_>) -> Result<Option<PgRow>> {
-        Ok(query(stmt).fetch_optional(&mut **self).await?)
-    }
-
-    async fn all(&mut self, stmt: Stmt<'_>) -> Result<Vec<PgRow>> {
-        Ok(query(stmt).fetch_all(&mut **self).await?)
-    }
-
-    async fn commit(self) -> Result<()> {
-        Ok(Transaction::commit(self).await?)
-    }
-}
-
 /// Every tenant-owned statement runs in a transaction that set the tenant
 /// (the trait's default), so row-level security sees only its rows.
 #[async_trait]
@@ -238,11 +221,11 @@ impl Backend for PgStore {
     }
 
     async fn pool_run(&self, stmt: Stmt<'_>) -> Result<u64> {
-        Ok(query(stmt).execute(&self.pool).await?.rows_affected())
+        Ok(Postgres::query(stmt).execute(&self.pool).await?.rows_affected())
     }
 
     async fn pool_optional(&self, stmt: Stmt<'_>) -> Result<Option<PgRow>> {
-        Ok(query(stmt).fetch_optional(&self.pool).await?)
+        Ok(Postgres::query(stmt).fetch_optional(&self.pool).await?)
     }
 }
 
@@ -339,64 +322,44 @@ impl Dialect for PgStore {
         .text(client_id)
         .text(scopes)
     }
-}
 
-/// The statement of a link's effect on its user, `RETURNING` the user.
-fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a> {
-    let stmt = |sql| Stmt::tenant_user(sql, tenant, link.user_id);
-    match effect {
-        None => stmt(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE tenant_id = $1 AND id = $2 AND $3::text IS NULL"
-        ))
-        .opt_text(None),
-        Some(LinkEffect::VerifyEmail) => stmt(concat!(
-            "UPDATE users SET email_verified = true, updated_at = now() \
-             WHERE tenant_id = $1 AND id = $2 AND email = $3 RETURNING ",
-            user_columns!()
-        ))
-        .text(&link.email),
-        Some(LinkEffect::SetPassword(phc)) => stmt(concat!(
-            "UPDATE users SET password_hash = $3, email_verified = email_verified OR email = $4, \
-             updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING ",
-            user_columns!()
-        ))
-        .text(phc)
-        .text(&link.email),
-        Some(LinkEffect::ChangeEmail) => stmt(concat!(
-            "UPDATE users SET email = $3, email_verified = true, updated_at = now() \
-             WHERE tenant_id = $1 AND id = $2 RETURNING ",
-            user_columns!()
-        ))
-        .text(&link.email),
+    fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a> {
+        let stmt = |sql| Stmt::tenant_user(sql, tenant, link.user_id);
+        match effect {
+            None => stmt(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE tenant_id = $1 AND id = $2 AND $3::text IS NULL"
+            ))
+            .opt_text(None),
+            Some(LinkEffect::VerifyEmail) => stmt(concat!(
+                "UPDATE users SET email_verified = true, updated_at = now() \
+                 WHERE tenant_id = $1 AND id = $2 AND email = $3 RETURNING ",
+                user_columns!()
+            ))
+            .text(&link.email),
+            Some(LinkEffect::SetPassword(phc)) => stmt(concat!(
+                "UPDATE users SET password_hash = $3, email_verified = email_verified OR email = $4, \
+                 updated_at = now() WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                user_columns!()
+            ))
+            .text(phc)
+            .text(&link.email),
+            Some(LinkEffect::ChangeEmail) => stmt(concat!(
+                "UPDATE users SET email = $3, email_verified = true, updated_at = now() \
+                 WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                user_columns!()
+            ))
+            .text(&link.email),
+        }
     }
 }
 
 #[async_trait]
-impl Store for PgStore {
+impl Specific for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    async fn create_tenant(
-        &self,
-        tenant: &NewTenant,
-        admin: &NewUser,
-        key: &SigningKeyRecord,
-        tenant_event: &AuditEvent,
-        platform_event: &PlatformEvent,
-    ) -> Result<TenantRecord> {
-        shared::create_tenant(self, tenant, admin, key, tenant_event, platform_event).await
-    }
-
-    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
-        shared::tenant_by_slug(self, slug).await
-    }
-
-    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
-        shared::tenant_by_id(self, id).await
     }
 
     async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
@@ -440,19 +403,6 @@ impl Store for PgStore {
         rows.iter().map(rows::tenant).collect()
     }
 
-    async fn set_tenant_disabled(
-        &self,
-        slug: &Slug,
-        disabled: bool,
-        event: &PlatformEvent,
-    ) -> Result<Option<TenantRecord>> {
-        shared::set_tenant_disabled(self, slug, disabled, event).await
-    }
-
-    async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
-        shared::delete_tenant(self, slug, event).await
-    }
-
     async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
         let (at, id) = after.map(|(a, i)| (Some(a), Some(i.0))).unwrap_or((None, None));
         let rows = sqlx::query(
@@ -465,18 +415,6 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::platform_event).collect()
-    }
-
-    async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
-        shared::update_settings(self, tenant, settings, event).await
-    }
-
-    async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
-        shared::create_user(self, tenant, user, event).await
-    }
-
-    async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
-        shared::user_by_email(self, tenant, email).await
     }
 
     /// One round trip (migration 0007): the function sets the tenant and
@@ -553,14 +491,6 @@ impl Store for PgStore {
         rows::user(&row).map(Some)
     }
 
-    async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
-        shared::count_active_admins(self, tenant).await
-    }
-
-    async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
-        shared::signing_keys(self, tenant).await
-    }
-
     async fn add_signing_key(
         &self,
         tenant: TenantId,
@@ -580,14 +510,6 @@ impl Store for PgStore {
         tx.run(Self::touch_tenant(tenant)).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
-        shared::reseal_signing_keys(self, tenant, sealed).await
-    }
-
-    async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
-        shared::append_events(self, tenant, events).await
     }
 
     async fn audit_events(
@@ -633,36 +555,6 @@ impl Store for PgStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
-        shared::set_totp_pending(self, tenant, user, sealed).await
-    }
-
-    async fn enable_totp(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        pending_sealed: &str,
-        step: i64,
-        recovery_hashes: &[String],
-        event: &AuditEvent,
-    ) -> Result<bool> {
-        shared::enable_totp(self, tenant, user, pending_sealed, step, recovery_hashes, event).await
-    }
-
-    async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
-        shared::disable_totp(self, tenant, user, event).await
-    }
-
-    async fn replace_recovery_codes(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        recovery_hashes: &[String],
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::replace_recovery_codes(self, tenant, user, recovery_hashes, event).await
-    }
-
     async fn use_recovery_code(
         &self,
         tenant: TenantId,
@@ -690,18 +582,6 @@ impl Store for PgStore {
         Ok(true)
     }
 
-    async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
-        shared::recovery_codes_left(self, tenant, user).await
-    }
-
-    async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
-        shared::advance_totp_step(self, tenant, user, step).await
-    }
-
-    async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
-        shared::sealed_totp_secrets(self, tenant).await
-    }
-
     async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
         let mut tx = self.tenant_tx(tenant).await?;
         let mut replaced = 0;
@@ -723,87 +603,6 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(replaced)
-    }
-
-    async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
-        shared::oauth_providers(self, tenant).await
-    }
-
-    async fn upsert_oauth_provider(
-        &self,
-        tenant: TenantId,
-        p: &OAuthProviderRecord,
-        event: &AuditEvent,
-    ) -> Result<OAuthProviderRecord> {
-        shared::upsert_oauth_provider(self, tenant, p, event).await
-    }
-
-    async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
-        shared::delete_oauth_provider(self, tenant, name, event).await
-    }
-
-    async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>> {
-        shared::user_by_identity(self, tenant, identity).await
-    }
-
-    async fn link_identity(
-        &self,
-        tenant: TenantId,
-        identity: &Identity<'_>,
-        user: UserId,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::link_identity(self, tenant, identity, user, event).await
-    }
-
-    async fn create_user_with_identity(
-        &self,
-        tenant: TenantId,
-        user: &NewUser,
-        identity: &Identity<'_>,
-        events: &[AuditEvent],
-    ) -> Result<UserRecord> {
-        shared::create_user_with_identity(self, tenant, user, identity, events).await
-    }
-
-    async fn create_user_with_link(
-        &self,
-        tenant: TenantId,
-        user: &NewUser,
-        event: &AuditEvent,
-        link: &EmailLink,
-        mail: &OutboxMail,
-    ) -> Result<UserRecord> {
-        shared::create_user_with_link(self, tenant, user, event, link, mail).await
-    }
-
-    async fn issue_link(
-        &self,
-        tenant: TenantId,
-        link: &EmailLink,
-        mail: &OutboxMail,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::issue_link(self, tenant, link, mail, event).await
-    }
-
-    async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
-        shared::link_by_hash(self, tenant, hash).await
-    }
-
-    async fn redeem_link(
-        &self,
-        tenant: TenantId,
-        link: &EmailLink,
-        effect: Option<&LinkEffect>,
-        events: &[AuditEvent],
-        mail: Option<&OutboxMail>,
-    ) -> Result<Option<UserRecord>> {
-        shared::redeem_link(self, tenant, link, link_effect(tenant, link, effect), events, mail).await
-    }
-
-    async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
-        shared::delete_links(self, tenant, user, kind).await
     }
 
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {
@@ -836,76 +635,6 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn mail_delivered(&self, id: Uuid) -> Result<()> {
-        shared::delete_mail(self, id).await
-    }
-
-    async fn mail_deferred(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
-        shared::mail_deferred(self, id, retry_at, error).await
-    }
-
-    async fn mail_abandoned(&self, id: Uuid) -> Result<()> {
-        shared::delete_mail(self, id).await
-    }
-
-    async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
-        shared::passkeys(self, tenant, user).await
-    }
-
-    async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
-        shared::passkey_by_credential(self, tenant, credential_id).await
-    }
-
-    async fn insert_passkey(&self, tenant: TenantId, p: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
-        shared::insert_passkey(self, tenant, p, event).await
-    }
-
-    async fn record_passkey_use(&self, tenant: TenantId, p: &PasskeyRecord, previous_count: i64) -> Result<bool> {
-        shared::record_passkey_use(self, tenant, p, previous_count).await
-    }
-
-    async fn rename_passkey(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        id: Uuid,
-        name: &str,
-    ) -> Result<Option<PasskeyRecord>> {
-        shared::rename_passkey(self, tenant, user, id, name).await
-    }
-
-    async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: Uuid, event: &AuditEvent) -> Result<bool> {
-        shared::delete_passkey(self, tenant, user, id, event).await
-    }
-
-    async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
-        shared::oauth_clients(self, tenant).await
-    }
-
-    async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>> {
-        shared::oauth_client(self, tenant, client_id).await
-    }
-
-    async fn save_oauth_client(
-        &self,
-        tenant: TenantId,
-        c: &OAuthClientRecord,
-        create: bool,
-        event: &AuditEvent,
-    ) -> Result<Option<OAuthClientRecord>> {
-        shared::save_oauth_client(self, tenant, c, create, event).await
-    }
-
-    async fn set_oauth_client_secret(
-        &self,
-        tenant: TenantId,
-        client_id: &str,
-        secret_hash: &str,
-        event: &AuditEvent,
-    ) -> Result<Option<OAuthClientRecord>> {
-        shared::set_oauth_client_secret(self, tenant, client_id, secret_hash, event).await
-    }
-
     /// Deletes the client's consents explicitly first (their foreign key
     /// cascades as well, as in SQLite).
     async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
@@ -921,28 +650,5 @@ impl Store for PgStore {
         tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {
-        shared::consent(self, tenant, user, client_id).await
-    }
-
-    async fn grant_consent(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        client_id: &str,
-        scopes: &str,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::grant_consent(self, tenant, user, client_id, scopes, event).await
-    }
-
-    async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
-        shared::revoke_consent(self, tenant, user, client_id).await
-    }
-
-    async fn outbox_stats(&self) -> Result<OutboxStats> {
-        shared::outbox_stats(self).await
     }
 }

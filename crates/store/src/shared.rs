@@ -1,20 +1,23 @@
-//! The [`Store`](crate::Store) operations whose steps are the same in both
-//! backends, written once over [`Backend`]: which statements, in which
-//! transaction, with which audit events. A backend supplies how it runs a
-//! statement ([`Exec`], [`Backend`]) and the statements its dialect says
-//! differently ([`Dialect`]); the operations that differ in more than a
-//! statement stay in the backend.
+//! [`Store`] for both backends, once: the operations whose steps are the
+//! same (which statements, in which transaction, with which audit events)
+//! are written here over what a backend supplies: how it runs a statement
+//! ([`Binds`], [`Backend`]), the statements its dialect says differently
+//! ([`Dialect`]), and the operations it takes its own way ([`Specific`]).
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use authd_core::records::*;
 use authd_core::settings::TenantSettings;
 use authd_core::{Slug, TenantId, UserId};
 use chrono::{DateTime, Utc};
+use sqlx::query::Query;
+use sqlx::{Database, Executor, IntoArguments, Transaction};
 use uuid::Uuid;
 
 use crate::rows::{self, Columns};
 use crate::sql::{self, Stmt};
-use crate::{Error, Result};
+use crate::{Error, Result, Store};
 
 /// Runs statements in one transaction.
 #[async_trait]
@@ -33,6 +36,41 @@ pub(crate) trait Exec: Send + Sized {
     /// A statement that answers one row (`RETURNING`, a count).
     async fn one(&mut self, stmt: Stmt<'_>) -> Result<Self::Row> {
         exactly_one(self.optional(stmt).await?)
+    }
+}
+
+/// A database that runs [`Stmt`]s: it binds their values as its schema
+/// stores them.
+pub(crate) trait Binds: Database {
+    fn query(stmt: Stmt<'_>) -> Query<'static, Self, Self::Arguments>;
+
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
+#[async_trait]
+impl<DB> Exec for Transaction<'static, DB>
+where
+    DB: Binds,
+    DB::Row: Columns,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    type Row = DB::Row;
+
+    async fn run(&mut self, stmt: Stmt<'_>) -> Result<u64> {
+        Ok(DB::rows_affected(&DB::query(stmt).execute(&mut **self).await?))
+    }
+
+    async fn optional(&mut self, stmt: Stmt<'_>) -> Result<Option<DB::Row>> {
+        Ok(DB::query(stmt).fetch_optional(&mut **self).await?)
+    }
+
+    async fn all(&mut self, stmt: Stmt<'_>) -> Result<Vec<DB::Row>> {
+        Ok(DB::query(stmt).fetch_all(&mut **self).await?)
+    }
+
+    async fn commit(self) -> Result<()> {
+        Ok(Transaction::commit(self).await?)
     }
 }
 
@@ -64,6 +102,10 @@ pub(crate) trait Dialect {
 
     /// Records or replaces the consent.
     fn grant_consent<'a>(tenant: TenantId, user: UserId, client_id: &'a str, scopes: &'a str) -> Stmt<'a>;
+
+    /// A redeemed link's effect on its user (with none, just the user),
+    /// `RETURNING` the user.
+    fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a>;
 }
 
 /// How a backend runs statements.
@@ -120,176 +162,79 @@ fn map_row<R, T>(row: Option<R>, map: impl Fn(&R) -> Result<T>) -> Result<Option
     row.as_ref().map(map).transpose()
 }
 
-// ---- platform: tenants ----
+/// The operations each backend takes its own way (arrays, locks, Postgres'
+/// functions, SQLite's single writer), with the reason at the backend.
+#[async_trait]
+pub(crate) trait Specific: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
 
-pub(crate) async fn create_tenant<B: Backend>(
-    b: &B,
-    tenant: &NewTenant,
-    admin: &NewUser,
-    key: &SigningKeyRecord,
-    tenant_event: &AuditEvent,
-    platform_event: &PlatformEvent,
-) -> Result<TenantRecord> {
-    let mut tx = b.begin(tenant.id).await?;
-    let record = rows::tenant(&tx.one(sql::insert_tenant(tenant)?).await?)?;
-    rows::user(&tx.one(sql::insert_user(tenant.id, admin)).await?)?;
-    tx.run(sql::insert_key(tenant.id, key)).await?;
-    tx.run(sql::insert_event(tenant.id, tenant_event)).await?;
-    tx.run(sql::insert_platform_event(platform_event)).await?;
-    tx.commit().await?;
-    Ok(record)
+    async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>>;
+
+    async fn tenants_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)>;
+
+    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>>;
+
+    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>>;
+
+    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>>;
+
+    async fn list_users(
+        &self,
+        tenant: TenantId,
+        email_prefix: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>>;
+
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        change: &UserChange,
+        event: Option<&AuditEvent>,
+    ) -> Result<Option<UserRecord>>;
+
+    async fn add_signing_key(
+        &self,
+        tenant: TenantId,
+        key: &SigningKeyRecord,
+        remove: &[String],
+        event: &AuditEvent,
+    ) -> Result<()>;
+
+    async fn audit_events(
+        &self,
+        tenant: TenantId,
+        filter: &AuditFilter,
+        after: Option<EventCursor>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>>;
+
+    async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64>;
+
+    async fn use_recovery_code(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        candidates: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool>;
+
+    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64>;
+
+    async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>>;
+
+    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool>;
 }
 
-pub(crate) async fn tenant_by_slug<B: Backend>(b: &B, slug: &str) -> Result<Option<TenantRecord>> {
-    map_row(b.pool_optional(sql::tenant_by_slug(slug)).await?, rows::tenant)
-}
-
-pub(crate) async fn tenant_by_id<B: Backend>(b: &B, id: TenantId) -> Result<Option<TenantRecord>> {
-    map_row(b.pool_optional(sql::tenant_by_id(id)).await?, rows::tenant)
-}
-
-pub(crate) async fn set_tenant_disabled<B: Backend>(
-    b: &B,
-    slug: &Slug,
-    disabled: bool,
-    event: &PlatformEvent,
-) -> Result<Option<TenantRecord>> {
-    let mut tx = b.begin_platform().await?;
-    let Some(row) = tx.optional(B::set_tenant_disabled(slug, disabled)).await? else { return Ok(None) };
-    let record = rows::tenant(&row)?;
-    let mut event = event.clone();
-    event.tenant_id = Some(record.id);
-    tx.run(sql::insert_platform_event(&event)).await?;
-    tx.commit().await?;
-    Ok(Some(record))
-}
-
-/// Tenant-owned rows go by `ON DELETE CASCADE`, in this transaction (which
-/// Postgres runs as the tables' owner, past row-level security).
-pub(crate) async fn delete_tenant<B: Backend>(b: &B, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
-    let mut tx = b.begin_platform().await?;
-    let Some(row) = tx.optional(sql::delete_tenant(slug)).await? else { return Ok(None) };
-    let id = TenantId(row.id("id")?);
-    let mut event = event.clone();
-    event.tenant_id = Some(id);
-    tx.run(sql::insert_platform_event(&event)).await?;
-    tx.commit().await?;
-    Ok(Some(id))
-}
-
-// ---- tenant: settings, users ----
-
-pub(crate) async fn update_settings<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    settings: &TenantSettings,
-    event: &AuditEvent,
-) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    tx.run(B::update_settings(tenant, sql::to_json(settings)?)).await?;
-    tx.run(sql::insert_event(tenant, event)).await?;
-    tx.commit().await
-}
-
-pub(crate) async fn create_user<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: &NewUser,
-    event: &AuditEvent,
-) -> Result<UserRecord> {
-    let mut tx = b.begin(tenant).await?;
-    let record = rows::user(&tx.one(sql::insert_user(tenant, user)).await?)?;
-    tx.run(sql::insert_event(tenant, event)).await?;
-    tx.commit().await?;
-    Ok(record)
-}
-
-pub(crate) async fn user_by_email<B: Backend>(b: &B, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
-    map_row(b.optional(tenant, sql::user_by_email(tenant, email)).await?, rows::user)
-}
-
-pub(crate) async fn count_active_admins<B: Backend>(b: &B, tenant: TenantId) -> Result<u64> {
-    exactly_one(b.optional(tenant, sql::count_active_admins(tenant)).await?)?.count()
-}
-
-// ---- tenant: signing keys, audit ----
-
-pub(crate) async fn signing_keys<B: Backend>(b: &B, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
-    map_rows(b.all(tenant, sql::signing_keys(tenant)).await?, rows::key)
-}
-
-pub(crate) async fn reseal_signing_keys<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    sealed: &[(String, String)],
-) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    for (kid, value) in sealed {
-        tx.run(sql::reseal_signing_key(tenant, kid, value)).await?;
-    }
-    tx.run(B::touch_tenant(tenant)).await?;
-    tx.commit().await
-}
-
-pub(crate) async fn append_events<B: Backend>(b: &B, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    insert_events(&mut tx, tenant, events).await?;
-    tx.commit().await
-}
-
-pub(crate) async fn insert_events(tx: &mut impl Exec, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
+async fn insert_events(tx: &mut impl Exec, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
     for e in events {
         tx.run(sql::insert_event(tenant, e)).await?;
     }
     Ok(())
-}
-
-// ---- tenant: two-factor ----
-
-pub(crate) async fn set_totp_pending<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: UserId,
-    sealed: Option<&str>,
-) -> Result<bool> {
-    Ok(b.run(tenant, B::set_totp_pending(tenant, user, sealed)).await? == 1)
-}
-
-pub(crate) async fn enable_totp<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: UserId,
-    pending_sealed: &str,
-    step: i64,
-    recovery_hashes: &[String],
-    event: &AuditEvent,
-) -> Result<bool> {
-    let mut tx = b.begin(tenant).await?;
-    if tx.run(B::enable_totp(tenant, user, pending_sealed, step)).await? != 1 {
-        return Ok(false);
-    }
-    replace_codes::<B>(&mut tx, tenant, user, recovery_hashes, event).await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
-pub(crate) async fn disable_totp<B: Backend>(b: &B, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    tx.run(B::disable_totp(tenant, user)).await?;
-    replace_codes::<B>(&mut tx, tenant, user, &[], event).await?;
-    tx.commit().await
-}
-
-pub(crate) async fn replace_recovery_codes<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: UserId,
-    recovery_hashes: &[String],
-    event: &AuditEvent,
-) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    replace_codes::<B>(&mut tx, tenant, user, recovery_hashes, event).await?;
-    tx.commit().await
 }
 
 /// Replaces a user's recovery codes (deleting the old set) and records the event.
@@ -308,123 +253,6 @@ async fn replace_codes<B: Backend>(
     Ok(())
 }
 
-pub(crate) async fn recovery_codes_left<B: Backend>(b: &B, tenant: TenantId, user: UserId) -> Result<u64> {
-    exactly_one(b.optional(tenant, sql::recovery_codes_left(tenant, user)).await?)?.count()
-}
-
-pub(crate) async fn advance_totp_step<B: Backend>(b: &B, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
-    Ok(b.run(tenant, sql::advance_totp_step(tenant, user, step)).await? == 1)
-}
-
-pub(crate) async fn sealed_totp_secrets<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
-    map_rows(b.all(tenant, sql::sealed_totp_secrets(tenant)).await?, rows::sealed_totp)
-}
-
-// ---- tenant: OAuth providers and linked identities ----
-
-pub(crate) async fn oauth_providers<B: Backend>(b: &B, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
-    map_rows(b.all(tenant, sql::oauth_providers(tenant)).await?, rows::provider)
-}
-
-pub(crate) async fn upsert_oauth_provider<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    p: &OAuthProviderRecord,
-    event: &AuditEvent,
-) -> Result<OAuthProviderRecord> {
-    let mut tx = b.begin(tenant).await?;
-    let record = rows::provider(&tx.one(sql::upsert_oauth_provider(tenant, p)?).await?)?;
-    tx.run(sql::insert_event(tenant, event)).await?;
-    tx.run(B::touch_tenant(tenant)).await?;
-    tx.commit().await?;
-    Ok(record)
-}
-
-pub(crate) async fn delete_oauth_provider<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    name: &str,
-    event: &AuditEvent,
-) -> Result<bool> {
-    let mut tx = b.begin(tenant).await?;
-    if tx.run(sql::delete_oauth_provider(tenant, name)).await? == 0 {
-        return Ok(false);
-    }
-    tx.run(sql::delete_identities(tenant, name)).await?;
-    tx.run(sql::insert_event(tenant, event)).await?;
-    tx.run(B::touch_tenant(tenant)).await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
-pub(crate) async fn user_by_identity<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    identity: &Identity<'_>,
-) -> Result<Option<UserRecord>> {
-    map_row(b.optional(tenant, sql::user_by_identity(tenant, identity)).await?, rows::user)
-}
-
-pub(crate) async fn link_identity<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    identity: &Identity<'_>,
-    user: UserId,
-    event: &AuditEvent,
-) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    tx.run(B::insert_identity(tenant, identity, user)).await?;
-    tx.run(sql::insert_event(tenant, event)).await?;
-    tx.commit().await
-}
-
-pub(crate) async fn create_user_with_identity<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: &NewUser,
-    identity: &Identity<'_>,
-    events: &[AuditEvent],
-) -> Result<UserRecord> {
-    let mut tx = b.begin(tenant).await?;
-    let record = rows::user(&tx.one(sql::insert_user(tenant, user)).await?)?;
-    tx.run(B::insert_identity(tenant, identity, user.id)).await?;
-    insert_events(&mut tx, tenant, events).await?;
-    tx.commit().await?;
-    Ok(record)
-}
-
-// ---- tenant: email links, and the mail outbox ----
-
-pub(crate) async fn create_user_with_link<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: &NewUser,
-    event: &AuditEvent,
-    link: &EmailLink,
-    mail: &OutboxMail,
-) -> Result<UserRecord> {
-    let mut tx = b.begin(tenant).await?;
-    let record = rows::user(&tx.one(sql::insert_user(tenant, user)).await?)?;
-    issue(&mut tx, tenant, link, mail, event).await?;
-    tx.commit().await?;
-    Ok(record)
-}
-
-pub(crate) async fn issue_link<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    link: &EmailLink,
-    mail: &OutboxMail,
-    event: &AuditEvent,
-) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    issue(&mut tx, tenant, link, mail, event).await?;
-    tx.commit().await
-}
-
 /// Stores the link, queues its mail and records the event.
 async fn issue(
     tx: &mut impl Exec,
@@ -437,151 +265,6 @@ async fn issue(
     tx.run(sql::insert_mail(tenant, mail)).await?;
     tx.run(sql::insert_event(tenant, event)).await?;
     Ok(())
-}
-
-pub(crate) async fn link_by_hash<B: Backend>(b: &B, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
-    map_row(b.optional(tenant, sql::link_by_hash(tenant, hash)).await?, rows::link)
-}
-
-/// Redeems `link` with the dialect's `effect` statement (`RETURNING` the
-/// user): the link is deleted only while still stored (redeemed once), then
-/// the events and the mail, in one transaction.
-pub(crate) async fn redeem_link<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    link: &EmailLink,
-    effect: Stmt<'_>,
-    events: &[AuditEvent],
-    mail: Option<&OutboxMail>,
-) -> Result<Option<UserRecord>> {
-    let mut tx = b.begin(tenant).await?;
-    if tx.run(sql::take_link(tenant, link)).await? == 0 {
-        return Ok(None);
-    }
-    let Some(row) = tx.optional(effect).await? else { return Ok(None) };
-    insert_events(&mut tx, tenant, events).await?;
-    if let Some(mail) = mail {
-        tx.run(sql::insert_mail(tenant, mail)).await?;
-    }
-    let user = rows::user(&row)?;
-    tx.commit().await?;
-    Ok(Some(user))
-}
-
-pub(crate) async fn delete_links<B: Backend>(b: &B, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
-    b.run(tenant, sql::delete_links(tenant, user, kind)).await?;
-    Ok(())
-}
-
-/// Delivered or abandoned: the mail leaves the outbox.
-pub(crate) async fn delete_mail<B: Backend>(b: &B, id: Uuid) -> Result<()> {
-    b.pool_run(sql::delete_mail(id)).await?;
-    Ok(())
-}
-
-pub(crate) async fn mail_deferred<B: Backend>(b: &B, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
-    b.pool_run(sql::defer_mail(id, retry_at, error)).await?;
-    Ok(())
-}
-
-pub(crate) async fn outbox_stats<B: Backend>(b: &B) -> Result<OutboxStats> {
-    rows::outbox_stats(&exactly_one(b.pool_optional(sql::outbox_stats()).await?)?)
-}
-
-// ---- tenant: passkeys ----
-
-pub(crate) async fn passkeys<B: Backend>(b: &B, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
-    map_rows(b.all(tenant, sql::passkeys(tenant, user)).await?, rows::passkey)
-}
-
-pub(crate) async fn passkey_by_credential<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    credential_id: &str,
-) -> Result<Option<PasskeyRecord>> {
-    map_row(b.optional(tenant, sql::passkey_by_credential(tenant, credential_id)).await?, rows::passkey)
-}
-
-pub(crate) async fn insert_passkey<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    p: &PasskeyRecord,
-    event: &AuditEvent,
-) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    tx.run(sql::insert_passkey(tenant, p)).await?;
-    tx.run(sql::insert_event(tenant, event)).await?;
-    tx.commit().await
-}
-
-pub(crate) async fn record_passkey_use<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    p: &PasskeyRecord,
-    previous_count: i64,
-) -> Result<bool> {
-    Ok(b.run(tenant, sql::record_passkey_use(tenant, p, previous_count)).await? == 1)
-}
-
-pub(crate) async fn rename_passkey<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: UserId,
-    id: Uuid,
-    name: &str,
-) -> Result<Option<PasskeyRecord>> {
-    map_row(b.optional(tenant, sql::rename_passkey(tenant, user, id, name)).await?, rows::passkey)
-}
-
-pub(crate) async fn delete_passkey<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: UserId,
-    id: Uuid,
-    event: &AuditEvent,
-) -> Result<bool> {
-    let mut tx = b.begin(tenant).await?;
-    let n = tx.run(sql::delete_passkey(tenant, user, id)).await?;
-    if n == 1 {
-        tx.run(sql::insert_event(tenant, event)).await?;
-    }
-    tx.commit().await?;
-    Ok(n == 1)
-}
-
-// ---- tenant: OAuth clients and consents ----
-
-pub(crate) async fn oauth_clients<B: Backend>(b: &B, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
-    map_rows(b.all(tenant, sql::oauth_clients(tenant)).await?, rows::client)
-}
-
-pub(crate) async fn oauth_client<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    client_id: &str,
-) -> Result<Option<OAuthClientRecord>> {
-    map_row(b.optional(tenant, sql::oauth_client(tenant, client_id)).await?, rows::client)
-}
-
-pub(crate) async fn save_oauth_client<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    c: &OAuthClientRecord,
-    create: bool,
-    event: &AuditEvent,
-) -> Result<Option<OAuthClientRecord>> {
-    let stmt = if create { sql::insert_oauth_client(tenant, c)? } else { sql::update_oauth_client(tenant, c)? };
-    write_client(b, tenant, stmt, event).await
-}
-
-pub(crate) async fn set_oauth_client_secret<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    client_id: &str,
-    secret_hash: &str,
-    event: &AuditEvent,
-) -> Result<Option<OAuthClientRecord>> {
-    write_client(b, tenant, B::set_oauth_client_secret(tenant, client_id, secret_hash), event).await
 }
 
 /// Runs a statement `RETURNING` a client and, when it answered one, records
@@ -600,29 +283,497 @@ async fn write_client<B: Backend>(
     Ok(Some(record))
 }
 
-pub(crate) async fn consent<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: UserId,
-    client_id: &str,
-) -> Result<Option<String>> {
-    map_row(b.optional(tenant, sql::consent(tenant, user, client_id)).await?, |r| r.get("scopes"))
-}
+/// [`Store`] for every backend: the operations whose steps are the same are
+/// written here once; the others are the backend's [`Specific`] ones.
+#[async_trait]
+impl<B: Backend + Specific> Store for B {
+    // ---- what each backend does its own way ----
 
-pub(crate) async fn grant_consent<B: Backend>(
-    b: &B,
-    tenant: TenantId,
-    user: UserId,
-    client_id: &str,
-    scopes: &str,
-    event: &AuditEvent,
-) -> Result<()> {
-    let mut tx = b.begin(tenant).await?;
-    tx.run(B::grant_consent(tenant, user, client_id, scopes)).await?;
-    tx.run(sql::insert_event(tenant, event)).await?;
-    tx.commit().await
-}
+    async fn ping(&self) -> Result<()> {
+        Specific::ping(self).await
+    }
 
-pub(crate) async fn revoke_consent<B: Backend>(b: &B, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
-    Ok(b.run(tenant, sql::revoke_consent(tenant, user, client_id)).await? == 1)
+    async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
+        Specific::missing_tenants(self, ids).await
+    }
+
+    async fn tenants_changed_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)> {
+        Specific::tenants_changed_since(self, since).await
+    }
+
+    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
+        Specific::list_tenants(self, after, limit).await
+    }
+
+    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
+        Specific::platform_events(self, after, limit).await
+    }
+
+    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
+        Specific::user_by_id(self, tenant, id).await
+    }
+
+    async fn list_users(
+        &self,
+        tenant: TenantId,
+        email_prefix: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>> {
+        Specific::list_users(self, tenant, email_prefix, after, limit).await
+    }
+
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        change: &UserChange,
+        event: Option<&AuditEvent>,
+    ) -> Result<Option<UserRecord>> {
+        Specific::update_user(self, tenant, id, change, event).await
+    }
+
+    async fn add_signing_key(
+        &self,
+        tenant: TenantId,
+        key: &SigningKeyRecord,
+        remove: &[String],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        Specific::add_signing_key(self, tenant, key, remove, event).await
+    }
+
+    async fn audit_events(
+        &self,
+        tenant: TenantId,
+        filter: &AuditFilter,
+        after: Option<EventCursor>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>> {
+        Specific::audit_events(self, tenant, filter, after, limit).await
+    }
+
+    async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
+        Specific::purge_audit_events(self, tenant, before).await
+    }
+
+    async fn use_recovery_code(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        candidates: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        Specific::use_recovery_code(self, tenant, user, candidates, event).await
+    }
+
+    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
+        Specific::reseal_totp_secrets(self, tenant, sealed).await
+    }
+
+    async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {
+        Specific::claim_mail(self, now, lease, limit).await
+    }
+
+    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
+        Specific::delete_oauth_client(self, tenant, client_id, event).await
+    }
+
+    // ---- platform: tenants ----
+
+    async fn create_tenant(
+        &self,
+        tenant: &NewTenant,
+        admin: &NewUser,
+        key: &SigningKeyRecord,
+        tenant_event: &AuditEvent,
+        platform_event: &PlatformEvent,
+    ) -> Result<TenantRecord> {
+        let mut tx = self.begin(tenant.id).await?;
+        let record = rows::tenant(&tx.one(sql::insert_tenant(tenant)?).await?)?;
+        rows::user(&tx.one(sql::insert_user(tenant.id, admin)).await?)?;
+        tx.run(sql::insert_key(tenant.id, key)).await?;
+        tx.run(sql::insert_event(tenant.id, tenant_event)).await?;
+        tx.run(sql::insert_platform_event(platform_event)).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
+        map_row(self.pool_optional(sql::tenant_by_slug(slug)).await?, rows::tenant)
+    }
+
+    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
+        map_row(self.pool_optional(sql::tenant_by_id(id)).await?, rows::tenant)
+    }
+
+    async fn set_tenant_disabled(
+        &self,
+        slug: &Slug,
+        disabled: bool,
+        event: &PlatformEvent,
+    ) -> Result<Option<TenantRecord>> {
+        let mut tx = self.begin_platform().await?;
+        let Some(row) = tx.optional(B::set_tenant_disabled(slug, disabled)).await? else { return Ok(None) };
+        let record = rows::tenant(&row)?;
+        let mut event = event.clone();
+        event.tenant_id = Some(record.id);
+        tx.run(sql::insert_platform_event(&event)).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    /// Tenant-owned rows go by `ON DELETE CASCADE`, in this transaction (which
+    /// Postgres runs as the tables' owner, past row-level security).
+    async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
+        let mut tx = self.begin_platform().await?;
+        let Some(row) = tx.optional(sql::delete_tenant(slug)).await? else { return Ok(None) };
+        let id = TenantId(row.id("id")?);
+        let mut event = event.clone();
+        event.tenant_id = Some(id);
+        tx.run(sql::insert_platform_event(&event)).await?;
+        tx.commit().await?;
+        Ok(Some(id))
+    }
+
+    // ---- tenant: settings, users ----
+
+    async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        tx.run(B::update_settings(tenant, sql::to_json(settings)?)).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.commit().await
+    }
+
+    async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
+        let mut tx = self.begin(tenant).await?;
+        let record = rows::user(&tx.one(sql::insert_user(tenant, user)).await?)?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
+        map_row(self.optional(tenant, sql::user_by_email(tenant, email)).await?, rows::user)
+    }
+
+    async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
+        exactly_one(self.optional(tenant, sql::count_active_admins(tenant)).await?)?.count()
+    }
+
+    // ---- tenant: signing keys, audit ----
+
+    async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
+        map_rows(self.all(tenant, sql::signing_keys(tenant)).await?, rows::key)
+    }
+
+    async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        for (kid, value) in sealed {
+            tx.run(sql::reseal_signing_key(tenant, kid, value)).await?;
+        }
+        tx.run(B::touch_tenant(tenant)).await?;
+        tx.commit().await
+    }
+
+    async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        insert_events(&mut tx, tenant, events).await?;
+        tx.commit().await
+    }
+
+    // ---- tenant: two-factor ----
+
+    async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
+        Ok(self.run(tenant, B::set_totp_pending(tenant, user, sealed)).await? == 1)
+    }
+
+    async fn enable_totp(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        pending_sealed: &str,
+        step: i64,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.begin(tenant).await?;
+        if tx.run(B::enable_totp(tenant, user, pending_sealed, step)).await? != 1 {
+            return Ok(false);
+        }
+        replace_codes::<B>(&mut tx, tenant, user, recovery_hashes, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        tx.run(B::disable_totp(tenant, user)).await?;
+        replace_codes::<B>(&mut tx, tenant, user, &[], event).await?;
+        tx.commit().await
+    }
+
+    async fn replace_recovery_codes(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        recovery_hashes: &[String],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        replace_codes::<B>(&mut tx, tenant, user, recovery_hashes, event).await?;
+        tx.commit().await
+    }
+
+    async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
+        exactly_one(self.optional(tenant, sql::recovery_codes_left(tenant, user)).await?)?.count()
+    }
+
+    async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
+        Ok(self.run(tenant, sql::advance_totp_step(tenant, user, step)).await? == 1)
+    }
+
+    async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
+        map_rows(self.all(tenant, sql::sealed_totp_secrets(tenant)).await?, rows::sealed_totp)
+    }
+
+    // ---- tenant: OAuth providers and linked identities ----
+
+    async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
+        map_rows(self.all(tenant, sql::oauth_providers(tenant)).await?, rows::provider)
+    }
+
+    async fn upsert_oauth_provider(
+        &self,
+        tenant: TenantId,
+        p: &OAuthProviderRecord,
+        event: &AuditEvent,
+    ) -> Result<OAuthProviderRecord> {
+        let mut tx = self.begin(tenant).await?;
+        let record = rows::provider(&tx.one(sql::upsert_oauth_provider(tenant, p)?).await?)?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.run(B::touch_tenant(tenant)).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.begin(tenant).await?;
+        if tx.run(sql::delete_oauth_provider(tenant, name)).await? == 0 {
+            return Ok(false);
+        }
+        tx.run(sql::delete_identities(tenant, name)).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.run(B::touch_tenant(tenant)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>> {
+        map_row(self.optional(tenant, sql::user_by_identity(tenant, identity)).await?, rows::user)
+    }
+
+    async fn link_identity(
+        &self,
+        tenant: TenantId,
+        identity: &Identity<'_>,
+        user: UserId,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        tx.run(B::insert_identity(tenant, identity, user)).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.commit().await
+    }
+
+    async fn create_user_with_identity(
+        &self,
+        tenant: TenantId,
+        user: &NewUser,
+        identity: &Identity<'_>,
+        events: &[AuditEvent],
+    ) -> Result<UserRecord> {
+        let mut tx = self.begin(tenant).await?;
+        let record = rows::user(&tx.one(sql::insert_user(tenant, user)).await?)?;
+        tx.run(B::insert_identity(tenant, identity, user.id)).await?;
+        insert_events(&mut tx, tenant, events).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    // ---- tenant: email links, and the mail outbox ----
+
+    async fn create_user_with_link(
+        &self,
+        tenant: TenantId,
+        user: &NewUser,
+        event: &AuditEvent,
+        link: &EmailLink,
+        mail: &OutboxMail,
+    ) -> Result<UserRecord> {
+        let mut tx = self.begin(tenant).await?;
+        let record = rows::user(&tx.one(sql::insert_user(tenant, user)).await?)?;
+        issue(&mut tx, tenant, link, mail, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn issue_link(
+        &self,
+        tenant: TenantId,
+        link: &EmailLink,
+        mail: &OutboxMail,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        issue(&mut tx, tenant, link, mail, event).await?;
+        tx.commit().await
+    }
+
+    async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
+        map_row(self.optional(tenant, sql::link_by_hash(tenant, hash)).await?, rows::link)
+    }
+
+    async fn redeem_link(
+        &self,
+        tenant: TenantId,
+        link: &EmailLink,
+        effect: Option<&LinkEffect>,
+        events: &[AuditEvent],
+        mail: Option<&OutboxMail>,
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.begin(tenant).await?;
+        if tx.run(sql::take_link(tenant, link)).await? == 0 {
+            return Ok(None);
+        }
+        let Some(row) = tx.optional(B::link_effect(tenant, link, effect)).await? else { return Ok(None) };
+        insert_events(&mut tx, tenant, events).await?;
+        if let Some(mail) = mail {
+            tx.run(sql::insert_mail(tenant, mail)).await?;
+        }
+        let user = rows::user(&row)?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
+        self.run(tenant, sql::delete_links(tenant, user, kind)).await?;
+        Ok(())
+    }
+
+    async fn mail_delivered(&self, id: Uuid) -> Result<()> {
+        self.pool_run(sql::delete_mail(id)).await?;
+        Ok(())
+    }
+
+    async fn mail_abandoned(&self, id: Uuid) -> Result<()> {
+        self.pool_run(sql::delete_mail(id)).await?;
+        Ok(())
+    }
+
+    async fn mail_deferred(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
+        self.pool_run(sql::defer_mail(id, retry_at, error)).await?;
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats> {
+        rows::outbox_stats(&exactly_one(self.pool_optional(sql::outbox_stats()).await?)?)
+    }
+
+    // ---- tenant: passkeys ----
+
+    async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
+        map_rows(self.all(tenant, sql::passkeys(tenant, user)).await?, rows::passkey)
+    }
+
+    async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
+        map_row(self.optional(tenant, sql::passkey_by_credential(tenant, credential_id)).await?, rows::passkey)
+    }
+
+    async fn insert_passkey(&self, tenant: TenantId, p: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        tx.run(sql::insert_passkey(tenant, p)).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.commit().await
+    }
+
+    async fn record_passkey_use(&self, tenant: TenantId, p: &PasskeyRecord, previous_count: i64) -> Result<bool> {
+        Ok(self.run(tenant, sql::record_passkey_use(tenant, p, previous_count)).await? == 1)
+    }
+
+    async fn rename_passkey(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        id: Uuid,
+        name: &str,
+    ) -> Result<Option<PasskeyRecord>> {
+        map_row(self.optional(tenant, sql::rename_passkey(tenant, user, id, name)).await?, rows::passkey)
+    }
+
+    async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: Uuid, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.begin(tenant).await?;
+        let n = tx.run(sql::delete_passkey(tenant, user, id)).await?;
+        if n == 1 {
+            tx.run(sql::insert_event(tenant, event)).await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    // ---- tenant: OAuth clients and consents ----
+
+    async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
+        map_rows(self.all(tenant, sql::oauth_clients(tenant)).await?, rows::client)
+    }
+
+    async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>> {
+        map_row(self.optional(tenant, sql::oauth_client(tenant, client_id)).await?, rows::client)
+    }
+
+    async fn save_oauth_client(
+        &self,
+        tenant: TenantId,
+        c: &OAuthClientRecord,
+        create: bool,
+        event: &AuditEvent,
+    ) -> Result<Option<OAuthClientRecord>> {
+        let stmt = if create { sql::insert_oauth_client(tenant, c)? } else { sql::update_oauth_client(tenant, c)? };
+        write_client(self, tenant, stmt, event).await
+    }
+
+    async fn set_oauth_client_secret(
+        &self,
+        tenant: TenantId,
+        client_id: &str,
+        secret_hash: &str,
+        event: &AuditEvent,
+    ) -> Result<Option<OAuthClientRecord>> {
+        write_client(self, tenant, B::set_oauth_client_secret(tenant, client_id, secret_hash), event).await
+    }
+
+    async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {
+        map_row(self.optional(tenant, sql::consent(tenant, user, client_id)).await?, |r| r.get("scopes"))
+    }
+
+    async fn grant_consent(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+        client_id: &str,
+        scopes: &str,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let mut tx = self.begin(tenant).await?;
+        tx.run(B::grant_consent(tenant, user, client_id, scopes)).await?;
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.commit().await
+    }
+
+    async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
+        Ok(self.run(tenant, sql::revoke_consent(tenant, user, client_id)).await? == 1)
+    }
 }

@@ -8,20 +8,20 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use authd_core::settings::TenantSettings;
 use authd_core::{Slug, TenantId, UserId};
 use chrono::{DateTime, Utc};
 use sqlx::query::Query;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::rows::{self, Columns, Plain};
-use crate::shared::{self, Backend, Dialect, Exec};
+use crate::shared::{Backend, Binds, Dialect, Exec, Specific};
 use crate::sql::{self, Arg, Stmt, client_columns, escape_like, tenant_columns, user_columns};
-use crate::{Error, Result, Store};
+use crate::{Error, Result};
 use authd_core::records::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -87,21 +87,26 @@ where
     s.map(|s| s.parse().map_err(|e: T::Err| Error::Internal(e.to_string()))).transpose()
 }
 
-/// Binds a statement's values as this schema stores them: ids as UUID
-/// text, times as unix microseconds, JSON as text.
-fn query(stmt: Stmt<'_>) -> Query<'static, Sqlite, SqliteArguments> {
-    let mut q = sqlx::query(stmt.sql);
-    for arg in stmt.args {
-        q = match arg {
-            Arg::Id(v) => q.bind(v.map(|u| u.to_string())),
-            Arg::Time(v) => q.bind(v.map(micros)),
-            Arg::Json(v) => q.bind(v.map(|j| j.to_string())),
-            Arg::Text(v) => q.bind(v),
-            Arg::Int(v) => q.bind(v),
-            Arg::Flag(v) => q.bind(v),
-        };
+/// Ids are bound as UUID text, times as unix microseconds, JSON as text.
+impl Binds for Sqlite {
+    fn query(stmt: Stmt<'_>) -> Query<'static, Sqlite, SqliteArguments> {
+        let mut q = sqlx::query(stmt.sql);
+        for arg in stmt.args {
+            q = match arg {
+                Arg::Id(v) => q.bind(v.map(|u| u.to_string())),
+                Arg::Time(v) => q.bind(v.map(micros)),
+                Arg::Json(v) => q.bind(v.map(|j| j.to_string())),
+                Arg::Text(v) => q.bind(v),
+                Arg::Int(v) => q.bind(v),
+                Arg::Flag(v) => q.bind(v),
+            };
+        }
+        q
     }
-    q
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
 }
 
 impl Columns for SqliteRow {
@@ -122,27 +127,6 @@ impl Columns for SqliteRow {
     }
 }
 
-#[async_trait]
-impl Exec for Transaction<'static, Sqlite> {
-    type Row = SqliteRow;
-
-    async fn run(&mut self, stmt: Stmt<'_>) -> Result<u64> {
-        Ok(query(stmt).execute(&mut **self).await?.rows_affected())
-    }
-
-    async fn optional(&mut self, stmt: Stmt<'_>) -> Result<Option<SqliteRow>> {
-        Ok(query(stmt).fetch_optional(&mut **self).await?)
-    }
-
-    async fn all(&mut self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>> {
-        Ok(query(stmt).fetch_all(&mut **self).await?)
-    }
-
-    async fn commit(self) -> Result<()> {
-        Ok(Transaction::commit(self).await?)
-    }
-}
-
 /// No row-level security to set up: a statement that changes one thing
 /// runs on the pool, a transaction only groups statements.
 #[async_trait]
@@ -159,11 +143,11 @@ impl Backend for SqliteStore {
     }
 
     async fn pool_run(&self, stmt: Stmt<'_>) -> Result<u64> {
-        Ok(query(stmt).execute(&self.pool).await?.rows_affected())
+        Ok(Sqlite::query(stmt).execute(&self.pool).await?.rows_affected())
     }
 
     async fn pool_optional(&self, stmt: Stmt<'_>) -> Result<Option<SqliteRow>> {
-        Ok(query(stmt).fetch_optional(&self.pool).await?)
+        Ok(Sqlite::query(stmt).fetch_optional(&self.pool).await?)
     }
 
     async fn run(&self, _tenant: TenantId, stmt: Stmt<'_>) -> Result<u64> {
@@ -175,7 +159,7 @@ impl Backend for SqliteStore {
     }
 
     async fn all(&self, _tenant: TenantId, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>> {
-        Ok(query(stmt).fetch_all(&self.pool).await?)
+        Ok(Sqlite::query(stmt).fetch_all(&self.pool).await?)
     }
 }
 
@@ -283,66 +267,46 @@ impl Dialect for SqliteStore {
         .text(scopes)
         .time(Utc::now())
     }
-}
 
-/// The statement of a link's effect on its user, `RETURNING` the user.
-fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a> {
-    let stmt = |sql| Stmt::tenant_user(sql, tenant, link.user_id);
-    let now = Utc::now();
-    match effect {
-        None => {
-            stmt(concat!("SELECT ", user_columns!(), " FROM users WHERE tenant_id = $1 AND id = $2 AND $3 IS NULL"))
-                .opt_text(None)
+    fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a> {
+        let stmt = |sql| Stmt::tenant_user(sql, tenant, link.user_id);
+        let now = Utc::now();
+        match effect {
+            None => {
+                stmt(concat!("SELECT ", user_columns!(), " FROM users WHERE tenant_id = $1 AND id = $2 AND $3 IS NULL"))
+                    .opt_text(None)
+            }
+            Some(LinkEffect::VerifyEmail) => stmt(concat!(
+                "UPDATE users SET email_verified = 1, updated_at = $4 \
+                 WHERE tenant_id = $1 AND id = $2 AND email = $3 RETURNING ",
+                user_columns!()
+            ))
+            .text(&link.email)
+            .time(now),
+            Some(LinkEffect::SetPassword(phc)) => stmt(concat!(
+                "UPDATE users SET password_hash = $3, email_verified = (email_verified OR email = $5), \
+                 updated_at = $4 WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                user_columns!()
+            ))
+            .text(phc)
+            .time(now)
+            .text(&link.email),
+            Some(LinkEffect::ChangeEmail) => stmt(concat!(
+                "UPDATE users SET email = $3, email_verified = 1, updated_at = $4 \
+                 WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                user_columns!()
+            ))
+            .text(&link.email)
+            .time(now),
         }
-        Some(LinkEffect::VerifyEmail) => stmt(concat!(
-            "UPDATE users SET email_verified = 1, updated_at = $4 \
-             WHERE tenant_id = $1 AND id = $2 AND email = $3 RETURNING ",
-            user_columns!()
-        ))
-        .text(&link.email)
-        .time(now),
-        Some(LinkEffect::SetPassword(phc)) => stmt(concat!(
-            "UPDATE users SET password_hash = $3, email_verified = (email_verified OR email = $5), \
-             updated_at = $4 WHERE tenant_id = $1 AND id = $2 RETURNING ",
-            user_columns!()
-        ))
-        .text(phc)
-        .time(now)
-        .text(&link.email),
-        Some(LinkEffect::ChangeEmail) => stmt(concat!(
-            "UPDATE users SET email = $3, email_verified = 1, updated_at = $4 \
-             WHERE tenant_id = $1 AND id = $2 RETURNING ",
-            user_columns!()
-        ))
-        .text(&link.email)
-        .time(now),
     }
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Specific for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    async fn create_tenant(
-        &self,
-        tenant: &NewTenant,
-        admin: &NewUser,
-        key: &SigningKeyRecord,
-        tenant_event: &AuditEvent,
-        platform_event: &PlatformEvent,
-    ) -> Result<TenantRecord> {
-        shared::create_tenant(self, tenant, admin, key, tenant_event, platform_event).await
-    }
-
-    async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRecord>> {
-        shared::tenant_by_slug(self, slug).await
-    }
-
-    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<TenantRecord>> {
-        shared::tenant_by_id(self, id).await
     }
 
     /// One look per id: SQLite has no array parameters.
@@ -386,19 +350,6 @@ impl Store for SqliteStore {
         rows.iter().map(rows::tenant).collect()
     }
 
-    async fn set_tenant_disabled(
-        &self,
-        slug: &Slug,
-        disabled: bool,
-        event: &PlatformEvent,
-    ) -> Result<Option<TenantRecord>> {
-        shared::set_tenant_disabled(self, slug, disabled, event).await
-    }
-
-    async fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> Result<Option<TenantId>> {
-        shared::delete_tenant(self, slug, event).await
-    }
-
     async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
         let (at, id) = after.map(|(a, i)| (Some(micros(a)), Some(i.to_string()))).unwrap_or((None, None));
         let rows = sqlx::query(
@@ -411,18 +362,6 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::platform_event).collect()
-    }
-
-    async fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> Result<()> {
-        shared::update_settings(self, tenant, settings, event).await
-    }
-
-    async fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> Result<UserRecord> {
-        shared::create_user(self, tenant, user, event).await
-    }
-
-    async fn user_by_email(&self, tenant: TenantId, email: &str) -> Result<Option<UserRecord>> {
-        shared::user_by_email(self, tenant, email).await
     }
 
     async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
@@ -495,14 +434,6 @@ impl Store for SqliteStore {
         rows::user(&row).map(Some)
     }
 
-    async fn count_active_admins(&self, tenant: TenantId) -> Result<u64> {
-        shared::count_active_admins(self, tenant).await
-    }
-
-    async fn signing_keys(&self, tenant: TenantId) -> Result<Vec<SigningKeyRecord>> {
-        shared::signing_keys(self, tenant).await
-    }
-
     async fn add_signing_key(
         &self,
         tenant: TenantId,
@@ -524,14 +455,6 @@ impl Store for SqliteStore {
         tx.run(Self::touch_tenant(tenant)).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn reseal_signing_keys(&self, tenant: TenantId, sealed: &[(String, String)]) -> Result<()> {
-        shared::reseal_signing_keys(self, tenant, sealed).await
-    }
-
-    async fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
-        shared::append_events(self, tenant, events).await
     }
 
     async fn audit_events(
@@ -576,36 +499,6 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> Result<bool> {
-        shared::set_totp_pending(self, tenant, user, sealed).await
-    }
-
-    async fn enable_totp(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        pending_sealed: &str,
-        step: i64,
-        recovery_hashes: &[String],
-        event: &AuditEvent,
-    ) -> Result<bool> {
-        shared::enable_totp(self, tenant, user, pending_sealed, step, recovery_hashes, event).await
-    }
-
-    async fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> Result<()> {
-        shared::disable_totp(self, tenant, user, event).await
-    }
-
-    async fn replace_recovery_codes(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        recovery_hashes: &[String],
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::replace_recovery_codes(self, tenant, user, recovery_hashes, event).await
-    }
-
     /// One candidate at a time (no arrays); SQLite's single writer keeps two
     /// uses of one code apart.
     async fn use_recovery_code(
@@ -641,18 +534,6 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> Result<u64> {
-        shared::recovery_codes_left(self, tenant, user).await
-    }
-
-    async fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> Result<bool> {
-        shared::advance_totp_step(self, tenant, user, step).await
-    }
-
-    async fn sealed_totp_secrets(&self, tenant: TenantId) -> Result<Vec<(UserId, Option<String>, Option<String>)>> {
-        shared::sealed_totp_secrets(self, tenant).await
-    }
-
     /// `IS` compares with NULL where Postgres says `IS NOT DISTINCT FROM`.
     async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
         let mut tx = self.tx().await?;
@@ -675,87 +556,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(replaced)
-    }
-
-    async fn oauth_providers(&self, tenant: TenantId) -> Result<Vec<OAuthProviderRecord>> {
-        shared::oauth_providers(self, tenant).await
-    }
-
-    async fn upsert_oauth_provider(
-        &self,
-        tenant: TenantId,
-        p: &OAuthProviderRecord,
-        event: &AuditEvent,
-    ) -> Result<OAuthProviderRecord> {
-        shared::upsert_oauth_provider(self, tenant, p, event).await
-    }
-
-    async fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> Result<bool> {
-        shared::delete_oauth_provider(self, tenant, name, event).await
-    }
-
-    async fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> Result<Option<UserRecord>> {
-        shared::user_by_identity(self, tenant, identity).await
-    }
-
-    async fn link_identity(
-        &self,
-        tenant: TenantId,
-        identity: &Identity<'_>,
-        user: UserId,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::link_identity(self, tenant, identity, user, event).await
-    }
-
-    async fn create_user_with_identity(
-        &self,
-        tenant: TenantId,
-        user: &NewUser,
-        identity: &Identity<'_>,
-        events: &[AuditEvent],
-    ) -> Result<UserRecord> {
-        shared::create_user_with_identity(self, tenant, user, identity, events).await
-    }
-
-    async fn create_user_with_link(
-        &self,
-        tenant: TenantId,
-        user: &NewUser,
-        event: &AuditEvent,
-        link: &EmailLink,
-        mail: &OutboxMail,
-    ) -> Result<UserRecord> {
-        shared::create_user_with_link(self, tenant, user, event, link, mail).await
-    }
-
-    async fn issue_link(
-        &self,
-        tenant: TenantId,
-        link: &EmailLink,
-        mail: &OutboxMail,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::issue_link(self, tenant, link, mail, event).await
-    }
-
-    async fn link_by_hash(&self, tenant: TenantId, hash: &str) -> Result<Option<EmailLink>> {
-        shared::link_by_hash(self, tenant, hash).await
-    }
-
-    async fn redeem_link(
-        &self,
-        tenant: TenantId,
-        link: &EmailLink,
-        effect: Option<&LinkEffect>,
-        events: &[AuditEvent],
-        mail: Option<&OutboxMail>,
-    ) -> Result<Option<UserRecord>> {
-        shared::redeem_link(self, tenant, link, link_effect(tenant, link, effect), events, mail).await
-    }
-
-    async fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> Result<()> {
-        shared::delete_links(self, tenant, user, kind).await
     }
 
     /// No `FOR UPDATE SKIP LOCKED`: SQLite's single writer claims for one
@@ -787,76 +587,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn mail_delivered(&self, id: Uuid) -> Result<()> {
-        shared::delete_mail(self, id).await
-    }
-
-    async fn mail_deferred(&self, id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Result<()> {
-        shared::mail_deferred(self, id, retry_at, error).await
-    }
-
-    async fn mail_abandoned(&self, id: Uuid) -> Result<()> {
-        shared::delete_mail(self, id).await
-    }
-
-    async fn passkeys(&self, tenant: TenantId, user: UserId) -> Result<Vec<PasskeyRecord>> {
-        shared::passkeys(self, tenant, user).await
-    }
-
-    async fn passkey_by_credential(&self, tenant: TenantId, credential_id: &str) -> Result<Option<PasskeyRecord>> {
-        shared::passkey_by_credential(self, tenant, credential_id).await
-    }
-
-    async fn insert_passkey(&self, tenant: TenantId, p: &PasskeyRecord, event: &AuditEvent) -> Result<()> {
-        shared::insert_passkey(self, tenant, p, event).await
-    }
-
-    async fn record_passkey_use(&self, tenant: TenantId, p: &PasskeyRecord, previous_count: i64) -> Result<bool> {
-        shared::record_passkey_use(self, tenant, p, previous_count).await
-    }
-
-    async fn rename_passkey(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        id: Uuid,
-        name: &str,
-    ) -> Result<Option<PasskeyRecord>> {
-        shared::rename_passkey(self, tenant, user, id, name).await
-    }
-
-    async fn delete_passkey(&self, tenant: TenantId, user: UserId, id: Uuid, event: &AuditEvent) -> Result<bool> {
-        shared::delete_passkey(self, tenant, user, id, event).await
-    }
-
-    async fn oauth_clients(&self, tenant: TenantId) -> Result<Vec<OAuthClientRecord>> {
-        shared::oauth_clients(self, tenant).await
-    }
-
-    async fn oauth_client(&self, tenant: TenantId, client_id: &str) -> Result<Option<OAuthClientRecord>> {
-        shared::oauth_client(self, tenant, client_id).await
-    }
-
-    async fn save_oauth_client(
-        &self,
-        tenant: TenantId,
-        c: &OAuthClientRecord,
-        create: bool,
-        event: &AuditEvent,
-    ) -> Result<Option<OAuthClientRecord>> {
-        shared::save_oauth_client(self, tenant, c, create, event).await
-    }
-
-    async fn set_oauth_client_secret(
-        &self,
-        tenant: TenantId,
-        client_id: &str,
-        secret_hash: &str,
-        event: &AuditEvent,
-    ) -> Result<Option<OAuthClientRecord>> {
-        shared::set_oauth_client_secret(self, tenant, client_id, secret_hash, event).await
-    }
-
     /// The client's consents go by their foreign key's cascade.
     async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
         let mut tx = self.tx().await?;
@@ -866,28 +596,5 @@ impl Store for SqliteStore {
         tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {
-        shared::consent(self, tenant, user, client_id).await
-    }
-
-    async fn grant_consent(
-        &self,
-        tenant: TenantId,
-        user: UserId,
-        client_id: &str,
-        scopes: &str,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        shared::grant_consent(self, tenant, user, client_id, scopes, event).await
-    }
-
-    async fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<bool> {
-        shared::revoke_consent(self, tenant, user, client_id).await
-    }
-
-    async fn outbox_stats(&self) -> Result<OutboxStats> {
-        shared::outbox_stats(self).await
     }
 }
