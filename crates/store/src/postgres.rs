@@ -16,9 +16,9 @@ use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Executor, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::rows::{self, Columns, Plain};
+use crate::rows::{Columns, Plain};
 use crate::shared::{Backend, Binds, Dialect, Exec, Specific};
-use crate::sql::{self, Arg, Stmt, client_columns, escape_like, tenant_columns, user_columns};
+use crate::sql::{self, Arg, Stmt, client_columns, tenant_columns, user_columns};
 use crate::{Error, Result};
 use authd_core::records::*;
 
@@ -227,11 +227,52 @@ impl Backend for PgStore {
     async fn pool_optional(&self, stmt: Stmt<'_>) -> Result<Option<PgRow>> {
         Ok(Postgres::query(stmt).fetch_optional(&self.pool).await?)
     }
+
+    async fn pool_all(&self, stmt: Stmt<'_>) -> Result<Vec<PgRow>> {
+        Ok(Postgres::query(stmt).fetch_all(&self.pool).await?)
+    }
 }
 
 /// Changes are stamped with the database's clock (`now()`, the transaction's
 /// start), booleans are `true`/`false`.
 impl Dialect for PgStore {
+    /// Serialize admin changes of this tenant: lock its row.
+    const LOCK_ADMINS: Option<&'static str> = Some("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE");
+
+    const RESEAL_TOTP: &'static str = "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 \
+        WHERE tenant_id = $1 AND id = $2 \
+        AND totp_secret_sealed IS NOT DISTINCT FROM $5 AND totp_pending_sealed IS NOT DISTINCT FROM $6";
+
+    /// One round trip (migration 0007): the function sets the tenant and
+    /// reads the row under row-level security, in the statement's own
+    /// transaction.
+    const USER_BY_ID: &'static str = concat!("SELECT ", user_columns!(), " FROM authd_user_by_id($1, $2)");
+
+    // Postgres types a parameter from its use: one that may be NULL where
+    // nothing else types it is cast.
+
+    const LIST_TENANTS: &'static str =
+        concat!("SELECT ", tenant_columns!(), " FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2");
+
+    const LIST_USERS: &'static str = concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE tenant_id = $1 \
+         AND ($2::text IS NULL OR email LIKE $2 ESCAPE '\\') \
+         AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4"
+    );
+
+    const PLATFORM_EVENTS: &'static str = "SELECT * FROM platform_audit_events \
+        WHERE ($1::timestamptz IS NULL OR (at, id) < ($1, $2)) ORDER BY at DESC, id DESC LIMIT $3";
+
+    const AUDIT_EVENTS: &'static str = "SELECT * FROM audit_events WHERE tenant_id = $1 \
+        AND ($2::text IS NULL OR type = $2) \
+        AND ($3::uuid IS NULL OR actor_id = $3 OR subject_id = $3) \
+        AND ($4::timestamptz IS NULL OR at >= $4) \
+        AND ($5::timestamptz IS NULL OR at < $5) \
+        AND ($6::timestamptz IS NULL OR (at, id) < ($6, $7)) \
+        ORDER BY at DESC, id DESC LIMIT $8";
+
     fn touch_tenant(tenant: TenantId) -> Stmt<'static> {
         Stmt::new("UPDATE tenants SET updated_at = clock_timestamp() WHERE id = $1").id(tenant.0)
     }
@@ -353,6 +394,22 @@ impl Dialect for PgStore {
             .text(&link.email),
         }
     }
+
+    fn update_user(tenant: TenantId, id: UserId, change: &UserChange) -> Stmt<'_> {
+        Stmt::tenant_user(
+            concat!(
+                "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
+                 disabled = COALESCE($5, disabled), updated_at = now() \
+                 WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                user_columns!()
+            ),
+            tenant,
+            id,
+        )
+        .opt_text(change.password_hash.as_deref())
+        .opt_text(change.role.map(|r| r.as_str()))
+        .flag(change.disabled)
+    }
 }
 
 #[async_trait]
@@ -389,108 +446,6 @@ impl Specific for PgStore {
         Ok((ids.into_iter().map(TenantId).zip(ats).collect(), now))
     }
 
-    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
-        // Postgres types a parameter from its use: a NULL one is cast.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            tenant_columns!(),
-            " FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
-        ))
-        .bind(after.map(|t| t.0))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::tenant).collect()
-    }
-
-    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
-        let (at, id) = after.map(|(a, i)| (Some(a), Some(i.0))).unwrap_or((None, None));
-        let rows = sqlx::query(
-            "SELECT * FROM platform_audit_events \
-             WHERE ($1::timestamptz IS NULL OR (at, id) < ($1, $2)) ORDER BY at DESC, id DESC LIMIT $3",
-        )
-        .bind(at)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::platform_event).collect()
-    }
-
-    /// One round trip (migration 0007): the function sets the tenant and
-    /// reads the row under row-level security, in the statement's own
-    /// transaction.
-    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM authd_user_by_id($1, $2)"))
-            .bind(tenant.0)
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(rows::user).transpose()
-    }
-
-    async fn list_users(
-        &self,
-        tenant: TenantId,
-        email_prefix: Option<&str>,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> Result<Vec<UserRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let pattern = email_prefix.map(|p| format!("{}%", escape_like(p)));
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE tenant_id = $1 \
-             AND ($2::text IS NULL OR email LIKE $2 ESCAPE '\\') \
-             AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4"
-        ))
-        .bind(tenant.0)
-        .bind(pattern)
-        .bind(after.map(|u| u.0))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(rows::user).collect()
-    }
-
-    async fn update_user(
-        &self,
-        tenant: TenantId,
-        id: UserId,
-        change: &UserChange,
-        event: Option<&AuditEvent>,
-    ) -> Result<Option<UserRecord>> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        if change.keep_an_admin {
-            // Serialize admin changes of this tenant: lock its row.
-            sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.0).execute(&mut *tx).await?;
-        }
-        let row = sqlx::query(concat!(
-            "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
-             disabled = COALESCE($5, disabled), updated_at = now() \
-             WHERE tenant_id = $1 AND id = $2 RETURNING ",
-            user_columns!()
-        ))
-        .bind(tenant.0)
-        .bind(id.0)
-        .bind(&change.password_hash)
-        .bind(change.role.map(|r| r.as_str()))
-        .bind(change.disabled)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        if change.keep_an_admin && tx.one(sql::count_active_admins(tenant)).await?.count()? == 0 {
-            return Err(Error::LastAdmin);
-        }
-        if let Some(event) = event {
-            tx.run(sql::insert_event(tenant, event)).await?;
-        }
-        tx.commit().await?;
-        rows::user(&row).map(Some)
-    }
-
     async fn add_signing_key(
         &self,
         tenant: TenantId,
@@ -510,38 +465,6 @@ impl Specific for PgStore {
         tx.run(Self::touch_tenant(tenant)).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn audit_events(
-        &self,
-        tenant: TenantId,
-        filter: &AuditFilter,
-        after: Option<EventCursor>,
-        limit: u32,
-    ) -> Result<Vec<AuditEvent>> {
-        let (at, id) = after.map(|(a, i)| (Some(a), Some(i.0))).unwrap_or((None, None));
-        let mut tx = self.tenant_tx(tenant).await?;
-        let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE tenant_id = $1 \
-             AND ($2::text IS NULL OR type = $2) \
-             AND ($3::uuid IS NULL OR actor_id = $3 OR subject_id = $3) \
-             AND ($4::timestamptz IS NULL OR at >= $4) \
-             AND ($5::timestamptz IS NULL OR at < $5) \
-             AND ($6::timestamptz IS NULL OR (at, id) < ($6, $7)) \
-             ORDER BY at DESC, id DESC LIMIT $8",
-        )
-        .bind(tenant.0)
-        .bind(&filter.kind)
-        .bind(filter.user_id.map(|u| u.0))
-        .bind(filter.since)
-        .bind(filter.until)
-        .bind(at)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(rows::event).collect()
     }
 
     async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
@@ -580,29 +503,6 @@ impl Specific for PgStore {
         tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        let mut replaced = 0;
-        for r in sealed {
-            let done = sqlx::query(
-                "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 \
-                 WHERE tenant_id = $1 AND id = $2 \
-                 AND totp_secret_sealed IS NOT DISTINCT FROM $5 AND totp_pending_sealed IS NOT DISTINCT FROM $6",
-            )
-            .bind(tenant.0)
-            .bind(r.user.0)
-            .bind(&r.active)
-            .bind(&r.pending)
-            .bind(&r.was_active)
-            .bind(&r.was_pending)
-            .execute(&mut *tx)
-            .await?;
-            replaced += done.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(replaced)
     }
 
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {

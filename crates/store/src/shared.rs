@@ -16,7 +16,7 @@ use sqlx::{Database, Executor, IntoArguments, Transaction};
 use uuid::Uuid;
 
 use crate::rows::{self, Columns};
-use crate::sql::{self, Stmt};
+use crate::sql::{self, Stmt, escape_like};
 use crate::{Error, Result, Store};
 
 /// Runs statements in one transaction.
@@ -77,6 +77,32 @@ where
 /// The statements whose text differs between the dialects, each built by
 /// its backend (which says why).
 pub(crate) trait Dialect {
+    /// Serializes the changes that must leave the tenant an admin, before
+    /// the change (value: the tenant); `None` where nothing needs to.
+    const LOCK_ADMINS: Option<&'static str>;
+
+    /// Only where the row still holds the values read (compare-and-swap).
+    /// Values: tenant, user, active, pending, the active and pending read.
+    const RESEAL_TOTP: &'static str;
+
+    /// Values: tenant, user.
+    const USER_BY_ID: &'static str;
+
+    /// Values: the id to list after (NULL: from the first), limit.
+    const LIST_TENANTS: &'static str;
+
+    /// Values: tenant, an email `LIKE` pattern escaped with `\` (NULL:
+    /// any), the id to list after (NULL: from the first), limit.
+    const LIST_USERS: &'static str;
+
+    /// Newest first. Values: the cursor's time and id (NULL: from the
+    /// newest), limit.
+    const PLATFORM_EVENTS: &'static str;
+
+    /// Newest first. Values: tenant, type, user (actor or subject), since,
+    /// until (each NULL: any), the cursor's time and id, limit.
+    const AUDIT_EVENTS: &'static str;
+
     /// Bumps the tenant's `updated_at`: the change feed's signal that its
     /// snapshot (record, keys, providers) changed, in the change's transaction.
     fn touch_tenant(tenant: TenantId) -> Stmt<'static>;
@@ -106,6 +132,9 @@ pub(crate) trait Dialect {
     /// A redeemed link's effect on its user (with none, just the user),
     /// `RETURNING` the user.
     fn link_effect<'a>(tenant: TenantId, link: &'a EmailLink, effect: Option<&'a LinkEffect>) -> Stmt<'a>;
+
+    /// `RETURNING` the user.
+    fn update_user(tenant: TenantId, id: UserId, change: &UserChange) -> Stmt<'_>;
 }
 
 /// How a backend runs statements.
@@ -124,6 +153,8 @@ pub(crate) trait Backend: Dialect + Sync {
     async fn pool_run(&self, stmt: Stmt<'_>) -> Result<u64>;
 
     async fn pool_optional(&self, stmt: Stmt<'_>) -> Result<Option<Self::Row>>;
+
+    async fn pool_all(&self, stmt: Stmt<'_>) -> Result<Vec<Self::Row>>;
 
     /// One statement on the tenant's rows, in a transaction of its own
     /// (a backend without row-level security may run it on the pool).
@@ -175,28 +206,6 @@ pub(crate) trait Specific: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> Result<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)>;
 
-    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>>;
-
-    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>>;
-
-    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>>;
-
-    async fn list_users(
-        &self,
-        tenant: TenantId,
-        email_prefix: Option<&str>,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> Result<Vec<UserRecord>>;
-
-    async fn update_user(
-        &self,
-        tenant: TenantId,
-        id: UserId,
-        change: &UserChange,
-        event: Option<&AuditEvent>,
-    ) -> Result<Option<UserRecord>>;
-
     async fn add_signing_key(
         &self,
         tenant: TenantId,
@@ -204,14 +213,6 @@ pub(crate) trait Specific: Send + Sync + 'static {
         remove: &[String],
         event: &AuditEvent,
     ) -> Result<()>;
-
-    async fn audit_events(
-        &self,
-        tenant: TenantId,
-        filter: &AuditFilter,
-        after: Option<EventCursor>,
-        limit: u32,
-    ) -> Result<Vec<AuditEvent>>;
 
     async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64>;
 
@@ -222,8 +223,6 @@ pub(crate) trait Specific: Send + Sync + 'static {
         candidates: &[String],
         event: &AuditEvent,
     ) -> Result<bool>;
-
-    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64>;
 
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>>;
 
@@ -304,38 +303,6 @@ impl<B: Backend + Specific> Store for B {
         Specific::tenants_changed_since(self, since).await
     }
 
-    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
-        Specific::list_tenants(self, after, limit).await
-    }
-
-    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
-        Specific::platform_events(self, after, limit).await
-    }
-
-    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
-        Specific::user_by_id(self, tenant, id).await
-    }
-
-    async fn list_users(
-        &self,
-        tenant: TenantId,
-        email_prefix: Option<&str>,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> Result<Vec<UserRecord>> {
-        Specific::list_users(self, tenant, email_prefix, after, limit).await
-    }
-
-    async fn update_user(
-        &self,
-        tenant: TenantId,
-        id: UserId,
-        change: &UserChange,
-        event: Option<&AuditEvent>,
-    ) -> Result<Option<UserRecord>> {
-        Specific::update_user(self, tenant, id, change, event).await
-    }
-
     async fn add_signing_key(
         &self,
         tenant: TenantId,
@@ -344,16 +311,6 @@ impl<B: Backend + Specific> Store for B {
         event: &AuditEvent,
     ) -> Result<()> {
         Specific::add_signing_key(self, tenant, key, remove, event).await
-    }
-
-    async fn audit_events(
-        &self,
-        tenant: TenantId,
-        filter: &AuditFilter,
-        after: Option<EventCursor>,
-        limit: u32,
-    ) -> Result<Vec<AuditEvent>> {
-        Specific::audit_events(self, tenant, filter, after, limit).await
     }
 
     async fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> Result<u64> {
@@ -370,16 +327,105 @@ impl<B: Backend + Specific> Store for B {
         Specific::use_recovery_code(self, tenant, user, candidates, event).await
     }
 
-    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
-        Specific::reseal_totp_secrets(self, tenant, sealed).await
-    }
-
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {
         Specific::claim_mail(self, now, lease, limit).await
     }
 
     async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
         Specific::delete_oauth_client(self, tenant, client_id, event).await
+    }
+
+    // ---- the same in both ----
+
+    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
+        let stmt = Stmt::new(B::LIST_TENANTS).id(after.map(|t| t.0)).int(i64::from(limit));
+        map_rows(self.pool_all(stmt).await?, rows::tenant)
+    }
+
+    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
+        let stmt = Stmt::new(B::PLATFORM_EVENTS)
+            .time(after.map(|(at, _)| at))
+            .id(after.map(|(_, id)| id.0))
+            .int(i64::from(limit));
+        map_rows(self.pool_all(stmt).await?, rows::platform_event)
+    }
+
+    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
+        map_row(self.pool_optional(Stmt::tenant_user(B::USER_BY_ID, tenant, id)).await?, rows::user)
+    }
+
+    async fn list_users(
+        &self,
+        tenant: TenantId,
+        email_prefix: Option<&str>,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>> {
+        let pattern = email_prefix.map(|p| format!("{}%", escape_like(p)));
+        let stmt = Stmt::new(B::LIST_USERS)
+            .id(tenant.0)
+            .opt_text(pattern.as_deref())
+            .id(after.map(|u| u.0))
+            .int(i64::from(limit));
+        map_rows(self.all(tenant, stmt).await?, rows::user)
+    }
+
+    async fn update_user(
+        &self,
+        tenant: TenantId,
+        id: UserId,
+        change: &UserChange,
+        event: Option<&AuditEvent>,
+    ) -> Result<Option<UserRecord>> {
+        let mut tx = self.begin(tenant).await?;
+        if change.keep_an_admin
+            && let Some(lock) = B::LOCK_ADMINS
+        {
+            tx.run(Stmt::new(lock).id(tenant.0)).await?;
+        }
+        let Some(row) = tx.optional(B::update_user(tenant, id, change)).await? else { return Ok(None) };
+        if change.keep_an_admin && tx.one(sql::count_active_admins(tenant)).await?.count()? == 0 {
+            return Err(Error::LastAdmin);
+        }
+        if let Some(event) = event {
+            tx.run(sql::insert_event(tenant, event)).await?;
+        }
+        tx.commit().await?;
+        rows::user(&row).map(Some)
+    }
+
+    async fn audit_events(
+        &self,
+        tenant: TenantId,
+        filter: &AuditFilter,
+        after: Option<EventCursor>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>> {
+        let stmt = Stmt::new(B::AUDIT_EVENTS)
+            .id(tenant.0)
+            .opt_text(filter.kind.as_deref())
+            .id(filter.user_id.map(|u| u.0))
+            .time(filter.since)
+            .time(filter.until)
+            .time(after.map(|(at, _)| at))
+            .id(after.map(|(_, id)| id.0))
+            .int(i64::from(limit));
+        map_rows(self.all(tenant, stmt).await?, rows::event)
+    }
+
+    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
+        let mut tx = self.begin(tenant).await?;
+        let mut replaced = 0;
+        for r in sealed {
+            let stmt = Stmt::tenant_user(B::RESEAL_TOTP, tenant, r.user)
+                .opt_text(r.active.as_deref())
+                .opt_text(r.pending.as_deref())
+                .opt_text(r.was_active.as_deref())
+                .opt_text(r.was_pending.as_deref());
+            replaced += tx.run(stmt).await?;
+        }
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     // ---- platform: tenants ----

@@ -18,9 +18,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
-use crate::rows::{self, Columns, Plain};
+use crate::rows::{Columns, Plain};
 use crate::shared::{Backend, Binds, Dialect, Exec, Specific};
-use crate::sql::{self, Arg, Stmt, client_columns, escape_like, tenant_columns, user_columns};
+use crate::sql::{self, Arg, Stmt, client_columns, tenant_columns, user_columns};
 use crate::{Error, Result};
 use authd_core::records::*;
 
@@ -150,6 +150,10 @@ impl Backend for SqliteStore {
         Ok(Sqlite::query(stmt).fetch_optional(&self.pool).await?)
     }
 
+    async fn pool_all(&self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>> {
+        Ok(Sqlite::query(stmt).fetch_all(&self.pool).await?)
+    }
+
     async fn run(&self, _tenant: TenantId, stmt: Stmt<'_>) -> Result<u64> {
         self.pool_run(stmt).await
     }
@@ -159,13 +163,48 @@ impl Backend for SqliteStore {
     }
 
     async fn all(&self, _tenant: TenantId, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>> {
-        Ok(Sqlite::query(stmt).fetch_all(&self.pool).await?)
+        self.pool_all(stmt).await
     }
 }
 
 /// Times are stored as unix microseconds and changes stamped with the
 /// service's clock, bound (Postgres uses its own); booleans are 0 and 1.
 impl Dialect for SqliteStore {
+    /// SQLite has one writer: the UPDATE of the change holds the write
+    /// lock, so the count after it sees every other admin change of the tenant.
+    const LOCK_ADMINS: Option<&'static str> = None;
+
+    /// `IS` compares with NULL where Postgres says `IS NOT DISTINCT FROM`.
+    const RESEAL_TOTP: &'static str = "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 \
+        WHERE tenant_id = $1 AND id = $2 AND totp_secret_sealed IS $5 AND totp_pending_sealed IS $6";
+
+    const USER_BY_ID: &'static str =
+        concat!("SELECT ", user_columns!(), " FROM users WHERE tenant_id = $1 AND id = $2");
+
+    const LIST_TENANTS: &'static str =
+        concat!("SELECT ", tenant_columns!(), " FROM tenants WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2");
+
+    /// LIKE is case-insensitive for ASCII in SQLite; emails are stored
+    /// lowercased, and prefixes are lowercased by the caller.
+    const LIST_USERS: &'static str = concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE tenant_id = $1 \
+         AND ($2 IS NULL OR email LIKE $2 ESCAPE '\\') \
+         AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+    );
+
+    const PLATFORM_EVENTS: &'static str = "SELECT * FROM platform_audit_events \
+        WHERE ($1 IS NULL OR at < $1 OR (at = $1 AND id < $2)) ORDER BY at DESC, id DESC LIMIT $3";
+
+    const AUDIT_EVENTS: &'static str = "SELECT * FROM audit_events WHERE tenant_id = $1 \
+        AND ($2 IS NULL OR type = $2) \
+        AND ($3 IS NULL OR actor_id = $3 OR subject_id = $3) \
+        AND ($4 IS NULL OR at >= $4) \
+        AND ($5 IS NULL OR at < $5) \
+        AND ($6 IS NULL OR at < $6 OR (at = $6 AND id < $7)) \
+        ORDER BY at DESC, id DESC LIMIT $8";
+
     fn touch_tenant(tenant: TenantId) -> Stmt<'static> {
         Stmt::new("UPDATE tenants SET updated_at = $2 WHERE id = $1").id(tenant.0).time(Utc::now())
     }
@@ -300,6 +339,23 @@ impl Dialect for SqliteStore {
             .time(now),
         }
     }
+
+    fn update_user(tenant: TenantId, id: UserId, change: &UserChange) -> Stmt<'_> {
+        Stmt::tenant_user(
+            concat!(
+                "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
+                 disabled = COALESCE($5, disabled), updated_at = $6 \
+                 WHERE tenant_id = $1 AND id = $2 RETURNING ",
+                user_columns!()
+            ),
+            tenant,
+            id,
+        )
+        .opt_text(change.password_hash.as_deref())
+        .opt_text(change.role.map(|r| r.as_str()))
+        .flag(change.disabled)
+        .time(Utc::now())
+    }
 }
 
 #[async_trait]
@@ -337,103 +393,6 @@ impl Specific for SqliteStore {
         Ok((changed, now))
     }
 
-    async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            tenant_columns!(),
-            " FROM tenants WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2"
-        ))
-        .bind(after.map(|t| t.to_string()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::tenant).collect()
-    }
-
-    async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {
-        let (at, id) = after.map(|(a, i)| (Some(micros(a)), Some(i.to_string()))).unwrap_or((None, None));
-        let rows = sqlx::query(
-            "SELECT * FROM platform_audit_events \
-             WHERE ($1 IS NULL OR at < $1 OR (at = $1 AND id < $2)) ORDER BY at DESC, id DESC LIMIT $3",
-        )
-        .bind(at)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::platform_event).collect()
-    }
-
-    async fn user_by_id(&self, tenant: TenantId, id: UserId) -> Result<Option<UserRecord>> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE tenant_id = $1 AND id = $2"))
-            .bind(tenant.to_string())
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(rows::user).transpose()
-    }
-
-    async fn list_users(
-        &self,
-        tenant: TenantId,
-        email_prefix: Option<&str>,
-        after: Option<UserId>,
-        limit: u32,
-    ) -> Result<Vec<UserRecord>> {
-        let pattern = email_prefix.map(|p| format!("{}%", escape_like(p)));
-        // LIKE is case-insensitive for ASCII in SQLite; emails are stored
-        // lowercased, and prefixes are lowercased by the caller.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE tenant_id = $1 \
-             AND ($2 IS NULL OR email LIKE $2 ESCAPE '\\') \
-             AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
-        ))
-        .bind(tenant.to_string())
-        .bind(pattern)
-        .bind(after.map(|u| u.to_string()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::user).collect()
-    }
-
-    async fn update_user(
-        &self,
-        tenant: TenantId,
-        id: UserId,
-        change: &UserChange,
-        event: Option<&AuditEvent>,
-    ) -> Result<Option<UserRecord>> {
-        let mut tx = self.tx().await?;
-        let row = sqlx::query(concat!(
-            "UPDATE users SET password_hash = COALESCE($3, password_hash), role = COALESCE($4, role), \
-             disabled = COALESCE($5, disabled), updated_at = $6 \
-             WHERE tenant_id = $1 AND id = $2 RETURNING ",
-            user_columns!()
-        ))
-        .bind(tenant.to_string())
-        .bind(id.to_string())
-        .bind(&change.password_hash)
-        .bind(change.role.map(|r| r.as_str()))
-        .bind(change.disabled)
-        .bind(micros(Utc::now()))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        // SQLite has one writer: the UPDATE above holds the write lock, so
-        // this count sees every other admin change of the tenant.
-        if change.keep_an_admin && tx.one(sql::count_active_admins(tenant)).await?.count()? == 0 {
-            return Err(Error::LastAdmin);
-        }
-        if let Some(event) = event {
-            tx.run(sql::insert_event(tenant, event)).await?;
-        }
-        tx.commit().await?;
-        rows::user(&row).map(Some)
-    }
-
     async fn add_signing_key(
         &self,
         tenant: TenantId,
@@ -455,37 +414,6 @@ impl Specific for SqliteStore {
         tx.run(Self::touch_tenant(tenant)).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn audit_events(
-        &self,
-        tenant: TenantId,
-        filter: &AuditFilter,
-        after: Option<EventCursor>,
-        limit: u32,
-    ) -> Result<Vec<AuditEvent>> {
-        let (at, id) = after.map(|(a, i)| (Some(micros(a)), Some(i.to_string()))).unwrap_or((None, None));
-        let user = filter.user_id.map(|u| u.to_string());
-        let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE tenant_id = $1 \
-             AND ($2 IS NULL OR type = $2) \
-             AND ($3 IS NULL OR actor_id = $3 OR subject_id = $3) \
-             AND ($4 IS NULL OR at >= $4) \
-             AND ($5 IS NULL OR at < $5) \
-             AND ($6 IS NULL OR at < $6 OR (at = $6 AND id < $7)) \
-             ORDER BY at DESC, id DESC LIMIT $8",
-        )
-        .bind(tenant.to_string())
-        .bind(&filter.kind)
-        .bind(user)
-        .bind(filter.since.map(micros))
-        .bind(filter.until.map(micros))
-        .bind(at)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::event).collect()
     }
 
     /// A plain DELETE: Postgres' service role may not delete events and
@@ -532,30 +460,6 @@ impl Specific for SqliteStore {
         tx.run(sql::insert_event(tenant, event)).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    /// `IS` compares with NULL where Postgres says `IS NOT DISTINCT FROM`.
-    async fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> Result<u64> {
-        let mut tx = self.tx().await?;
-        let mut replaced = 0;
-        for r in sealed {
-            let done = sqlx::query(
-                "UPDATE users SET totp_secret_sealed = $3, totp_pending_sealed = $4 \
-                 WHERE tenant_id = $1 AND id = $2 \
-                 AND totp_secret_sealed IS $5 AND totp_pending_sealed IS $6",
-            )
-            .bind(tenant.to_string())
-            .bind(r.user.to_string())
-            .bind(&r.active)
-            .bind(&r.pending)
-            .bind(&r.was_active)
-            .bind(&r.was_pending)
-            .execute(&mut *tx)
-            .await?;
-            replaced += done.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(replaced)
     }
 
     /// No `FOR UPDATE SKIP LOCKED`: SQLite's single writer claims for one
