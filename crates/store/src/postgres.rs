@@ -233,8 +233,8 @@ impl Backend for PgStore {
     }
 }
 
-/// Changes are stamped with the database's clock (`now()`, the transaction's
-/// start), booleans are `true`/`false`.
+/// Postgres' own: changes stamped with the database's clock (`now()`),
+/// typed NULL parameters, row locks, the row-level security functions.
 impl Dialect for PgStore {
     /// Serialize admin changes of this tenant: lock its row.
     const LOCK_ADMINS: Option<&'static str> = Some("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE");

@@ -181,7 +181,7 @@ pub(crate) trait Backend: Dialect + Sync {
 }
 
 /// The row of a statement that answers one, as sqlx's `fetch_one` has it.
-pub(crate) fn exactly_one<R>(row: Option<R>) -> Result<R> {
+fn exactly_one<R>(row: Option<R>) -> Result<R> {
     row.ok_or_else(|| Error::from(sqlx::Error::RowNotFound))
 }
 

@@ -1,7 +1,9 @@
 //! The SQLite backend: the embedded default under `AUTHD_DATA_DIR`. SQLite
 //! has no row-level security, so every query on a tenant-owned table carries
-//! `tenant_id = ?` — the same tenancy Postgres enforces with its policies.
-//! Ids are stored as UUID strings and times as unix microseconds.
+//! `tenant_id = $1` — the same tenancy Postgres enforces with its policies.
+//! Ids are stored as UUID strings and times as unix microseconds. The
+//! statements it shares with Postgres are in `sql` and `shared`; here is
+//! what SQLite says its own way.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -127,8 +129,8 @@ impl Columns for SqliteRow {
     }
 }
 
-/// No row-level security to set up: a statement that changes one thing
-/// runs on the pool, a transaction only groups statements.
+/// No row-level security to set up: a statement on its own runs on the
+/// pool; a transaction only groups statements.
 #[async_trait]
 impl Backend for SqliteStore {
     type Row = SqliteRow;
