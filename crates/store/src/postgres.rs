@@ -236,6 +236,10 @@ impl Backend for PgStore {
 /// Postgres' own: changes stamped with the database's clock (`now()`),
 /// typed NULL parameters, row locks, the row-level security functions.
 impl Dialect for PgStore {
+    /// Explicitly (their foreign key cascades as well).
+    const DELETE_CONSENTS: Option<&'static str> =
+        Some("DELETE FROM oauth_consents WHERE tenant_id = $1 AND client_id = $2");
+
     /// Serialize admin changes of this tenant: lock its row.
     const LOCK_ADMINS: Option<&'static str> = Some("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE");
 
@@ -533,22 +537,5 @@ impl Specific for PgStore {
                 })
             })
             .collect()
-    }
-
-    /// Deletes the client's consents explicitly first (their foreign key
-    /// cascades as well, as in SQLite).
-    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
-        let mut tx = self.tenant_tx(tenant).await?;
-        sqlx::query("DELETE FROM oauth_consents WHERE tenant_id = $1 AND client_id = $2")
-            .bind(tenant.0)
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?;
-        if tx.run(sql::delete_oauth_client(tenant, client_id)).await? == 0 {
-            return Ok(false);
-        }
-        tx.run(sql::insert_event(tenant, event)).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 }

@@ -77,6 +77,10 @@ where
 /// The statements whose text differs between the dialects, each built by
 /// its backend (which says why).
 pub(crate) trait Dialect {
+    /// Deletes a client's consents before the client (values: tenant,
+    /// client id); `None` where the foreign key's cascade is left to it.
+    const DELETE_CONSENTS: Option<&'static str>;
+
     /// Serializes the changes that must leave the tenant an admin, before
     /// the change (value: the tenant); `None` where nothing needs to.
     const LOCK_ADMINS: Option<&'static str>;
@@ -225,8 +229,6 @@ pub(crate) trait Specific: Send + Sync + 'static {
     ) -> Result<bool>;
 
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>>;
-
-    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool>;
 }
 
 async fn insert_events(tx: &mut impl Exec, tenant: TenantId, events: &[AuditEvent]) -> Result<()> {
@@ -329,10 +331,6 @@ impl<B: Backend + Specific> Store for B {
 
     async fn claim_mail(&self, now: DateTime<Utc>, lease: Duration, limit: u32) -> Result<Vec<QueuedMail>> {
         Specific::claim_mail(self, now, lease, limit).await
-    }
-
-    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
-        Specific::delete_oauth_client(self, tenant, client_id, event).await
     }
 
     // ---- the same in both ----
@@ -799,6 +797,19 @@ impl<B: Backend + Specific> Store for B {
         event: &AuditEvent,
     ) -> Result<Option<OAuthClientRecord>> {
         write_client(self, tenant, B::set_oauth_client_secret(tenant, client_id, secret_hash), event).await
+    }
+
+    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
+        let mut tx = self.begin(tenant).await?;
+        if let Some(consents) = B::DELETE_CONSENTS {
+            tx.run(Stmt::new(consents).id(tenant.0).text(client_id)).await?;
+        }
+        if tx.run(sql::delete_oauth_client(tenant, client_id)).await? == 0 {
+            return Ok(false);
+        }
+        tx.run(sql::insert_event(tenant, event)).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> Result<Option<String>> {

@@ -172,6 +172,9 @@ impl Backend for SqliteStore {
 /// Times are stored as unix microseconds and changes stamped with the
 /// service's clock, bound (Postgres uses its own); booleans are 0 and 1.
 impl Dialect for SqliteStore {
+    /// The consents go by their foreign key's cascade.
+    const DELETE_CONSENTS: Option<&'static str> = None;
+
     /// SQLite has one writer: the UPDATE of the change holds the write
     /// lock, so the count after it sees every other admin change of the tenant.
     const LOCK_ADMINS: Option<&'static str> = None;
@@ -491,16 +494,5 @@ impl Specific for SqliteStore {
                 })
             })
             .collect()
-    }
-
-    /// The client's consents go by their foreign key's cascade.
-    async fn delete_oauth_client(&self, tenant: TenantId, client_id: &str, event: &AuditEvent) -> Result<bool> {
-        let mut tx = self.tx().await?;
-        if tx.run(sql::delete_oauth_client(tenant, client_id)).await? == 0 {
-            return Ok(false);
-        }
-        tx.run(sql::insert_event(tenant, event)).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 }
