@@ -418,11 +418,6 @@ impl Dialect for PgStore {
 
 #[async_trait]
 impl Specific for PgStore {
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
         let wanted: Vec<Uuid> = ids.iter().map(|t| t.0).collect();
         let present: Vec<Uuid> =

@@ -201,8 +201,6 @@ fn map_row<R, T>(row: Option<R>, map: impl Fn(&R) -> Result<T>) -> Result<Option
 /// functions, SQLite's single writer), with the reason at the backend.
 #[async_trait]
 pub(crate) trait Specific: Send + Sync + 'static {
-    async fn ping(&self) -> Result<()>;
-
     async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>>;
 
     async fn tenants_changed_since(
@@ -290,10 +288,6 @@ async fn write_client<B: Backend>(
 impl<B: Backend + Specific> Store for B {
     // ---- what each backend does its own way ----
 
-    async fn ping(&self) -> Result<()> {
-        Specific::ping(self).await
-    }
-
     async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
         Specific::missing_tenants(self, ids).await
     }
@@ -334,6 +328,11 @@ impl<B: Backend + Specific> Store for B {
     }
 
     // ---- the same in both ----
+
+    async fn ping(&self) -> Result<()> {
+        self.pool_run(Stmt::new("SELECT 1")).await?;
+        Ok(())
+    }
 
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
         let stmt = Stmt::new(B::LIST_TENANTS).id(after.map(|t| t.0)).int(i64::from(limit));

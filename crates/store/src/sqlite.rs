@@ -365,11 +365,6 @@ impl Dialect for SqliteStore {
 
 #[async_trait]
 impl Specific for SqliteStore {
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     /// One look per id: SQLite has no array parameters.
     async fn missing_tenants(&self, ids: &[TenantId]) -> Result<Vec<TenantId>> {
         let mut missing = Vec::new();
