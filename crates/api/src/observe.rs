@@ -280,8 +280,8 @@ pub fn render_metrics(state: &AppState) -> String {
 
 /// Counts a password login by outcome: `success`, `mfa_required`, or the
 /// error code in lower case.
-pub fn count_login(slug: &str, outcome: &authd_core::Result<authd_tenancy::auth::LoginOutcome>) {
-    use authd_tenancy::auth::LoginOutcome;
+pub fn count_login(slug: &str, outcome: &authd_core::Result<authd_tenancy::LoginOutcome>) {
+    use authd_tenancy::LoginOutcome;
     use authd_tenancy::metrics as m;
     let code;
     let label = match outcome {

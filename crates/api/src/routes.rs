@@ -444,8 +444,8 @@ async fn oauth_callback(
     }
     let params = query.map(|q| q.0).unwrap_or_default();
     let meta = meta(&state, peer, &headers);
-    let ctx = authd_tenancy::auth::TenantCtx { deps: &state.platform.deps, rt: &rt };
-    let mut resp = match ctx.oauth_callback(&provider, params, &meta).await {
+    let ctx = authd_tenancy::TenantCtx { deps: &state.platform.deps, rt: &rt };
+    let mut resp = match ctx.social().callback(&provider, params, &meta).await {
         authd_tenancy::oauth::CallbackOutcome::Redirect(to) => match HeaderValue::from_str(&to) {
             Ok(location) => {
                 let mut resp = StatusCode::SEE_OTHER.into_response();

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use askama::Template;
 use authd_core::Error;
 use authd_tenancy::TenantRuntime;
-use authd_tenancy::auth::{LoginOutcome, TenantCtx};
 use authd_tenancy::sso::{AuthorizeOutcome, AuthorizeParams, ClientAuth, Next, OAuthError, SsoSession};
+use authd_tenancy::{LoginOutcome, TenantCtx};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
@@ -307,7 +307,8 @@ async fn login_form(call: &Call, request: &str, status: StatusCode, error: Optio
     let (csrf, fresh) = call.csrf();
     let providers = call
         .ctx()
-        .oauth_providers_public()
+        .social()
+        .providers_public()
         .into_iter()
         .filter(|p| p.enabled)
         .map(|p| (p.name, p.display_name))
@@ -415,12 +416,7 @@ async fn login_page(call: Call, Query(q): Query<RequestQuery>) -> Response {
 
 /// A finished first (and second) factor: the SSO session starts, its
 /// cookie is set, and the request proceeds.
-async fn signed_in(
-    call: &Call,
-    request: &str,
-    tokens: &authd_tenancy::auth::IssuedTokens,
-    amr: Vec<String>,
-) -> Response {
+async fn signed_in(call: &Call, request: &str, tokens: &authd_tenancy::IssuedTokens, amr: Vec<String>) -> Response {
     let (cookie, sso) = match call.ctx().sso().start_sso(tokens, amr, &call.meta).await {
         Ok(v) => v,
         Err(e) => return failure(call, e),
@@ -451,7 +447,7 @@ async fn login_submit(call: Call, body: Bytes) -> Response {
     }
     let email = form.get("email").cloned().unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
-    match call.ctx().login(&email, &password, &call.meta).await {
+    match call.ctx().accounts().login(&email, &password, &call.meta).await {
         Ok(LoginOutcome::Tokens(t)) => signed_in(&call, &request, &t, vec!["pwd".into()]).await,
         Ok(LoginOutcome::MfaChallenge { challenge_id, .. }) => {
             mfa_form(&call, &request, &challenge_id, StatusCode::OK, None).await
@@ -487,7 +483,7 @@ async fn mfa_submit(call: Call, body: Bytes) -> Response {
     let challenge = form.get("challenge_id").cloned().unwrap_or_default();
     let code = form.get("code").cloned().unwrap_or_default();
     let ctx = call.ctx();
-    match ctx.verify_mfa(&challenge, &code, &call.meta).await {
+    match ctx.mfa().verify_mfa(&challenge, &code, &call.meta).await {
         Ok(tokens) => {
             let amr = session_amr(&call, tokens.session, "otp").await;
             signed_in(&call, &request, &tokens, amr).await
@@ -611,7 +607,7 @@ async fn social_return(call: Call, Query(q): Query<SocialReturn>) -> Response {
             .await;
     };
     let Ok(Some(verifier)) = call.ctx().sso().social_verifier(&request).await else { return expired(&call) };
-    match call.ctx().exchange_login_code(&code, &verifier, &call.meta).await {
+    match call.ctx().social().exchange_login_code(&code, &verifier, &call.meta).await {
         Ok(LoginOutcome::Tokens(t)) => signed_in(&call, &request, &t, vec!["fed".into()]).await,
         Ok(LoginOutcome::MfaChallenge { challenge_id, .. }) => {
             mfa_form(&call, &request, &challenge_id, StatusCode::OK, None).await

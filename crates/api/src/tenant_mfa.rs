@@ -39,7 +39,7 @@ impl MfaMutation {
     /// Any failure is `MFA_INVALID`; five wrong codes kill the challenge.
     async fn verify_mfa(&self, ctx: &Context<'_>, input: VerifyMfaInput) -> Result<AuthTokens> {
         let r = req(ctx)?;
-        let tokens = r.tenant().verify_mfa(&input.challenge_id, &input.code, &r.meta).await.gql()?;
+        let tokens = r.tenant().mfa().verify_mfa(&input.challenge_id, &input.code, &r.meta).await.gql()?;
         Ok(r.auth_tokens(tokens))
     }
 
@@ -49,7 +49,7 @@ impl MfaMutation {
     async fn begin_totp_enrollment(&self, ctx: &Context<'_>, password: Option<String>) -> Result<TotpEnrollment> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        let e = r.tenant().begin_totp_enrollment(&p, password.as_deref(), &r.meta).await.gql()?;
+        let e = r.tenant().mfa().begin_totp_enrollment(&p, password.as_deref(), &r.meta).await.gql()?;
         Ok(TotpEnrollment { secret: e.secret_base32, otpauth_uri: e.otpauth_uri, qr_svg: e.qr_svg })
     }
 
@@ -57,7 +57,7 @@ impl MfaMutation {
     async fn confirm_totp_enrollment(&self, ctx: &Context<'_>, code: String) -> Result<RecoveryCodes> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        let codes = r.tenant().confirm_totp_enrollment(&p, &code, &r.meta).await.gql()?;
+        let codes = r.tenant().mfa().confirm_totp_enrollment(&p, &code, &r.meta).await.gql()?;
         Ok(RecoveryCodes { codes })
     }
 
@@ -65,14 +65,14 @@ impl MfaMutation {
     async fn disable_totp(&self, ctx: &Context<'_>, password: String, code: String) -> Result<bool> {
         let r = req(ctx)?;
         let p = r.full_principal().await.gql()?;
-        r.tenant().disable_totp(&p, &password, &code, &r.meta).await.gql()
+        r.tenant().mfa().disable_totp(&p, &password, &code, &r.meta).await.gql()
     }
 
     /// Replaces the recovery codes (a current TOTP code); revokes other sessions.
     async fn regenerate_recovery_codes(&self, ctx: &Context<'_>, code: String) -> Result<RecoveryCodes> {
         let r = req(ctx)?;
         let p = r.full_principal().await.gql()?;
-        match r.tenant().regenerate_recovery_codes(&p, &code, &r.meta).await {
+        match r.tenant().mfa().regenerate_recovery_codes(&p, &code, &r.meta).await {
             Ok(codes) => Ok(RecoveryCodes { codes }),
             Err(Error::BadInput { .. }) => Err(to_graphql(Error::MfaInvalid)),
             Err(e) => Err(to_graphql(e)),

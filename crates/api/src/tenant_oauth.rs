@@ -127,7 +127,8 @@ impl OAuthQuery {
     async fn oauth_providers(&self, ctx: &Context<'_>) -> Result<Vec<OAuthProviderPublic>> {
         let r = req(ctx)?;
         Ok(r.tenant()
-            .oauth_providers_public()
+            .social()
+            .providers_public()
             .into_iter()
             .map(|p| OAuthProviderPublic { kind: kind_of(&p), name: p.name, display_name: p.display_name })
             .collect())
@@ -137,7 +138,7 @@ impl OAuthQuery {
     async fn oauth_provider_configs(&self, ctx: &Context<'_>) -> Result<Vec<OAuthProviderConfig>> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        Ok(r.tenant().oauth_provider_configs(&p).await.gql()?.into_iter().map(Into::into).collect())
+        Ok(r.tenant().social().provider_configs(&p).await.gql()?.into_iter().map(Into::into).collect())
     }
 }
 
@@ -158,7 +159,7 @@ impl OAuthMutation {
         code_challenge: String,
     ) -> Result<OAuthStart> {
         let r = req(ctx)?;
-        let url = r.tenant().start_oauth_login(&provider, &redirect_uri, &code_challenge, &r.meta).await.gql()?;
+        let url = r.tenant().social().start_login(&provider, &redirect_uri, &code_challenge, &r.meta).await.gql()?;
         Ok(OAuthStart { authorization_url: url })
     }
 
@@ -167,7 +168,7 @@ impl OAuthMutation {
     /// or an MFA challenge when the user has TOTP.
     async fn exchange_login_code(&self, ctx: &Context<'_>, code: String, code_verifier: String) -> Result<LoginResult> {
         let r = req(ctx)?;
-        let outcome = r.tenant().exchange_login_code(&code, &code_verifier, &r.meta).await.gql()?;
+        let outcome = r.tenant().social().exchange_login_code(&code, &code_verifier, &r.meta).await.gql()?;
         Ok(r.login_result(outcome))
     }
 
@@ -187,7 +188,7 @@ impl OAuthMutation {
             display_name: input.display_name,
             trust_email_verified: input.trust_email_verified,
         };
-        Ok(r.tenant().upsert_oauth_provider(&p, input, &r.meta).await.gql()?.into())
+        Ok(r.tenant().social().upsert_provider(&p, input, &r.meta).await.gql()?.into())
     }
 
     /// Tenant admins: removes a provider and the identities linked through it.
@@ -195,6 +196,6 @@ impl OAuthMutation {
     async fn delete_oauth_provider(&self, ctx: &Context<'_>, name: String) -> Result<bool> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        r.tenant().delete_oauth_provider(&p, &name, &r.meta).await.gql()
+        r.tenant().social().delete_provider(&p, &name, &r.meta).await.gql()
     }
 }

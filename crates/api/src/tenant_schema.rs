@@ -11,9 +11,9 @@ use authd_core::records::{AuditEvent as AuditRecord, AuditFilter, UserRecord};
 use authd_core::settings::{RateLimitPolicy, Role, SigningAlgorithm, TenantSettings};
 use authd_core::{Error, UserId};
 use authd_tenancy::audit::RequestMeta;
-use authd_tenancy::auth::{IssuedTokens, LoginOutcome, Principal, TenantCtx};
 use authd_tenancy::keyset::KeyInfo;
 use authd_tenancy::{Deps, TenantRuntime};
+use authd_tenancy::{IssuedTokens, LoginOutcome, Principal, TenantCtx};
 use axum::http::HeaderValue;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -116,7 +116,7 @@ impl TenantRequest {
                     (None, Some(c)) if self.origin_allowed => c.clone(),
                     _ => return Err(authd_core::ErrorCode::Unauthenticated),
                 };
-                self.tenant().authenticate(&token).await.map_err(|e| {
+                self.tenant().sessions().authenticate(&token).await.map_err(|e| {
                     if let Some(cause) = e.cause() {
                         tracing::warn!(error = cause, "authentication failed on a backend error");
                     }
@@ -724,14 +724,14 @@ impl TenantQuery {
     async fn me(&self, ctx: &Context<'_>) -> Result<User> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        Ok(User::of(r.tenant().me(&p).await.gql()?, true))
+        Ok(User::of(r.tenant().accounts().me(&p).await.gql()?, true))
     }
 
     /// The signed-in user's live sessions.
     async fn sessions(&self, ctx: &Context<'_>) -> Result<Vec<Session>> {
         let r = req(ctx)?;
         let p = r.full_principal().await.gql()?;
-        let sessions = r.tenant().sessions(&p).await.gql()?;
+        let sessions = r.tenant().sessions().list(&p).await.gql()?;
         Ok(sessions
             .into_iter()
             .map(|s| Session {
@@ -765,7 +765,7 @@ impl TenantQuery {
             None => None,
         };
         let p = r.principal().await.gql()?;
-        let mut rows = r.tenant().list_users(&p, email_prefix.as_deref(), after, limit + 1).await.gql()?;
+        let mut rows = r.tenant().admin().list_users(&p, email_prefix.as_deref(), after, limit + 1).await.gql()?;
         let has_next = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let mut conn = Connection::new(after.is_some(), has_next);
@@ -778,7 +778,7 @@ impl TenantQuery {
     async fn tenant_settings(&self, ctx: &Context<'_>) -> Result<GqlSettings> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        let s = r.tenant().tenant_settings(&p).await.gql()?;
+        let s = r.tenant().admin().tenant_settings(&p).await.gql()?;
         Ok(settings_out(&s, r.rt.slug.as_str()))
     }
 
@@ -802,7 +802,7 @@ impl TenantQuery {
             None => None,
         };
         let p = r.principal().await.gql()?;
-        r.tenant().require_admin(&p).await.gql()?;
+        r.tenant().admin().require_admin(&p).await.gql()?;
         let filter = AuditFilter { kind, user_id, since, until };
         let mut rows =
             r.deps.store.audit_events(r.rt.id, &filter, cursor, limit + 1).await.map_err(Error::from).gql()?;
@@ -824,15 +824,19 @@ impl TenantMutation {
     /// Creates a password account.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> Result<User> {
         let r = req(ctx)?;
-        let user =
-            r.tenant().register(&input.email, &input.password, input.redirect_uri.as_deref(), &r.meta).await.gql()?;
+        let user = r
+            .tenant()
+            .accounts()
+            .register(&input.email, &input.password, input.redirect_uri.as_deref(), &r.meta)
+            .await
+            .gql()?;
         Ok(User::of(user, true))
     }
 
     /// Signs in with email and password: tokens, or an MFA challenge.
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<LoginResult> {
         let r = req(ctx)?;
-        let outcome = r.tenant().login(&input.email, &input.password, &r.meta).await;
+        let outcome = r.tenant().accounts().login(&input.email, &input.password, &r.meta).await;
         crate::observe::count_login(r.rt.slug.as_str(), &outcome);
         match outcome.gql()? {
             LoginOutcome::Tokens(t) => Ok(LoginResult::AuthTokens(r.auth_tokens(*t))),
@@ -850,7 +854,7 @@ impl TenantMutation {
     async fn refresh(&self, ctx: &Context<'_>, refresh_token: Option<String>) -> Result<AuthTokens> {
         let r = req(ctx)?;
         let token = r.refresh_token(refresh_token).ok_or(Error::Unauthenticated).gql()?;
-        match r.tenant().refresh(&token, &r.meta).await {
+        match r.tenant().sessions().refresh(&token, &r.meta).await {
             Ok(t) => Ok(r.auth_tokens(t)),
             Err(e) => {
                 if matches!(e, Error::TokenReused | Error::Unauthenticated) {
@@ -867,7 +871,7 @@ impl TenantMutation {
         let r = req(ctx)?;
         let token = r.refresh_token(refresh_token);
         let principal = if token.is_none() { Some(r.principal().await.gql()?) } else { None };
-        let done = r.tenant().logout(token.as_deref(), principal.as_ref(), &r.meta).await.gql()?;
+        let done = r.tenant().sessions().logout(token.as_deref(), principal.as_ref(), &r.meta).await.gql()?;
         r.forget();
         Ok(done)
     }
@@ -876,7 +880,7 @@ impl TenantMutation {
     async fn logout_all(&self, ctx: &Context<'_>) -> Result<i32> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        let n = r.tenant().logout_all(&p, &r.meta).await.gql()?;
+        let n = r.tenant().sessions().logout_all(&p, &r.meta).await.gql()?;
         r.forget();
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
@@ -885,7 +889,7 @@ impl TenantMutation {
     async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> Result<bool> {
         let r = req(ctx)?;
         let p = r.full_principal().await.gql()?;
-        r.tenant().revoke_session(&p, &id, &r.meta).await.gql()
+        r.tenant().sessions().revoke(&p, &id, &r.meta).await.gql()
     }
 
     /// Tenant admins: changes the given settings.
@@ -893,9 +897,9 @@ impl TenantMutation {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
         let tenant = r.tenant();
-        let old = tenant.tenant_settings(&p).await.gql()?;
+        let old = tenant.admin().tenant_settings(&p).await.gql()?;
         let new = input.merge(&old).gql()?;
-        let saved = tenant.update_settings(&p, new, &r.meta).await.gql()?;
+        let saved = tenant.admin().update_settings(&p, new, &r.meta).await.gql()?;
         Ok(settings_out(&saved, r.rt.slug.as_str()))
     }
 
@@ -903,14 +907,14 @@ impl TenantMutation {
     async fn set_user_disabled(&self, ctx: &Context<'_>, user_id: ID, disabled: bool) -> Result<User> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        Ok(User::of(r.tenant().set_user_disabled(&p, &user_id, disabled, &r.meta).await.gql()?, true))
+        Ok(User::of(r.tenant().admin().set_user_disabled(&p, &user_id, disabled, &r.meta).await.gql()?, true))
     }
 
     /// Tenant admins: changes a user's role.
     async fn set_user_role(&self, ctx: &Context<'_>, user_id: ID, role: GqlRole) -> Result<User> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        Ok(User::of(r.tenant().set_user_role(&p, &user_id, role.into(), &r.meta).await.gql()?, true))
+        Ok(User::of(r.tenant().admin().set_user_role(&p, &user_id, role.into(), &r.meta).await.gql()?, true))
     }
 
     /// Tenant admins: adds a signing key, published now, signing after one
@@ -924,6 +928,6 @@ impl TenantMutation {
     ) -> Result<SigningKey> {
         let r = req(ctx)?;
         let p = r.principal().await.gql()?;
-        Ok(r.tenant().rotate_signing_key(&p, immediate.unwrap_or(false), &r.meta).await.gql()?.into())
+        Ok(r.tenant().admin().rotate_signing_key(&p, immediate.unwrap_or(false), &r.meta).await.gql()?.into())
     }
 }

@@ -6,11 +6,17 @@ use authd_core::{Error, Result, UserId};
 use authd_store::{UserChange, UserRecord};
 
 use crate::audit::{self, RequestMeta, kinds};
-use crate::auth::{Principal, TenantCtx, deny_ttl};
+use crate::ctx::TenantCtx;
 use crate::keyset::KeyInfo;
+use crate::sessions::{Principal, deny_ttl};
 use crate::tenant::TenantMsg;
 
-impl TenantCtx<'_> {
+/// Tenant-admin operations, reached through [`TenantCtx::admin`].
+pub struct AdminService<'c> {
+    pub(crate) ctx: &'c TenantCtx<'c>,
+}
+
+impl AdminService<'_> {
     /// The caller, if it is an enabled admin of this tenant now.
     pub async fn require_admin(&self, p: &Principal) -> Result<UserRecord> {
         if p.mfa_enrollment_required {
@@ -19,9 +25,9 @@ impl TenantCtx<'_> {
         if p.role != Role::Admin {
             return Err(Error::forbidden("tenant admins only"));
         }
-        match self.deps.store.user_by_id(self.rt.id, p.user).await? {
+        match self.ctx.deps.store.user_by_id(self.ctx.rt.id, p.user).await? {
             Some(u) if u.role == Role::Admin && !u.disabled => {
-                let settings = &self.rt.snapshot().record.settings;
+                let settings = &self.ctx.rt.snapshot().record.settings;
                 if settings.require_mfa_for_admins && !u.totp_enabled {
                     return Err(Error::forbidden("two-factor enrollment is required before using admin operations"));
                 }
@@ -41,7 +47,7 @@ impl TenantCtx<'_> {
     ) -> Result<Vec<UserRecord>> {
         self.require_admin(p).await?;
         let prefix = email_prefix.map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty());
-        Ok(self.deps.store.list_users(self.rt.id, prefix.as_deref(), after, limit).await?)
+        Ok(self.ctx.deps.store.list_users(self.ctx.rt.id, prefix.as_deref(), after, limit).await?)
     }
 
     /// Disabling revokes every session of the user at once.
@@ -60,7 +66,7 @@ impl TenantCtx<'_> {
         if disabled
             && target.role == Role::Admin
             && !target.disabled
-            && self.deps.store.count_active_admins(self.rt.id).await? <= 1
+            && self.ctx.deps.store.count_active_admins(self.ctx.rt.id).await? <= 1
         {
             return Err(Error::bad_input("userId", "the tenant's last admin cannot be disabled"));
         }
@@ -68,14 +74,15 @@ impl TenantCtx<'_> {
         let event = audit::event(kind, meta, Some(admin.id), Some(target.id), None);
         let change = UserChange { disabled: Some(disabled), keep_an_admin: disabled, ..Default::default() };
         let updated = self
+            .ctx
             .deps
             .store
-            .update_user(self.rt.id, target.id, &change, Some(&event))
+            .update_user(self.ctx.rt.id, target.id, &change, Some(&event))
             .await?
             .ok_or_else(|| Error::bad_input("userId", "no such user"))?;
-        audit::log_event(self.rt.id, &event);
+        audit::log_event(self.ctx.rt.id, &event);
         if disabled {
-            self.deps.tokens.revoke_user_sessions(self.rt.id, target.id, None, deny_ttl()).await?;
+            self.ctx.deps.tokens.revoke_user_sessions(self.ctx.rt.id, target.id, None, deny_ttl()).await?;
         }
         Ok(updated)
     }
@@ -86,7 +93,9 @@ impl TenantCtx<'_> {
         if target.role == role {
             return Ok(target);
         }
-        if target.role == Role::Admin && !target.disabled && self.deps.store.count_active_admins(self.rt.id).await? <= 1
+        if target.role == Role::Admin
+            && !target.disabled
+            && self.ctx.deps.store.count_active_admins(self.ctx.rt.id).await? <= 1
         {
             return Err(Error::bad_input("userId", "the tenant's last admin cannot be demoted"));
         }
@@ -99,23 +108,29 @@ impl TenantCtx<'_> {
         );
         let change = UserChange { role: Some(role), keep_an_admin: role != Role::Admin, ..Default::default() };
         let updated = self
+            .ctx
             .deps
             .store
-            .update_user(self.rt.id, target.id, &change, Some(&event))
+            .update_user(self.ctx.rt.id, target.id, &change, Some(&event))
             .await?
             .ok_or_else(|| Error::bad_input("userId", "no such user"))?;
-        audit::log_event(self.rt.id, &event);
+        audit::log_event(self.ctx.rt.id, &event);
         Ok(updated)
     }
 
     async fn target_user(&self, user: &str) -> Result<UserRecord> {
         let id: UserId = user.parse().map_err(|_| Error::bad_input("userId", "not a user id"))?;
-        self.deps.store.user_by_id(self.rt.id, id).await?.ok_or_else(|| Error::bad_input("userId", "no such user"))
+        self.ctx
+            .deps
+            .store
+            .user_by_id(self.ctx.rt.id, id)
+            .await?
+            .ok_or_else(|| Error::bad_input("userId", "no such user"))
     }
 
     pub async fn tenant_settings(&self, p: &Principal) -> Result<TenantSettings> {
         self.require_admin(p).await?;
-        Ok(self.rt.snapshot().record.settings.clone())
+        Ok(self.ctx.rt.snapshot().record.settings.clone())
     }
 
     /// Validates and stores the new settings (the caller merged the input
@@ -134,9 +149,9 @@ impl TenantCtx<'_> {
             new.webauthn_rp_id.as_deref(),
             &new.webauthn_origins,
             &new.allowed_origins,
-            &self.deps.config.public_url,
+            &self.ctx.deps.config.public_url,
         )?;
-        let old = self.rt.snapshot().record.settings.clone();
+        let old = self.ctx.rt.snapshot().record.settings.clone();
         let changed = changed_fields(&old, &new);
         if changed.is_empty() {
             return Ok(old);
@@ -148,18 +163,18 @@ impl TenantCtx<'_> {
             None,
             Some(serde_json::json!({ "fields": changed })),
         );
-        self.deps.store.update_settings(self.rt.id, &new, &event).await?;
-        audit::log_event(self.rt.id, &event);
+        self.ctx.deps.store.update_settings(self.ctx.rt.id, &new, &event).await?;
+        audit::log_event(self.ctx.rt.id, &event);
         // Make the change visible to this replica's requests at once.
-        let mut record = self.rt.snapshot().record.clone();
+        let mut record = self.ctx.rt.snapshot().record.clone();
         record.settings = new.clone();
-        let keys = self.rt.snapshot().keys.clone();
-        let providers = self.rt.snapshot().providers.clone();
-        self.rt.replace_snapshot(crate::runtime::TenantSnapshot { record, keys, providers });
+        let keys = self.ctx.rt.snapshot().keys.clone();
+        let providers = self.ctx.rt.snapshot().providers.clone();
+        self.ctx.rt.replace_snapshot(crate::runtime::TenantSnapshot { record, keys, providers });
         if old.signing_algorithm != new.signing_algorithm {
             // Not a compromise: the old key retires as usual.
             self.rotate_key_inner(Some(admin.id), true, false, meta).await?;
-        } else if let Some(sup) = self.rt.supervisor() {
+        } else if let Some(sup) = self.ctx.rt.supervisor() {
             let _ = sup.cast(TenantMsg::Reload);
         }
         Ok(new)
@@ -178,7 +193,7 @@ impl TenantCtx<'_> {
         revoke_older: bool,
         meta: &RequestMeta,
     ) -> Result<KeyInfo> {
-        let sup = self.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
+        let sup = self.ctx.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
         let timeout = std::time::Duration::from_secs(30);
         let session =
             ractor::call_t!(sup, TenantMsg::SessionActor, 5000).map_err(|e| Error::unavailable(e.to_string()))?;
@@ -195,9 +210,9 @@ impl TenantCtx<'_> {
             _ => return Err(Error::unavailable("key rotation timed out")),
         };
         // Reload now so this replica signs with the new key right away.
-        let fresh = crate::platform::load_snapshot_by_id(self.deps, self.rt.id).await?;
+        let fresh = crate::platform::load_snapshot_by_id(self.ctx.deps, self.ctx.rt.id).await?;
         if let Some(snapshot) = fresh {
-            self.rt.replace_snapshot(snapshot);
+            self.ctx.rt.replace_snapshot(snapshot);
         }
         Ok(info)
     }

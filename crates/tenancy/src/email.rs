@@ -25,11 +25,13 @@ use chrono::Utc;
 use subtle::ConstantTimeEq;
 
 use crate::Deps;
+use crate::accounts::LoginOutcome;
 use crate::audit::{self, RequestMeta, kinds};
-use crate::auth::{LoginOutcome, Principal, TenantCtx, deny_ttl};
+use crate::ctx::TenantCtx;
 use crate::mail::{Compose, Mailer, compose};
 use crate::oauth::{s256, valid_challenge, with_query};
 use crate::runtime::TenantRuntime;
+use crate::sessions::{Principal, deny_ttl};
 
 /// Keyed-hash purpose of link tokens.
 const LINK_PURPOSE: &str = "email-link";
@@ -39,14 +41,7 @@ pub const MAGIC_CODE_PREFIX: &str = "ml_";
 
 /// The email flows, reached through [`TenantCtx::email`].
 pub struct EmailService<'c> {
-    ctx: &'c TenantCtx<'c>,
-}
-
-impl<'a> TenantCtx<'a> {
-    /// The tenant's email flows.
-    pub fn email(&'a self) -> EmailService<'a> {
-        EmailService { ctx: self }
-    }
+    pub(crate) ctx: &'c TenantCtx<'c>,
 }
 
 /// A new link's token and what is stored of it.
@@ -192,7 +187,7 @@ impl EmailService<'_> {
     pub async fn send_verification_email(&self, p: &Principal, redirect_uri: &str, meta: &RequestMeta) -> Result<bool> {
         self.check_redirect(redirect_uri)?;
         self.mailer()?;
-        let user = self.ctx.me(p).await?;
+        let user = self.ctx.accounts().me(p).await?;
         if user.email_verified {
             return Ok(false);
         }
@@ -200,7 +195,7 @@ impl EmailService<'_> {
             return Err(Error::bad_input_msg(None, "this account has no email address"));
         };
         let account = crate::limits::account_key(self.ctx, &email);
-        self.ctx.before_email_request(Some(&account), meta).await?;
+        self.ctx.limits().before_email_request(Some(&account), meta).await?;
         let event = audit::event(kinds::EMAIL_VERIFICATION_SENT, meta, Some(user.id), Some(user.id), None);
         self.issue(&user, MailKind::Verification, &email, redirect_uri, None, &event).await?;
         Ok(true)
@@ -235,7 +230,7 @@ impl EmailService<'_> {
         let email = Email::parse(email)?;
         self.mailer()?;
         let account = crate::limits::account_key(self.ctx, email.as_str());
-        self.ctx.before_email_request(Some(&account), meta).await?;
+        self.ctx.limits().before_email_request(Some(&account), meta).await?;
         let (deps, rt) = (self.deps().clone(), self.rt().clone());
         let (redirect_uri, meta) = (redirect_uri.to_owned(), meta.clone());
         tokio::spawn(async move {
@@ -265,7 +260,7 @@ impl EmailService<'_> {
         PasswordPolicy { min_length: settings.password_min_length as usize }
             .check(new_password)
             .map_err(|e| rename_field(e, "newPassword"))?;
-        let phc = self.ctx.hash(new_password).await?;
+        let phc = self.ctx.accounts().hash(new_password).await?;
         let event = audit::event(kinds::PASSWORD_RESET, meta, Some(link.user_id), Some(link.user_id), None);
         let user = self
             .deps()
@@ -278,7 +273,7 @@ impl EmailService<'_> {
         // The owner is back in: earlier failures no longer lock the account.
         if let Some(email) = &user.email {
             let account = crate::limits::account_key(self.ctx, email);
-            self.ctx.login_succeeded(&account, meta).await;
+            self.ctx.limits().login_succeeded(&account, meta).await;
         }
         Ok(true)
     }
@@ -293,13 +288,13 @@ impl EmailService<'_> {
         new_password: &str,
         meta: &RequestMeta,
     ) -> Result<bool> {
-        let user = self.ctx.me(p).await?;
-        self.ctx.recheck_password(&user, current, meta).await?;
+        let user = self.ctx.accounts().me(p).await?;
+        self.ctx.mfa().recheck_password(&user, current, meta).await?;
         let settings = self.rt().snapshot().record.settings.clone();
         PasswordPolicy { min_length: settings.password_min_length as usize }
             .check(new_password)
             .map_err(|e| rename_field(e, "newPassword"))?;
-        let phc = self.ctx.hash(new_password).await?;
+        let phc = self.ctx.accounts().hash(new_password).await?;
         let event = audit::event(kinds::PASSWORD_CHANGED, meta, Some(user.id), Some(user.id), None);
         let change = UserChange { password_hash: Some(phc), ..Default::default() };
         self.deps()
@@ -331,7 +326,7 @@ impl EmailService<'_> {
         let email = Email::parse(email)?;
         self.mailer()?;
         let account = crate::limits::account_key(self.ctx, email.as_str());
-        self.ctx.before_email_request(Some(&account), meta).await?;
+        self.ctx.limits().before_email_request(Some(&account), meta).await?;
         if !self.rt().snapshot().record.settings.magic_links_enabled {
             return Ok(true);
         }
@@ -392,7 +387,7 @@ impl EmailService<'_> {
         if user.disabled {
             return Err(Error::Unauthenticated);
         }
-        let outcome = self.ctx.second_factor_or_tokens(user, vec!["email".into()], meta).await?;
+        let outcome = self.ctx.mfa().second_factor_or_tokens(user, vec!["email".into()], meta).await?;
         if let LoginOutcome::Tokens(t) = &outcome {
             let id = t.user.id;
             self.deps().audit.record(
@@ -424,15 +419,15 @@ impl EmailService<'_> {
         self.check_redirect(redirect_uri)?;
         let new_email = Email::parse(new_email).map_err(|e| rename_field(e, "newEmail"))?;
         self.mailer()?;
-        let user = self.ctx.me(p).await?;
-        self.ctx.recheck_password(&user, password, meta).await?;
+        let user = self.ctx.accounts().me(p).await?;
+        self.ctx.mfa().recheck_password(&user, password, meta).await?;
         if user.email.as_deref() == Some(new_email.as_str()) {
             return Err(Error::bad_input("newEmail", "this is already the account's address"));
         }
         if self.deps().store.user_by_email(self.rt().id, new_email.as_str()).await?.is_some() {
             return Err(Error::EmailTaken);
         }
-        self.ctx.before_email_request(None, meta).await?;
+        self.ctx.limits().before_email_request(None, meta).await?;
         let event = audit::event(kinds::EMAIL_CHANGE_REQUESTED, meta, Some(user.id), Some(user.id), None);
         self.issue(&user, MailKind::EmailChange, new_email.as_str(), redirect_uri, None, &event).await?;
         Ok(true)

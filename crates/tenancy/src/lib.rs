@@ -14,6 +14,12 @@
 //! itself (the SQL, the token-store script, the signature), and password
 //! hashing runs on the fair [`hashing::HashPool`].
 //!
+//! A request reaches that work through a [`TenantCtx`] (the process's
+//! [`Deps`] and the tenant's runtime) and the service of one capability it
+//! hands out: `ctx.accounts()`, `ctx.sessions()`, `ctx.mfa()`,
+//! `ctx.limits()`, `ctx.social()`, `ctx.admin()`, `ctx.email()`,
+//! `ctx.passkeys()`, `ctx.sso()` (the table in [`ctx`]).
+//!
 //! This crate knows nothing of HTTP or GraphQL; it speaks domain types and
 //! returns `authd_core::Error`.
 //!
@@ -24,25 +30,28 @@
 //! - [`runtime`]: tenant snapshots read by requests.
 //! - [`slugs`]: which tenant slugs exist, so unknown ones cost no query.
 //! - [`keyset`]: a tenant's signing keys: current signer, verifier, JWKS, rotation.
-//! - [`auth`]: accounts, login, tokens and sessions.
-//! - [`admin`]: tenant-admin operations.
-//! - [`email`]: the email flows: verification, password reset and change, magic links, email change.
+//! - [`ctx`]: [`TenantCtx`], one tenant as one request sees it, and the services it hands out.
+//! - [`accounts`]: `AccountService`: registration, password login, `me`.
+//! - [`sessions`]: `SessionService`: sessions and tokens: issuing, verifying, refresh rotation, logout.
+//! - [`admin`]: `AdminService`: tenant-admin operations.
+//! - [`email`]: `EmailService`, the email flows: verification, password reset and change, magic links, email change.
 //! - [`mail`]: composing mail into the outbox, and the sender that delivers it (SMTP or `.eml` files).
-//! - [`mfa`]: TOTP enrollment, MFA challenges and recovery codes.
-//! - [`sso`]: single sign-on: the tenant as an OpenID provider (clients, authorize, tokens, logout).
-//! - [`passkeys`]: WebAuthn registration and sign-in (with an email, or usernameless).
-//! - [`limits`]: per-tenant rate limits and brute-force protection.
+//! - [`mfa`]: `MfaService`: TOTP enrollment, MFA challenges and recovery codes.
+//! - [`sso`]: `SsoService`, single sign-on: the tenant as an OpenID provider (clients, authorize, tokens, logout).
+//! - [`passkeys`]: `PasskeyService`: WebAuthn registration and sign-in (with an email, or usernameless).
+//! - [`limits`]: `LimitService`: per-tenant rate limits and brute-force protection.
 //! - [`hashing`]: the fair password-hashing pool.
 //! - [`audit`]: audit events and their batched sink.
 //! - [`metrics`]: process-wide counters and labelled families, in the Prometheus text format.
 //! - [`traced`]: the token store wrapped in spans and backend-error counts.
 //! - [`reseal`]: re-sealing secrets after a master-key rotation.
-//! - [`oauth`]: social login: provider configs, the `OAuthProviderActor`, the SSRF-safe provider client, the flow.
+//! - [`oauth`]: `SocialService`, social login: provider configs, the `OAuthProviderActor`, the SSRF-safe provider client, the flow.
 
+pub mod accounts;
 pub mod admin;
 pub mod audit;
-pub mod auth;
 pub mod children;
+pub mod ctx;
 pub mod email;
 pub mod hashing;
 pub mod keyset;
@@ -55,6 +64,7 @@ pub mod passkeys;
 pub mod platform;
 pub mod reseal;
 pub mod runtime;
+pub mod sessions;
 pub mod slugs;
 pub mod sso;
 pub mod tenant;
@@ -68,8 +78,11 @@ use authd_core::password::Argon2Params;
 use authd_store::Store;
 use authd_tokens::TokenStore;
 
+pub use accounts::LoginOutcome;
+pub use ctx::TenantCtx;
 pub use platform::{CreateTenant, Platform};
 pub use runtime::{TenantRuntime, TenantSnapshot};
+pub use sessions::{IssuedTokens, Principal};
 
 /// Settings of the tenancy layer, from the binary's configuration.
 #[derive(Clone, Debug)]

@@ -32,7 +32,7 @@ use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::audit::{self, RequestMeta, kinds};
-use crate::auth::TenantCtx;
+use crate::ctx::TenantCtx;
 
 /// The clock rate limits read; tests move it forward instead of sleeping.
 #[derive(Default)]
@@ -132,7 +132,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 const FAILURE_BURST: u32 = 5;
 
 /// `Retry-After` is whole seconds, rounded up, at least 1.
-/// See [`TenantCtx::ip`].
+/// See [`LimitService::ip`].
 pub(crate) fn ip_key(ip: Option<&str>) -> String {
     match ip.map(str::parse::<std::net::IpAddr>) {
         Some(Ok(std::net::IpAddr::V6(v6))) => match v6.to_ipv4_mapped() {
@@ -164,14 +164,19 @@ pub(crate) fn account_key(ctx: &TenantCtx<'_>, email: &str) -> String {
     h[..32.min(h.len())].to_owned()
 }
 
-impl TenantCtx<'_> {
+/// Rate limits and brute-force protection, reached through [`TenantCtx::limits`].
+pub struct LimitService<'c> {
+    pub(crate) ctx: &'c TenantCtx<'c>,
+}
+
+impl LimitService<'_> {
     /// One request against `limit` per `period` under `key`.
     async fn check(&self, which: Limit, key: &str, limit: u32, period: Duration, meta: &RequestMeta) -> Result<()> {
-        let now = self.deps.clock.now_ms();
-        let decision = match self.deps.tokens.rate_check(self.rt.id, key, limit, period, now).await {
+        let now = self.ctx.deps.clock.now_ms();
+        let decision = match self.ctx.deps.tokens.rate_check(self.ctx.rt.id, key, limit, period, now).await {
             Ok(d) => d,
             Err(authd_tokens::Error::Unavailable(_)) => {
-                self.deps.fallback.check(&format!("{}:{key}", self.rt.id), limit, period, now)
+                self.ctx.deps.fallback.check(&format!("{}:{key}", self.ctx.rt.id), limit, period, now)
             }
             Err(e) => return Err(e.into()),
         };
@@ -180,8 +185,8 @@ impl TenantCtx<'_> {
             RateDecision::Limited { retry_after_ms } => {
                 let retry_after = whole_seconds(retry_after_ms);
                 crate::metrics::RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
-                self.deps.audit.record(
-                    self.rt.id,
+                self.ctx.deps.audit.record(
+                    self.ctx.rt.id,
                     audit::event(
                         kinds::REQUEST_RATE_LIMITED,
                         meta,
@@ -203,9 +208,9 @@ impl TenantCtx<'_> {
     }
 
     /// Before a login's password check: per-IP attempts, then the account's
-    /// reservations (refunded by [`TenantCtx::login_succeeded`]).
+    /// reservations (refunded by [`LimitService::login_succeeded`]).
     pub(crate) async fn before_login(&self, account: &str, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
         let ip = &Self::ip(meta);
         self.check(Limit::LoginPerIp, &format!("login-ip:{ip}"), p.login_per_ip_per_minute, MINUTE, meta).await?;
         let pair = format!("fail-acct-ip:{account}:{ip}");
@@ -234,7 +239,7 @@ impl TenantCtx<'_> {
         let ip = &Self::ip(meta);
         let pair = format!("fail-acct-ip:{account}:{ip}");
         for key in [format!("{pair}:burst"), pair.clone(), format!("fail-acct:{account}")] {
-            if let Err(e) = self.deps.tokens.rate_reset(self.rt.id, &key).await {
+            if let Err(e) = self.ctx.deps.tokens.rate_reset(self.ctx.rt.id, &key).await {
                 tracing::warn!(error = %e, "could not reset a failure counter");
             }
         }
@@ -243,7 +248,7 @@ impl TenantCtx<'_> {
     /// Before a social login starts (each start stores a state for 10
     /// minutes): it counts as a login attempt from that IP.
     pub(crate) async fn before_oauth_start(&self, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
         let key = format!("oauth-start-ip:{}", Self::ip(meta));
         self.check(Limit::LoginPerIp, &key, p.login_per_ip_per_minute, MINUTE, meta).await
     }
@@ -251,19 +256,19 @@ impl TenantCtx<'_> {
     /// Before a passkey sign-in starts (each start stores a ceremony for 5
     /// minutes): it counts as a login attempt from that IP.
     pub(crate) async fn before_passkey_begin(&self, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
         let key = format!("passkey-begin-ip:{}", Self::ip(meta));
         self.check(Limit::LoginPerIp, &key, p.login_per_ip_per_minute, MINUTE, meta).await
     }
 
     pub(crate) async fn before_register(&self, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
         let key = format!("register-ip:{}", Self::ip(meta));
         self.check(Limit::RegistrationsPerIp, &key, p.registrations_per_ip_per_hour, HOUR, meta).await
     }
 
     pub(crate) async fn before_mfa(&self, user: authd_core::UserId, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
         self.check(
             Limit::MfaPerAccount,
             &format!("mfa:{user}"),
@@ -278,7 +283,7 @@ impl TenantCtx<'_> {
     /// when one is named (`address` is its account key; unknown addresses
     /// count exactly like known ones).
     pub(crate) async fn before_email_request(&self, address: Option<&str>, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
         let key = format!("email-ip:{}", Self::ip(meta));
         self.check(Limit::EmailPerIp, &key, p.email_requests_per_ip_per_hour, HOUR, meta).await?;
         match address {
@@ -293,13 +298,13 @@ impl TenantCtx<'_> {
     /// Before a call of the token, introspection or revocation endpoint,
     /// per client id (known or not: guessing secrets is limited too).
     pub(crate) async fn before_token_request(&self, client_id: &str, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
-        let key = format!("token-client:{}", crate::limits::short_hash(self, client_id));
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
+        let key = format!("token-client:{}", crate::limits::short_hash(self.ctx, client_id));
         self.check(Limit::TokenPerClient, &key, p.token_requests_per_client_per_minute, MINUTE, meta).await
     }
 
     pub(crate) async fn before_refresh(&self, session: authd_core::SessionId, meta: &RequestMeta) -> Result<()> {
-        let p = self.rt.snapshot().record.settings.rate_limits.clone();
+        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
         self.check(
             Limit::RefreshPerSession,
             &format!("refresh:{session}"),

@@ -20,8 +20,10 @@ use authd_store::UserRecord;
 use chrono::Utc;
 use std::time::Duration;
 
+use crate::accounts::LoginOutcome;
 use crate::audit::{self, RequestMeta, kinds};
-use crate::auth::{IssuedTokens, LoginOutcome, Principal, TenantCtx, deny_ttl};
+use crate::ctx::TenantCtx;
+use crate::sessions::{IssuedTokens, Principal, deny_ttl};
 
 pub(crate) const SEAL_PURPOSE: &str = "totp-secret";
 const RECOVERY_PURPOSE: &str = "recovery-code";
@@ -54,14 +56,19 @@ fn step_i64(step: u64) -> i64 {
     i64::try_from(step).unwrap_or(i64::MAX)
 }
 
-impl TenantCtx<'_> {
+/// TOTP and MFA challenges, reached through [`TenantCtx::mfa`].
+pub struct MfaService<'c> {
+    pub(crate) ctx: &'c TenantCtx<'c>,
+}
+
+impl MfaService<'_> {
     fn seal_ctx(&self, user: UserId) -> (String, &'static str) {
         (user.to_string(), SEAL_PURPOSE)
     }
 
     fn open_secret(&self, user: UserId, sealed: &str) -> Result<TotpSecret> {
         let (row, purpose) = self.seal_ctx(user);
-        let bytes = self.deps.keyring.open(sealed, &SealContext { tenant: self.rt.id, purpose, row: &row })?;
+        let bytes = self.ctx.deps.keyring.open(sealed, &SealContext { tenant: self.ctx.rt.id, purpose, row: &row })?;
         TotpSecret::from_bytes(&bytes)
     }
 
@@ -80,13 +87,13 @@ impl TenantCtx<'_> {
         meta: &RequestMeta,
     ) -> Result<LoginOutcome> {
         if !user.totp_enabled {
-            let tokens = self.start_session(user, amr, meta).await?;
+            let tokens = self.ctx.sessions().start(user, amr, meta).await?;
             return Ok(LoginOutcome::Tokens(Box::new(tokens)));
         }
         // ≥ 128 bits: the id is the only thing binding a client to its challenge.
         let id = crypto::random_token(24);
         let value = serde_json::to_string(&Challenge { user: user.id, amr }).map_err(Error::internal)?;
-        self.deps.tokens.put_once(self.rt.id, CHALLENGE_KIND, &id, &value, CHALLENGE_TTL).await?;
+        self.ctx.deps.tokens.put_once(self.ctx.rt.id, CHALLENGE_KIND, &id, &value, CHALLENGE_TTL).await?;
         Ok(LoginOutcome::MfaChallenge {
             challenge_id: id,
             methods: vec!["totp".into(), "recovery_code".into()],
@@ -102,13 +109,14 @@ impl TenantCtx<'_> {
         };
         let secret = self.open_secret(user.id, sealed)?;
         let Some(step) = totp::matching_step(&secret, code, now_unix()) else { return Ok(false) };
-        if self.deps.store.advance_totp_step(self.rt.id, user.id, step_i64(step)).await? {
+        if self.ctx.deps.store.advance_totp_step(self.ctx.rt.id, user.id, step_i64(step)).await? {
             return Ok(true);
         }
         // RFC 6238 §5.2 / ASVS 2.8.4: the same code is never accepted twice.
-        self.deps
+        self.ctx
+            .deps
             .audit
-            .record(self.rt.id, audit::event(kinds::TOTP_REPLAY_REFUSED, meta, Some(user.id), Some(user.id), None));
+            .record(self.ctx.rt.id, audit::event(kinds::TOTP_REPLAY_REFUSED, meta, Some(user.id), Some(user.id), None));
         Ok(false)
     }
 
@@ -131,10 +139,10 @@ impl TenantCtx<'_> {
             return Ok(None);
         }
         let normalized = totp::normalize_recovery_code(trimmed);
-        let candidates = self.deps.keyring.keyed_hash_candidates(RECOVERY_PURPOSE, normalized.as_bytes());
+        let candidates = self.ctx.deps.keyring.keyed_hash_candidates(RECOVERY_PURPOSE, normalized.as_bytes());
         let event = audit::event(kinds::RECOVERY_CODE_USED, meta, Some(user.id), Some(user.id), None);
-        if self.deps.store.use_recovery_code(self.rt.id, user.id, &candidates, &event).await? {
-            audit::log_event(self.rt.id, &event);
+        if self.ctx.deps.store.use_recovery_code(self.ctx.rt.id, user.id, &candidates, &event).await? {
+            audit::log_event(self.ctx.rt.id, &event);
             return Ok(Some("recovery_code"));
         }
         Ok(None)
@@ -146,30 +154,38 @@ impl TenantCtx<'_> {
         if challenge_id.is_empty() || challenge_id.len() > 128 {
             return Err(Error::MfaInvalid);
         }
-        let Some(raw) = self.deps.tokens.peek(self.rt.id, CHALLENGE_KIND, challenge_id).await? else {
+        let Some(raw) = self.ctx.deps.tokens.peek(self.ctx.rt.id, CHALLENGE_KIND, challenge_id).await? else {
             return Err(Error::MfaInvalid);
         };
         let challenge: Challenge = serde_json::from_str(&raw).map_err(|_| Error::MfaInvalid)?;
-        let user = match self.deps.store.user_by_id(self.rt.id, challenge.user).await? {
+        let user = match self.ctx.deps.store.user_by_id(self.ctx.rt.id, challenge.user).await? {
             Some(u) if !u.disabled => u,
             _ => return Err(Error::MfaInvalid),
         };
-        self.before_mfa(user.id, meta).await?;
+        self.ctx.limits().before_mfa(user.id, meta).await?;
         let method = self.accept_second_factor(&user, code, meta).await?;
         let Some(method) = method else {
-            let _ = self.deps.tokens.count_attempt(self.rt.id, CHALLENGE_KIND, challenge_id, MAX_WRONG_CODES).await?;
-            self.deps.audit.record(self.rt.id, audit::event(kinds::MFA_FAILED, meta, None, Some(user.id), None));
+            let _ = self
+                .ctx
+                .deps
+                .tokens
+                .count_attempt(self.ctx.rt.id, CHALLENGE_KIND, challenge_id, MAX_WRONG_CODES)
+                .await?;
+            self.ctx
+                .deps
+                .audit
+                .record(self.ctx.rt.id, audit::event(kinds::MFA_FAILED, meta, None, Some(user.id), None));
             return Err(Error::MfaInvalid);
         };
         // Single use: of two concurrent correct answers only one gets tokens.
-        if self.deps.tokens.take_once(self.rt.id, CHALLENGE_KIND, challenge_id).await?.is_none() {
+        if self.ctx.deps.tokens.take_once(self.ctx.rt.id, CHALLENGE_KIND, challenge_id).await?.is_none() {
             return Err(Error::MfaInvalid);
         }
         let mut amr = challenge.amr;
         amr.push("otp".into());
-        let tokens = self.start_session(user, amr.clone(), meta).await?;
-        self.deps.audit.record(
-            self.rt.id,
+        let tokens = self.ctx.sessions().start(user, amr.clone(), meta).await?;
+        self.ctx.deps.audit.record(
+            self.ctx.rt.id,
             audit::event(
                 kinds::MFA_SUCCEEDED,
                 meta,
@@ -186,17 +202,17 @@ impl TenantCtx<'_> {
     /// (the same per-IP, burst and per-account limits, refunded on success),
     /// so a stolen access token cannot be used to guess the password.
     pub(crate) async fn recheck_password(&self, user: &UserRecord, password: &str, meta: &RequestMeta) -> Result<()> {
-        let account = crate::limits::account_key(self, user.email.as_deref().unwrap_or(&user.id.to_string()));
-        self.before_login(&account, meta).await?;
-        match self.check_password(user, password).await {
+        let account = crate::limits::account_key(self.ctx, user.email.as_deref().unwrap_or(&user.id.to_string()));
+        self.ctx.limits().before_login(&account, meta).await?;
+        match self.ctx.accounts().check_password(user, password).await {
             Ok(()) => {
-                self.login_succeeded(&account, meta).await;
+                self.ctx.limits().login_succeeded(&account, meta).await;
                 Ok(())
             }
             Err(e) => {
                 if matches!(e, Error::InvalidCredentials) {
-                    self.deps.audit.record(
-                        self.rt.id,
+                    self.ctx.deps.audit.record(
+                        self.ctx.rt.id,
                         audit::event(
                             kinds::LOGIN_FAILED,
                             meta,
@@ -221,18 +237,18 @@ impl TenantCtx<'_> {
         password: Option<&str>,
         meta: &RequestMeta,
     ) -> Result<Enrollment> {
-        let user = self.me(p).await?;
+        let user = self.ctx.accounts().me(p).await?;
         if user.totp_enabled {
             return Err(Error::bad_input_msg(None, "two-factor authentication is already on; disable it first"));
         }
-        self.before_mfa(user.id, meta).await?;
+        self.ctx.limits().before_mfa(user.id, meta).await?;
         match password {
             Some(password) => self.recheck_password(&user, password, meta).await?,
             None if user.password_hash.is_some() => {
                 return Err(Error::bad_input("password", "give the account's password to enroll"));
             }
             None => {
-                let session = self.deps.tokens.get_session(self.rt.id, p.session).await?;
+                let session = self.ctx.deps.tokens.get_session(self.ctx.rt.id, p.session).await?;
                 let signed_in_at = session.map(|s| s.created_at).unwrap_or(0);
                 let age = Utc::now().timestamp().saturating_sub(signed_in_at);
                 let window = i64::try_from(REAUTH_WINDOW.as_secs()).unwrap_or(300);
@@ -246,9 +262,10 @@ impl TenantCtx<'_> {
         }
         let secret = TotpSecret::generate();
         let (row, purpose) = self.seal_ctx(user.id);
-        let sealed = self.deps.keyring.seal(secret.as_bytes(), &SealContext { tenant: self.rt.id, purpose, row: &row });
-        self.deps.store.set_totp_pending(self.rt.id, user.id, Some(&sealed)).await?;
-        let issuer = self.rt.snapshot().record.name.clone();
+        let sealed =
+            self.ctx.deps.keyring.seal(secret.as_bytes(), &SealContext { tenant: self.ctx.rt.id, purpose, row: &row });
+        self.ctx.deps.store.set_totp_pending(self.ctx.rt.id, user.id, Some(&sealed)).await?;
+        let issuer = self.ctx.rt.snapshot().record.name.clone();
         let label = user.email.clone().unwrap_or_else(|| user.id.to_string());
         let uri = totp::otpauth_uri(&secret, &issuer, &label)?;
         let qr_svg = totp::qr_svg(&uri)?;
@@ -258,37 +275,37 @@ impl TenantCtx<'_> {
     /// Confirms the pending enrollment with a code from the new secret and
     /// returns 10 recovery codes (shown once).
     pub async fn confirm_totp_enrollment(&self, p: &Principal, code: &str, meta: &RequestMeta) -> Result<Vec<String>> {
-        let user = self.me(p).await?;
+        let user = self.ctx.accounts().me(p).await?;
         let Some(pending) = user.totp_pending_sealed.clone() else { return Err(Error::MfaInvalid) };
         let code = totp::parse_code(code)?;
         let secret = self.open_secret(user.id, &pending)?;
         let step = totp::matching_step(&secret, code, now_unix()).ok_or(Error::MfaInvalid)?;
         let codes = totp::generate_recovery_codes(RECOVERY_CODE_COUNT);
-        let hashes = Self::recovery_hashes(&codes, &self.deps.keyring);
+        let hashes = Self::recovery_hashes(&codes, &self.ctx.deps.keyring);
         let event = audit::event(kinds::TOTP_ENROLLED, meta, Some(user.id), Some(user.id), None);
-        if !self.deps.store.enable_totp(self.rt.id, user.id, &pending, step_i64(step), &hashes, &event).await? {
+        if !self.ctx.deps.store.enable_totp(self.ctx.rt.id, user.id, &pending, step_i64(step), &hashes, &event).await? {
             return Err(Error::MfaInvalid);
         }
-        audit::log_event(self.rt.id, &event);
+        audit::log_event(self.ctx.rt.id, &event);
         Ok(codes)
     }
 
     /// Turns TOTP off; needs the password and a current code (or a recovery
     /// code). Revokes the user's other sessions.
     pub async fn disable_totp(&self, p: &Principal, password: &str, code: &str, meta: &RequestMeta) -> Result<bool> {
-        let user = self.me(p).await?;
+        let user = self.ctx.accounts().me(p).await?;
         if !user.totp_enabled {
             return Err(Error::MfaInvalid);
         }
-        self.before_mfa(user.id, meta).await?;
+        self.ctx.limits().before_mfa(user.id, meta).await?;
         self.recheck_password(&user, password, meta).await?;
         if self.accept_second_factor(&user, code, meta).await?.is_none() {
             return Err(Error::MfaInvalid);
         }
         let event = audit::event(kinds::TOTP_DISABLED, meta, Some(user.id), Some(user.id), None);
-        self.deps.store.disable_totp(self.rt.id, user.id, &event).await?;
-        audit::log_event(self.rt.id, &event);
-        self.deps.tokens.revoke_user_sessions(self.rt.id, user.id, Some(p.session), deny_ttl()).await?;
+        self.ctx.deps.store.disable_totp(self.ctx.rt.id, user.id, &event).await?;
+        audit::log_event(self.ctx.rt.id, &event);
+        self.ctx.deps.tokens.revoke_user_sessions(self.ctx.rt.id, user.id, Some(p.session), deny_ttl()).await?;
         Ok(true)
     }
 
@@ -300,18 +317,18 @@ impl TenantCtx<'_> {
         code: &str,
         meta: &RequestMeta,
     ) -> Result<Vec<String>> {
-        let user = self.me(p).await?;
-        self.before_mfa(user.id, meta).await?;
+        let user = self.ctx.accounts().me(p).await?;
+        self.ctx.limits().before_mfa(user.id, meta).await?;
         let code = totp::parse_code(code)?;
         if !self.accept_totp(&user, code, meta).await? {
             return Err(Error::MfaInvalid);
         }
         let codes = totp::generate_recovery_codes(RECOVERY_CODE_COUNT);
-        let hashes = Self::recovery_hashes(&codes, &self.deps.keyring);
+        let hashes = Self::recovery_hashes(&codes, &self.ctx.deps.keyring);
         let event = audit::event(kinds::RECOVERY_CODES_REGENERATED, meta, Some(user.id), Some(user.id), None);
-        self.deps.store.replace_recovery_codes(self.rt.id, user.id, &hashes, &event).await?;
-        audit::log_event(self.rt.id, &event);
-        self.deps.tokens.revoke_user_sessions(self.rt.id, user.id, Some(p.session), deny_ttl()).await?;
+        self.ctx.deps.store.replace_recovery_codes(self.ctx.rt.id, user.id, &hashes, &event).await?;
+        audit::log_event(self.ctx.rt.id, &event);
+        self.ctx.deps.tokens.revoke_user_sessions(self.ctx.rt.id, user.id, Some(p.session), deny_ttl()).await?;
         Ok(codes)
     }
 }

@@ -30,8 +30,10 @@ use webauthn_rs_core::proto::{
     RegistrationState, RequestRegistrationExtensions, UserVerificationPolicy,
 };
 
+use crate::accounts::LoginOutcome;
 use crate::audit::{self, RequestMeta, kinds};
-use crate::auth::{LoginOutcome, Principal, TenantCtx};
+use crate::ctx::TenantCtx;
+use crate::sessions::Principal;
 
 const REGISTER_KIND: &str = "passkey_register";
 const LOGIN_KIND: &str = "passkey_login";
@@ -120,13 +122,7 @@ pub fn relying_party(
 
 /// The tenant's passkey operations, reached through [`TenantCtx::passkeys`].
 pub struct PasskeyService<'c> {
-    ctx: &'c TenantCtx<'c>,
-}
-
-impl<'a> TenantCtx<'a> {
-    pub fn passkeys(&'a self) -> PasskeyService<'a> {
-        PasskeyService { ctx: self }
-    }
+    pub(crate) ctx: &'c TenantCtx<'c>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -175,7 +171,7 @@ impl PasskeyService<'_> {
     /// passkeys, a discoverable credential preferred (for usernameless
     /// sign-in), user verification preferred.
     pub async fn begin_registration(&self, p: &Principal) -> Result<Options> {
-        let user = self.ctx.me(p).await?;
+        let user = self.ctx.accounts().me(p).await?;
         let existing = self.list(p).await?;
         let exclude = existing.iter().filter_map(|k| URL_SAFE_NO_PAD.decode(&k.credential_id).ok()).collect::<Vec<_>>();
         let label = user.email.clone().unwrap_or_else(|| user.id.to_string());
@@ -214,7 +210,7 @@ impl PasskeyService<'_> {
         meta: &RequestMeta,
     ) -> Result<PasskeyRecord> {
         let name = valid_name(name.unwrap_or("Passkey"))?;
-        let user = self.ctx.me(p).await?;
+        let user = self.ctx.accounts().me(p).await?;
         if challenge_id.is_empty() || challenge_id.len() > 64 {
             return refused("malformed challenge id");
         }
@@ -264,7 +260,7 @@ impl PasskeyService<'_> {
     /// (an unknown email, or one without passkeys, gets decoy credentials of
     /// the same shape, stable per address); without, none (discoverable).
     pub async fn begin_login(&self, email: Option<&str>, meta: &RequestMeta) -> Result<Options> {
-        self.ctx.before_passkey_begin(meta).await?;
+        self.ctx.limits().before_passkey_begin(meta).await?;
         let core = self.core()?;
         let (user, creds, decoy) = match email {
             Some(e) => {
@@ -339,7 +335,7 @@ impl PasskeyService<'_> {
         let Some(user) = user else { return refused("user gone") };
         // The same limits as a password login, on the same account keys.
         let account = crate::limits::account_key(self.ctx, user.email.as_deref().unwrap_or(&user.id.to_string()));
-        self.ctx.before_login(&account, meta).await?;
+        self.ctx.limits().before_login(&account, meta).await?;
         let matches_flow = if stored.by_email {
             stored.user == Some(user.id)
         } else {
@@ -378,14 +374,14 @@ impl PasskeyService<'_> {
             self.failed(meta, Some(user.id), "concurrent_use");
             return refused("the passkey was used concurrently");
         }
-        self.ctx.login_succeeded(&account, meta).await;
+        self.ctx.limits().login_succeeded(&account, meta).await;
         let verified = result.user_verified();
         let amr: Vec<String> = if verified { vec!["hwk".into(), "user".into()] } else { vec!["hwk".into()] };
         let outcome = if verified {
             // A verified passkey is two factors already.
-            LoginOutcome::Tokens(Box::new(self.ctx.start_session(user, amr.clone(), meta).await?))
+            LoginOutcome::Tokens(Box::new(self.ctx.sessions().start(user, amr.clone(), meta).await?))
         } else {
-            self.ctx.second_factor_or_tokens(user, amr.clone(), meta).await?
+            self.ctx.mfa().second_factor_or_tokens(user, amr.clone(), meta).await?
         };
         let uid = record.user_id;
         self.ctx.deps.audit.record(

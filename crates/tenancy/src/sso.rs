@@ -37,8 +37,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::audit::{self, RequestMeta, kinds};
-use crate::auth::{IssuedTokens, Principal, TenantCtx, deny_ttl};
+use crate::ctx::TenantCtx;
 use crate::oauth::{s256, valid_challenge, with_query};
+use crate::sessions::{IssuedTokens, Principal, deny_ttl};
 
 /// The scopes a client may ask for.
 pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
@@ -288,13 +289,7 @@ pub type OAuthResult<T> = std::result::Result<T, OAuthError>;
 
 /// The tenant's OpenID provider, reached through [`TenantCtx::sso`].
 pub struct SsoService<'c> {
-    ctx: &'c TenantCtx<'c>,
-}
-
-impl<'a> TenantCtx<'a> {
-    pub fn sso(&'a self) -> SsoService<'a> {
-        SsoService { ctx: self }
-    }
+    pub(crate) ctx: &'c TenantCtx<'c>,
 }
 
 fn scope_set(scopes: &[String]) -> String {
@@ -311,7 +306,7 @@ impl SsoService<'_> {
     }
 
     async fn admin(&self, p: &Principal) -> Result<UserRecord> {
-        self.ctx.require_admin(p).await
+        self.ctx.admin().require_admin(p).await
     }
 
     fn secret_hash(&self, secret: &str) -> String {
@@ -695,7 +690,8 @@ impl SsoService<'_> {
     pub async fn start_social(&self, request_id: &str, provider: &str, meta: &RequestMeta) -> Result<Option<String>> {
         let Some(mut r) = self.request(request_id).await? else { return Ok(None) };
         let verifier = crypto::random_token(32);
-        let url = self.ctx.start_oauth_flow(provider, &self.social_return(request_id), &s256(&verifier), meta).await?;
+        let url =
+            self.ctx.social().start_flow(provider, &self.social_return(request_id), &s256(&verifier), meta).await?;
         r.social_verifier = Some(verifier);
         // Replace the parked request with one that knows the verifier.
         let value = serde_json::to_string(&r).map_err(Error::internal)?;
@@ -732,7 +728,7 @@ impl SsoService<'_> {
         if id.is_empty() || id.len() > 64 {
             return Err(OAuthError::client());
         }
-        self.ctx.before_token_request(&id, meta).await?;
+        self.ctx.limits().before_token_request(&id, meta).await?;
         let client = self.ctx.deps.store.oauth_client(self.ctx.rt.id, &id).await?.ok_or_else(OAuthError::client)?;
         match (&client.secret_hash, secret) {
             (None, None) if client.public => Ok(client),
@@ -888,7 +884,7 @@ impl SsoService<'_> {
     ) -> Result<serde_json::Value> {
         let scope = scopes.join(" ");
         let (access, expires_in) =
-            self.ctx.client_access_token(user, sid, amr.to_vec(), &client.client_id, &scope, sso_sid)?;
+            self.ctx.sessions().client_access_token(user, sid, amr.to_vec(), &client.client_id, &scope, sso_sid)?;
         let mut body = serde_json::json!({
             "access_token": access,
             "token_type": "Bearer",
@@ -950,7 +946,7 @@ impl SsoService<'_> {
         }
         let new_token = crypto::random_token(32);
         let new = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
-        let session = match self.ctx.rotate_as(REFRESH_PURPOSE, token, &old, &new).await? {
+        let session = match self.ctx.sessions().rotate_as(REFRESH_PURPOSE, token, &old, &new).await? {
             RotateOutcome::Rotated(s) => s,
             RotateOutcome::Reused { .. } => {
                 return Err(OAuthError::grant("refresh token reused: the grant is revoked"));
@@ -996,7 +992,7 @@ impl SsoService<'_> {
             return Err(OAuthError::new(400, "invalid_scope", "a scope this client may not ask for here"));
         }
         let scope = asked.join(" ");
-        let (access, expires_in) = self.ctx.service_access_token(&client.client_id, &scope)?;
+        let (access, expires_in) = self.ctx.sessions().service_access_token(&client.client_id, &scope)?;
         self.ctx.deps.audit.record(
             self.ctx.rt.id,
             audit::event(
@@ -1016,12 +1012,12 @@ impl SsoService<'_> {
 
     /// `GET`/`POST /oauth2/userinfo` with an access token of the code flow.
     pub async fn userinfo(&self, token: &str) -> Result<serde_json::Value> {
-        let p = self.ctx.authenticate(token).await?;
+        let p = self.ctx.sessions().authenticate(token).await?;
         let scopes: Vec<&str> = p.scope.as_deref().unwrap_or("").split(' ').collect();
         if p.client_id.is_none() || !scopes.contains(&"openid") {
             return Err(Error::forbidden("insufficient_scope"));
         }
-        let user = self.ctx.me(&p).await?;
+        let user = self.ctx.accounts().me(&p).await?;
         let mut body = serde_json::json!({ "sub": user.id.to_string() });
         if scopes.contains(&"email") {
             body["email"] = user.email.clone().into();

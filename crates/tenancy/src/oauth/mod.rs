@@ -45,8 +45,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::accounts::LoginOutcome;
 use crate::audit::{self, RequestMeta, kinds};
-use crate::auth::{LoginOutcome, Principal, TenantCtx};
+use crate::ctx::TenantCtx;
+use crate::sessions::Principal;
 use crate::tenant::TenantMsg;
 pub use provider::{Endpoints, OAuthProviderActor, ProviderArgs, ProviderKind, ProviderMsg};
 
@@ -162,11 +164,16 @@ pub(crate) fn with_query(base: &str, pairs: &[(&str, &str)]) -> String {
     url
 }
 
-impl TenantCtx<'_> {
+/// Social login, reached through [`TenantCtx::social`].
+pub struct SocialService<'c> {
+    pub(crate) ctx: &'c TenantCtx<'c>,
+}
+
+impl SocialService<'_> {
     fn unseal_secret(&self, p: &OAuthProviderRecord) -> Result<Option<zeroize::Zeroizing<String>>> {
         let Some(sealed) = &p.client_secret_sealed else { return Ok(None) };
-        let ctx = SealContext { tenant: self.rt.id, purpose: SEAL_PURPOSE, row: &p.name };
-        let bytes = self.deps.keyring.open(sealed, &ctx)?;
+        let ctx = SealContext { tenant: self.ctx.rt.id, purpose: SEAL_PURPOSE, row: &p.name };
+        let bytes = self.ctx.deps.keyring.open(sealed, &ctx)?;
         let s = String::from_utf8(bytes.to_vec()).map_err(|_| Error::internal("client secret is not UTF-8"))?;
         Ok(Some(zeroize::Zeroizing::new(s)))
     }
@@ -174,25 +181,25 @@ impl TenantCtx<'_> {
     // ------------------------------------------------------------ admin
 
     /// Tenant admins: every provider, enabled or not.
-    pub async fn oauth_provider_configs(&self, p: &Principal) -> Result<Vec<OAuthProviderRecord>> {
-        self.require_admin(p).await?;
-        Ok(self.deps.store.oauth_providers(self.rt.id).await?)
+    pub async fn provider_configs(&self, p: &Principal) -> Result<Vec<OAuthProviderRecord>> {
+        self.ctx.admin().require_admin(p).await?;
+        Ok(self.ctx.deps.store.oauth_providers(self.ctx.rt.id).await?)
     }
 
     /// Everyone: the enabled providers (login buttons).
-    pub fn oauth_providers_public(&self) -> Vec<OAuthProviderRecord> {
-        self.rt.snapshot().providers.iter().filter(|p| p.enabled).cloned().collect()
+    pub fn providers_public(&self) -> Vec<OAuthProviderRecord> {
+        self.ctx.rt.snapshot().providers.iter().filter(|p| p.enabled).cloned().collect()
     }
 
     /// Tenant admins: creates or replaces a provider. The issuer URL is
     /// checked against the SSRF policy here, before anything connects to it.
-    pub async fn upsert_oauth_provider(
+    pub async fn upsert_provider(
         &self,
         p: &Principal,
         input: ProviderInput,
         meta: &RequestMeta,
     ) -> Result<OAuthProviderRecord> {
-        let admin = self.require_admin(p).await?;
+        let admin = self.ctx.admin().require_admin(p).await?;
         let name = input.name.trim().to_owned();
         if !valid_name(&name) {
             return Err(Error::bad_input(
@@ -225,13 +232,13 @@ impl TenantCtx<'_> {
             return Err(Error::bad_input("issuer", "an issuer has no query or fragment"));
         }
         // No SSRF: refused here, before any connection (docs/api.md: BAD_USER_INPUT).
-        let http = self.deps.provider_http()?;
+        let http = self.ctx.deps.provider_http()?;
         match http.policy.check_url(&url).await {
             Ok(()) => {}
             Err(net::FetchError::Refused(m)) => return Err(Error::bad_input("issuer", m)),
             // A name that does not resolve now is not refused (DNS may be
             // down for a moment); every request re-checks the addresses.
-            Err(e) => tracing::info!(tenant = %self.rt.id, error = %e, "provider issuer not checkable now"),
+            Err(e) => tracing::info!(tenant = %self.ctx.rt.id, error = %e, "provider issuer not checkable now"),
         }
         let mut scopes = match input.scopes {
             Some(s) => s.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
@@ -254,10 +261,10 @@ impl TenantCtx<'_> {
         if !printable(&display_name, 100) {
             return Err(Error::bad_input("displayName", "a display name is 1 to 100 printable characters"));
         }
-        let existing = self.deps.store.oauth_providers(self.rt.id).await?.into_iter().find(|x| x.name == name);
+        let existing = self.ctx.deps.store.oauth_providers(self.ctx.rt.id).await?.into_iter().find(|x| x.name == name);
         let sealed = input.client_secret.as_ref().map(|secret| {
-            let ctx = SealContext { tenant: self.rt.id, purpose: SEAL_PURPOSE, row: &name };
-            self.deps.keyring.seal(secret.as_bytes(), &ctx)
+            let ctx = SealContext { tenant: self.ctx.rt.id, purpose: SEAL_PURPOSE, row: &name };
+            self.ctx.deps.keyring.seal(secret.as_bytes(), &ctx)
         });
         let now = Utc::now();
         let record = OAuthProviderRecord {
@@ -289,15 +296,15 @@ impl TenantCtx<'_> {
                 "enabled": record.enabled,
             })),
         );
-        let saved = self.deps.store.upsert_oauth_provider(self.rt.id, &record, &event).await?;
-        audit::log_event(self.rt.id, &event);
+        let saved = self.ctx.deps.store.upsert_oauth_provider(self.ctx.rt.id, &record, &event).await?;
+        audit::log_event(self.ctx.rt.id, &event);
         self.providers_changed().await?;
         Ok(saved)
     }
 
     /// Tenant admins: removes a provider (and the identities linked through it).
-    pub async fn delete_oauth_provider(&self, p: &Principal, name: &str, meta: &RequestMeta) -> Result<bool> {
-        let admin = self.require_admin(p).await?;
+    pub async fn delete_provider(&self, p: &Principal, name: &str, meta: &RequestMeta) -> Result<bool> {
+        let admin = self.ctx.admin().require_admin(p).await?;
         let event = audit::event(
             kinds::OAUTH_PROVIDER_DELETED,
             meta,
@@ -305,9 +312,9 @@ impl TenantCtx<'_> {
             None,
             Some(serde_json::json!({ "provider": name })),
         );
-        let deleted = self.deps.store.delete_oauth_provider(self.rt.id, name, &event).await?;
+        let deleted = self.ctx.deps.store.delete_oauth_provider(self.ctx.rt.id, name, &event).await?;
         if deleted {
-            audit::log_event(self.rt.id, &event);
+            audit::log_event(self.ctx.rt.id, &event);
             self.providers_changed().await?;
         }
         Ok(deleted)
@@ -316,19 +323,19 @@ impl TenantCtx<'_> {
     /// Makes a provider change visible to this replica at once (other
     /// replicas pick it up with their next reload) and reconfigures actors.
     async fn providers_changed(&self) -> Result<()> {
-        let providers = self.deps.store.oauth_providers(self.rt.id).await?;
-        let snap = self.rt.snapshot();
-        self.rt.replace_snapshot(crate::runtime::TenantSnapshot {
+        let providers = self.ctx.deps.store.oauth_providers(self.ctx.rt.id).await?;
+        let snap = self.ctx.rt.snapshot();
+        self.ctx.rt.replace_snapshot(crate::runtime::TenantSnapshot {
             record: snap.record.clone(),
             keys: snap.keys.clone(),
             providers: Arc::new(providers),
         });
-        if let Some(sup) = self.rt.supervisor() {
+        if let Some(sup) = self.ctx.rt.supervisor() {
             let _ = sup.cast(TenantMsg::Reload);
         }
         // Other replicas reload now (Redis pub/sub), not at their next tick.
-        if let Err(e) = self.deps.tokens.publish_change(self.rt.id).await {
-            tracing::warn!(tenant = %self.rt.id, error = %e, "could not announce a provider change; replicas pick it up at their next reload");
+        if let Err(e) = self.ctx.deps.tokens.publish_change(self.ctx.rt.id).await {
+            tracing::warn!(tenant = %self.ctx.rt.id, error = %e, "could not announce a provider change; replicas pick it up at their next reload");
         }
         Ok(())
     }
@@ -336,7 +343,8 @@ impl TenantCtx<'_> {
     // ------------------------------------------------------------ the flow
 
     fn provider_record(&self, name: &str) -> Result<OAuthProviderRecord> {
-        self.rt
+        self.ctx
+            .rt
             .snapshot()
             .providers
             .iter()
@@ -348,17 +356,17 @@ impl TenantCtx<'_> {
     /// The provider's actor, asking the supervisor to start it if this
     /// replica has not yet (a provider configured a moment ago).
     async fn provider_actor(&self, name: &str) -> Result<ActorRef<ProviderMsg>> {
-        if let Some(a) = self.rt.provider_actor(name) {
+        if let Some(a) = self.ctx.rt.provider_actor(name) {
             return Ok(a);
         }
-        let sup = self.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
+        let sup = self.ctx.rt.supervisor().ok_or_else(|| Error::unavailable("tenant is restarting"))?;
         ractor::call_t!(sup, TenantMsg::Provider, 5000, name.to_owned())
             .map_err(|e| Error::unavailable(format!("tenant supervisor: {e}")))?
             .ok_or(Error::ProviderNotFound)
     }
 
     fn actor_timeout(&self) -> u64 {
-        u64::try_from(self.deps.config.provider_timeout.as_millis()).unwrap_or(10_000) * 2 + 1000
+        u64::try_from(self.ctx.deps.config.provider_timeout.as_millis()).unwrap_or(10_000) * 2 + 1000
     }
 
     async fn endpoints(&self, actor: &ActorRef<ProviderMsg>) -> Result<Arc<Endpoints>> {
@@ -367,11 +375,11 @@ impl TenantCtx<'_> {
     }
 
     fn callback_url(&self, provider: &str) -> String {
-        format!("{}/oauth/{}/callback", self.deps.config.issuer(self.rt.slug.as_str()), provider)
+        format!("{}/oauth/{}/callback", self.ctx.deps.config.issuer(self.ctx.rt.slug.as_str()), provider)
     }
 
     /// `startOAuthLogin`: the URL to send the browser to.
-    pub async fn start_oauth_login(
+    pub async fn start_login(
         &self,
         provider: &str,
         redirect_uri: &str,
@@ -379,16 +387,16 @@ impl TenantCtx<'_> {
         meta: &RequestMeta,
     ) -> Result<String> {
         // RFC 9700 §4.1.3: exact string match, no patterns, no prefixes.
-        if !self.rt.snapshot().record.settings.allowed_redirect_uris.iter().any(|u| u == redirect_uri) {
+        if !self.ctx.rt.snapshot().record.settings.allowed_redirect_uris.iter().any(|u| u == redirect_uri) {
             return Err(Error::bad_input("redirectUri", "not one of the tenant's allowed redirect URIs"));
         }
-        self.start_oauth_flow(provider, redirect_uri, code_challenge, meta).await
+        self.start_flow(provider, redirect_uri, code_challenge, meta).await
     }
 
     /// Starts a social login that returns to `redirect_uri` as given: the
     /// caller vouches for it (an app's checked URI, or the tenant's own
     /// hosted sign-in page, which is no app URI of the tenant's list).
-    pub(crate) async fn start_oauth_flow(
+    pub(crate) async fn start_flow(
         &self,
         provider: &str,
         redirect_uri: &str,
@@ -400,7 +408,7 @@ impl TenantCtx<'_> {
             return Err(Error::bad_input("codeChallenge", "an S256 code challenge is 43 base64url characters"));
         }
         // Every start stores a state: bounded per IP like login attempts.
-        self.before_oauth_start(meta).await?;
+        self.ctx.limits().before_oauth_start(meta).await?;
         let kind = ProviderKind::parse(&record.kind)?;
         let actor = self.provider_actor(provider).await?;
         let endpoints = self.endpoints(&actor).await?;
@@ -415,10 +423,10 @@ impl TenantCtx<'_> {
             app_challenge: code_challenge.to_owned(),
             verifier: verifier.clone(),
             nonce: nonce.clone(),
-            expires_ms: self.deps.clock.now_ms() + i64::try_from(STATE_TTL.as_millis()).unwrap_or(600_000),
+            expires_ms: self.ctx.deps.clock.now_ms() + i64::try_from(STATE_TTL.as_millis()).unwrap_or(600_000),
         };
         let value = serde_json::to_string(&flow).map_err(Error::internal)?;
-        self.deps.tokens.put_once(self.rt.id, STATE_KIND, &state, &value, STATE_TTL).await?;
+        self.ctx.deps.tokens.put_once(self.ctx.rt.id, STATE_KIND, &state, &value, STATE_TTL).await?;
         let challenge = s256(&verifier);
         let scope = record.scopes.join(" ");
         let callback = self.callback_url(provider);
@@ -438,7 +446,7 @@ impl TenantCtx<'_> {
     }
 
     /// The callback route's work. Every refusal is audited.
-    pub async fn oauth_callback(&self, provider: &str, params: CallbackParams, meta: &RequestMeta) -> CallbackOutcome {
+    pub async fn callback(&self, provider: &str, params: CallbackParams, meta: &RequestMeta) -> CallbackOutcome {
         let reject_unknown = |reason: &'static str| {
             self.audit_rejected(provider, reason, None, meta);
             CallbackOutcome::Rejected(Error::bad_input_msg(
@@ -450,13 +458,13 @@ impl TenantCtx<'_> {
             return reject_unknown("missing_state");
         };
         // Taken, not read: a state works once, whatever happens next.
-        let flow = match self.deps.tokens.take_once(self.rt.id, STATE_KIND, &state).await {
+        let flow = match self.ctx.deps.tokens.take_once(self.ctx.rt.id, STATE_KIND, &state).await {
             Ok(Some(v)) => v,
             Ok(None) => return reject_unknown("unknown_state"),
             Err(e) => return CallbackOutcome::Rejected(e.into()),
         };
         let Ok(flow) = serde_json::from_str::<FlowState>(&flow) else { return reject_unknown("unknown_state") };
-        if flow.expires_ms < self.deps.clock.now_ms() {
+        if flow.expires_ms < self.ctx.deps.clock.now_ms() {
             return reject_unknown("expired_state");
         }
         if flow.provider != provider {
@@ -467,14 +475,16 @@ impl TenantCtx<'_> {
         match self.finish_callback(provider, &flow, params.code, params.error, meta).await {
             Ok(user) => {
                 let code = crypto::random_token(32);
-                let hash = self.deps.keyring.keyed_hash(CODE_PURPOSE, code.as_bytes());
+                let hash = self.ctx.deps.keyring.keyed_hash(CODE_PURPOSE, code.as_bytes());
                 let record = LoginCode {
                     user,
                     app_challenge: flow.app_challenge.clone(),
-                    expires_ms: self.deps.clock.now_ms() + i64::try_from(CODE_TTL.as_millis()).unwrap_or(60_000),
+                    expires_ms: self.ctx.deps.clock.now_ms() + i64::try_from(CODE_TTL.as_millis()).unwrap_or(60_000),
                 };
                 let stored = match serde_json::to_string(&record) {
-                    Ok(value) => self.deps.tokens.put_once(self.rt.id, CODE_KIND, &hash, &value, CODE_TTL).await,
+                    Ok(value) => {
+                        self.ctx.deps.tokens.put_once(self.ctx.rt.id, CODE_KIND, &hash, &value, CODE_TTL).await
+                    }
                     Err(e) => return back(&[("error", Error::internal(e).code().as_str())]),
                 };
                 match stored {
@@ -491,10 +501,10 @@ impl TenantCtx<'_> {
 
     fn audit_rejected(&self, provider: &str, reason: &str, cause: Option<&str>, meta: &RequestMeta) {
         if let Some(cause) = cause {
-            tracing::warn!(tenant = %self.rt.id, provider, reason, cause, "social login callback rejected");
+            tracing::warn!(tenant = %self.ctx.rt.id, provider, reason, cause, "social login callback rejected");
         }
-        self.deps.audit.record(
-            self.rt.id,
+        self.ctx.deps.audit.record(
+            self.ctx.rt.id,
             audit::event(
                 kinds::OAUTH_CALLBACK_REJECTED,
                 meta,
@@ -523,7 +533,7 @@ impl TenantCtx<'_> {
         let kind = ProviderKind::parse(&record.kind).map_err(|e| Reject::from_error("provider_gone", e))?;
         let actor = self.provider_actor(provider).await.map_err(|e| Reject::from_error("provider_gone", e))?;
         let endpoints = self.endpoints(&actor).await.map_err(|e| Reject::from_error("provider_unavailable", e))?;
-        let http = self.deps.provider_http().map_err(|e| Reject::from_error("internal", e))?;
+        let http = self.ctx.deps.provider_http().map_err(|e| Reject::from_error("internal", e))?;
         let secret = self.unseal_secret(&record).map_err(|e| Reject::from_error("internal", e))?;
         let callback = self.callback_url(provider);
         let form = [
@@ -677,11 +687,11 @@ impl TenantCtx<'_> {
         let issuer = identity_issuer(record);
         let claimed = profile.email.as_deref().filter(|e| printable(e, 320));
         let identity = Identity { provider, issuer: &issuer, subject: &profile.subject, email: claimed };
-        if let Some(user) = self.deps.store.user_by_identity(self.rt.id, &identity).await? {
+        if let Some(user) = self.ctx.deps.store.user_by_identity(self.ctx.rt.id, &identity).await? {
             if user.disabled {
                 return Err(Error::Unauthenticated);
             }
-            self.deps.audit.record(self.rt.id, login_event(user.id));
+            self.ctx.deps.audit.record(self.ctx.rt.id, login_event(user.id));
             return Ok(user.id);
         }
         let email = profile
@@ -690,10 +700,10 @@ impl TenantCtx<'_> {
             .and_then(|e| authd_core::email::Email::parse(e).ok())
             .map(|e| e.as_str().to_owned());
         let existing = match &email {
-            Some(e) => self.deps.store.user_by_email(self.rt.id, e).await?,
+            Some(e) => self.ctx.deps.store.user_by_email(self.ctx.rt.id, e).await?,
             None => None,
         };
-        let settings = &self.rt.snapshot().record.settings;
+        let settings = &self.ctx.rt.snapshot().record.settings;
         // The address is proven only when the provider verified it and the
         // tenant trusts this provider to say so.
         let proven = record.trust_email_verified && profile.email_verified;
@@ -718,9 +728,9 @@ impl TenantCtx<'_> {
                 Some(user.id),
                 Some(serde_json::json!({ "provider": provider })),
             );
-            self.deps.store.link_identity(self.rt.id, &identity, user.id, &event).await?;
-            audit::log_event(self.rt.id, &event);
-            self.deps.audit.record(self.rt.id, login_event(user.id));
+            self.ctx.deps.store.link_identity(self.ctx.rt.id, &identity, user.id, &event).await?;
+            audit::log_event(self.ctx.rt.id, &event);
+            self.ctx.deps.audit.record(self.ctx.rt.id, login_event(user.id));
             return Ok(user.id);
         }
         // A new account; the email only when it is proven and no account
@@ -736,12 +746,12 @@ impl TenantCtx<'_> {
             Ok(user) => user,
             // A concurrent first login of the same person linked the
             // identity first: that account is theirs.
-            Err(e) => match self.deps.store.user_by_identity(self.rt.id, &identity).await? {
+            Err(e) => match self.ctx.deps.store.user_by_identity(self.ctx.rt.id, &identity).await? {
                 Some(user) if !user.disabled => user,
                 _ => return Err(e),
             },
         };
-        self.deps.audit.record(self.rt.id, login_event(user.id));
+        self.ctx.deps.audit.record(self.ctx.rt.id, login_event(user.id));
         Ok(user.id)
     }
 
@@ -770,11 +780,12 @@ impl TenantCtx<'_> {
             Some(serde_json::json!({ "via": "oauth", "provider": provider })),
         );
         let record = self
+            .ctx
             .deps
             .store
-            .create_user_with_identity(self.rt.id, &user, identity, std::slice::from_ref(&event))
+            .create_user_with_identity(self.ctx.rt.id, &user, identity, std::slice::from_ref(&event))
             .await?;
-        audit::log_event(self.rt.id, &event);
+        audit::log_event(self.ctx.rt.id, &event);
         Ok(record)
     }
 
@@ -787,30 +798,30 @@ impl TenantCtx<'_> {
             return Err(Error::Unauthenticated);
         }
         if code.starts_with(crate::email::MAGIC_CODE_PREFIX) {
-            return self.email().exchange_magic_code(code, verifier, meta).await;
+            return self.ctx.email().exchange_magic_code(code, verifier, meta).await;
         }
-        let hash = self.deps.keyring.keyed_hash(CODE_PURPOSE, code.as_bytes());
+        let hash = self.ctx.deps.keyring.keyed_hash(CODE_PURPOSE, code.as_bytes());
         let refuse = |reason: &str| {
-            tracing::debug!(tenant = %self.rt.id, reason, "login code refused");
+            tracing::debug!(tenant = %self.ctx.rt.id, reason, "login code refused");
             Err(Error::Unauthenticated)
         };
-        let Some(value) = self.deps.tokens.take_once(self.rt.id, CODE_KIND, &hash).await? else {
+        let Some(value) = self.ctx.deps.tokens.take_once(self.ctx.rt.id, CODE_KIND, &hash).await? else {
             return refuse("unknown or used code");
         };
         let stored: LoginCode = serde_json::from_str(&value).map_err(Error::internal)?;
-        if stored.expires_ms < self.deps.clock.now_ms() {
+        if stored.expires_ms < self.ctx.deps.clock.now_ms() {
             return refuse("expired code");
         }
         let ok: bool = s256(verifier).as_bytes().ct_eq(stored.app_challenge.as_bytes()).into();
         if !ok {
             return refuse("wrong verifier");
         }
-        let user = match self.deps.store.user_by_id(self.rt.id, stored.user).await? {
+        let user = match self.ctx.deps.store.user_by_id(self.ctx.rt.id, stored.user).await? {
             Some(u) if !u.disabled => u,
             _ => return refuse("user gone or disabled"),
         };
         // A social login never skips the second factor.
-        self.second_factor_or_tokens(user, vec!["fed".into()], meta).await
+        self.ctx.mfa().second_factor_or_tokens(user, vec!["fed".into()], meta).await
     }
 }
 
