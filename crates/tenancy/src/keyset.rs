@@ -9,12 +9,13 @@
 //! them. A key created later but activated sooner (`immediate`, or a change
 //! of algorithm) supersedes a pending one: the pending key never signs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use authd_core::claims::AccessClaims;
 use authd_core::crypto::{Keyring, SealContext};
-use authd_core::keys::{Signer, SigningKeyMaterial, Verifier};
+use authd_core::keys::{EXP_LEEWAY_SECONDS, Signer, SigningKeyMaterial, Verifier};
 use authd_core::settings::{MAX_ACCESS_TOKEN_MINUTES, SigningAlgorithm};
 use authd_core::{Error, Result, TenantId, UserId};
 use authd_store::SigningKeyRecord;
@@ -51,6 +52,22 @@ struct LoadedKey {
 pub struct KeySet {
     keys: Vec<LoadedKey>,
     verifier: Verifier,
+    /// Access tokens these keys verified, by their exact text (see
+    /// [`KeySet::verify`]).
+    verified: parking_lot::RwLock<HashMap<Box<str>, Verified>>,
+}
+
+/// How many verified access tokens a key set remembers. A client repeats its
+/// access token on every call until it refreshes, so a few thousand cover
+/// the active sessions of a busy tenant; past that the oldest half is not
+/// worth tracking: the memory is cleared and refilled.
+const VERIFIED_TOKENS: usize = 4096;
+
+/// A token that passed the full check, with what is needed to check it
+/// again without its signature.
+struct Verified {
+    claims: AccessClaims,
+    kid: String,
 }
 
 impl KeySet {
@@ -83,7 +100,7 @@ impl KeySet {
         // over from a newer one that was activated at once (an immediate
         // rotation after a compromise, or a new algorithm).
         keys.sort_by(|a, b| a.info.created_at.cmp(&b.info.created_at).then(a.info.kid.cmp(&b.info.kid)));
-        Ok(Self { keys, verifier: Verifier::new(verification)? })
+        Ok(Self { keys, verifier: Verifier::new(verification)?, verified: Default::default() })
     }
 
     /// The key that signs at `now`: the newest activated one (or, if none has
@@ -131,13 +148,42 @@ impl KeySet {
     /// Verifies with the keys published at `now` only: a retired key stops
     /// verifying the moment it leaves the JWKS, and a key removed by an
     /// immediate rotation is not in the set at all.
+    ///
+    /// A token these keys verified before skips the signature check (the
+    /// costliest part of a token check): its exact text is remembered with
+    /// its claims and key, and a repeat is accepted only while that key is
+    /// still published, the claims still name `issuer` and `audience`, and
+    /// the token has not expired, exactly what the full check would decide.
+    /// The memory belongs to this key set: a new set of keys (rotation,
+    /// deletion) starts with none.
     pub fn verify(&self, token: &str, issuer: &str, audience: &str, now: DateTime<Utc>) -> Result<AccessClaims> {
-        self.verifier.verify_published(token, issuer, audience, now.timestamp(), |kid| {
+        let published = |kid: &str| {
             self.keys
                 .iter()
                 .position(|k| k.info.kid == kid)
                 .is_some_and(|i| self.retired_at(i, now).is_none_or(|r| r + retirement_window() > now))
-        })
+        };
+        if let Some(seen) = self.verified.read().get(token)
+            && seen.claims.iss == issuer
+            && seen.claims.aud == audience
+            && now.timestamp() < seen.claims.exp.saturating_add(EXP_LEEWAY_SECONDS)
+            && published(&seen.kid)
+        {
+            return Ok(seen.claims.clone());
+        }
+        let claims = self.verifier.verify_published(token, issuer, audience, now.timestamp(), published)?;
+        if let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) {
+            let mut verified = self.verified.write();
+            if verified.len() >= VERIFIED_TOKENS {
+                let now = now.timestamp();
+                verified.retain(|_, v| now < v.claims.exp.saturating_add(EXP_LEEWAY_SECONDS));
+                if verified.len() >= VERIFIED_TOKENS / 2 {
+                    verified.clear();
+                }
+            }
+            verified.insert(token.into(), Verified { claims: claims.clone(), kid });
+        }
+        Ok(claims)
     }
 
     /// When each key stopped signing: the first activation, so far, of a key
@@ -375,5 +421,54 @@ mod tests {
         assert!(verify(64).is_ok(), "published: verifies");
         assert!(!kids(set.published(at(66))).contains(&k0.kid));
         assert!(verify(66).is_err(), "no longer published: refused");
+    }
+
+    #[test]
+    fn a_remembered_token_is_refused_whenever_the_full_check_would_refuse_it() {
+        let keyring = Keyring::new(MasterKey::generate(), Vec::new());
+        let tenant = TenantId::new();
+        let t0 = Utc::now() - chrono::Duration::hours(1);
+        let k0 = record(&keyring, tenant, SigningAlgorithm::Es256, t0, t0);
+        let set = KeySet::build(&keyring, tenant, std::slice::from_ref(&k0), t0).unwrap();
+        let iss = "https://auth.example.com/t/acme";
+        let now = Utc::now();
+        let claims = AccessClaims {
+            iss: iss.into(),
+            sub: uuid::Uuid::new_v4(),
+            aud: "acme".into(),
+            tid: tenant.0,
+            sid: uuid::Uuid::new_v4(),
+            jti: uuid::Uuid::new_v4(),
+            iat: now.timestamp(),
+            exp: now.timestamp() + 60,
+            amr: vec!["pwd".into()],
+            role: "user".into(),
+            mfa_enrollment_required: false,
+            client_id: None,
+            scope: None,
+            sso_sid: None,
+        };
+        let token = set.sign(&claims, now).unwrap();
+        let first = set.verify(&token, iss, "acme", now).unwrap();
+        assert_eq!(set.verified.read().len(), 1, "remembered");
+        let again = set.verify(&token, iss, "acme", now).unwrap();
+        assert_eq!((again.jti, again.sid, again.exp), (first.jti, first.sid, first.exp));
+        // Another audience or issuer (a settings change) is refused, as is
+        // the token once expired, although it was remembered.
+        assert!(set.verify(&token, iss, "other", now).is_err());
+        assert!(set.verify(&token, "https://auth.example.com/t/other", "acme", now).is_err());
+        let later = now + chrono::Duration::seconds(60 + EXP_LEEWAY_SECONDS);
+        assert!(set.verify(&token, iss, "acme", later).is_err());
+        // A different text (one signature byte changed) is never a hit.
+        let mut forged = token.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(set.verify(&forged, iss, "acme", now).is_err());
+        // A key set without the key (an immediate rotation deleted it)
+        // remembers nothing of the old set and refuses the token.
+        let k1 = record(&keyring, tenant, SigningAlgorithm::Es256, now, now);
+        let rotated = KeySet::build(&keyring, tenant, std::slice::from_ref(&k1), now).unwrap();
+        assert!(rotated.verify(&token, iss, "acme", now).is_err());
     }
 }
