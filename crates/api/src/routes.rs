@@ -171,6 +171,18 @@ pub(crate) fn error_response(e: Error) -> Response {
 
 /// A body that could not be read (over the size limit: 413) still gets a
 /// contract error, not the framework's plain-text message.
+/// The GraphQL request of a POST body, or the finished refusal (a body too
+/// large or unreadable, a wrong content type, invalid JSON).
+#[allow(clippy::result_large_err)]
+fn read_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<async_graphql::Request, Response> {
+    let body = body.map_err(|rejection| body_refused(state, rejection))?;
+    parse_request(headers, &body)
+}
+
 fn body_refused(state: &AppState, rejection: BytesRejection) -> Response {
     let status = rejection.status();
     let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -323,11 +335,7 @@ async fn tenant_graphql_traced(
     if let Err(e) = rt.check_quota() {
         return error_response(e);
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => return body_refused(&state, rejection),
-    };
-    let request = match parse_request(&headers, &body) {
+    let request = match read_request(&state, &headers, body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -393,11 +401,7 @@ async fn platform_graphql_traced(
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => return body_refused(&state, rejection),
-    };
-    let request = match parse_request(&headers, &body) {
+    let request = match read_request(&state, &headers, body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };

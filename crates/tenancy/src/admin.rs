@@ -3,7 +3,7 @@
 
 use authd_core::settings::{Role, TenantSettings};
 use authd_core::{Error, Result, UserId};
-use authd_store::{UserChange, UserRecord};
+use authd_store::{AuditEvent, UserChange, UserRecord};
 
 use crate::audit::{self, RequestMeta, kinds};
 use crate::ctx::TenantCtx;
@@ -63,24 +63,13 @@ impl AdminService<'_> {
         if disabled && target.id == admin.id {
             return Err(Error::bad_input("userId", "an admin cannot disable their own account"));
         }
-        if disabled
-            && target.role == Role::Admin
-            && !target.disabled
-            && self.ctx.deps.store.count_active_admins(self.ctx.rt.id).await? <= 1
-        {
+        if disabled && self.is_last_admin(&target).await? {
             return Err(Error::bad_input("userId", "the tenant's last admin cannot be disabled"));
         }
         let kind = if disabled { kinds::USER_DISABLED } else { kinds::USER_ENABLED };
         let event = audit::event(kind, meta, Some(admin.id), Some(target.id), None);
         let change = UserChange { disabled: Some(disabled), keep_an_admin: disabled, ..Default::default() };
-        let updated = self
-            .ctx
-            .deps
-            .store
-            .update_user(self.ctx.rt.id, target.id, &change, Some(&event))
-            .await?
-            .ok_or_else(|| Error::bad_input("userId", "no such user"))?;
-        audit::log_event(self.ctx.rt.id, &event);
+        let updated = self.change_user(target.id, &change, &event).await?;
         if disabled {
             self.ctx.deps.tokens.revoke_user_sessions(self.ctx.rt.id, target.id, None, deny_ttl()).await?;
         }
@@ -93,10 +82,7 @@ impl AdminService<'_> {
         if target.role == role {
             return Ok(target);
         }
-        if target.role == Role::Admin
-            && !target.disabled
-            && self.ctx.deps.store.count_active_admins(self.ctx.rt.id).await? <= 1
-        {
+        if self.is_last_admin(&target).await? {
             return Err(Error::bad_input("userId", "the tenant's last admin cannot be demoted"));
         }
         let event = audit::event(
@@ -107,14 +93,28 @@ impl AdminService<'_> {
             Some(serde_json::json!({ "from": target.role.as_str(), "to": role.as_str() })),
         );
         let change = UserChange { role: Some(role), keep_an_admin: role != Role::Admin, ..Default::default() };
+        let updated = self.change_user(target.id, &change, &event).await?;
+        Ok(updated)
+    }
+
+    /// Whether `user` is the tenant's only active admin (the storage
+    /// transaction checks again under concurrency: `keep_an_admin`).
+    async fn is_last_admin(&self, user: &UserRecord) -> Result<bool> {
+        Ok(user.role == Role::Admin
+            && !user.disabled
+            && self.ctx.deps.store.count_active_admins(self.ctx.rt.id).await? <= 1)
+    }
+
+    /// Applies an admin's change to a user with its audit event.
+    async fn change_user(&self, user: UserId, change: &UserChange, event: &AuditEvent) -> Result<UserRecord> {
         let updated = self
             .ctx
             .deps
             .store
-            .update_user(self.ctx.rt.id, target.id, &change, Some(&event))
+            .update_user(self.ctx.rt.id, user, change, Some(event))
             .await?
             .ok_or_else(|| Error::bad_input("userId", "no such user"))?;
-        audit::log_event(self.ctx.rt.id, &event);
+        audit::log_event(self.ctx.rt.id, event);
         Ok(updated)
     }
 

@@ -204,17 +204,23 @@ impl EmailService<'_> {
     /// `verifyEmail`: proves the address the link was sent to.
     pub async fn verify_email(&self, token: &str, meta: &RequestMeta) -> Result<UserRecord> {
         let link = self.live_link(token, MailKind::Verification).await?;
+        self.redeem_verifying(&link, "verification", meta).await
+    }
+
+    /// Redeems a link that proves its address (a verification or a magic
+    /// link): marks the address verified and audits it, in one transaction.
+    async fn redeem_verifying(&self, link: &EmailLink, via: &str, meta: &RequestMeta) -> Result<UserRecord> {
         let event = audit::event(
             kinds::EMAIL_VERIFIED,
             meta,
             Some(link.user_id),
             Some(link.user_id),
-            Some(serde_json::json!({ "via": "verification" })),
+            Some(serde_json::json!({ "via": via })),
         );
         let user = self
             .deps()
             .store
-            .redeem_link(self.rt().id, &link, Some(&LinkEffect::VerifyEmail), std::slice::from_ref(&event), None)
+            .redeem_link(self.rt().id, link, Some(&LinkEffect::VerifyEmail), std::slice::from_ref(&event), None)
             .await?
             .ok_or(Error::LinkInvalid)?;
         audit::log_event(self.rt().id, &event);
@@ -371,19 +377,7 @@ impl EmailService<'_> {
             self.deps().store.redeem_link(self.rt().id, &link, None, &[], None).await?;
             return Err(Error::Unauthenticated);
         }
-        let event = audit::event(
-            kinds::EMAIL_VERIFIED,
-            meta,
-            Some(link.user_id),
-            Some(link.user_id),
-            Some(serde_json::json!({ "via": "magic_link" })),
-        );
-        let user = self
-            .deps()
-            .store
-            .redeem_link(self.rt().id, &link, Some(&LinkEffect::VerifyEmail), std::slice::from_ref(&event), None)
-            .await?
-            .ok_or(Error::LinkInvalid)?;
+        let user = self.redeem_verifying(&link, "magic_link", meta).await?;
         if user.disabled {
             return Err(Error::Unauthenticated);
         }

@@ -218,17 +218,22 @@ impl SessionService<'_> {
                 Ok(IssuedTokens { access_token, refresh_token: new_token, expires_in, session: session.id, user })
             }
             RotateOutcome::Reused { session, user } => {
-                self.ctx.audit_later(
-                    kinds::REFRESH_REUSE_DETECTED,
-                    meta,
-                    None,
-                    Some(user),
-                    Some(serde_json::json!({ "sessionId": session.to_string() })),
-                );
+                self.reuse_detected(session, user, None, meta);
                 Err(Error::TokenReused)
             }
             RotateOutcome::NotFound => Err(Error::Unauthenticated),
         }
+    }
+
+    /// Audits a rotated-away token presented again (the token store has
+    /// revoked its session already); `via` names the operation when it is
+    /// not `refresh`.
+    fn reuse_detected(&self, session: SessionId, user: UserId, via: Option<&str>, meta: &RequestMeta) {
+        let mut detail = serde_json::json!({ "sessionId": session.to_string() });
+        if let Some(via) = via {
+            detail["via"] = via.into();
+        }
+        self.ctx.audit_later(kinds::REFRESH_REUSE_DETECTED, meta, None, Some(user), Some(detail));
     }
 
     /// Exchanges the refresh token (hashed as `old` under the current master
@@ -285,13 +290,7 @@ impl SessionService<'_> {
                     RotateOutcome::Rotated(s) => Some((s.id, s.user_id)),
                     RotateOutcome::Reused { session, user } => {
                         // The store revoked the session already.
-                        self.ctx.audit_later(
-                            kinds::REFRESH_REUSE_DETECTED,
-                            meta,
-                            None,
-                            Some(user),
-                            Some(serde_json::json!({ "sessionId": session.to_string(), "via": "logout" })),
-                        );
+                        self.reuse_detected(session, user, Some("logout"), meta);
                         self.ctx.audit_later(
                             kinds::SESSION_LOGOUT,
                             meta,
