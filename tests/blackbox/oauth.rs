@@ -489,6 +489,23 @@ async fn id_token_for_another_audience_is_refused() {
     refused_id_token(Backend::Embedded, "wrong_audience", "id_token_audience").await;
 }
 
+/// An HMAC keyed by the client secret proves nothing the client could not
+/// have made itself: asymmetric algorithms only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_token_signed_with_the_client_secret_is_refused() {
+    refused_id_token(Backend::Embedded, "hmac_client_secret", "id_token_algorithm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_token_expired_beyond_the_leeway_is_refused() {
+    refused_id_token(Backend::Embedded, "expired", "id_token_expired").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_token_authorized_for_another_client_is_refused() {
+    refused_id_token(Backend::Embedded, "foreign_azp", "id_token_azp").await;
+}
+
 // ------------------------------------------------------------------ the app's leg
 
 async fn expired_code(backend: Backend) {

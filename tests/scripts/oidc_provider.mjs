@@ -6,7 +6,8 @@
 // Usage: node oidc_provider.mjs '<json config>'
 //   { "clientId", "clientSecret", "redirectUris": [...],
 //     "accounts": { "<login>": { "email", "email_verified" } },
-//     "mode": "normal" | "tamper_signature" | "wrong_nonce" | "wrong_audience" | "foreign_key" }
+//     "mode": "normal" | "tamper_signature" | "wrong_nonce" | "wrong_audience" | "foreign_key"
+//             | "hmac_client_secret" | "expired" | "foreign_azp" }
 // `POST /__rotate` rotates the signing key: from then on ID tokens are
 // signed by a new key (kid `test-key-2`), published in the JWKS with the old.
 // Prints one line `{"issuer": "http://127.0.0.1:<port>"}` once listening.
@@ -93,6 +94,20 @@ provider.use(async (ctx, next) => {
     ctx.body.id_token = await resign(token, (c) => { c.aud = 'another-client'; }, privateKey);
   } else if (mode === 'foreign_key') {
     ctx.body.id_token = await resign(token, () => {}, foreignKey);
+  } else if (mode === 'hmac_client_secret') {
+    // HS256 keyed by the client secret, which the client knows too: an
+    // ID token anyone holding the secret could have made.
+    const claims = jose.decodeJwt(token);
+    ctx.body.id_token = await new jose.SignJWT(claims)
+      .setProtectedHeader({ alg: 'HS256', kid: 'test-key-1' })
+      .sign(new TextEncoder().encode(cfg.clientSecret));
+  } else if (mode === 'expired') {
+    // Expired two minutes ago: beyond any clock-skew leeway.
+    const now = Math.floor(Date.now() / 1000);
+    ctx.body.id_token = await resign(token, (c) => { c.iat = now - 600; c.exp = now - 120; }, privateKey);
+  } else if (mode === 'foreign_azp') {
+    // Our audience, but authorized for another client.
+    ctx.body.id_token = await resign(token, (c) => { c.azp = 'another-client'; }, privateKey);
   }
 });
 

@@ -23,6 +23,16 @@
 //! otherwise a new user is created, without an email if the address belongs
 //! to another account. An unverified or untrusted email never links.
 //!
+//! The protocol work is the `oauth2` and `openidconnect` crates': the
+//! authorization URL with PKCE, state and nonce (`openidconnect`'s
+//! `CoreClient` for OpenID Connect providers, `oauth2`'s client for GitHub),
+//! the code exchange and its token response (`oauth2`, through authd's
+//! SSRF-safe client: [`net::ProviderHttp::execute`]), and the ID token's
+//! parsing and validation (`openidconnect`'s `CoreIdTokenVerifier` over the
+//! provider's JWKS). authd keeps what is its own: the state, nonce and
+//! verifier in the token store, the SSRF policy, the provider actor's
+//! discovery and key cache, `azp`, and the account resolution below.
+//!
 //! Layout: [`net`] (the SSRF-safe client), [`provider`] (the actor, kinds and
 //! endpoints); this module: admin operations and the flow.
 
@@ -39,7 +49,17 @@ use authd_store::{Identity, NewUser, OAuthProviderRecord, UserRecord};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+};
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreIdTokenVerifier, CoreJwsSigningAlgorithm,
+};
+use openidconnect::{ClaimsVerificationError, IssuerUrl, Nonce, SignatureVerificationError};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -427,22 +447,42 @@ impl SocialService<'_> {
         };
         let value = serde_json::to_string(&flow).map_err(Error::internal)?;
         self.ctx.deps.tokens.put_once(self.ctx.rt.id, STATE_KIND, &state, &value, STATE_TTL).await?;
-        let challenge = s256(&verifier);
-        let scope = record.scopes.join(" ");
-        let callback = self.callback_url(provider);
-        let mut pairs = vec![
-            ("response_type", "code"),
-            ("client_id", record.client_id.as_str()),
-            ("redirect_uri", callback.as_str()),
-            ("scope", scope.as_str()),
-            ("state", state.as_str()),
-            ("code_challenge", challenge.as_str()),
-            ("code_challenge_method", "S256"),
-        ];
-        if kind.is_oidc() {
-            pairs.push(("nonce", nonce.as_str()));
-        }
-        Ok(with_query(&endpoints.authorization, &pairs))
+        let callback = RedirectUrl::new(self.callback_url(provider)).map_err(Error::internal)?;
+        let authorization = AuthUrl::new(endpoints.authorization.clone())
+            .map_err(|_| Error::unavailable("the provider's authorization endpoint is not a URL"))?;
+        let pkce = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier));
+        let client_id = ClientId::new(record.client_id.clone());
+        let url = if kind.is_oidc() {
+            let issuer = endpoints.issuer.clone().ok_or_else(|| Error::unavailable("provider without issuer"))?;
+            let issuer =
+                IssuerUrl::new(issuer).map_err(|_| Error::unavailable("the provider's issuer is not a URL"))?;
+            // The key set is the verifier's business (`validate_id_token`);
+            // this client only writes the authentication request.
+            let client = CoreClient::new(client_id, issuer, Default::default())
+                .set_auth_uri(authorization)
+                .set_redirect_uri(callback);
+            // `openidconnect` asks for `openid` itself.
+            let scopes = record.scopes.iter().filter(|s| *s != "openid").map(|s| Scope::new(s.clone()));
+            let (url, _, _) = client
+                .authorize_url(
+                    CoreAuthenticationFlow::AuthorizationCode,
+                    || CsrfToken::new(state),
+                    || Nonce::new(nonce),
+                )
+                .add_scopes(scopes)
+                .set_pkce_challenge(pkce)
+                .url();
+            url
+        } else {
+            let client = OAuthClient::new(client_id).set_auth_uri(authorization).set_redirect_uri(callback);
+            let (url, _) = client
+                .authorize_url(|| CsrfToken::new(state))
+                .add_scopes(record.scopes.iter().map(|s| Scope::new(s.clone())))
+                .set_pkce_challenge(pkce)
+                .url();
+            url
+        };
+        Ok(url.into())
     }
 
     /// The callback route's work. Every refusal is audited.
@@ -535,31 +575,38 @@ impl SocialService<'_> {
         let endpoints = self.endpoints(&actor).await.map_err(|e| Reject::from_error("provider_unavailable", e))?;
         let http = self.ctx.deps.provider_http().map_err(|e| Reject::from_error("internal", e))?;
         let secret = self.unseal_secret(&record).map_err(|e| Reject::from_error("internal", e))?;
-        let callback = self.callback_url(provider);
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", callback.as_str()),
-            ("code_verifier", flow.verifier.as_str()),
-        ];
-        let (status, body) = http
-            .post_token(
-                &endpoints.token,
-                &form,
-                &record.client_id,
-                secret.as_deref().map(String::as_str),
-                endpoints.client_auth,
-            )
-            .await
-            .map_err(|e| Reject::from_error("provider_unavailable", e.into()))?;
-        // GitHub answers errors with 200 and an `error` field.
-        if status != 200 || body.get("error").is_some() {
-            return Err(Reject::new("code_exchange_failed"));
+        let token_url = TokenUrl::new(endpoints.token.clone()).map_err(|_| {
+            Reject::from_error("provider_unavailable", Error::unavailable("token endpoint is not a URL"))
+        })?;
+        let callback = RedirectUrl::new(self.callback_url(provider))
+            .map_err(|e| Reject::from_error("internal", Error::internal(e)))?;
+        let mut client = OAuthClient::new(ClientId::new(record.client_id.clone()))
+            .set_token_uri(token_url)
+            .set_redirect_uri(callback)
+            .set_auth_type(endpoints.client_auth.clone());
+        if let Some(secret) = secret.as_deref() {
+            client = client.set_client_secret(ClientSecret::new(secret.to_string()));
         }
-        let access_token = body.get("access_token").and_then(|v| v.as_str()).map(str::to_owned);
+        // The crate's requests go through the SSRF-safe client.
+        let send = |request: oauth2::HttpRequest| {
+            let http = http.clone();
+            async move { http.execute(request).await }
+        };
+        let response = client
+            .exchange_code(AuthorizationCode::new(code))
+            .set_pkce_verifier(PkceCodeVerifier::new(flow.verifier.clone()))
+            .request_async(&send)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::Request(e) => Reject::from_error("provider_unavailable", e.into()),
+                // An error answer (GitHub's comes with status 200 and an
+                // `error` field, which is no token response either).
+                _ => Reject::new("code_exchange_failed"),
+            })?;
+        let access_token = Some(response.access_token().secret().clone());
         let profile = if kind.is_oidc() {
             let id_token =
-                body.get("id_token").and_then(|v| v.as_str()).ok_or_else(|| Reject::new("missing_id_token"))?;
+                response.extra_fields().id_token.as_deref().ok_or_else(|| Reject::new("missing_id_token"))?;
             let mut profile = self.validate_id_token(&actor, &endpoints, &record, id_token, &flow.nonce).await?;
             if profile.email.is_none()
                 && let (Some(userinfo), Some(at)) = (&endpoints.userinfo, &access_token)
@@ -583,6 +630,13 @@ impl SocialService<'_> {
         })
     }
 
+    /// Validates an ID token with `openidconnect` (OIDC Core §3.1.3.7):
+    /// signature by the provider's JWKS with an asymmetric algorithm only
+    /// (never `none`, never an HMAC keyed by the client secret), `iss`,
+    /// `aud` (other audiences are not trusted), `exp` with 60 s of
+    /// clock leeway, and the nonce of this flow. The key set comes from the
+    /// provider's actor, which refetches it for an unknown `kid` at most once
+    /// a minute. `azp`, which the crate does not check, is checked here.
     async fn validate_id_token(
         &self,
         actor: &ActorRef<ProviderMsg>,
@@ -592,78 +646,37 @@ impl SocialService<'_> {
         nonce: &str,
     ) -> std::result::Result<Profile, Reject> {
         let bad = |reason: &'static str| Reject::new(reason);
-        let header = jsonwebtoken::decode_header(id_token).map_err(|_| bad("id_token_malformed"))?;
-        // Asymmetric algorithms only: never `none`, never an HMAC keyed by
-        // something public.
-        const ALLOWED: [Algorithm; 9] = [
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-        ];
-        if !ALLOWED.contains(&header.alg) {
-            return Err(bad("id_token_algorithm"));
-        }
-        let kid = header.kid.clone();
+        let token: CoreIdToken = id_token.parse().map_err(|_| bad("id_token_malformed"))?;
+        // Only to ask the actor for the right key set; the verifier below
+        // trusts nothing of the header.
+        let kid = jsonwebtoken::decode_header(id_token).ok().and_then(|h| h.kid);
         let keys = ractor::call_t!(actor, |reply| ProviderMsg::Keys { kid: kid.clone(), reply }, self.actor_timeout())
             .map_err(|e| Reject::from_error("provider_unavailable", Error::unavailable(e)))?
             .map_err(|e| Reject::from_error("provider_unavailable", e))?;
-        let jwk = match &kid {
-            Some(kid) => keys.find(kid),
-            None if keys.keys.len() == 1 => keys.keys.first(),
-            None => None,
+        let issuer = endpoints.issuer.clone().ok_or_else(|| bad("id_token_issuer"))?;
+        let issuer = IssuerUrl::new(issuer).map_err(|_| bad("id_token_issuer"))?;
+        let verifier = CoreIdTokenVerifier::new_public_client(
+            openidconnect::ClientId::new(record.client_id.clone()),
+            issuer,
+            (*keys).clone(),
+        )
+        .set_allowed_algs(ASYMMETRIC_ALGORITHMS)
+        .set_time_fn(|| Utc::now() - chrono::Duration::seconds(ID_TOKEN_LEEWAY_SECONDS));
+        let claims = token.claims(&verifier, &Nonce::new(nonce.to_owned())).map_err(|e| bad(id_token_reason(&e)))?;
+        // OIDC Core §3.1.3.7 step 5, which `openidconnect` leaves to its
+        // users: an `azp` must be us. (Step 4, several audiences, cannot
+        // arise: the verifier trusts no audience but ours.)
+        if claims.authorized_party().is_some_and(|azp| azp.as_str() != record.client_id) {
+            return Err(bad("id_token_azp"));
         }
-        .ok_or_else(|| bad("id_token_unknown_key"))?;
-        if let Some(alg) = jwk.common.key_algorithm
-            && alg.to_string() != format!("{:?}", header.alg)
-        {
-            return Err(bad("id_token_algorithm"));
-        }
-        if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) {
-            return Err(bad("id_token_algorithm"));
-        }
-        let key = DecodingKey::from_jwk(jwk).map_err(|_| bad("id_token_unknown_key"))?;
-        let issuer = endpoints.issuer.as_deref().ok_or_else(|| bad("id_token_issuer"))?;
-        let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[record.client_id.as_str()]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 60;
-        let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature => bad("id_token_signature"),
-                K::InvalidIssuer => bad("id_token_issuer"),
-                K::InvalidAudience => bad("id_token_audience"),
-                K::ExpiredSignature => bad("id_token_expired"),
-                _ => bad("id_token_invalid"),
-            }
-        })?;
-        let claims = data.claims;
-        // OIDC Core §3.1.3.7: `azp`, when present, must be us; several
-        // audiences without `azp` are not accepted.
-        let several = claims.aud.as_array().is_some_and(|a| a.len() > 1);
-        match &claims.azp {
-            Some(azp) if azp != &record.client_id => return Err(bad("id_token_azp")),
-            None if several => return Err(bad("id_token_azp")),
-            _ => {}
-        }
-        let nonce_ok: bool = claims.nonce.as_deref().is_some_and(|n| n.as_bytes().ct_eq(nonce.as_bytes()).into());
-        if !nonce_ok {
-            return Err(bad("id_token_nonce"));
-        }
-        if claims.sub.is_empty() || claims.sub.len() > 255 {
+        let subject = claims.subject().as_str();
+        if subject.is_empty() || subject.len() > 255 {
             return Err(bad("id_token_invalid"));
         }
         Ok(Profile {
-            subject: claims.sub,
-            email: claims.email,
-            email_verified: claim_true(claims.email_verified.as_ref()),
+            subject: subject.to_owned(),
+            email: claims.email().map(|e| e.as_str().to_owned()),
+            email_verified: claims.email_verified().unwrap_or(false),
         })
     }
 
@@ -825,18 +838,68 @@ impl SocialService<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct IdClaims {
-    sub: String,
-    #[serde(default)]
-    aud: serde_json::Value,
-    azp: Option<String>,
-    nonce: Option<String>,
-    email: Option<String>,
-    email_verified: Option<serde_json::Value>,
+/// The token response of a code exchange: OAuth 2.0's fields plus the ID
+/// token of OpenID Connect, kept as text so that a malformed one is told
+/// apart from a failed exchange.
+#[derive(Debug, Deserialize, Serialize)]
+struct IdTokenField {
+    id_token: Option<String>,
 }
 
-/// `email_verified` as a boolean (some providers send the string "true").
+impl oauth2::ExtraTokenFields for IdTokenField {}
+
+type ExchangeResponse = StandardTokenResponse<IdTokenField, BasicTokenType>;
+
+/// The `oauth2` client of a code exchange (every kind) and of GitHub's
+/// authorization URL.
+type OAuthClient<HasAuthUrl = EndpointNotSet, HasTokenUrl = EndpointNotSet> = oauth2::Client<
+    BasicErrorResponse,
+    ExchangeResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    HasAuthUrl,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    HasTokenUrl,
+>;
+
+/// The algorithms an ID token may use: asymmetric ones only.
+const ASYMMETRIC_ALGORITHMS: [CoreJwsSigningAlgorithm; 9] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+/// Clock skew tolerated on an ID token's `exp`.
+const ID_TOKEN_LEEWAY_SECONDS: i64 = 60;
+
+/// The audit reason of a refused ID token.
+fn id_token_reason(e: &ClaimsVerificationError) -> &'static str {
+    use SignatureVerificationError as S;
+    match e {
+        ClaimsVerificationError::Expired(_) => "id_token_expired",
+        ClaimsVerificationError::InvalidIssuer(_) => "id_token_issuer",
+        ClaimsVerificationError::InvalidAudience(_) => "id_token_audience",
+        ClaimsVerificationError::InvalidNonce(_) => "id_token_nonce",
+        ClaimsVerificationError::SignatureVerification(S::NoMatchingKey | S::AmbiguousKeyId(_) | S::InvalidKey(_)) => {
+            "id_token_unknown_key"
+        }
+        ClaimsVerificationError::SignatureVerification(S::DisallowedAlg(_) | S::UnsupportedAlg(_) | S::NoSignature) => {
+            "id_token_algorithm"
+        }
+        ClaimsVerificationError::SignatureVerification(_) => "id_token_signature",
+        _ => "id_token_invalid",
+    }
+}
+
 /// The issuer an identity belongs to: the provider's kind and issuer URL as
 /// configured now. Re-pointing a provider (another issuer, or another kind)
 /// changes it, so identities linked under the old one never match again.
@@ -844,6 +907,8 @@ fn identity_issuer(record: &OAuthProviderRecord) -> String {
     format!("{}:{}", record.kind, record.issuer.as_deref().unwrap_or(""))
 }
 
+/// `email_verified` of a userinfo answer as a boolean (some providers send
+/// the string "true").
 fn claim_true(v: Option<&serde_json::Value>) -> bool {
     match v {
         Some(serde_json::Value::Bool(b)) => *b,

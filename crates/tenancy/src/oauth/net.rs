@@ -189,15 +189,6 @@ pub struct ProviderHttp {
     pub policy: Arc<NetPolicy>,
 }
 
-/// How a provider wants the client to authenticate at its token endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// RFC 6749 §2.3.1 HTTP Basic (the default of OpenID Connect).
-    Basic,
-    /// Credentials in the form body (GitHub).
-    Post,
-}
-
 impl ProviderHttp {
     pub fn new(policy: NetPolicy, timeout: Duration) -> authd_core::Result<Self> {
         let policy = Arc::new(policy);
@@ -238,45 +229,38 @@ impl ProviderHttp {
         serde_json::from_slice(&body).map_err(|e| FetchError::Invalid(format!("not JSON: {e}")))
     }
 
-    /// POSTs a form to a token endpoint; returns the status and the JSON body
-    /// (token endpoints answer errors as JSON too).
-    #[tracing::instrument(name = "provider.post_token", skip_all, fields(otel.kind = "client", http.request.method = "POST", server.address = %host_of(url)))]
-    pub async fn post_token(
-        &self,
-        url: &str,
-        form: &[(&str, &str)],
-        client_id: &str,
-        secret: Option<&str>,
-        auth: ClientAuth,
-    ) -> Result<(u16, serde_json::Value), FetchError> {
-        let (url, client) = self.checked(url).await?;
-        let mut fields: Vec<(&str, &str)> = form.to_vec();
-        let mut req = client.post(url).header(reqwest::header::ACCEPT, "application/json");
-        match (auth, secret) {
-            (ClientAuth::Basic, Some(secret)) => {
-                // RFC 6749 §2.3.1: form-urlencode both parts before Basic.
-                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                req = req.basic_auth(enc(client_id), Some(enc(secret)));
-            }
-            (ClientAuth::Post, Some(secret)) => {
-                fields.push(("client_id", client_id));
-                fields.push(("client_secret", secret));
-            }
-            (_, None) => fields.push(("client_id", client_id)),
-        }
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
-        let req = req.header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(body);
-        let (status, body) = self.send(req).await?;
+    /// Runs a request the `oauth2` crate built (the token endpoint's code
+    /// exchange) under the same rules as every provider call: checked URL,
+    /// filtered addresses, no redirects, time and size limits. A 5xx or 3xx
+    /// answer means the provider is unavailable; any other status goes back
+    /// to the crate, which reads token errors from it.
+    #[tracing::instrument(name = "provider.post_token", skip_all, fields(otel.kind = "client", http.request.method = %request.method(), server.address = %request.uri().host().unwrap_or_default()))]
+    pub async fn execute(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, FetchError> {
+        let (parts, body) = request.into_parts();
+        let (url, client) = self.checked(&parts.uri.to_string()).await?;
+        let req = client.request(parts.method, url).headers(parts.headers).body(body);
+        let (status, headers, body) = self.send_full(req).await?;
         if status.is_server_error() || status.is_redirection() {
             return Err(FetchError::Unavailable(format!("token endpoint answered {status}")));
         }
-        let json = serde_json::from_slice(&body).map_err(|e| FetchError::Invalid(format!("not JSON: {e}")))?;
-        Ok((status.as_u16(), json))
+        let mut response = oauth2::HttpResponse::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(response)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<(reqwest::StatusCode, Vec<u8>), FetchError> {
+        let (status, _, body) = self.send_full(req).await?;
+        Ok((status, body))
+    }
+
+    async fn send_full(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>), FetchError> {
         let mut resp = req.send().await.map_err(describe)?;
         let status = resp.status();
+        let headers = std::mem::take(resp.headers_mut());
         if resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
             return Err(FetchError::Invalid("response too large".into()));
         }
@@ -287,7 +271,7 @@ impl ProviderHttp {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((status, body))
+        Ok((status, headers, body))
     }
 }
 

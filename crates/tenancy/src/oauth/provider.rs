@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use authd_core::{Error, Result, TenantId};
 use authd_store::OAuthProviderRecord;
-use jsonwebtoken::jwk::JwkSet;
+use oauth2::AuthType;
+use openidconnect::JsonWebKey;
+use openidconnect::core::{CoreJsonWebKey, CoreJsonWebKeySet};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use super::net::{ClientAuth, FetchError, ProviderHttp};
+use super::net::{FetchError, ProviderHttp};
 
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 pub const GITHUB_BASE: &str = "https://github.com";
@@ -85,7 +87,9 @@ pub struct Endpoints {
     pub jwks_uri: Option<String>,
     /// GitHub: the REST API base (`/user`, `/user/emails`).
     pub api: Option<String>,
-    pub client_auth: ClientAuth,
+    /// How the client authenticates at the token endpoint: HTTP Basic
+    /// (RFC 6749 §2.3.1, OpenID Connect's default) or in the form body.
+    pub client_auth: AuthType,
 }
 
 /// The issuer an OIDC provider of this config must have, or for GitHub
@@ -115,7 +119,7 @@ pub async fn fetch_endpoints(http: &ProviderHttp, record: &OAuthProviderRecord) 
             userinfo: None,
             jwks_uri: None,
             api: Some(api),
-            client_auth: ClientAuth::Post,
+            client_auth: AuthType::RequestBody,
         });
     }
     let url = format!("{}/.well-known/openid-configuration", base.trim_end_matches('/'));
@@ -134,9 +138,9 @@ pub async fn fetch_endpoints(http: &ProviderHttp, record: &OAuthProviderRecord) 
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default();
     let client_auth = if methods.is_empty() || methods.iter().any(|m| m == "client_secret_basic") {
-        ClientAuth::Basic
+        AuthType::BasicAuth
     } else {
-        ClientAuth::Post
+        AuthType::RequestBody
     };
     Ok(Endpoints {
         issuer: Some(issuer),
@@ -149,18 +153,23 @@ pub async fn fetch_endpoints(http: &ProviderHttp, record: &OAuthProviderRecord) 
     })
 }
 
-async fn fetch_jwks(http: &ProviderHttp, endpoints: &Endpoints) -> Result<JwkSet> {
+async fn fetch_jwks(http: &ProviderHttp, endpoints: &Endpoints) -> Result<CoreJsonWebKeySet> {
     let uri = endpoints.jwks_uri.as_deref().ok_or_else(|| Error::internal("provider has no JWKS"))?;
     let doc = http.get_json(uri, None).await?;
-    // Keys this library cannot read (other key types) are skipped, not fatal.
+    // Keys `openidconnect` cannot read (other key types) are skipped, not fatal.
     let keys = doc
         .get("keys")
         .and_then(|k| k.as_array())
         .ok_or_else(|| Error::from(FetchError::Invalid("JWKS has no keys".into())))?
         .iter()
-        .filter_map(|k| serde_json::from_value(k.clone()).ok())
+        .filter_map(|k| serde_json::from_value::<CoreJsonWebKey>(k.clone()).ok())
         .collect();
-    Ok(JwkSet { keys })
+    Ok(CoreJsonWebKeySet::new(keys))
+}
+
+/// Whether the key set has a key with this id.
+fn has_kid(set: &CoreJsonWebKeySet, kid: &str) -> bool {
+    set.keys().iter().any(|k| k.key_id().is_some_and(|id| id.as_str() == kid))
 }
 
 // ---------------------------------------------------------------- the actor
@@ -176,7 +185,7 @@ pub struct ProviderArgs {
 }
 
 type EndpointsReply = RpcReplyPort<Result<Arc<Endpoints>>>;
-type KeysReply = RpcReplyPort<Result<Arc<JwkSet>>>;
+type KeysReply = RpcReplyPort<Result<Arc<CoreJsonWebKeySet>>>;
 
 pub struct ProviderState {
     tenant: TenantId,
@@ -187,7 +196,7 @@ pub struct ProviderState {
     endpoints: Option<Arc<Endpoints>>,
     endpoints_waiting: Vec<EndpointsReply>,
     endpoints_fetching: bool,
-    jwks: Option<Arc<JwkSet>>,
+    jwks: Option<Arc<CoreJsonWebKeySet>>,
     /// When the JWKS was last fetched (ms, by `deps.clock`).
     jwks_fetched: Option<i64>,
     deps: Arc<crate::Deps>,
@@ -207,7 +216,7 @@ pub enum ProviderMsg {
     /// The config changed (another replica, or this one).
     Reconfigure(Arc<OAuthProviderRecord>),
     EndpointsFetched(u64, Result<Arc<Endpoints>>),
-    KeysFetched(u64, Result<Arc<JwkSet>>),
+    KeysFetched(u64, Result<Arc<CoreJsonWebKeySet>>),
     #[cfg(feature = "testing")]
     Crash,
 }
@@ -289,7 +298,7 @@ impl Actor for OAuthProviderActor {
             },
             ProviderMsg::Keys { kid, reply } => {
                 let known = match (&state.jwks, &kid) {
-                    (Some(set), Some(kid)) => set.find(kid).is_some(),
+                    (Some(set), Some(kid)) => has_kid(set, kid),
                     (Some(_), None) => true,
                     (None, _) => false,
                 };
