@@ -373,14 +373,16 @@ impl Verifier {
         })
     }
 
-    fn check(
+    /// The key a token of ours names by `kid`, while it is published, and
+    /// the token's header: its algorithm must be the key's (RFC 8725 §3.1:
+    /// the key decides, so `none`, an HMAC keyed by the public key or another
+    /// curve fail here) and it has no `crit` (RFC 7515 §4.1.11: we
+    /// understand no extension, so any is critical).
+    fn key_of(
         &self,
         token: &str,
-        issuer: &str,
-        audience: &str,
-        now: i64,
         published: impl Fn(&str) -> bool,
-    ) -> std::result::Result<AccessClaims, &'static str> {
+    ) -> std::result::Result<(&VerificationKey, jsonwebtoken::Header), &'static str> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err("token too long");
         }
@@ -392,21 +394,31 @@ impl Verifier {
         if !published(kid) {
             return Err("key no longer published");
         }
-        let alg = jwt_algorithm(key.alg);
-        // RFC 8725 §3.1: the key decides the algorithm.
-        if header.alg != alg {
+        if header.alg != jwt_algorithm(key.alg) {
             return Err("alg differs from the key's");
         }
+        if header.crit.is_some() {
+            return Err("crit header present");
+        }
+        Ok((key, header))
+    }
+
+    fn check(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        now: i64,
+        published: impl Fn(&str) -> bool,
+    ) -> std::result::Result<AccessClaims, &'static str> {
+        let (key, header) = self.key_of(token, published)?;
+        let alg = jwt_algorithm(key.alg);
         let typ_ok = header
             .typ
             .as_deref()
             .is_some_and(|t| t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt"));
         if !typ_ok {
             return Err("typ is not at+jwt");
-        }
-        // RFC 7515 §4.1.11: we understand no extensions, so any is critical.
-        if header.crit.is_some() {
-            return Err("crit header present");
         }
 
         let mut validation = Validation::new(alg);
@@ -443,19 +455,8 @@ impl Verifier {
         published: impl Fn(&str) -> bool,
     ) -> Result<crate::claims::IdClaims> {
         let check = || -> std::result::Result<crate::claims::IdClaims, &'static str> {
-            if token.len() > MAX_TOKEN_BYTES {
-                return Err("token too long");
-            }
-            let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed header")?;
-            let kid = header.kid.as_deref().ok_or("no kid")?;
-            let key = self.keys.get(kid).ok_or("unknown kid")?;
-            if !published(kid) {
-                return Err("key no longer published");
-            }
+            let (key, header) = self.key_of(token, &published)?;
             let alg = jwt_algorithm(key.alg);
-            if header.alg != alg || header.crit.is_some() {
-                return Err("alg differs from the key's, or crit present");
-            }
             if !header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("JWT")) {
                 return Err("typ is not JWT");
             }
