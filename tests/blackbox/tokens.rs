@@ -471,6 +471,59 @@ async fn an_immediate_rotation_refuses_the_old_key_on_every_replica() {
     assert_eq!(published_kids(&jwks(&s2, &t.slug).await), vec![k2]);
 }
 
+/// Settings changed and a tenant disabled on one replica reach another at
+/// once over Redis pub/sub, not at its change feed's next look (ten minutes
+/// here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_tenant_state_reach_other_replicas_without_the_change_feed() {
+    let s1 = TestServer::start(Backend::Production).await;
+    let t = s1.tenant().await;
+    let mut env = s1.env.clone();
+    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
+    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
+    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
+    let s2 = TestServer::start_env(Backend::Production, env, dir).await;
+    let admin = admin_token(&s1, &t).await;
+    let settings = "{ tenantSettings { passwordMinLength } }";
+    // The second replica runs the tenant (its snapshot is loaded) first.
+    let before = s2.gql(&t.slug, Some(&admin), settings, json!({})).await;
+    let old = before["data"]["tenantSettings"]["passwordMinLength"].as_i64().unwrap_or_else(|| panic!("{before}"));
+    let new = old + 3;
+    let set =
+        format!("mutation {{ updateTenantSettings(input: {{passwordMinLength: {new}}}) {{ passwordMinLength }} }}");
+    let body = s1.gql(&t.slug, Some(&admin), &set, json!({})).await;
+    assert_eq!(body["data"]["updateTenantSettings"]["passwordMinLength"], new, "{body}");
+    let mut seen = false;
+    for _ in 0..100 {
+        let body = s2.gql(&t.slug, Some(&admin), settings, json!({})).await;
+        if body["data"]["tenantSettings"]["passwordMinLength"] == new {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen, "the second replica still has the old settings after 2 s");
+    let off = s1
+        .platform(
+            "mutation($s: String!) { setTenantDisabled(slug: $s, disabled: true) { disabled } }",
+            json!({ "s": t.slug }),
+        )
+        .await;
+    assert_eq!(off["data"]["setTenantDisabled"]["disabled"], true, "{off}");
+    let mut refused = false;
+    for _ in 0..100 {
+        let body = s2.gql(&t.slug, Some(&admin), "{ me { id } }", json!({})).await;
+        if code(&body) == Some("TENANT_DISABLED") {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the second replica still serves a disabled tenant after 2 s");
+}
+
 // ------------------------------------------------------------------ refresh and sessions
 
 /// Every use rotates; presenting a rotated token again is theft: that call

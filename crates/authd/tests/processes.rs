@@ -280,7 +280,8 @@ where
 // ------------------------------------------------------------ multi-replica
 
 /// Changes reach the other replica through Redis (deny list, pub/sub) or its
-/// periodic reload (`AUTHD_TENANT_REFRESH_MS`, 1 s by default): allow a few.
+/// change feed (`AUTHD_TENANT_REFRESH_MS`, 5 s by default with Redis, a
+/// backstop for lost notices): allow a few seconds for pub/sub.
 const PROPAGATION: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,6 +177,11 @@ impl AdminService<'_> {
         } else if let Some(sup) = self.ctx.rt.supervisor() {
             let _ = sup.cast(TenantMsg::Reload);
         }
+        // Other replicas reload now (Redis pub/sub); their change feed is the
+        // backstop for a lost notice.
+        if let Err(e) = self.ctx.deps.tokens.publish_change(self.ctx.rt.id).await {
+            tracing::debug!(tenant = %self.ctx.rt.id, error = %e, "could not announce the settings change to other replicas");
+        }
         Ok(new)
     }
 

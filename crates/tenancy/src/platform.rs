@@ -407,6 +407,10 @@ impl Platform {
         log_platform_event(&event);
         // The next request reloads the tenant with its new state.
         self.stop_tenant(slug.as_str()).await;
+        // Other replicas reload it now; their change feed is the backstop.
+        if let Err(e) = self.deps.tokens.publish_change(record.id).await {
+            tracing::debug!(tenant = %record.id, error = %e, "could not announce the change to other replicas");
+        }
         Ok(record)
     }
 
