@@ -4,19 +4,27 @@
 # run) beside req/s and p50/p99, with wrk on the same machine. Needs the local
 # Postgres (postgres@127.0.0.1:5432, trust auth), Redis on 6379, and wrk.
 #   cargo build --release -p authd && scripts/bench-me.sh
+#   EMBEDDED=1 scripts/bench-me.sh    # the same on the embedded default (SQLite)
 set -euo pipefail
 WORK=$(mktemp -d)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${AUTHD_BIN:-$ROOT/target/release/authd}
 DB=authd_bench_$$
 PORT=18081
-psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB"
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB REDIS_URL=redis://127.0.0.1:6379 \
-  AUTHD_REDIS_PREFIX=bench$$ AUTHD_MASTER_KEY=$(head -c32 /dev/urandom | base64) \
+export AUTHD_MASTER_KEY=$(head -c32 /dev/urandom | base64) \
   AUTHD_PLATFORM_TOKEN=bench-platform-token-0123456789abcdef AUTHD_LISTEN=127.0.0.1:$PORT RUST_LOG=error
-$BIN migrate 2>/dev/null
-$BIN serve 2>"$WORK/authd.log" & PID=$!
-trap 'kill $PID; wait $PID 2>/dev/null; psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; rm -rf "$WORK"' EXIT
+if [[ ${EMBEDDED:-0} == 1 ]]; then
+  # The embedded default: SQLite and the SQLite token store in a data dir.
+  export AUTHD_DATA_DIR=$WORK/data
+  $BIN serve 2>"$WORK/authd.log" & PID=$!
+  trap 'kill $PID; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
+else
+  psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB"
+  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB REDIS_URL=redis://127.0.0.1:6379 AUTHD_REDIS_PREFIX=bench$$
+  $BIN migrate 2>/dev/null
+  $BIN serve 2>"$WORK/authd.log" & PID=$!
+  trap 'kill $PID; wait $PID 2>/dev/null; psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; rm -rf "$WORK"' EXIT
+fi
 for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$PORT/healthz && break; sleep 0.2; done
 U=http://127.0.0.1:$PORT
 gql() { curl -s "$1" -H 'Content-Type: application/json' ${3:+-H "Authorization: Bearer $3"} -d "$2"; }
