@@ -55,6 +55,11 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (tenant, key)) STRICT",
 ];
 
+/// A live session by its id.
+const SESSION_BY_ID: &str = "SELECT record FROM sessions WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3";
+/// A user's live sessions.
+const SESSIONS_OF_USER: &str = "SELECT record FROM sessions WHERE tenant = ?1 AND user_id = ?2 AND expires_ms > ?3";
+
 /// The SQLite backend.
 pub struct SqliteTokenStore {
     writer: SqlitePool,
@@ -86,6 +91,19 @@ fn until(now: i64, ttl: Duration) -> i64 {
 }
 
 impl SqliteTokenStore {
+    /// The unexpired sessions `sql` ([`SESSION_BY_ID`] or
+    /// [`SESSIONS_OF_USER`]) selects for `tenant` and `key`.
+    async fn live_sessions(&self, sql: &'static str, tenant: TenantId, key: String) -> Result<Vec<SessionRecord>> {
+        let rows: Vec<String> = sqlx::query_scalar(sql)
+            .bind(tenant.to_string())
+            .bind(key)
+            .bind(now_ms())
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(|r| decode_record(r)).collect()
+    }
+
     /// Opens (creating if needed) `path`, e.g. `{AUTHD_DATA_DIR}/tokens.db`.
     pub async fn open(path: &Path) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
@@ -298,27 +316,12 @@ impl TokenStore for SqliteTokenStore {
     }
 
     async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>> {
-        let raw: Option<String> =
-            sqlx::query_scalar("SELECT record FROM sessions WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3")
-                .bind(tenant.to_string())
-                .bind(sid.to_string())
-                .bind(now_ms())
-                .fetch_optional(&self.readers)
-                .await
-                .map_err(db_err)?;
-        raw.as_deref().map(decode_record).transpose()
+        let found = self.live_sessions(SESSION_BY_ID, tenant, sid.to_string()).await?;
+        Ok(found.into_iter().next())
     }
 
     async fn list_sessions(&self, tenant: TenantId, user: UserId) -> Result<Vec<SessionRecord>> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT record FROM sessions WHERE tenant = ?1 AND user_id = ?2 AND expires_ms > ?3")
-                .bind(tenant.to_string())
-                .bind(user.to_string())
-                .bind(now_ms())
-                .fetch_all(&self.readers)
-                .await
-                .map_err(db_err)?;
-        let mut out = rows.iter().map(|r| decode_record(r)).collect::<Result<Vec<_>>>()?;
+        let mut out = self.live_sessions(SESSIONS_OF_USER, tenant, user.to_string()).await?;
         crate::memory::sort_sessions(&mut out);
         Ok(out)
     }
