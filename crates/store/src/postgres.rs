@@ -258,6 +258,9 @@ impl Dialect for PgStore {
     const LIST_TENANTS: &'static str =
         concat!("SELECT ", tenant_columns!(), " FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2");
 
+    const TENANT_SLUGS: &'static str =
+        "SELECT id, slug FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2";
+
     const LIST_USERS: &'static str = concat!(
         "SELECT ",
         user_columns!(),

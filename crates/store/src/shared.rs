@@ -95,6 +95,9 @@ pub(crate) trait Dialect {
     /// Values: the id to list after (NULL: from the first), limit.
     const LIST_TENANTS: &'static str;
 
+    /// Only `id` and `slug` of [`Self::LIST_TENANTS`]' rows; same values.
+    const TENANT_SLUGS: &'static str;
+
     /// Values: tenant, an email `LIKE` pattern escaped with `\` (NULL:
     /// any), the id to list after (NULL: from the first), limit.
     const LIST_USERS: &'static str;
@@ -337,6 +340,11 @@ impl<B: Backend + Specific> Store for B {
     async fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<TenantRecord>> {
         let stmt = Stmt::new(B::LIST_TENANTS).id(after.map(|t| t.0)).int(i64::from(limit));
         map_rows(self.pool_all(stmt).await?, rows::tenant)
+    }
+
+    async fn tenant_slugs(&self, after: Option<TenantId>, limit: u32) -> Result<Vec<(TenantId, String)>> {
+        let stmt = Stmt::new(B::TENANT_SLUGS).id(after.map(|t| t.0)).int(i64::from(limit));
+        map_rows(self.pool_all(stmt).await?, |r| Ok((TenantId(r.id("id")?), r.get("slug")?)))
     }
 
     async fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> Result<Vec<PlatformEvent>> {

@@ -189,6 +189,9 @@ impl Dialect for SqliteStore {
     const LIST_TENANTS: &'static str =
         concat!("SELECT ", tenant_columns!(), " FROM tenants WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2");
 
+    const TENANT_SLUGS: &'static str =
+        "SELECT id, slug FROM tenants WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2";
+
     /// LIKE is case-insensitive for ASCII in SQLite; emails are stored
     /// lowercased, and prefixes are lowercased by the caller.
     const LIST_USERS: &'static str = concat!(

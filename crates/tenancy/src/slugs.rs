@@ -86,11 +86,11 @@ impl SlugDirectory {
         let mut all = HashSet::new();
         let mut after = None;
         loop {
-            let page = store.list_tenants(after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id);
+            let page = store.tenant_slugs(after, 1000).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
             let full = page.len() == 1000;
-            all.extend(page.into_iter().map(|t| t.slug.as_str().to_owned()));
+            all.extend(page.into_iter().map(|(_, slug)| slug));
             if !full {
                 break;
             }

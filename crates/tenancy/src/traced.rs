@@ -166,6 +166,7 @@ traced! {
     fn missing_tenants(&self, ids: &[TenantId]) -> StoreResult<Vec<TenantId>>;
     fn tenants_changed_since(&self, since: DateTime<Utc>) -> StoreResult<(Vec<(TenantId, DateTime<Utc>)>, DateTime<Utc>)>;
     fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> StoreResult<Vec<TenantRecord>>;
+    fn tenant_slugs(&self, after: Option<TenantId>, limit: u32) -> StoreResult<Vec<(TenantId, String)>>;
     fn set_tenant_disabled(&self, slug: &Slug, disabled: bool, event: &PlatformEvent) -> StoreResult<Option<TenantRecord>>;
     fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> StoreResult<Option<TenantId>>;
     fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> StoreResult<Vec<PlatformEvent>>;
