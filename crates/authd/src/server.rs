@@ -167,9 +167,10 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
         Storage::Postgres { .. } => "postgresql",
         Storage::Embedded => "sqlite",
     };
-    let store = authd_tenancy::traced::TracedStore::wrap(open_store(config).await?, system);
     // Every token-store call becomes a span and counts its failures.
     let tokens = authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config).await?);
+    // Storage too; its writes of user rows also reach the user memo.
+    let store = authd_tenancy::traced::TracedStore::wrap(open_store(config).await?, system, tokens.clone());
     let keyring = Arc::new(master_keyring(config)?);
     let hasher = HashPool::new(config.hash_threads, config.hash_queue_per_tenant)?;
     let audit = AuditSink::start(store.clone(), config.audit_queue_max);

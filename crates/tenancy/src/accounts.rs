@@ -192,7 +192,7 @@ impl AccountService<'_> {
 
     /// The caller's user row; a deleted or disabled user is unauthenticated.
     pub async fn me(&self, p: &Principal) -> Result<UserRecord> {
-        match self.ctx.deps.store.user_by_id(self.ctx.rt.id, p.user).await? {
+        match self.ctx.user(p.user).await? {
             Some(u) if !u.disabled => Ok(u),
             _ => Err(Error::Unauthenticated),
         }

@@ -24,7 +24,8 @@
 
 use std::sync::Arc;
 
-use authd_core::UserId;
+use authd_core::{Result, UserId};
+use authd_store::UserRecord;
 
 use crate::Deps;
 use crate::accounts::AccountService;
@@ -107,6 +108,24 @@ impl TenantCtx<'_> {
     pub fn audience(&self) -> String {
         let snap = self.snapshot();
         snap.record.settings.audience_for(self.rt.slug.as_str()).to_owned()
+    }
+
+    /// The user's row for the hot paths (`me`, `refresh`): from the user
+    /// memo when it remembers it, else from storage (and then remembered).
+    /// The memo forgets a row whenever storage changes it, on any replica
+    /// (see [`crate::traced`]); checks that must win a race with a change
+    /// in flight (a sign-in against a disabling) read storage directly.
+    pub(crate) async fn user(&self, id: UserId) -> Result<Option<UserRecord>> {
+        let memo = &self.deps.tokens.memos().users;
+        if let Some(user) = memo.get(self.rt.id, id.0) {
+            return Ok(Some(UserRecord::clone(&user)));
+        }
+        let ticket = memo.ticket();
+        let user = self.deps.store.user_by_id(self.rt.id, id).await?;
+        if let Some(u) = &user {
+            memo.put(ticket, self.rt.id, id.0, Arc::new(u.clone()));
+        }
+        Ok(user)
     }
 
     /// Records an audit event off the request path (the batched sink).

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use authd_core::{Error, Result};
-use authd_tokens::RateDecision;
+use authd_tokens::{RateDecision, SessionLimit};
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -182,22 +182,25 @@ impl LimitService<'_> {
         };
         match decision {
             RateDecision::Allowed { .. } => Ok(()),
-            RateDecision::Limited { retry_after_ms } => {
-                let retry_after = whole_seconds(retry_after_ms);
-                crate::metrics::RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
-                self.ctx.deps.audit.record(
-                    self.ctx.rt.id,
-                    audit::event(
-                        kinds::REQUEST_RATE_LIMITED,
-                        meta,
-                        None,
-                        None,
-                        Some(serde_json::json!({ "limit": which.name(), "retryAfter": retry_after })),
-                    ),
-                );
-                Err(Error::RateLimited { retry_after })
-            }
+            RateDecision::Limited { retry_after_ms } => Err(self.refused(which, retry_after_ms, meta)),
         }
+    }
+
+    /// A request `which` refused: counted, audited, and the error to answer.
+    fn refused(&self, which: Limit, retry_after_ms: u64, meta: &RequestMeta) -> Error {
+        let retry_after = whole_seconds(retry_after_ms);
+        crate::metrics::RATE_LIMITED.fetch_add(1, Ordering::Relaxed);
+        self.ctx.deps.audit.record(
+            self.ctx.rt.id,
+            audit::event(
+                kinds::REQUEST_RATE_LIMITED,
+                meta,
+                None,
+                None,
+                Some(serde_json::json!({ "limit": which.name(), "retryAfter": retry_after })),
+            ),
+        );
+        Error::RateLimited { retry_after }
     }
 
     /// The per-IP limit key of the caller: the IPv4 address, or the IPv6
@@ -303,16 +306,21 @@ impl LimitService<'_> {
         self.check(Limit::TokenPerClient, &key, p.token_requests_per_client_per_minute, MINUTE, meta).await
     }
 
-    pub(crate) async fn before_refresh(&self, session: authd_core::SessionId, meta: &RequestMeta) -> Result<()> {
-        let p = self.ctx.rt.snapshot().record.settings.rate_limits.clone();
-        self.check(
-            Limit::RefreshPerSession,
-            &format!("refresh:{session}"),
-            p.refresh_per_session_per_minute,
-            MINUTE,
-            meta,
-        )
-        .await
+    /// The per-session refresh limit, which the token store checks inside
+    /// the rotation itself (one round trip: the token names its session).
+    pub(crate) fn refresh_limit(&self) -> SessionLimit<'static> {
+        let p = &self.ctx.rt.snapshot().record.settings.rate_limits;
+        SessionLimit {
+            key_prefix: "refresh:",
+            limit: p.refresh_per_session_per_minute,
+            period: MINUTE,
+            now_ms: self.ctx.deps.clock.now_ms(),
+        }
+    }
+
+    /// A refresh its session's limit refused.
+    pub(crate) fn refresh_refused(&self, retry_after_ms: u64, meta: &RequestMeta) -> Error {
+        self.refused(Limit::RefreshPerSession, retry_after_ms, meta)
     }
 }
 

@@ -9,7 +9,7 @@ use authd_core::claims::AccessClaims;
 use authd_core::settings::Role;
 use authd_core::{Error, Result, SessionId, UserId, crypto};
 use authd_store::UserRecord;
-use authd_tokens::{RotateOutcome, SessionRecord};
+use authd_tokens::{RotateOutcome, SessionLimit, SessionRecord};
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -201,15 +201,16 @@ impl SessionService<'_> {
             return Err(Error::Unauthenticated);
         }
         let old = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh_token.as_bytes());
-        // Refresh calls per session: a live token names its session.
-        if let Some(session) = self.ctx.deps.tokens.session_by_refresh(self.ctx.rt.id, &old).await? {
-            self.ctx.limits().before_refresh(session.id, meta).await?;
-        }
         let new_token = crypto::random_token(32);
         let new = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
-        match self.rotate(refresh_token, &old, &new).await? {
+        // Refresh calls per session, counted by the rotation itself (the
+        // token names its session): one round trip for lookup, limit and
+        // rotation.
+        let limit = self.ctx.limits().refresh_limit();
+        match self.rotate_as(REFRESH_PURPOSE, refresh_token, &old, &new, Some(&limit)).await? {
+            RotateOutcome::Limited { retry_after_ms } => Err(self.ctx.limits().refresh_refused(retry_after_ms, meta)),
             RotateOutcome::Rotated(session) => {
-                let user = self.ctx.deps.store.user_by_id(self.ctx.rt.id, session.user_id).await?;
+                let user = self.ctx.user(session.user_id).await?;
                 let Some(user) = user.filter(|u| !u.disabled) else {
                     self.ctx.deps.tokens.revoke_session(self.ctx.rt.id, session.id, deny_ttl()).await?;
                     return Err(Error::Unauthenticated);
@@ -241,7 +242,7 @@ impl SessionService<'_> {
     /// hash under a previous key: those are tried too (only while previous
     /// keys are configured).
     pub(crate) async fn rotate(&self, refresh_token: &str, old: &str, new: &str) -> Result<RotateOutcome> {
-        self.rotate_as(REFRESH_PURPOSE, refresh_token, old, new).await
+        self.rotate_as(REFRESH_PURPOSE, refresh_token, old, new, None).await
     }
 
     /// [`SessionService::rotate`] for tokens hashed under `purpose` (an OAuth
@@ -252,15 +253,17 @@ impl SessionService<'_> {
         refresh_token: &str,
         old: &str,
         new: &str,
+        limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
         let now = Utc::now().timestamp();
         let ttl = self.ctx.deps.config.refresh_token_ttl;
-        let mut outcome = self.ctx.deps.tokens.rotate_refresh(self.ctx.rt.id, old, new, now, ttl).await?;
+        let tokens = &self.ctx.deps.tokens;
+        let mut outcome = tokens.rotate_refresh(self.ctx.rt.id, old, new, now, ttl, limit).await?;
         if outcome == RotateOutcome::NotFound {
             for candidate in
                 self.ctx.deps.keyring.keyed_hash_candidates(purpose, refresh_token.as_bytes()).iter().skip(1)
             {
-                outcome = self.ctx.deps.tokens.rotate_refresh(self.ctx.rt.id, candidate, new, now, ttl).await?;
+                outcome = tokens.rotate_refresh(self.ctx.rt.id, candidate, new, now, ttl, limit).await?;
                 if outcome != RotateOutcome::NotFound {
                     break;
                 }
@@ -301,6 +304,8 @@ impl SessionService<'_> {
                         return Ok(true);
                     }
                     RotateOutcome::NotFound => None,
+                    // No limit was asked for.
+                    RotateOutcome::Limited { .. } => None,
                 }
             }
             Some(_) => None,

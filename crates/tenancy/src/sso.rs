@@ -946,12 +946,15 @@ impl SsoService<'_> {
         }
         let new_token = crypto::random_token(32);
         let new = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
-        let session = match self.ctx.sessions().rotate_as(REFRESH_PURPOSE, token, &old, &new).await? {
+        let session = match self.ctx.sessions().rotate_as(REFRESH_PURPOSE, token, &old, &new, None).await? {
             RotateOutcome::Rotated(s) => s,
             RotateOutcome::Reused { .. } => {
                 return Err(OAuthError::grant("refresh token reused: the grant is revoked"));
             }
-            RotateOutcome::NotFound => return Err(OAuthError::grant("unknown or expired refresh token")),
+            // `Limited` needs a limit, and none was asked for.
+            RotateOutcome::NotFound | RotateOutcome::Limited { .. } => {
+                return Err(OAuthError::grant("unknown or expired refresh token"));
+            }
         };
         let Some(grant) = self.grant(session.id).await?.filter(|g| g.client_id == client.client_id) else {
             return Err(OAuthError::grant("the refresh token belongs to another client"));

@@ -11,6 +11,15 @@
 //! method signatures, one line each: a method added to either trait must be
 //! listed here too (the compiler says so), and `[tenant = arg]` names the
 //! argument that becomes the span's `tenant`.
+//!
+//! The storage wrapper also keeps the user memo
+//! ([`authd_tokens::Memos::users`], read by `me` and `refresh` through
+//! [`crate::ctx::TenantCtx::user`]) true: a method that changes user rows is
+//! marked `[users = ...]` with what it changed, and after it succeeds the
+//! wrapper forgets those rows here and announces them to every other replica
+//! ([`TokenStore::publish_user_change`]). Every storage write passes through
+//! this one list, so a new method that changes users cannot be forgotten
+//! without being seen here.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +33,7 @@ use authd_store::{
     OAuthProviderRecord, OutboxMail, OutboxStats, PasskeyRecord, PlatformEvent, QueuedMail, SigningKeyRecord, Store,
     TenantRecord, TotpReseal, UserChange, UserRecord,
 };
-use authd_tokens::{RateDecision, RotateOutcome, SessionRecord, TokenStore};
+use authd_tokens::{Memos, RateDecision, RotateOutcome, SessionLimit, SessionRecord, TokenStore};
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
@@ -77,7 +86,7 @@ macro_rules! traced {
     (
         impl $trait:ident for $wrapper:ident as $prefix:literal;
         $(extra { $($extra:item)* })?
-        $(fn $name:ident(&self $(, $arg:ident: $argty:ty)*) -> $ret:ty $([tenant = $tenant:ident])?;)*
+        $(fn $name:ident(&self $(, $arg:ident: $argty:ty)*) -> $ret:ty $([tenant = $tenant:ident])? $([users = $users:expr])?;)*
     ) => {
         #[async_trait]
         impl $trait for $wrapper {
@@ -95,7 +104,13 @@ macro_rules! traced {
                             $(tenant = %$tenant,)?
                         )
                     };
-                    call(span, self.inner.$name($($arg),*)).await
+                    let result = call(span, self.inner.$name($($arg),*)).await;
+                    $(
+                        if result.is_ok() {
+                            self.users_changed($users).await;
+                        }
+                    )?
+                    result
                 }
             )*
         }
@@ -122,11 +137,15 @@ traced! {
         fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<TenantId>> {
             self.inner.subscribe_changes()
         }
+        fn memos(&self) -> &Memos {
+            self.inner.memos()
+        }
     }
     fn ping(&self) -> TokenResult<()>;
     fn publish_change(&self, tenant: TenantId) -> TokenResult<()> [tenant = tenant];
+    fn publish_user_change(&self, tenant: TenantId, user: Option<UserId>) -> TokenResult<()> [tenant = tenant];
     fn create_session(&self, tenant: TenantId, session: &SessionRecord, refresh_hash: &str, ttl: Duration) -> TokenResult<()> [tenant = tenant];
-    fn rotate_refresh(&self, tenant: TenantId, old_hash: &str, new_hash: &str, now: i64, ttl: Duration) -> TokenResult<RotateOutcome> [tenant = tenant];
+    fn rotate_refresh(&self, tenant: TenantId, old_hash: &str, new_hash: &str, now: i64, ttl: Duration, limit: Option<&SessionLimit<'_>>) -> TokenResult<RotateOutcome> [tenant = tenant];
     fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> TokenResult<Option<SessionRecord>> [tenant = tenant];
     fn get_session(&self, tenant: TenantId, sid: SessionId) -> TokenResult<Option<SessionRecord>> [tenant = tenant];
     fn list_sessions(&self, tenant: TenantId, user: UserId) -> TokenResult<Vec<SessionRecord>> [tenant = tenant];
@@ -147,11 +166,45 @@ pub struct TracedStore {
     inner: Arc<dyn Store>,
     /// `postgresql` or `sqlite` (OpenTelemetry's `db.system` values).
     system: &'static str,
+    /// Holds the user memo and carries change notices to other replicas.
+    tokens: Arc<dyn TokenStore>,
+}
+
+/// The user rows a storage write changed.
+enum Changed {
+    User(TenantId, UserId),
+    Tenant(TenantId),
+    /// Every tenant's (a tenant was deleted: its id is not known up front,
+    /// and no replica can reach its users any more, so only this replica's
+    /// memo is emptied).
+    All,
 }
 
 impl TracedStore {
-    pub fn wrap(inner: Arc<dyn Store>, system: &'static str) -> Arc<dyn Store> {
-        Arc::new(Self { inner, system })
+    pub fn wrap(inner: Arc<dyn Store>, system: &'static str, tokens: Arc<dyn TokenStore>) -> Arc<dyn Store> {
+        Arc::new(Self { inner, system, tokens })
+    }
+
+    /// Forgets changed user rows here, then tells the other replicas. A lost
+    /// notice leaves their copy until it expires
+    /// ([`authd_tokens::memo::LIFETIME`]); disabling a user also revokes its
+    /// sessions, whose notice travels inside the revocation itself.
+    async fn users_changed(&self, changed: Changed) {
+        let memo = &self.tokens.memos().users;
+        let (tenant, user) = match changed {
+            Changed::User(t, u) => {
+                memo.forget(t, [u.0]);
+                (t, Some(u))
+            }
+            Changed::Tenant(t) => {
+                memo.forget_tenant(t);
+                (t, None)
+            }
+            Changed::All => return memo.forget_all(),
+        };
+        if let Err(e) = self.tokens.publish_user_change(tenant, user).await {
+            tracing::warn!(error = %e, %tenant, "could not announce a user change to the other replicas");
+        }
     }
 }
 
@@ -168,14 +221,14 @@ traced! {
     fn list_tenants(&self, after: Option<TenantId>, limit: u32) -> StoreResult<Vec<TenantRecord>>;
     fn tenant_slugs(&self, after: Option<TenantId>, limit: u32) -> StoreResult<Vec<(TenantId, String)>>;
     fn set_tenant_disabled(&self, slug: &Slug, disabled: bool, event: &PlatformEvent) -> StoreResult<Option<TenantRecord>>;
-    fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> StoreResult<Option<TenantId>>;
+    fn delete_tenant(&self, slug: &Slug, event: &PlatformEvent) -> StoreResult<Option<TenantId>> [users = Changed::All];
     fn platform_events(&self, after: Option<EventCursor>, limit: u32) -> StoreResult<Vec<PlatformEvent>>;
     fn update_settings(&self, tenant: TenantId, settings: &TenantSettings, event: &AuditEvent) -> StoreResult<()> [tenant = tenant];
     fn create_user(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent) -> StoreResult<UserRecord> [tenant = tenant];
     fn user_by_email(&self, tenant: TenantId, email: &str) -> StoreResult<Option<UserRecord>> [tenant = tenant];
     fn user_by_id(&self, tenant: TenantId, id: UserId) -> StoreResult<Option<UserRecord>> [tenant = tenant];
     fn list_users(&self, tenant: TenantId, email_prefix: Option<&str>, after: Option<UserId>, limit: u32) -> StoreResult<Vec<UserRecord>> [tenant = tenant];
-    fn update_user(&self, tenant: TenantId, id: UserId, change: &UserChange, event: Option<&AuditEvent>) -> StoreResult<Option<UserRecord>> [tenant = tenant];
+    fn update_user(&self, tenant: TenantId, id: UserId, change: &UserChange, event: Option<&AuditEvent>) -> StoreResult<Option<UserRecord>> [tenant = tenant] [users = Changed::User(tenant, id)];
     fn count_active_admins(&self, tenant: TenantId) -> StoreResult<u64> [tenant = tenant];
     fn signing_keys(&self, tenant: TenantId) -> StoreResult<Vec<SigningKeyRecord>> [tenant = tenant];
     fn add_signing_key(&self, tenant: TenantId, key: &SigningKeyRecord, remove: &[String], event: &AuditEvent) -> StoreResult<()> [tenant = tenant];
@@ -183,23 +236,23 @@ traced! {
     fn append_events(&self, tenant: TenantId, events: &[AuditEvent]) -> StoreResult<()> [tenant = tenant];
     fn audit_events(&self, tenant: TenantId, filter: &AuditFilter, after: Option<EventCursor>, limit: u32) -> StoreResult<Vec<AuditEvent>> [tenant = tenant];
     fn purge_audit_events(&self, tenant: TenantId, before: DateTime<Utc>) -> StoreResult<u64> [tenant = tenant];
-    fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> StoreResult<bool> [tenant = tenant];
-    fn enable_totp(&self, tenant: TenantId, user: UserId, pending_sealed: &str, step: i64, recovery_hashes: &[String], event: &AuditEvent) -> StoreResult<bool> [tenant = tenant];
-    fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> StoreResult<()> [tenant = tenant];
+    fn set_totp_pending(&self, tenant: TenantId, user: UserId, sealed: Option<&str>) -> StoreResult<bool> [tenant = tenant] [users = Changed::User(tenant, user)];
+    fn enable_totp(&self, tenant: TenantId, user: UserId, pending_sealed: &str, step: i64, recovery_hashes: &[String], event: &AuditEvent) -> StoreResult<bool> [tenant = tenant] [users = Changed::User(tenant, user)];
+    fn disable_totp(&self, tenant: TenantId, user: UserId, event: &AuditEvent) -> StoreResult<()> [tenant = tenant] [users = Changed::User(tenant, user)];
     fn replace_recovery_codes(&self, tenant: TenantId, user: UserId, recovery_hashes: &[String], event: &AuditEvent) -> StoreResult<()> [tenant = tenant];
     fn use_recovery_code(&self, tenant: TenantId, user: UserId, candidates: &[String], event: &AuditEvent) -> StoreResult<bool> [tenant = tenant];
     fn recovery_codes_left(&self, tenant: TenantId, user: UserId) -> StoreResult<u64> [tenant = tenant];
-    fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> StoreResult<bool> [tenant = tenant];
+    fn advance_totp_step(&self, tenant: TenantId, user: UserId, step: i64) -> StoreResult<bool> [tenant = tenant] [users = Changed::User(tenant, user)];
     fn oauth_providers(&self, tenant: TenantId) -> StoreResult<Vec<OAuthProviderRecord>> [tenant = tenant];
     fn upsert_oauth_provider(&self, tenant: TenantId, provider: &OAuthProviderRecord, event: &AuditEvent) -> StoreResult<OAuthProviderRecord> [tenant = tenant];
     fn delete_oauth_provider(&self, tenant: TenantId, name: &str, event: &AuditEvent) -> StoreResult<bool> [tenant = tenant];
     fn user_by_identity(&self, tenant: TenantId, identity: &Identity<'_>) -> StoreResult<Option<UserRecord>> [tenant = tenant];
-    fn link_identity(&self, tenant: TenantId, identity: &Identity<'_>, user: UserId, event: &AuditEvent) -> StoreResult<()> [tenant = tenant];
+    fn link_identity(&self, tenant: TenantId, identity: &Identity<'_>, user: UserId, event: &AuditEvent) -> StoreResult<()> [tenant = tenant] [users = Changed::User(tenant, user)];
     fn create_user_with_identity(&self, tenant: TenantId, user: &NewUser, identity: &Identity<'_>, events: &[AuditEvent]) -> StoreResult<UserRecord> [tenant = tenant];
     fn create_user_with_link(&self, tenant: TenantId, user: &NewUser, event: &AuditEvent, link: &EmailLink, mail: &OutboxMail) -> StoreResult<UserRecord> [tenant = tenant];
     fn issue_link(&self, tenant: TenantId, link: &EmailLink, mail: &OutboxMail, event: &AuditEvent) -> StoreResult<()> [tenant = tenant];
     fn link_by_hash(&self, tenant: TenantId, hash: &str) -> StoreResult<Option<EmailLink>> [tenant = tenant];
-    fn redeem_link(&self, tenant: TenantId, link: &EmailLink, effect: Option<&LinkEffect>, events: &[AuditEvent], mail: Option<&OutboxMail>) -> StoreResult<Option<UserRecord>> [tenant = tenant];
+    fn redeem_link(&self, tenant: TenantId, link: &EmailLink, effect: Option<&LinkEffect>, events: &[AuditEvent], mail: Option<&OutboxMail>) -> StoreResult<Option<UserRecord>> [tenant = tenant] [users = Changed::User(tenant, link.user_id)];
     fn delete_links(&self, tenant: TenantId, user: UserId, kind: &str) -> StoreResult<()> [tenant = tenant];
     fn claim_mail(&self, now: DateTime<Utc>, lease: std::time::Duration, limit: u32) -> StoreResult<Vec<QueuedMail>>;
     fn mail_delivered(&self, id: uuid::Uuid) -> StoreResult<()>;
@@ -221,5 +274,5 @@ traced! {
     fn revoke_consent(&self, tenant: TenantId, user: UserId, client_id: &str) -> StoreResult<bool> [tenant = tenant];
     fn outbox_stats(&self) -> StoreResult<OutboxStats>;
     fn sealed_totp_secrets(&self, tenant: TenantId) -> StoreResult<Vec<(UserId, Option<String>, Option<String>)>> [tenant = tenant];
-    fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> StoreResult<u64> [tenant = tenant];
+    fn reseal_totp_secrets(&self, tenant: TenantId, sealed: &[TotpReseal]) -> StoreResult<u64> [tenant = tenant] [users = Changed::Tenant(tenant)];
 }

@@ -16,12 +16,16 @@
 //! - [`memory`]: the in-process backend ([`MemoryTokenStore`]).
 //! - [`redis_store`]: the Redis backend ([`RedisTokenStore`]), its key layout
 //!   and its Lua scripts.
-//! - `gcra` (private): the rate-limit arithmetic both backends share.
+//! - [`sqlite`]: the embedded default's durable backend ([`SqliteTokenStore`]).
+//! - [`memo`]: the memories of "not revoked" and of user rows that pushed
+//!   notices keep current ([`Memos`], [`Notice`]).
+//! - `gcra` (private): the rate-limit arithmetic the backends share.
 //!
 //! Both backends pass the same test suite (`tests/store.rs`), which is the
 //! executable form of the contract below.
 
 mod gcra;
+pub mod memo;
 pub mod memory;
 pub mod model;
 pub mod redis_store;
@@ -32,6 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use authd_core::{SessionId, TenantId, UserId};
 
+pub use memo::{Memo, Memos, Notice};
 pub use memory::MemoryTokenStore;
 pub use model::*;
 pub use redis_store::RedisTokenStore;
@@ -104,6 +109,20 @@ pub trait TokenStore: Send + Sync + 'static {
         None
     }
 
+    /// Tells every replica sharing this store that a user's row changed
+    /// (`None`: any user of the tenant), so that they forget it from their
+    /// [`Memos::users`]. The caller forgets it from its own memo first.
+    async fn publish_user_change(&self, _tenant: TenantId, _user: Option<UserId>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The memories this store keeps current for its callers: sessions known
+    /// not to be revoked (consulted by [`TokenStore::is_session_denied`]
+    /// itself) and user rows (filled and read by the caller, forgotten on
+    /// [`TokenStore::publish_user_change`]). They are live only while every
+    /// change can reach them (see [`memo`]).
+    fn memos(&self) -> &Memos;
+
     // ---- sessions and refresh tokens ----
 
     /// Creates a session and its first refresh token. Both expire after
@@ -128,6 +147,12 @@ pub trait TokenStore: Send + Sync + 'static {
     /// [`REUSE_DENY_TTL`]. A rotated-away token stays recognisable (so its
     /// reuse is detected) for `ttl` after it was issued, that is for as long
     /// as it would have been valid had it not been rotated.
+    ///
+    /// With `limit`, the rotation of a live session's current token first
+    /// counts one request against that limit (GCRA, as
+    /// [`TokenStore::rate_check`] under the key `{key_prefix}{sid}`), in the
+    /// same atomic step, and answers `Limited` without rotating when it is
+    /// exhausted. Reused and unknown tokens count nothing.
     async fn rotate_refresh(
         &self,
         tenant: TenantId,
@@ -135,6 +160,7 @@ pub trait TokenStore: Send + Sync + 'static {
         new_hash: &str,
         now: i64,
         ttl: Duration,
+        limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome>;
 
     /// Looks up the live session whose *current* refresh token is `hash`.

@@ -25,7 +25,8 @@ use parking_lot::Mutex;
 
 use crate::gcra::{self, Plan};
 use crate::{
-    REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionRecord, TokenStore, check_kind, check_step, ttl_ms,
+    Memos, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionLimit, SessionRecord, TokenStore, check_kind,
+    check_step, ttl_ms,
 };
 
 /// How often an operation sweeps every expired entry out of the store.
@@ -43,6 +44,8 @@ pub struct MemoryTokenStore {
 struct Inner {
     state: Mutex<State>,
     clock: Clock,
+    /// Always live: this process is the only one that changes anything.
+    memos: Memos,
 }
 
 impl fmt::Debug for MemoryTokenStore {
@@ -72,6 +75,7 @@ impl MemoryTokenStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State { tenants: HashMap::new(), next_sweep: now + SWEEP_EVERY }),
                 clock: Arc::new(clock),
+                memos: Memos::new(true),
             }),
         }
     }
@@ -233,12 +237,30 @@ impl TenantState {
         }
         user
     }
+
+    /// One request against the rate limit `plan` under `key`.
+    fn rate(&mut self, key: &str, plan: &Plan, now: Instant) -> RateDecision {
+        let params = match plan {
+            Plan::Fixed(decision) => return *decision,
+            Plan::Check(params) => params,
+        };
+        let stored = live(&mut self.rates, key, now).copied();
+        let decision = params.decide(stored);
+        if let Some((tat, ttl)) = decision.store {
+            self.rates.insert(key.to_owned(), Expiring::new(tat, now.checked_add(Duration::from_millis(ttl))));
+        }
+        decision.answer
+    }
 }
 
 #[async_trait]
 impl TokenStore for MemoryTokenStore {
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn memos(&self) -> &Memos {
+        &self.inner.memos
     }
 
     async fn create_session(
@@ -275,7 +297,9 @@ impl TokenStore for MemoryTokenStore {
         new_hash: &str,
         now_unix: i64,
         ttl: Duration,
+        limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
+        let limit = limit.map(|l| (l.key_prefix, gcra::plan(l.limit, l.period, l.now_ms)));
         Ok(self.with_tenant(tenant, |t, now| {
             let Some(sid) = live(&mut t.refresh, old_hash, now).copied() else {
                 return RotateOutcome::NotFound;
@@ -289,6 +313,11 @@ impl TokenStore for MemoryTokenStore {
                 let user = session.record.user_id;
                 t.revoke(sid, REUSE_DENY_TTL, now);
                 return RotateOutcome::Reused { session: sid, user };
+            }
+            if let Some((prefix, plan)) = &limit
+                && let RateDecision::Limited { retry_after_ms } = t.rate(&format!("{prefix}{sid}"), plan, now)
+            {
+                return RotateOutcome::Limited { retry_after_ms };
             }
             let until = expiry(now, ttl);
             t.refresh.insert(new_hash.to_owned(), Expiring::new(sid, until));
@@ -444,18 +473,8 @@ impl TokenStore for MemoryTokenStore {
         period: Duration,
         now_ms: i64,
     ) -> Result<RateDecision> {
-        let params = match gcra::plan(limit, period, now_ms) {
-            Plan::Fixed(decision) => return Ok(decision),
-            Plan::Check(params) => params,
-        };
-        Ok(self.with_tenant(tenant, |t, now| {
-            let stored = live(&mut t.rates, key, now).copied();
-            let decision = params.decide(stored);
-            if let Some((tat, ttl)) = decision.store {
-                t.rates.insert(key.to_owned(), Expiring::new(tat, now.checked_add(Duration::from_millis(ttl))));
-            }
-            decision.answer
-        }))
+        let plan = gcra::plan(limit, period, now_ms);
+        Ok(self.with_tenant(tenant, |t, now| t.rate(key, &plan, now)))
     }
 
     async fn rate_reset(&self, tenant: TenantId, key: &str) -> Result<()> {

@@ -27,6 +27,22 @@ pub enum RotateOutcome {
         user: UserId,
     },
     NotFound,
+    /// The session's rate limit (see [`SessionLimit`]) refused the rotation;
+    /// nothing changed.
+    Limited {
+        retry_after_ms: u64,
+    },
+}
+
+/// A per-session rate limit checked by a rotation in the same atomic step
+/// (`TokenStore::rotate_refresh`): `limit` rotations per `period` under the
+/// key `{key_prefix}{sid}`, on the caller's clock `now_ms`.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimit<'a> {
+    pub key_prefix: &'a str,
+    pub limit: u32,
+    pub period: std::time::Duration,
+    pub now_ms: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

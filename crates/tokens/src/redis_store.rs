@@ -63,8 +63,8 @@ use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, Server
 use crate::gcra::{self, Plan};
 use crate::memory::sort_sessions;
 use crate::{
-    Error, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionRecord, TokenStore, check_kind, check_step,
-    ttl_ms,
+    Error, Memos, Notice, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionLimit, SessionRecord, TokenStore,
+    check_kind, check_step, ttl_ms,
 };
 
 /// How long one TCP connection attempt may take.
@@ -73,6 +73,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keys asked per `SCAN` round trip in [`TokenStore::purge_tenant`].
 const SCAN_COUNT: usize = 1000;
+/// How often the change listener checks that its subscription still
+/// answers (a silently dead connection would otherwise keep the memos live
+/// while notices are lost).
+const LISTENER_PING: Duration = Duration::from_secs(5);
 
 /// The Redis token store. Cheap to clone (the connection is shared).
 #[derive(Clone)]
@@ -81,6 +85,8 @@ pub struct RedisTokenStore {
     prefix: Arc<str>,
     /// Change notices received on `{prefix}:changes` (see [`TokenStore::publish_change`]).
     changes: Arc<tokio::sync::broadcast::Sender<TenantId>>,
+    /// Live only while the change channel is subscribed.
+    memos: Arc<Memos>,
 }
 
 impl fmt::Debug for RedisTokenStore {
@@ -173,30 +179,61 @@ impl Target {
 }
 
 /// Listens on the change channel for as long as the store lives,
-/// reconnecting after a second when Redis goes away.
+/// reconnecting after a second when Redis goes away. Configuration changes
+/// go to the broadcast; revocations and user changes to the memos, which are
+/// live exactly while the subscription is (checked every
+/// [`LISTENER_PING`]).
 fn spawn_change_listener(
     client: redis::Client,
     channel: String,
     tx: std::sync::Weak<tokio::sync::broadcast::Sender<TenantId>>,
+    memos: std::sync::Weak<Memos>,
 ) {
     use futures::StreamExt;
     tokio::spawn(async move {
         while tx.strong_count() > 0 {
-            match client.get_async_pubsub().await {
-                Ok(mut pubsub) => {
-                    if pubsub.subscribe(&channel).await.is_ok() {
-                        let mut messages = pubsub.on_message();
-                        while let Some(msg) = messages.next().await {
-                            let Some(tx) = tx.upgrade() else { return };
-                            let Ok(payload) = msg.get_payload::<String>() else { continue };
-                            if let Ok(id) = payload.parse::<uuid::Uuid>() {
-                                // No receiver (nothing running) is fine.
-                                let _ = tx.send(TenantId(id));
+            let subscribed = match client.get_async_pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                    Ok(()) => Ok(pubsub),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match subscribed {
+                Ok(pubsub) => {
+                    let Some(m) = memos.upgrade() else { return };
+                    m.set_live(true);
+                    drop(m);
+                    let (mut sink, mut messages) = pubsub.split();
+                    let mut ping = tokio::time::interval(LISTENER_PING);
+                    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            msg = messages.next() => {
+                                let Some(msg) = msg else { break };
+                                let (Some(tx), Some(memos)) = (tx.upgrade(), memos.upgrade()) else { return };
+                                let Ok(payload) = msg.get_payload::<String>() else { continue };
+                                match Notice::decode(&payload) {
+                                    // No receiver (nothing running) is fine.
+                                    Some(Notice::TenantChanged(id)) => drop(tx.send(id)),
+                                    Some(notice) => memos.apply(&notice),
+                                    None => {}
+                                }
+                            }
+                            _ = ping.tick() => {
+                                let answered = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<Value>()).await;
+                                if !matches!(answered, Ok(Ok(_))) {
+                                    break;
+                                }
                             }
                         }
                     }
+                    tracing::warn!("redis change listener lost its subscription; memos off until it is back");
                 }
-                Err(e) => tracing::debug!(error = %e, "redis change listener cannot connect; retrying"),
+                Err(e) => tracing::debug!(error = %e, "redis change listener cannot subscribe; retrying"),
+            }
+            if let Some(m) = memos.upgrade() {
+                m.set_live(false);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -337,7 +374,7 @@ impl RedisTokenStore {
     pub async fn connect_with_ca(url: &str, key_prefix: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
         check_prefix(key_prefix)?;
         let target = parse_target(url, ca_pem)?;
-        let changes = Self::listen_for_changes(&target, key_prefix);
+        let (changes, memos) = Self::listen_for_changes(&target, key_prefix);
         let conn = match target {
             Target::Single(client) => {
                 Conn::Single(bounded(ConnectionManager::new_with_config(client, manager_config())).await?)
@@ -346,7 +383,7 @@ impl RedisTokenStore {
                 Conn::Cluster(bounded(client.get_async_connection_with_config(cluster_config())).await?)
             }
         };
-        let store = Self { conn, prefix: key_prefix.into(), changes };
+        let store = Self { conn, prefix: key_prefix.into(), changes, memos };
         store.ping().await?;
         tracing::info!(store = ?store, "connected to Redis");
         Ok(store)
@@ -361,7 +398,7 @@ impl RedisTokenStore {
     pub fn connect_lazy(url: &str, key_prefix: &str) -> Result<Self> {
         check_prefix(key_prefix)?;
         let target = parse_target(url, None)?;
-        let changes = Self::listen_for_changes(&target, key_prefix);
+        let (changes, memos) = Self::listen_for_changes(&target, key_prefix);
         let conn = match target {
             Target::Single(client) => {
                 Conn::Single(ConnectionManager::new_lazy_with_config(client, manager_config()).map_err(map_err)?)
@@ -370,7 +407,7 @@ impl RedisTokenStore {
                 Conn::Cluster(client.get_pending_async_connection_with_config(cluster_config()))
             }
         };
-        Ok(Self { conn, prefix: key_prefix.into(), changes })
+        Ok(Self { conn, prefix: key_prefix.into(), changes, memos })
     }
 
     /// The channel change notices travel on (per key prefix: deployments
@@ -379,10 +416,28 @@ impl RedisTokenStore {
         format!("{prefix}:changes")
     }
 
-    fn listen_for_changes(target: &Target, prefix: &str) -> Arc<tokio::sync::broadcast::Sender<TenantId>> {
+    fn listen_for_changes(
+        target: &Target,
+        prefix: &str,
+    ) -> (Arc<tokio::sync::broadcast::Sender<TenantId>>, Arc<Memos>) {
         let tx = Arc::new(tokio::sync::broadcast::channel(256).0);
-        spawn_change_listener(target.pubsub_client(), Self::changes_channel(prefix), Arc::downgrade(&tx));
-        tx
+        let memos = Arc::new(Memos::new(false));
+        spawn_change_listener(
+            target.pubsub_client(),
+            Self::changes_channel(prefix),
+            Arc::downgrade(&tx),
+            Arc::downgrade(&memos),
+        );
+        (tx, memos)
+    }
+
+    /// Publishes one notice on the change channel.
+    async fn publish(&self, notice: &Notice) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(Self::changes_channel(&self.prefix)).arg(notice.encode());
+        bounded(async move { cmd.query_async::<Value>(&mut conn).await }).await?;
+        Ok(())
     }
 
     /// Refuses a Redis that may evict keys: an evicted `deny:` entry would
@@ -521,11 +576,13 @@ fn parse_sid(v: Value) -> Result<SessionId> {
 // script builds keys itself; durations are in milliseconds.
 
 /// Revokes session `sid`: deletes its hash, every refresh key of its family,
-/// its family set and its place in its user's set, and puts the sid on the
-/// deny list for `deny_ms` (never shortening an entry already there). Returns
+/// its family set and its place in its user's set, puts the sid on the deny
+/// list for `deny_ms` (never shortening an entry already there) and
+/// announces it on `chan` (`d <tenant> <sid>`, see [`Notice`]) in the same
+/// atomic step, so every replica forgets that the session was live. Returns
 /// 1 if the session was live.
 const LUA_REVOKE: &str = r#"
-local function revoke(ns, sid, deny_ms)
+local function revoke(ns, sid, deny_ms, chan, tenant)
   local sk = ns .. 'sess:' .. sid
   local user = redis.call('HGET', sk, 'user')
   if user then
@@ -540,6 +597,7 @@ local function revoke(ns, sid, deny_ms)
   if redis.call('PTTL', dk) < deny_ms then
     redis.call('SET', dk, '1', 'PX', deny_ms)
   end
+  redis.call('PUBLISH', chan, 'd ' .. tenant .. ' ' .. sid)
   if user then return 1 end
   return 0
 end
@@ -570,6 +628,23 @@ local function family_add(fk, h, ttl)
 end
 "#;
 
+/// GCRA on `key`: the arithmetic of `gcra::Params::decide`, which the other
+/// backends run; keep them in step. `now`, `interval` and `tolerance` are
+/// µs. Returns {1, remaining} or {0, retry_after_ms}.
+const LUA_RATE: &str = r#"
+local function rate(key, now, interval, tolerance)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local wait = new_tat - tolerance - now
+  if wait > 0 then
+    return {0, math.ceil(wait / 1000)}
+  end
+  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+  return {1, math.floor((now + tolerance - new_tat) / interval)}
+end
+"#;
+
 fn script(parts: &[&str]) -> Script {
     Script::new(&parts.concat())
 }
@@ -594,13 +669,17 @@ return 1
     ])
 });
 
-/// KEYS: rt:<old>, rt:<new>. ARGV: ns, old, new, now, ttl, reuse deny ttl.
-/// Returns {'rotated', sid, fields} | {'reused', sid, user} | {'notfound'}.
+/// KEYS: rt:<old>, rt:<new>. ARGV: ns, old, new, now, ttl, reuse deny ttl,
+/// channel, tenant, then the session's limit: '' (none), or 'fixed' and the
+/// retry (ms), or 'gcra', the key prefix, now, interval and tolerance (µs).
+/// Returns {'rotated', sid, fields} | {'reused', sid, user} | {'notfound'}
+/// | {'limited', retry_after_ms}.
 static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         LUA_REVOKE,
         LUA_EXTEND,
         LUA_FAMILY_ADD,
+        LUA_RATE,
         r#"
 local ns = ARGV[1]
 local ttl = tonumber(ARGV[5])
@@ -613,8 +692,14 @@ local user = redis.call('HGET', sk, 'user')
 if current ~= ARGV[2] then
   -- A token this session already rotated away: someone holds a copy
   -- (RFC 9700 section 4.14.2), so the whole family goes.
-  revoke(ns, sid, tonumber(ARGV[6]))
+  revoke(ns, sid, tonumber(ARGV[6]), ARGV[7], ARGV[8])
   return {'reused', sid, user}
+end
+if ARGV[9] == 'fixed' then
+  return {'limited', tonumber(ARGV[10])}
+elseif ARGV[9] == 'gcra' then
+  local r = rate(ns .. 'rl:' .. ARGV[10] .. sid, tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+  if r[1] == 0 then return {'limited', r[2]} end
 end
 redis.call('HSET', sk, 'rt', ARGV[3], 'last_used', ARGV[4])
 redis.call('PEXPIRE', sk, ttl)
@@ -655,32 +740,35 @@ return out
 "#])
 });
 
-/// KEYS: sess:<sid>, fam:<sid>, deny:<sid>. ARGV: ns, sid, deny ttl.
+/// KEYS: sess:<sid>, fam:<sid>, deny:<sid>. ARGV: ns, sid, deny ttl, channel,
+/// tenant.
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         LUA_REVOKE,
         r#"
-return revoke(ARGV[1], ARGV[2], tonumber(ARGV[3]))
+return revoke(ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5])
 "#,
     ])
 });
 
-/// KEYS: usess:<uid>. ARGV: ns, sid to keep (or ''), deny ttl.
+/// KEYS: usess:<uid>. ARGV: ns, sid to keep (or ''), deny ttl, channel,
+/// tenant. Returns the ids of the sessions revoked.
 static REVOKE_USER: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         LUA_REVOKE,
         r#"
-local n = 0
+local out = {}
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if sid ~= ARGV[2] then
     if redis.call('EXISTS', ARGV[1] .. 'sess:' .. sid) == 1 then
-      n = n + revoke(ARGV[1], sid, tonumber(ARGV[3]))
+      revoke(ARGV[1], sid, tonumber(ARGV[3]), ARGV[4], ARGV[5])
+      out[#out + 1] = sid
     else
       redis.call('SREM', KEYS[1], sid)
     end
   end
 end
-return n
+return out
 "#,
     ])
 });
@@ -724,24 +812,15 @@ return 1
 "#])
 });
 
-/// KEYS: rl:<key>. ARGV: now, interval, tolerance (µs). The arithmetic of
-/// `gcra::Params::decide`, which the memory backend runs: keep them in step.
+/// KEYS: rl:<key>. ARGV: now, interval, tolerance (µs).
 /// Returns {1, remaining} or {0, retry_after_ms}.
 static RATE: LazyLock<Script> = LazyLock::new(|| {
-    script(&[r#"
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local tolerance = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if tat < now then tat = now end
-local new_tat = tat + interval
-local wait = new_tat - tolerance - now
-if wait > 0 then
-  return {0, math.ceil(wait / 1000)}
-end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-return {1, math.floor((now + tolerance - new_tat) / interval)}
-"#])
+    script(&[
+        LUA_RATE,
+        r#"
+return rate(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+"#,
+    ])
 });
 
 #[async_trait]
@@ -753,15 +832,19 @@ impl TokenStore for RedisTokenStore {
     }
 
     async fn publish_change(&self, tenant: TenantId) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(Self::changes_channel(&self.prefix)).arg(tenant.to_string());
-        bounded(async move { cmd.query_async::<Value>(&mut conn).await }).await?;
-        Ok(())
+        self.publish(&Notice::TenantChanged(tenant)).await
     }
 
     fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<TenantId>> {
         Some(self.changes.subscribe())
+    }
+
+    async fn publish_user_change(&self, tenant: TenantId, user: Option<UserId>) -> Result<()> {
+        self.publish(&Notice::UserChanged(tenant, user)).await
+    }
+
+    fn memos(&self) -> &Memos {
+        &self.memos
     }
 
     async fn create_session(
@@ -794,13 +877,38 @@ impl TokenStore for RedisTokenStore {
         new_hash: &str,
         now: i64,
         ttl: Duration,
+        limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
         let ns = self.ns(tenant);
         let keys = [format!("{ns}rt:{old_hash}"), format!("{ns}rt:{new_hash}")];
         let (now, ttl, deny) = (now.to_string(), ttl_ms(ttl).to_string(), ttl_ms(REUSE_DENY_TTL).to_string());
-        let answer = self
-            .eval(&ROTATE, &keys.each_ref().map(String::as_str), &[&ns, old_hash, new_hash, &now, &ttl, &deny])
-            .await?;
+        let (chan, tid) = (Self::changes_channel(&self.prefix), tenant.to_string());
+        let mut args: Vec<String> = Vec::new();
+        match limit.map(|l| (l.key_prefix, gcra::plan(l.limit, l.period, l.now_ms))) {
+            None | Some((_, Plan::Fixed(RateDecision::Allowed { .. }))) => args.push(String::new()),
+            Some((_, Plan::Fixed(RateDecision::Limited { retry_after_ms }))) => {
+                args.extend(["fixed".to_owned(), retry_after_ms.to_string()]);
+            }
+            Some((prefix, Plan::Check(p))) => args.extend([
+                "gcra".to_owned(),
+                prefix.to_owned(),
+                p.now_us.to_string(),
+                p.interval_us.to_string(),
+                p.tolerance_us.to_string(),
+            ]),
+        }
+        let mut all: Vec<&str> = vec![&ns, old_hash, new_hash, &now, &ttl, &deny, &chan, &tid];
+        all.extend(args.iter().map(String::as_str));
+        let answer = self.eval(&ROTATE, &keys.each_ref().map(String::as_str), &all).await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                // It may have revoked the session for reuse before failing
+                // to answer: nothing of this tenant is known live any more.
+                self.memos.not_denied.forget_tenant(tenant);
+                return Err(e);
+            }
+        };
         let mut parts: Vec<Value> = parse(answer)?;
         let tag: String = match parts.first() {
             Some(v) => parse(v.clone())?,
@@ -814,9 +922,12 @@ impl TokenStore for RedisTokenStore {
                 let user = user
                     .parse::<UserId>()
                     .map_err(|_| Error::Internal("redis: a stored user id is not a UUID".into()))?;
-                Ok(RotateOutcome::Reused { session: parse_sid(sid)?, user })
+                let session = parse_sid(sid)?;
+                self.memos.not_denied.forget(tenant, [session.0]);
+                Ok(RotateOutcome::Reused { session, user })
             }
             ("notfound", _, _) => Ok(RotateOutcome::NotFound),
+            ("limited", Some(ms), _) => Ok(RotateOutcome::Limited { retry_after_ms: parse(ms)? }),
             _ => Err(Error::Internal(format!("redis: unexpected rotate answer {tag:?}"))),
         }
     }
@@ -866,8 +977,14 @@ impl TokenStore for RedisTokenStore {
     async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool> {
         let ns = self.ns(tenant);
         let keys = [format!("{ns}sess:{sid}"), format!("{ns}fam:{sid}"), format!("{ns}deny:{sid}")];
-        let (sid, deny) = (sid.to_string(), ttl_ms(deny_ttl).to_string());
-        let n: i64 = parse(self.eval(&REVOKE, &keys.each_ref().map(String::as_str), &[&ns, &sid, &deny]).await?)?;
+        let (id, deny) = (sid.to_string(), ttl_ms(deny_ttl).to_string());
+        let (chan, tid) = (Self::changes_channel(&self.prefix), tenant.to_string());
+        let answer = self.eval(&REVOKE, &keys.each_ref().map(String::as_str), &[&ns, &id, &deny, &chan, &tid]).await;
+        // Whatever the answer, before returning: a later check on this
+        // replica must not trust an earlier "not revoked" (other replicas
+        // hear the notice the script published).
+        self.memos.not_denied.forget(tenant, [sid.0]);
+        let n: i64 = parse(answer?)?;
         Ok(n == 1)
     }
 
@@ -882,13 +999,31 @@ impl TokenStore for RedisTokenStore {
         let key = format!("{ns}usess:{user}");
         let keep = keep.map(|k| k.to_string()).unwrap_or_default();
         let deny = ttl_ms(deny_ttl).to_string();
-        parse(self.eval(&REVOKE_USER, &[&key], &[&ns, &keep, &deny]).await?)
+        let (chan, tid) = (Self::changes_channel(&self.prefix), tenant.to_string());
+        let answer = self.eval(&REVOKE_USER, &[&key], &[&ns, &keep, &deny, &chan, &tid]).await;
+        let revoked: Vec<String> = match answer.and_then(parse) {
+            Ok(r) => r,
+            Err(e) => {
+                self.memos.not_denied.forget_tenant(tenant);
+                return Err(e);
+            }
+        };
+        self.memos.not_denied.forget(tenant, revoked.iter().filter_map(|s| s.parse().ok()));
+        Ok(revoked.len() as u64)
     }
 
     async fn is_session_denied(&self, tenant: TenantId, sid: SessionId) -> Result<bool> {
+        let memo = &self.memos.not_denied;
+        if memo.get(tenant, sid.0).is_some() {
+            return Ok(false);
+        }
+        let ticket = memo.ticket();
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(format!("{}deny:{sid}", self.ns(tenant)));
         let n: i64 = parse(self.query(cmd).await?)?;
+        if n == 0 {
+            memo.put(ticket, tenant, sid.0, ());
+        }
         Ok(n > 0)
     }
 

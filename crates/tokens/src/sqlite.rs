@@ -23,8 +23,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::gcra::{self, Plan};
 use crate::{
-    Error, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionRecord, TokenStore, check_kind, check_step,
-    ttl_ms,
+    Error, Memos, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionLimit, SessionRecord, TokenStore,
+    check_kind, check_step, ttl_ms,
 };
 
 /// How often a write also deletes every expired row.
@@ -65,6 +65,9 @@ pub struct SqliteTokenStore {
     writer: SqlitePool,
     readers: SqlitePool,
     next_sweep_ms: AtomicI64,
+    /// Live from the start: one process owns the file, so every revocation
+    /// is made here and forgets its sessions before it returns.
+    memos: Memos,
 }
 
 impl std::fmt::Debug for SqliteTokenStore {
@@ -129,7 +132,7 @@ impl SqliteTokenStore {
             .connect_with(opts.read_only(true))
             .await
             .map_err(db_err)?;
-        Ok(Self { writer, readers, next_sweep_ms: AtomicI64::new(0) })
+        Ok(Self { writer, readers, next_sweep_ms: AtomicI64::new(0), memos: Memos::new(true) })
     }
 
     /// A write transaction, sweeping expired rows first when it is time.
@@ -148,6 +151,40 @@ impl SqliteTokenStore {
         }
         Ok((tx, now))
     }
+}
+
+/// One request against the rate limit `plan` under `key`, inside `tx`.
+async fn rate_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    tenant: &str,
+    key: &str,
+    plan: &Plan,
+    now: i64,
+) -> Result<RateDecision> {
+    let params = match plan {
+        Plan::Fixed(decision) => return Ok(*decision),
+        Plan::Check(params) => params,
+    };
+    let stored: Option<i64> =
+        sqlx::query_scalar("SELECT tat FROM rates WHERE tenant = ?1 AND key = ?2 AND expires_ms > ?3")
+            .bind(tenant)
+            .bind(key)
+            .bind(now)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    let decision = params.decide(stored);
+    if let Some((tat, ttl)) = decision.store {
+        sqlx::query("INSERT OR REPLACE INTO rates (tenant, key, tat, expires_ms) VALUES (?1, ?2, ?3, ?4)")
+            .bind(tenant)
+            .bind(key)
+            .bind(tat)
+            .bind(until(now, Duration::from_millis(ttl)))
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(decision.answer)
 }
 
 fn decode_record(raw: &str) -> Result<SessionRecord> {
@@ -204,6 +241,10 @@ impl TokenStore for SqliteTokenStore {
         Ok(())
     }
 
+    fn memos(&self) -> &Memos {
+        &self.memos
+    }
+
     async fn create_session(
         &self,
         tenant: TenantId,
@@ -245,6 +286,7 @@ impl TokenStore for SqliteTokenStore {
         new_hash: &str,
         now_unix: i64,
         ttl: Duration,
+        limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
         let (mut tx, now) = self.write().await?;
         let t = tenant.to_string();
@@ -271,9 +313,21 @@ impl TokenStore for SqliteTokenStore {
         if current != old_hash {
             // A token this session already rotated away: someone holds a copy
             // (RFC 9700 §4.14.2), so the whole family goes.
-            revoke(&mut tx, &t, &sid, REUSE_DENY_TTL, now).await?;
-            tx.commit().await.map_err(db_err)?;
+            let done = async {
+                revoke(&mut tx, &t, &sid, REUSE_DENY_TTL, now).await?;
+                tx.commit().await.map_err(db_err)
+            }
+            .await;
+            self.memos.not_denied.forget(tenant, [record.id.0]);
+            done?;
             return Ok(RotateOutcome::Reused { session: record.id, user: record.user_id });
+        }
+        if let Some(l) = limit {
+            let plan = gcra::plan(l.limit, l.period, l.now_ms);
+            let key = format!("{}{sid}", l.key_prefix);
+            if let RateDecision::Limited { retry_after_ms } = rate_in(&mut tx, &t, &key, &plan, now).await? {
+                return Ok(RotateOutcome::Limited { retry_after_ms });
+            }
         }
         let expires = until(now, ttl);
         record.last_used_at = now_unix;
@@ -327,10 +381,17 @@ impl TokenStore for SqliteTokenStore {
     }
 
     async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool> {
-        let (mut tx, now) = self.write().await?;
-        let user = revoke(&mut tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now).await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(user.is_some())
+        let done = async {
+            let (mut tx, now) = self.write().await?;
+            let user = revoke(&mut tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now).await?;
+            tx.commit().await.map_err(db_err)?;
+            Ok(user.is_some())
+        }
+        .await;
+        // After the commit, before answering: a later check on this process
+        // must see the revocation.
+        self.memos.not_denied.forget(tenant, [sid.0]);
+        done
     }
 
     async fn revoke_user_sessions(
@@ -351,17 +412,27 @@ impl TokenStore for SqliteTokenStore {
                 .await
                 .map_err(db_err)?;
         let keep = keep.map(|k| k.to_string());
-        let mut revoked = 0;
-        for sid in sids.iter().filter(|s| Some(*s) != keep.as_ref()) {
-            if revoke(&mut tx, &t, sid, deny_ttl, now).await?.is_some() {
-                revoked += 1;
+        let done = async {
+            let mut revoked = 0;
+            for sid in sids.iter().filter(|s| Some(*s) != keep.as_ref()) {
+                if revoke(&mut tx, &t, sid, deny_ttl, now).await?.is_some() {
+                    revoked += 1;
+                }
             }
+            tx.commit().await.map_err(db_err)?;
+            Ok(revoked)
         }
-        tx.commit().await.map_err(db_err)?;
-        Ok(revoked)
+        .await;
+        self.memos.not_denied.forget(tenant, sids.iter().filter_map(|s| s.parse().ok()));
+        done
     }
 
     async fn is_session_denied(&self, tenant: TenantId, sid: SessionId) -> Result<bool> {
+        let memo = &self.memos.not_denied;
+        if memo.get(tenant, sid.0).is_some() {
+            return Ok(false);
+        }
+        let ticket = memo.ticket();
         let hit: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM deny WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3")
                 .bind(tenant.to_string())
@@ -370,6 +441,9 @@ impl TokenStore for SqliteTokenStore {
                 .fetch_optional(&self.readers)
                 .await
                 .map_err(db_err)?;
+        if hit.is_none() {
+            memo.put(ticket, tenant, sid.0, ());
+        }
         Ok(hit.is_some())
     }
 
@@ -496,33 +570,14 @@ impl TokenStore for SqliteTokenStore {
         period: Duration,
         now_ms_caller: i64,
     ) -> Result<RateDecision> {
-        let params = match gcra::plan(limit, period, now_ms_caller) {
-            Plan::Fixed(decision) => return Ok(decision),
-            Plan::Check(params) => params,
-        };
-        let (mut tx, now) = self.write().await?;
-        let t = tenant.to_string();
-        let stored: Option<i64> =
-            sqlx::query_scalar("SELECT tat FROM rates WHERE tenant = ?1 AND key = ?2 AND expires_ms > ?3")
-                .bind(&t)
-                .bind(key)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        let decision = params.decide(stored);
-        if let Some((tat, ttl)) = decision.store {
-            sqlx::query("INSERT OR REPLACE INTO rates (tenant, key, tat, expires_ms) VALUES (?1, ?2, ?3, ?4)")
-                .bind(&t)
-                .bind(key)
-                .bind(tat)
-                .bind(until(now, Duration::from_millis(ttl)))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
+        let plan = gcra::plan(limit, period, now_ms_caller);
+        if let Plan::Fixed(decision) = plan {
+            return Ok(decision);
         }
+        let (mut tx, now) = self.write().await?;
+        let decision = rate_in(&mut tx, &tenant.to_string(), key, &plan, now).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(decision.answer)
+        Ok(decision)
     }
 
     async fn rate_reset(&self, tenant: TenantId, key: &str) -> Result<()> {

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use authd_core::{SessionId, TenantId, UserId};
 use authd_tokens::{
-    Error, MemoryTokenStore, REUSE_DENY_TTL, RateDecision, RedisTokenStore, RotateOutcome, SessionRecord, TokenStore,
+    Error, MemoryTokenStore, REUSE_DENY_TTL, RateDecision, RedisTokenStore, RotateOutcome, SessionLimit, SessionRecord,
+    TokenStore,
 };
+use redis::Value;
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
@@ -186,7 +188,7 @@ async fn sqlite_state_survives_a_reopen() {
         RateDecision::Limited { .. }
     ));
     assert!(matches!(
-        s.rotate_refresh(t, "r-live", "r-next", 1_700_000_100, TTL).await.unwrap(),
+        s.rotate_refresh(t, "r-live", "r-next", 1_700_000_100, TTL, None).await.unwrap(),
         RotateOutcome::Rotated(_)
     ));
     let _ = std::fs::remove_dir_all(dir);
@@ -214,6 +216,8 @@ contract!(
     records_expire_after_their_ttl,
     an_endless_ttl_is_kept_not_refused,
     purge_tenant_removes_only_that_tenant,
+    a_rotation_counts_against_its_session_limit,
+    every_revocation_is_seen_at_once_after_a_remembered_not_denied,
 );
 
 // ---- helpers ----
@@ -250,7 +254,7 @@ async fn a_new_session_rotates_and_records_its_last_use(s: Store) {
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), Some(rec.clone()));
 
     let h2 = hash();
-    let RotateOutcome::Rotated(rotated) = s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap() else {
+    let RotateOutcome::Rotated(rotated) = s.rotate_refresh(t, &h1, &h2, 2_000, TTL, None).await.unwrap() else {
         panic!("the current token must rotate");
     };
     assert_eq!(rotated, SessionRecord { last_used_at: 2_000, ..rec.clone() });
@@ -259,14 +263,14 @@ async fn a_new_session_rotates_and_records_its_last_use(s: Store) {
     // The new token rotates in turn.
     let h3 = hash();
     assert!(
-        matches!(s.rotate_refresh(t, &h2, &h3, 3_000, TTL).await.unwrap(), RotateOutcome::Rotated(r) if r.last_used_at == 3_000)
+        matches!(s.rotate_refresh(t, &h2, &h3, 3_000, TTL, None).await.unwrap(), RotateOutcome::Rotated(r) if r.last_used_at == 3_000)
     );
     assert!(!s.is_session_denied(t, rec.id).await.unwrap());
 }
 
 async fn an_unknown_refresh_token_is_not_found(s: Store) {
     let t = TenantId::new();
-    assert_eq!(s.rotate_refresh(t, &hash(), &hash(), 1, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &hash(), &hash(), 1, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.session_by_refresh(t, &hash()).await.unwrap(), None);
     assert_eq!(s.get_session(t, SessionId::new()).await.unwrap(), None);
 }
@@ -276,24 +280,97 @@ async fn refresh_token_reuse_revokes_the_whole_session(s: Store) {
     let (rec, h1) = new_session(&s, t, u, 1_000).await;
     let (other, other_h) = new_session(&s, t, u, 1_001).await;
     let h2 = hash();
-    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2_000, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 
     // The thief (or the victim) presents the rotated-away token.
     assert_eq!(
-        s.rotate_refresh(t, &h1, &hash(), 3_000, TTL).await.unwrap(),
+        s.rotate_refresh(t, &h1, &hash(), 3_000, TTL, None).await.unwrap(),
         RotateOutcome::Reused { session: rec.id, user: u }
     );
     // The whole family is gone: the current token no longer works either,
     // and access tokens of the session are refused.
-    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 3_001, TTL).await.unwrap(), RotateOutcome::NotFound);
-    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3_002, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 3_001, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3_002, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.session_by_refresh(t, &h2).await.unwrap(), None);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
     // The user's other session is untouched.
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![other.clone()]);
     assert!(!s.is_session_denied(t, other.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &other_h, &hash(), 3_003, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(
+        s.rotate_refresh(t, &other_h, &hash(), 3_003, TTL, None).await.unwrap(),
+        RotateOutcome::Rotated(_)
+    ));
+}
+
+/// A rotation with a limit counts against `{key_prefix}{sid}` in the same
+/// step: within the limit it rotates, beyond it it changes nothing and says
+/// when to retry; reused and unknown tokens are not limited.
+async fn a_rotation_counts_against_its_session_limit(s: Store) {
+    let (t, u) = (TenantId::new(), UserId::new());
+    let (rec, h1) = new_session(&s, t, u, 1).await;
+    let now_ms = 1_700_000_000_000;
+    let limit = SessionLimit { key_prefix: "refresh:", limit: 2, period: Duration::from_secs(60), now_ms };
+    let (h2, h3) = (hash(), hash());
+    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2, TTL, Some(&limit)).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, &h2, &h3, 3, TTL, Some(&limit)).await.unwrap(), RotateOutcome::Rotated(_)));
+    // The third within the minute: refused, retry after 30 s, nothing rotated.
+    assert_eq!(
+        s.rotate_refresh(t, &h3, &hash(), 4, TTL, Some(&limit)).await.unwrap(),
+        RotateOutcome::Limited { retry_after_ms: 30_000 }
+    );
+    assert_eq!(s.session_by_refresh(t, &h3).await.unwrap().map(|r| r.id), Some(rec.id), "still current");
+    // The same key as `rate_check` uses: it is exhausted there too.
+    let key = format!("refresh:{}", rec.id);
+    assert!(matches!(
+        s.rate_check(t, &key, 2, Duration::from_secs(60), now_ms).await.unwrap(),
+        RateDecision::Limited { .. }
+    ));
+    // Without a limit it rotates; half a minute later the limit allows one more.
+    let h4 = hash();
+    assert!(matches!(s.rotate_refresh(t, &h3, &h4, 5, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    let later = SessionLimit { now_ms: now_ms + 30_000, ..limit };
+    let h5 = hash();
+    assert!(matches!(s.rotate_refresh(t, &h4, &h5, 6, TTL, Some(&later)).await.unwrap(), RotateOutcome::Rotated(_)));
+    // A limit of zero refuses every rotation of a live token, but a reused
+    // token is still caught (and revokes the session), and an unknown one is
+    // still unknown.
+    let zero = SessionLimit { limit: 0, ..limit };
+    assert!(matches!(
+        s.rotate_refresh(t, &h5, &hash(), 7, TTL, Some(&zero)).await.unwrap(),
+        RotateOutcome::Limited { .. }
+    ));
+    assert_eq!(s.rotate_refresh(t, &hash(), &hash(), 7, TTL, Some(&zero)).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(
+        s.rotate_refresh(t, &h1, &hash(), 8, TTL, Some(&zero)).await.unwrap(),
+        RotateOutcome::Reused { session: rec.id, user: u }
+    );
+    assert!(s.is_session_denied(t, rec.id).await.unwrap());
+}
+
+/// A store may remember that a session is not revoked (its memo), but each
+/// way of revoking it (logout, logout everywhere, refresh-token reuse) is
+/// seen by the very next check.
+async fn every_revocation_is_seen_at_once_after_a_remembered_not_denied(s: Store) {
+    let (t, u) = (TenantId::new(), UserId::new());
+    let (a, _) = new_session(&s, t, u, 1).await;
+    let (b, _) = new_session(&s, t, u, 2).await;
+    let (c, c1) = new_session(&s, t, UserId::new(), 3).await;
+    let c2 = hash();
+    s.rotate_refresh(t, &c1, &c2, 4, TTL, None).await.unwrap();
+    for _ in 0..2 {
+        for sid in [a.id, b.id, c.id] {
+            assert!(!s.is_session_denied(t, sid).await.unwrap());
+        }
+    }
+    assert!(s.revoke_session(t, a.id, DENY).await.unwrap());
+    assert!(s.is_session_denied(t, a.id).await.unwrap());
+    assert!(!s.is_session_denied(t, b.id).await.unwrap());
+    assert_eq!(s.revoke_user_sessions(t, u, None, DENY).await.unwrap(), 1);
+    assert!(s.is_session_denied(t, b.id).await.unwrap());
+    assert!(!s.is_session_denied(t, c.id).await.unwrap());
+    assert!(matches!(s.rotate_refresh(t, &c1, &hash(), 5, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
+    assert!(s.is_session_denied(t, c.id).await.unwrap());
 }
 
 /// Races `n` rotations of the same token, lined up on a barrier.
@@ -304,7 +381,7 @@ async fn race_rotations(s: &Store, t: TenantId, old: &str, n: usize) -> Vec<Rota
             let (s, barrier, old) = (s.clone(), barrier.clone(), old.to_owned());
             tokio::spawn(async move {
                 barrier.wait().await;
-                s.rotate_refresh(t, &old, &hash(), 2_000, TTL).await.unwrap()
+                s.rotate_refresh(t, &old, &hash(), 2_000, TTL, None).await.unwrap()
             })
         })
         .collect();
@@ -344,11 +421,11 @@ async fn session_by_refresh_finds_only_the_current_token(s: Store) {
     let (rec, h1) = new_session(&s, t, u, 1_000).await;
     assert_eq!(s.session_by_refresh(t, &h1).await.unwrap(), Some(rec.clone()));
     let h2 = hash();
-    s.rotate_refresh(t, &h1, &h2, 2_000, TTL).await.unwrap();
+    s.rotate_refresh(t, &h1, &h2, 2_000, TTL, None).await.unwrap();
     assert_eq!(s.session_by_refresh(t, &h1).await.unwrap(), None, "a rotated-away token is not current");
     assert_eq!(s.session_by_refresh(t, &h2).await.unwrap().map(|r| r.id), Some(rec.id));
     // Looking up is not using: the old token is still detected as reused.
-    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3_000, TTL).await.unwrap(), RotateOutcome::Reused { .. }));
+    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3_000, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
 }
 
 async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store) {
@@ -359,7 +436,7 @@ async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store)
 
     assert!(s.revoke_session(t, rec.id, DENY).await.unwrap());
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
-    assert_eq!(s.rotate_refresh(t, &h, &hash(), 3, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &h, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![other.clone()]);
     // Idempotent: nothing live to revoke any more, still denied.
@@ -367,7 +444,7 @@ async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store)
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
 
     assert!(!s.is_session_denied(t, other.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &other_h, &hash(), 4, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, &other_h, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 async fn revoke_user_sessions_keeps_the_given_session(s: Store) {
@@ -380,13 +457,13 @@ async fn revoke_user_sessions_keeps_the_given_session(s: Store) {
     assert_eq!(s.revoke_user_sessions(t, u, Some(kept.id), DENY).await.unwrap(), 2);
     for (rec, h) in [(&a, &a_h), (&b, &b_h)] {
         assert!(s.is_session_denied(t, rec.id).await.unwrap());
-        assert_eq!(s.rotate_refresh(t, h, &hash(), 5, TTL).await.unwrap(), RotateOutcome::NotFound);
+        assert_eq!(s.rotate_refresh(t, h, &hash(), 5, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     }
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![kept.clone()]);
     assert!(!s.is_session_denied(t, kept.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &kept_h, &hash(), 6, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, &kept_h, &hash(), 6, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
     assert!(!s.is_session_denied(t, theirs.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &theirs_h, &hash(), 7, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, &theirs_h, &hash(), 7, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 
     // Without `keep`, every session goes; then there is nothing left to count.
     assert_eq!(s.revoke_user_sessions(t, u, None, DENY).await.unwrap(), 1);
@@ -408,7 +485,7 @@ async fn list_sessions_returns_live_sessions_in_creation_order(s: Store) {
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![early.clone(), bare.clone(), late.clone()]);
 
     // A rotation shows in the list; a revoked session leaves it.
-    s.rotate_refresh(t, &early_h, &hash(), 400, TTL).await.unwrap();
+    s.rotate_refresh(t, &early_h, &hash(), 400, TTL, None).await.unwrap();
     s.revoke_session(t, bare.id, DENY).await.unwrap();
     let early = SessionRecord { last_used_at: 400, ..early };
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![early, late]);
@@ -421,14 +498,14 @@ async fn tenants_are_isolated(s: Store) {
     assert_eq!(s.get_session(b, rec.id).await.unwrap(), None);
     assert_eq!(s.session_by_refresh(b, &h).await.unwrap(), None);
     assert_eq!(s.list_sessions(b, u).await.unwrap(), vec![]);
-    assert_eq!(s.rotate_refresh(b, &h, &hash(), 2, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(b, &h, &hash(), 2, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert!(!s.revoke_session(b, rec.id, DENY).await.unwrap());
     assert_eq!(s.revoke_user_sessions(b, u, None, DENY).await.unwrap(), 0);
     // B's deny entry for that sid says nothing about A.
     assert!(s.is_session_denied(b, rec.id).await.unwrap());
     assert!(!s.is_session_denied(a, rec.id).await.unwrap());
     // A's session survived all of it.
-    assert!(matches!(s.rotate_refresh(a, &h, &hash(), 3, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(a, &h, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 
     assert!(s.put_once(a, "mfa", "challenge", "for-a", TTL).await.unwrap());
     assert_eq!(s.peek(b, "mfa", "challenge").await.unwrap(), None);
@@ -622,7 +699,7 @@ async fn records_expire_after_their_ttl(s: Store) {
     tokio::time::sleep(Duration::from_millis(1_300)).await;
 
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
-    assert_eq!(s.rotate_refresh(t, &h, &hash(), 4, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &h, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.session_by_refresh(t, &h).await.unwrap(), None);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![long.clone()]);
     assert_eq!(s.peek(t, "mfa", "short").await.unwrap(), None);
@@ -630,7 +707,7 @@ async fn records_expire_after_their_ttl(s: Store) {
     assert!(!s.is_session_denied(t, denied.id).await.unwrap());
     // Revoking the expired session finds nothing live.
     assert!(!s.revoke_session(t, rec.id, DENY).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &long_h, &hash(), 5, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, &long_h, &hash(), 5, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 async fn an_endless_ttl_is_kept_not_refused(s: Store) {
@@ -638,7 +715,10 @@ async fn an_endless_ttl_is_kept_not_refused(s: Store) {
     let rec = record(u, 1);
     let h = hash();
     s.create_session(t, &rec, &h, Duration::MAX).await.unwrap();
-    assert!(matches!(s.rotate_refresh(t, &h, &hash(), 2, Duration::MAX).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(
+        s.rotate_refresh(t, &h, &hash(), 2, Duration::MAX, None).await.unwrap(),
+        RotateOutcome::Rotated(_)
+    ));
     assert!(s.put_once(t, "mfa", "x", "v", Duration::MAX).await.unwrap());
     assert!(s.revoke_session(t, rec.id, Duration::MAX).await.unwrap());
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
@@ -671,7 +751,10 @@ async fn purge_tenant_removes_only_that_tenant(s: Store) {
             RateDecision::Limited { .. }
         );
         assert_eq!(limited, alive);
-        assert_eq!(matches!(s.rotate_refresh(t, &h, &hash(), 2, TTL).await.unwrap(), RotateOutcome::Rotated(_)), alive);
+        assert_eq!(
+            matches!(s.rotate_refresh(t, &h, &hash(), 2, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)),
+            alive
+        );
     }
     // Purging is idempotent.
     s.purge_tenant(gone).await.unwrap();
@@ -697,7 +780,7 @@ async fn memory_entries_expire_on_the_injected_clock() {
 
     advance(599_000);
     let h2 = hash();
-    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2, TTL).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
     assert_eq!(s.peek(t, "mfa", "c").await.unwrap(), None, "the 300 s record is gone");
 
     // Rotation renewed the session for another 600 s from now.
@@ -705,11 +788,11 @@ async fn memory_entries_expire_on_the_injected_clock() {
     assert!(s.get_session(t, rec.id).await.unwrap().is_some());
     // The first token, issued 1198 s ago, is past its own lifetime: its reuse
     // is no longer recognised (and so no longer revokes).
-    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::NotFound);
 
     advance(2_000);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
-    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 4, TTL).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![]);
 }
 
@@ -724,8 +807,8 @@ async fn memory_reuse_denies_for_the_longest_access_token_lifetime() {
     let s: Store = Arc::new(MemoryTokenStore::with_clock(clock));
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1).await;
-    s.rotate_refresh(t, &h1, &hash(), 2, TTL).await.unwrap();
-    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3, TTL).await.unwrap(), RotateOutcome::Reused { .. }));
+    s.rotate_refresh(t, &h1, &hash(), 2, TTL, None).await.unwrap();
+    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
     offset_ms.store(REUSE_DENY_TTL.as_millis() as u64 - 1, Ordering::SeqCst);
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
     offset_ms.store(REUSE_DENY_TTL.as_millis() as u64, Ordering::SeqCst);
@@ -752,7 +835,7 @@ async fn redis_ping_fails_fast_when_redis_is_down() {
         assert!(started.elapsed() < Duration::from_millis(2_500), "took {:?}", started.elapsed());
     }
     let started = Instant::now();
-    let err = s.rotate_refresh(TenantId::new(), &hash(), &hash(), 1, TTL).await.unwrap_err();
+    let err = s.rotate_refresh(TenantId::new(), &hash(), &hash(), 1, TTL, None).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(2_500), "took {:?}", started.elapsed());
 }
@@ -793,7 +876,7 @@ async fn redis_every_key_carries_the_tenant_hash_tag() {
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1).await;
     let h2 = hash();
-    s.rotate_refresh(t, &h1, &h2, 2, TTL).await.unwrap();
+    s.rotate_refresh(t, &h1, &h2, 2, TTL, None).await.unwrap();
     new_session(&s, t, u, 3).await;
     s.revoke_session(t, rec.id, DENY).await.unwrap();
     s.put_once(t, "mfa", "id", "v", TTL).await.unwrap();
@@ -828,7 +911,7 @@ async fn redis_a_long_lived_session_forgets_its_expired_refresh_hashes() {
     for i in 0..5 {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let next = hash();
-        assert!(matches!(s.rotate_refresh(t, &h, &next, i, ttl).await.unwrap(), RotateOutcome::Rotated(_)));
+        assert!(matches!(s.rotate_refresh(t, &h, &next, i, ttl, None).await.unwrap(), RotateOutcome::Rotated(_)));
         h = next;
     }
     // Issued at 0, 0.4, ..., 2.0 s with a 1 s lifetime: at most the last
@@ -866,4 +949,97 @@ async fn redis_change_notices_reach_replicas_on_the_same_prefix_only() {
     assert_eq!(got, Some(tenant));
     assert!(rx_other.try_recv().is_err(), "another prefix hears nothing");
     assert!(MemoryTokenStore::new().subscribe_changes().is_none());
+}
+
+/// Waits (up to 5 s) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+/// Two replicas on one prefix: a revocation (of each kind) and a user change
+/// made through one reach the other's memos by push, without it asking
+/// Redis; another prefix hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_revocations_and_user_changes_reach_the_other_replicas_memos() {
+    let prefix = format!("authd-test-{}", Uuid::new_v4().simple());
+    let a = RedisTokenStore::connect(&redis_url(), &prefix).await.unwrap();
+    let b = RedisTokenStore::connect(&redis_url(), &prefix).await.unwrap();
+    let other = RedisTokenStore::connect(&redis_url(), &format!("{prefix}-other")).await.unwrap();
+    eventually("the listeners subscribe", || {
+        a.memos().not_denied.is_live() && b.memos().not_denied.is_live() && other.memos().not_denied.is_live()
+    })
+    .await;
+    let (s, t, u) = (Arc::new(a) as Store, TenantId::new(), UserId::new());
+    let (x, _) = new_session(&s, t, u, 1).await;
+    let (y, y1) = new_session(&s, t, UserId::new(), 2).await;
+    let y2 = hash();
+    s.rotate_refresh(t, &y1, &y2, 3, TTL, None).await.unwrap();
+    for sid in [x.id, y.id] {
+        assert!(!b.is_session_denied(t, sid).await.unwrap());
+        assert!(b.memos().not_denied.get(t, sid.0).is_some(), "b remembers {sid} is not revoked");
+        other.memos().not_denied.put(other.memos().not_denied.ticket(), t, sid.0, ());
+    }
+    s.revoke_user_sessions(t, u, None, DENY).await.unwrap();
+    eventually("b forgets x", || b.memos().not_denied.get(t, x.id.0).is_none()).await;
+    assert!(b.is_session_denied(t, x.id).await.unwrap());
+    assert!(matches!(s.rotate_refresh(t, &y1, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
+    eventually("b forgets y", || b.memos().not_denied.get(t, y.id.0).is_none()).await;
+    assert!(b.is_session_denied(t, y.id).await.unwrap());
+
+    let users = &b.memos().users;
+    let row = |id: UserId| {
+        Arc::new(authd_core::records::UserRecord {
+            id,
+            email: None,
+            email_verified: false,
+            password_hash: None,
+            role: authd_core::settings::Role::User,
+            disabled: false,
+            totp_enabled: false,
+            totp_secret_sealed: None,
+            totp_pending_sealed: None,
+            totp_last_step: None,
+            created_at: chrono::Utc::now(),
+        })
+    };
+    let v = UserId::new();
+    users.put(users.ticket(), t, u.0, row(u));
+    users.put(users.ticket(), t, v.0, row(v));
+    s.publish_user_change(t, Some(u)).await.unwrap();
+    eventually("b forgets the changed user", || users.get(t, u.0).is_none()).await;
+    assert!(users.get(t, v.0).is_some(), "only that user");
+    s.publish_user_change(t, None).await.unwrap();
+    eventually("b forgets the tenant's users", || users.get(t, v.0).is_none()).await;
+
+    // The other deployment remembers on: it heard nothing.
+    assert!(other.memos().not_denied.get(t, x.id.0).is_some());
+}
+
+/// While the change channel is down, nothing is remembered (a notice could
+/// be lost); the listener resubscribes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_memos_are_off_while_the_change_channel_is_down() {
+    let fixture = RedisFixture::new().await;
+    let s = fixture.store.clone();
+    eventually("the listener subscribes", || s.memos().not_denied.is_live()).await;
+    let (t, u) = (TenantId::new(), UserId::new());
+    let (x, _) = new_session(&s, t, u, 1).await;
+    assert!(!s.is_session_denied(t, x.id).await.unwrap());
+    assert!(s.memos().not_denied.get(t, x.id.0).is_some());
+    // Every subscriber connection on the server is cut (other tests' too:
+    // theirs only stop remembering for a moment).
+    let _: Value = raw_query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").clone()).await;
+    eventually("the memos go off", || !s.memos().not_denied.is_live()).await;
+    assert!(s.memos().not_denied.get(t, x.id.0).is_none());
+    assert!(!s.is_session_denied(t, x.id).await.unwrap());
+    assert!(s.memos().not_denied.is_empty(), "nothing is remembered while off");
+    eventually("the listener resubscribes", || s.memos().not_denied.is_live()).await;
+    assert!(!s.is_session_denied(t, x.id).await.unwrap());
+    assert!(s.memos().not_denied.get(t, x.id.0).is_some());
 }
