@@ -5,6 +5,7 @@
 # Postgres (postgres@127.0.0.1:5432, trust auth), Redis on 6379, and wrk.
 #   cargo build --release -p authd && scripts/bench-me.sh
 #   EMBEDDED=1 scripts/bench-me.sh    # the same on the embedded default (SQLite)
+#   PERF=/tmp/me.data scripts/bench-me.sh   # also record a perf profile of authd (perf report -i ...)
 set -euo pipefail
 WORK=$(mktemp -d)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,7 +41,9 @@ LUA
 cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
 wrk -t2 -c32 -d3s -s "$WORK/me.lua" $U/t/bench/graphql >/dev/null   # warm-up
 c0=$(cpu); t0=$(date +%s.%N)
+if [[ -n ${PERF:-} ]]; then perf record -F 999 -g -o "$PERF" -p $PID -- sleep 8 >/dev/null 2>&1 & PERF_PID=$!; fi
 wrk -t2 -c32 -d10s -s "$WORK/me.lua" --latency $U/t/bench/graphql >"$WORK/me.out"
+if [[ -n ${PERF:-} ]]; then wait $PERF_PID || true; fi
 c1=$(cpu); t1=$(date +%s.%N)
 reqs=$(grep -E "requests in" "$WORK/me.out" | awk '{print $1}')
 non2xx=$(grep -E "Non-2xx" "$WORK/me.out" | awk '{print $NF}' || true)

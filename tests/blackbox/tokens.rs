@@ -445,13 +445,7 @@ async fn an_immediate_rotation_refuses_the_old_key_on_every_replica() {
     let s1 = TestServer::start(Backend::Production).await;
     let t = s1.tenant().await;
     register_user(&s1, &t, "alice@example.com").await;
-    let mut env = s1.env.clone();
-    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
-    env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
-    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
-    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
-    let s2 = TestServer::start_env(Backend::Production, env, dir).await;
+    let s2 = second_replica(&s1).await;
     let (old_token, _) = s1.login(&t.slug, "alice@example.com", PASSWORD).await;
     assert_accepted(&s2, &t.slug, &old_token, "on the second replica before the rotation").await;
     let admin = admin_token(&s1, &t).await;
@@ -478,13 +472,7 @@ async fn an_immediate_rotation_refuses_the_old_key_on_every_replica() {
 async fn settings_and_tenant_state_reach_other_replicas_without_the_change_feed() {
     let s1 = TestServer::start(Backend::Production).await;
     let t = s1.tenant().await;
-    let mut env = s1.env.clone();
-    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
-    env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
-    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
-    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
-    let s2 = TestServer::start_env(Backend::Production, env, dir).await;
+    let s2 = second_replica(&s1).await;
     let admin = admin_token(&s1, &t).await;
     let settings = "{ tenantSettings { passwordMinLength } }";
     // The second replica runs the tenant (its snapshot is loaded) first.
@@ -522,6 +510,68 @@ async fn settings_and_tenant_state_reach_other_replicas_without_the_change_feed(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(refused, "the second replica still serves a disabled tenant after 2 s");
+}
+
+/// A second replica of `s1` (same Postgres, Redis and public URL) whose
+/// change feed looks only every ten minutes: whatever it learns in a test,
+/// it learns by push.
+async fn second_replica(s1: &TestServer) -> TestServer {
+    let mut env = s1.env.clone();
+    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
+    env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
+    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
+    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
+    TestServer::start_env(Backend::Production, env, dir).await
+}
+
+/// Replica 2 remembers that sessions are live and what the user's row holds
+/// (so its `me` needs no round trip); a logout, a logout everywhere, a
+/// refresh-token reuse and a user change made on replica 1 are then seen by
+/// replica 2's very next request, without polling and without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_and_user_changes_on_one_replica_hold_on_the_other_at_once() {
+    let s1 = TestServer::start(Backend::Production).await;
+    let t = s1.tenant().await;
+    let s2 = second_replica(&s1).await;
+    let alice = register_user(&s1, &t, "alice@example.com").await;
+    let (a1, r1) = s1.login(&t.slug, "alice@example.com", PASSWORD).await;
+    let (a2, r2) = s1.login(&t.slug, "alice@example.com", PASSWORD).await;
+    let (a3, _) = s1.login(&t.slug, "alice@example.com", PASSWORD).await;
+    let (_, b1, _) = user(&s1, &t, "bob@example.com").await;
+    for _ in 0..3 {
+        for token in [&a1, &a2, &a3, &b1] {
+            assert_accepted(&s2, &t.slug, token, "on replica 2 before any change").await;
+        }
+    }
+    // Logout of one session.
+    let body = s1.gql(&t.slug, None, "mutation($r: String) { logout(refreshToken: $r) }", json!({ "r": r1 })).await;
+    assert_eq!(body["data"]["logout"], true, "{body}");
+    assert_refused(&s2, &t.slug, &a1, "a logged-out session on replica 2").await;
+    assert_accepted(&s2, &t.slug, &a2, "another session of the same user").await;
+    // Refresh-token reuse revokes the session inside the rotation script.
+    let body = refresh(&s1, &t.slug, &r2).await;
+    assert!(body["data"]["refresh"]["accessToken"].is_string(), "{body}");
+    let body = refresh(&s1, &t.slug, &r2).await;
+    assert_eq!(code(&body), Some("TOKEN_REUSED"), "{body}");
+    assert_refused(&s2, &t.slug, &a2, "a session revoked for reuse, on replica 2").await;
+    // A user change: replica 2's next `me` shows it.
+    let admin = admin_token(&s1, &t).await;
+    let set_role = "mutation($u: ID!) { setUserRole(userId: $u, role: ADMIN) { role } }";
+    let body = s1.gql(&t.slug, Some(&admin), set_role, json!({ "u": alice })).await;
+    assert_eq!(body["data"]["setUserRole"]["role"], "ADMIN", "{body}");
+    let body = me(&s2, &t.slug, &a3).await;
+    assert_eq!(body["data"]["me"]["role"], "ADMIN", "replica 2 still shows the old row: {body}");
+    // Disabling the user: refused at once on replica 2.
+    let disable = "mutation($u: ID!) { setUserDisabled(userId: $u, disabled: true) { disabled } }";
+    let body = s1.gql(&t.slug, Some(&admin), disable, json!({ "u": alice })).await;
+    assert_eq!(body["data"]["setUserDisabled"]["disabled"], true, "{body}");
+    assert_refused(&s2, &t.slug, &a3, "a disabled user's token on replica 2").await;
+    // Logout everywhere, made on replica 2 this time, holds on replica 1.
+    assert_accepted(&s1, &t.slug, &b1, "bob on replica 1").await;
+    let body = s2.gql(&t.slug, Some(&b1), "mutation { logoutAll }", json!({})).await;
+    assert!(body["data"]["logoutAll"].is_number(), "{body}");
+    assert_refused(&s1, &t.slug, &b1, "bob after logging out everywhere, on replica 1").await;
 }
 
 // ------------------------------------------------------------------ refresh and sessions

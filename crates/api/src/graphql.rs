@@ -31,7 +31,7 @@ fn reject(status: StatusCode, e: Error) -> Response {
 /// refusal is the finished HTTP response (large, but built only on the
 /// refused path, so boxing it would buy nothing).
 #[allow(clippy::result_large_err)]
-pub fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<Request, Response> {
+pub fn parse_request(headers: &HeaderMap, body: &Bytes, documents: &Documents) -> Result<Request, Response> {
     let json_content = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -67,28 +67,72 @@ pub fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<Request, Respo
     let request: Request = serde_json::from_value(value).map_err(|_| {
         reject(StatusCode::BAD_REQUEST, Error::bad_input_msg(None, "the body is not a GraphQL request"))
     })?;
-    if let Ok(doc) = async_graphql::parser::parse_query(&request.query) {
-        let size = expanded_size(&doc);
-        if size.aliases > MAX_ALIASES {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                Error::bad_input_msg(None, format!("a document may use at most {MAX_ALIASES} aliases")),
-            ));
-        }
-        if size.fields > MAX_COMPLEXITY {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                Error::bad_input_msg(None, format!("a document may select at most {MAX_COMPLEXITY} fields")),
-            ));
-        }
-        if size.depth > MAX_DEPTH {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                Error::bad_input_msg(None, format!("a document may nest at most {MAX_DEPTH} fields deep")),
-            ));
-        }
+    let mut request = request;
+    // A document that does not parse goes on to execution, which reports
+    // the syntax error with its position.
+    if let Some(doc) = documents.parse(&request.query)? {
+        request.set_parsed_query(doc);
     }
     Ok(request)
+}
+
+/// The parsed documents of recent requests, by their exact text, so that a
+/// client sending the same operation again and again (every client does) is
+/// parsed and sized once, not on every request. Only documents within the
+/// size limits are kept, at most [`Documents::MAX_ENTRIES`] of at most
+/// [`Documents::MAX_TEXT`] bytes each; when full, the memory starts over.
+#[derive(Default)]
+pub struct Documents {
+    parsed: parking_lot::Mutex<HashMap<String, ExecutableDocument>>,
+}
+
+impl Documents {
+    pub const MAX_ENTRIES: usize = 512;
+    pub const MAX_TEXT: usize = 4096;
+
+    /// The parsed document within the contract's limits; `None` if it does
+    /// not parse; the refusal if it is too big.
+    #[allow(clippy::result_large_err)]
+    fn parse(&self, query: &str) -> Result<Option<ExecutableDocument>, Response> {
+        if let Some(doc) = self.parsed.lock().get(query) {
+            return Ok(Some(doc.clone()));
+        }
+        let Ok(doc) = async_graphql::parser::parse_query(query) else { return Ok(None) };
+        check_size(&doc)?;
+        if query.len() <= Self::MAX_TEXT {
+            let mut parsed = self.parsed.lock();
+            if parsed.len() >= Self::MAX_ENTRIES {
+                parsed.clear();
+            }
+            parsed.insert(query.to_owned(), doc.clone());
+        }
+        Ok(Some(doc))
+    }
+}
+
+/// Refuses a document beyond the contract's limits.
+#[allow(clippy::result_large_err)]
+fn check_size(doc: &ExecutableDocument) -> Result<(), Response> {
+    let size = expanded_size(doc);
+    if size.aliases > MAX_ALIASES {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            Error::bad_input_msg(None, format!("a document may use at most {MAX_ALIASES} aliases")),
+        ));
+    }
+    if size.fields > MAX_COMPLEXITY {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            Error::bad_input_msg(None, format!("a document may select at most {MAX_COMPLEXITY} fields")),
+        ));
+    }
+    if size.depth > MAX_DEPTH {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            Error::bad_input_msg(None, format!("a document may nest at most {MAX_DEPTH} fields deep")),
+        ));
+    }
+    Ok(())
 }
 
 /// What a document amounts to once every fragment spread is expanded.

@@ -66,6 +66,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     pub tenant_schema: tenant_schema::TenantSchema,
     pub platform_schema: platform_schema::PlatformSchema,
+    /// Parsed documents of recent requests (parsed once, not per request).
+    pub documents: Arc<graphql::Documents>,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
             shutting_down: Arc::new(AtomicBool::new(false)),
             tenant_schema: tenant_schema::build(),
             platform_schema: platform_schema::build(),
+            documents: Arc::default(),
         }
     }
 }

@@ -83,13 +83,16 @@ fn declared(state: &AppState, schema: &'static str) -> &'static HashSet<String> 
 pub fn operation(
     state: &AppState,
     schema: &'static str,
-    request: &async_graphql::Request,
+    request: &mut async_graphql::Request,
     span: &tracing::Span,
 ) -> Operation {
-    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+    let operation_name = request.operation_name.clone();
+    // Parsed once per document by `parse_request` (the request keeps it for
+    // execution); parsing here happens only for a document that failed.
+    let Ok(doc) = request.parsed_query() else {
         return Operation { kind: "invalid", label: "unknown".into() };
     };
-    let op = match (&doc.operations, request.operation_name.as_deref()) {
+    let op = match (&doc.operations, operation_name.as_deref()) {
         (DocumentOperations::Single(op), _) => Some((None, op)),
         (DocumentOperations::Multiple(ops), Some(name)) => {
             ops.iter().find(|(n, _)| n.as_str() == name).map(|(n, op)| (Some(n.as_str()), op))

@@ -180,7 +180,7 @@ fn read_request(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<async_graphql::Request, Response> {
     let body = body.map_err(|rejection| body_refused(state, rejection))?;
-    parse_request(headers, &body)
+    parse_request(headers, &body, &state.documents)
 }
 
 fn body_refused(state: &AppState, rejection: BytesRejection) -> Response {
@@ -335,14 +335,14 @@ async fn tenant_graphql_traced(
     if let Err(e) = rt.check_quota() {
         return error_response(e);
     }
-    let request = match read_request(&state, &headers, body) {
+    let mut request = match read_request(&state, &headers, body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     let cookie_mode =
         headers.get("x-auth-mode").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("cookie"));
     let started = std::time::Instant::now();
-    let op = observe::operation(&state, "tenant", &request, &span);
+    let op = observe::operation(&state, "tenant", &mut request, &span);
     let mut request_meta = meta(&state, peer, &headers);
     request_meta.request_id = Some(request_id);
     let data = TenantRequest::new(
@@ -401,12 +401,12 @@ async fn platform_graphql_traced(
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     };
-    let request = match read_request(&state, &headers, body) {
+    let mut request = match read_request(&state, &headers, body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     let started = std::time::Instant::now();
-    let op = observe::operation(&state, "platform", &request, &span);
+    let op = observe::operation(&state, "platform", &mut request, &span);
     let mut request_meta = meta(&state, peer, &headers);
     request_meta.request_id = Some(request_id);
     let data = PlatformRequest { platform: state.platform.clone(), meta: request_meta, operator };
