@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use authd_core::{SessionId, TenantId, UserId};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use crate::gcra::{self, Plan};
 use crate::{
@@ -59,6 +60,36 @@ const SCHEMA: &[&str] = &[
 const SESSION_BY_ID: &str = "SELECT record FROM sessions WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3";
 /// A user's live sessions.
 const SESSIONS_OF_USER: &str = "SELECT record FROM sessions WHERE tenant = ?1 AND user_id = ?2 AND expires_ms > ?3";
+
+/// A rotation's reads in one statement: the session of the presented token
+/// and, when a limit applies (`?4` is its key prefix, else empty), the
+/// limit's stored arrival time.
+///
+/// A rotation holds the one writer connection from this read to its write,
+/// so no other write runs in between (the writer pool has exactly one
+/// connection): it needs no transaction, which saves two statements and, on
+/// sqlx's SQLite driver, two hand-offs to the connection's thread each way.
+const ROTATE_LOOKUP: &str = "SELECT r.sid, s.record, s.current_hash, \
+     (SELECT tat FROM rates WHERE ?4 <> '' AND tenant = ?1 AND key = ?4 || r.sid AND expires_ms > ?3) AS tat \
+     FROM refresh r JOIN sessions s ON s.tenant = r.tenant AND s.sid = r.sid AND s.expires_ms > ?3 \
+     WHERE r.tenant = ?1 AND r.hash = ?2 AND r.expires_ms > ?3";
+
+/// A rotation's writes, sent as one query (sqlx runs each statement of it in
+/// turn, binding `?N` by number): the successor's refresh row, then the
+/// session, which commits the rotation. Without a transaction a crash between
+/// the two leaves only a refresh row nobody was ever given. `?1` tenant, `?2`
+/// sid, `?3` new hash, `?4` expiry, `?5` record, `?6` old hash.
+const ROTATE: &str = "INSERT OR REPLACE INTO refresh (tenant, hash, sid, expires_ms) VALUES (?1, ?3, ?2, ?4); \
+     UPDATE sessions SET current_hash = ?3, record = ?5, expires_ms = ?4 \
+     WHERE tenant = ?1 AND sid = ?2 AND current_hash = ?6";
+
+/// [`ROTATE`] counting one request against the session's limit first (`?7`
+/// key, `?8` arrival time, `?9` expiry); a crash after it has only used up
+/// one request of the limit.
+const ROTATE_WITH_LIMIT: &str = "INSERT OR REPLACE INTO rates (tenant, key, tat, expires_ms) VALUES (?1, ?7, ?8, ?9); \
+     INSERT OR REPLACE INTO refresh (tenant, hash, sid, expires_ms) VALUES (?1, ?3, ?2, ?4); \
+     UPDATE sessions SET current_hash = ?3, record = ?5, expires_ms = ?4 \
+     WHERE tenant = ?1 AND sid = ?2 AND current_hash = ?6";
 
 /// The SQLite backend.
 pub struct SqliteTokenStore {
@@ -139,17 +170,31 @@ impl SqliteTokenStore {
     async fn write(&self) -> Result<(Transaction<'static, Sqlite>, i64)> {
         let now = now_ms();
         let mut tx = self.writer.begin().await.map_err(db_err)?;
+        self.sweep_if_due(&mut tx, now).await?;
+        Ok((tx, now))
+    }
+
+    /// The writer connection itself (no transaction), for an operation that
+    /// is atomic without one; sweeps first when it is time.
+    async fn writer(&self) -> Result<(PoolConnection<Sqlite>, i64)> {
+        let now = now_ms();
+        let mut conn = self.writer.acquire().await.map_err(db_err)?;
+        self.sweep_if_due(&mut conn, now).await?;
+        Ok((conn, now))
+    }
+
+    async fn sweep_if_due(&self, conn: &mut SqliteConnection, now: i64) -> Result<()> {
         if now >= self.next_sweep_ms.load(Ordering::Relaxed) {
             self.next_sweep_ms.store(now + i64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(30_000), Ordering::Relaxed);
             for table in ["sessions", "refresh", "deny", "once", "rates"] {
                 sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE expires_ms <= ?1")))
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await
                     .map_err(db_err)?;
             }
         }
-        Ok((tx, now))
+        Ok(())
     }
 }
 
@@ -199,7 +244,7 @@ fn encode_record(record: &SessionRecord) -> Result<String> {
 /// id is denied until `now + deny_ttl` (never shortening an entry already
 /// there). Returns the user of the session if it was live.
 async fn revoke(
-    tx: &mut Transaction<'static, Sqlite>,
+    conn: &mut SqliteConnection,
     tenant: &str,
     sid: &str,
     deny_ttl: Duration,
@@ -211,14 +256,14 @@ async fn revoke(
     .bind(tenant)
     .bind(sid)
     .bind(now)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db_err)?
     .flatten();
     sqlx::query("DELETE FROM refresh WHERE tenant = ?1 AND sid = ?2")
         .bind(tenant)
         .bind(sid)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await
         .map_err(db_err)?;
     sqlx::query(
@@ -228,7 +273,7 @@ async fn revoke(
     .bind(tenant)
     .bind(sid)
     .bind(until(now, deny_ttl))
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db_err)?;
     user.map(|u| u.parse::<UserId>().map_err(|_| Error::Internal("stored user id".into()))).transpose()
@@ -288,32 +333,32 @@ impl TokenStore for SqliteTokenStore {
         ttl: Duration,
         limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
-        let (mut tx, now) = self.write().await?;
+        // The hot path is two statements on the writer connection, without
+        // a transaction (see `ROTATE_LOOKUP`).
+        let (mut conn, now) = self.writer().await?;
         let t = tenant.to_string();
-        let sid: Option<String> =
-            sqlx::query_scalar("SELECT sid FROM refresh WHERE tenant = ?1 AND hash = ?2 AND expires_ms > ?3")
-                .bind(&t)
-                .bind(old_hash)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        let Some(sid) = sid else { return Ok(RotateOutcome::NotFound) };
-        let row =
-            sqlx::query("SELECT record, current_hash FROM sessions WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3")
-                .bind(&t)
-                .bind(&sid)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
+        let plan = limit.map(|l| (l.key_prefix, gcra::plan(l.limit, l.period, l.now_ms)));
+        let prefix = match &plan {
+            Some((prefix, Plan::Check(_))) => *prefix,
+            _ => "",
+        };
+        let row = sqlx::query(ROTATE_LOOKUP)
+            .bind(&t)
+            .bind(old_hash)
+            .bind(now)
+            .bind(prefix)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
         let Some(row) = row else { return Ok(RotateOutcome::NotFound) };
+        let sid: String = row.try_get("sid").map_err(db_err)?;
         let mut record = decode_record(row.try_get::<&str, _>("record").map_err(db_err)?)?;
         let current: String = row.try_get("current_hash").map_err(db_err)?;
         if current != old_hash {
             // A token this session already rotated away: someone holds a copy
             // (RFC 9700 §4.14.2), so the whole family goes.
             let done = async {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_err)?;
                 revoke(&mut tx, &t, &sid, REUSE_DENY_TTL, now).await?;
                 tx.commit().await.map_err(db_err)
             }
@@ -322,35 +367,40 @@ impl TokenStore for SqliteTokenStore {
             done?;
             return Ok(RotateOutcome::Reused { session: record.id, user: record.user_id });
         }
-        if let Some(l) = limit {
-            let plan = gcra::plan(l.limit, l.period, l.now_ms);
-            let key = format!("{}{sid}", l.key_prefix);
-            if let RateDecision::Limited { retry_after_ms } = rate_in(&mut tx, &t, &key, &plan, now).await? {
+        let rate = match plan {
+            None | Some((_, Plan::Fixed(RateDecision::Allowed { .. }))) => None,
+            Some((_, Plan::Fixed(RateDecision::Limited { retry_after_ms }))) => {
                 return Ok(RotateOutcome::Limited { retry_after_ms });
             }
-        }
+            Some((prefix, Plan::Check(params))) => {
+                let decision = params.decide(row.try_get::<Option<i64>, _>("tat").map_err(db_err)?);
+                match (decision.answer, decision.store) {
+                    (RateDecision::Limited { retry_after_ms }, _) => {
+                        return Ok(RotateOutcome::Limited { retry_after_ms });
+                    }
+                    (_, store) => {
+                        store.map(|(tat, ttl)| (format!("{prefix}{sid}"), tat, until(now, Duration::from_millis(ttl))))
+                    }
+                }
+            }
+        };
         let expires = until(now, ttl);
         record.last_used_at = now_unix;
-        sqlx::query("INSERT OR REPLACE INTO refresh (tenant, hash, sid, expires_ms) VALUES (?1, ?2, ?3, ?4)")
+        let query = sqlx::query(if rate.is_some() { ROTATE_WITH_LIMIT } else { ROTATE })
             .bind(&t)
-            .bind(new_hash)
             .bind(&sid)
+            .bind(new_hash)
             .bind(expires)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query(
-            "UPDATE sessions SET current_hash = ?3, record = ?4, expires_ms = ?5 WHERE tenant = ?1 AND sid = ?2",
-        )
-        .bind(&t)
-        .bind(&sid)
-        .bind(new_hash)
-        .bind(encode_record(&record)?)
-        .bind(expires)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+            .bind(encode_record(&record)?)
+            .bind(old_hash);
+        let query = match rate {
+            Some((key, tat, until)) => query.bind(key).bind(tat).bind(until),
+            None => query,
+        };
+        let done = query.execute(&mut *conn).await.map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::Internal("a rotation changed nothing".into()));
+        }
         Ok(RotateOutcome::Rotated(record))
     }
 
@@ -383,7 +433,7 @@ impl TokenStore for SqliteTokenStore {
     async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool> {
         let done = async {
             let (mut tx, now) = self.write().await?;
-            let user = revoke(&mut tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now).await?;
+            let user = revoke(&mut *tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now).await?;
             tx.commit().await.map_err(db_err)?;
             Ok(user.is_some())
         }
@@ -415,7 +465,7 @@ impl TokenStore for SqliteTokenStore {
         let done = async {
             let mut revoked = 0;
             for sid in sids.iter().filter(|s| Some(*s) != keep.as_ref()) {
-                if revoke(&mut tx, &t, sid, deny_ttl, now).await?.is_some() {
+                if revoke(&mut *tx, &t, sid, deny_ttl, now).await?.is_some() {
                     revoked += 1;
                 }
             }
