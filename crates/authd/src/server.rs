@@ -168,9 +168,15 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
         Storage::Embedded => "sqlite",
     };
     // Every token-store call becomes a span and counts its failures.
-    let tokens = authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config).await?);
+    let tenant_calls = authd_tenancy::traced::TenantCalls::default();
+    let tokens = authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config).await?, tenant_calls.clone());
     // Storage too; its writes of user rows also reach the user memo.
-    let store = authd_tenancy::traced::TracedStore::wrap(open_store(config).await?, system, tokens.clone());
+    let store = authd_tenancy::traced::TracedStore::wrap(
+        open_store(config).await?,
+        system,
+        tokens.clone(),
+        tenant_calls.clone(),
+    );
     let keyring = Arc::new(master_keyring(config)?);
     let hasher = HashPool::new(config.hash_threads, config.hash_queue_per_tenant)?;
     let audit = AuditSink::start(store.clone(), config.audit_queue_max);
@@ -186,6 +192,7 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
         fallback: authd_tenancy::limits::Fallback::new(config.replicas),
         provider_http: Default::default(),
         mail,
+        tenant_calls,
     }))
 }
 

@@ -140,6 +140,10 @@ pub struct Deps {
     pub mail: Option<Arc<mail::Mailer>>,
     /// The client for OAuth providers, built from the config on first use.
     pub provider_http: std::sync::OnceLock<Arc<oauth::net::ProviderHttp>>,
+    /// Storage and token-store calls made for a tenant (counted by the
+    /// [`traced`] wrappers): tests read it to prove that idle tenants cost
+    /// nothing.
+    pub tenant_calls: traced::TenantCalls,
 }
 
 impl Deps {

@@ -93,6 +93,10 @@ macro_rules! traced {
             $($($extra)*)?
             $(
                 async fn $name(&self $(, $arg: $argty)*) -> $ret {
+                    $(
+                        let _ = &$tenant;
+                        self.tenant_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    )?
                     let span = if tracing::Span::current().is_none() {
                         tracing::Span::none()
                     } else {
@@ -117,15 +121,20 @@ macro_rules! traced {
     };
 }
 
+/// Calls made for one tenant (those with a `[tenant = ...]`), through
+/// either wrapper: what an idle tenant must not cost.
+pub type TenantCalls = Arc<std::sync::atomic::AtomicU64>;
+
 pub struct TracedTokenStore {
     inner: Arc<dyn TokenStore>,
     /// The spans' `db.system`.
     system: &'static str,
+    tenant_calls: TenantCalls,
 }
 
 impl TracedTokenStore {
-    pub fn wrap(inner: Arc<dyn TokenStore>) -> Arc<dyn TokenStore> {
-        Arc::new(Self { inner, system: "redis" })
+    pub fn wrap(inner: Arc<dyn TokenStore>, tenant_calls: TenantCalls) -> Arc<dyn TokenStore> {
+        Arc::new(Self { inner, system: "redis", tenant_calls })
     }
 }
 
@@ -168,6 +177,7 @@ pub struct TracedStore {
     system: &'static str,
     /// Holds the user memo and carries change notices to other replicas.
     tokens: Arc<dyn TokenStore>,
+    tenant_calls: TenantCalls,
 }
 
 /// The user rows a storage write changed.
@@ -181,8 +191,13 @@ enum Changed {
 }
 
 impl TracedStore {
-    pub fn wrap(inner: Arc<dyn Store>, system: &'static str, tokens: Arc<dyn TokenStore>) -> Arc<dyn Store> {
-        Arc::new(Self { inner, system, tokens })
+    pub fn wrap(
+        inner: Arc<dyn Store>,
+        system: &'static str,
+        tokens: Arc<dyn TokenStore>,
+        tenant_calls: TenantCalls,
+    ) -> Arc<dyn Store> {
+        Arc::new(Self { inner, system, tokens, tenant_calls })
     }
 
     /// Forgets changed user rows here, then tells the other replicas. A lost
