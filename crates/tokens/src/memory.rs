@@ -13,7 +13,7 @@
 //! is never consulted for another) and purging a tenant drops one map.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -165,8 +165,10 @@ struct Session {
     /// The hash of the one refresh token that rotates.
     current: String,
     /// The session's refresh hashes still in `refresh` (current and rotated
-    /// away), to forget them on revocation; pruned on rotation.
-    family: Vec<String>,
+    /// away), oldest first, to forget them on revocation. A rotation drops
+    /// the expired ones from the front (they expire in the order they were
+    /// issued), so it costs the same however often the session rotated.
+    family: VecDeque<String>,
 }
 
 struct OnceRecord {
@@ -279,7 +281,7 @@ impl TokenStore for MemoryTokenStore {
                     Session {
                         record: session.clone(),
                         current: refresh_hash.to_owned(),
-                        family: vec![refresh_hash.to_owned()],
+                        family: VecDeque::from([refresh_hash.to_owned()]),
                     },
                     until,
                 ),
@@ -331,8 +333,10 @@ impl TokenStore for MemoryTokenStore {
             // Forget the hashes whose entries expired, so a session kept
             // alive for months does not grow without bound.
             let refresh = &t.refresh;
-            session.family.push(new_hash.to_owned());
-            session.family.retain(|h| refresh.get(h).is_some_and(|e| e.live(now)));
+            session.family.push_back(new_hash.to_owned());
+            while session.family.front().is_some_and(|h| !refresh.get(h).is_some_and(|e| e.live(now))) {
+                session.family.pop_front();
+            }
             RotateOutcome::Rotated(session.record.clone())
         }))
     }

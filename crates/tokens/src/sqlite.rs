@@ -433,7 +433,7 @@ impl TokenStore for SqliteTokenStore {
     async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool> {
         let done = async {
             let (mut tx, now) = self.write().await?;
-            let user = revoke(&mut *tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now).await?;
+            let user = revoke(&mut tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now).await?;
             tx.commit().await.map_err(db_err)?;
             Ok(user.is_some())
         }
@@ -465,7 +465,7 @@ impl TokenStore for SqliteTokenStore {
         let done = async {
             let mut revoked = 0;
             for sid in sids.iter().filter(|s| Some(*s) != keep.as_ref()) {
-                if revoke(&mut *tx, &t, sid, deny_ttl, now).await?.is_some() {
+                if revoke(&mut tx, &t, sid, deny_ttl, now).await?.is_some() {
                     revoked += 1;
                 }
             }
