@@ -121,7 +121,7 @@ fn admin_password() -> anyhow::Result<String> {
 pub async fn tenant_create(config: &Config, slug: String, name: String, admin_email: String) -> anyhow::Result<()> {
     config.require_production_secrets()?;
     let admin_password = admin_password()?;
-    let deps = crate::server::build_deps(config).await?;
+    let deps = crate::server::build_deps_for(config, crate::server::Opener::Cli).await?;
     let platform = authd_tenancy::Platform::start(deps).await?;
     let input = CreateTenant { slug, name, admin_email, admin_password };
     let result = platform.create_tenant(input, "cli", &RequestMeta::default()).await;
@@ -135,7 +135,7 @@ pub async fn reseal(config: &Config) -> anyhow::Result<()> {
     if config.master_key.is_none() {
         bail!("AUTHD_MASTER_KEY: required (the new master key to seal under)");
     }
-    let deps = crate::server::build_deps(config).await?;
+    let deps = crate::server::build_deps_for(config, crate::server::Opener::Cli).await?;
     let report = authd_tenancy::reseal::reseal_all(&deps).await.map_err(|e| anyhow!("{}: {e}", e.code()))?;
     println!(
         "resealed {} signing keys, {} TOTP secrets and {} OAuth client secrets across {} tenants under master key {}",

@@ -58,7 +58,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-async fn open_tokens(config: &Config) -> anyhow::Result<Arc<dyn TokenStore>> {
+/// Who opens the token store: `authd serve`, or a CLI command that never
+/// touches sessions (so it must not need the file a running server holds).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    Server,
+    Cli,
+}
+
+async fn open_tokens(config: &Config, opener: Opener) -> anyhow::Result<Arc<dyn TokenStore>> {
     Ok(match &config.redis_url {
         Some(url) => {
             let store = RedisTokenStore::connect_with_ca(url, &config.redis_prefix, config.redis_ca_pem.as_deref())
@@ -71,6 +79,12 @@ async fn open_tokens(config: &Config) -> anyhow::Result<Arc<dyn TokenStore>> {
         // The embedded default keeps sessions, revocations and limits in its
         // own SQLite file beside the data, so a restart forgets nothing (a
         // logged-out token must stay refused).
+        // The CLI's commands (tenant creation, resealing) need no sessions,
+        // and a second process must not write the file a running server
+        // remembers revocations of (its memos see only its own writes).
+        None if matches!(config.storage, Storage::Embedded) && opener == Opener::Cli => {
+            Arc::new(MemoryTokenStore::new())
+        }
         None if matches!(config.storage, Storage::Embedded) => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("AUTHD_DATA_DIR: cannot create {}", config.data_dir.display()))?;
@@ -162,6 +176,11 @@ fn tenancy_config(config: &Config) -> TenancyConfig {
 
 /// Builds every shared dependency (no listener).
 pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
+    build_deps_for(config, Opener::Server).await
+}
+
+/// [`build_deps`] for `opener`.
+pub async fn build_deps_for(config: &Config, opener: Opener) -> anyhow::Result<Arc<Deps>> {
     // Every storage call becomes a span and counts its failures.
     let system = match config.storage {
         Storage::Postgres { .. } => "postgresql",
@@ -169,7 +188,8 @@ pub async fn build_deps(config: &Config) -> anyhow::Result<Arc<Deps>> {
     };
     // Every token-store call becomes a span and counts its failures.
     let tenant_calls = authd_tenancy::traced::TenantCalls::default();
-    let tokens = authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config).await?, tenant_calls.clone());
+    let tokens =
+        authd_tenancy::traced::TracedTokenStore::wrap(open_tokens(config, opener).await?, tenant_calls.clone());
     // Storage too; its writes of user rows also reach the user memo.
     let store = authd_tenancy::traced::TracedStore::wrap(
         open_store(config).await?,
