@@ -143,8 +143,9 @@ pub const LIFETIME: Duration = Duration::from_secs(60);
 pub struct Memos {
     /// Sessions known not to be on the deny list.
     pub not_denied: Memo<()>,
-    /// User rows as storage last returned them (see `Memos::users`' users in
-    /// the tenancy crate, which forget a row whenever storage changes it).
+    /// User rows as storage last returned them: filled and read by the
+    /// tenancy crate (`TenantCtx::user`), forgotten by its storage wrapper
+    /// whenever a write changes a user, on every replica.
     pub users: Memo<std::sync::Arc<UserRecord>>,
 }
 
