@@ -14,7 +14,7 @@
 //!
 //! The storage wrapper also keeps the user memo
 //! ([`authd_tokens::Memos::users`], read by `me` and `refresh` through
-//! [`crate::ctx::TenantCtx::user`]) true: a method that changes user rows is
+//! `TenantCtx::user`) true: a method that changes user rows is
 //! marked `[users = ...]` with what it changed, and after it succeeds the
 //! wrapper forgets those rows here and announces them to every other replica
 //! ([`TokenStore::publish_user_change`]). Every storage write passes through
