@@ -116,16 +116,10 @@ impl TenantCtx<'_> {
     /// (see [`crate::traced`]); checks that must win a race with a change
     /// in flight (a sign-in against a disabling) read storage directly.
     pub(crate) async fn user(&self, id: UserId) -> Result<Option<UserRecord>> {
-        let memo = &self.deps.tokens.memos().users;
-        if let Some(user) = memo.get(self.rt.id, id.0) {
-            return Ok(Some(UserRecord::clone(&user)));
-        }
-        let ticket = memo.ticket();
-        let user = self.deps.store.user_by_id(self.rt.id, id).await?;
-        if let Some(u) = &user {
-            memo.put(ticket, self.rt.id, id.0, Arc::new(u.clone()));
-        }
-        Ok(user)
+        let fetch =
+            async { Ok::<_, authd_core::Error>(self.deps.store.user_by_id(self.rt.id, id).await?.map(Arc::new)) };
+        let user = self.deps.tokens.memos().users.get_or_fetch(self.rt.id, id.0, fetch).await?;
+        Ok(user.map(|u| UserRecord::clone(&u)))
     }
 
     /// Records an audit event off the request path (the batched sink).

@@ -87,6 +87,25 @@ impl<V: Clone> Memo<V> {
         state.entries.insert((tenant, id), (value, now + self.lifetime));
     }
 
+    /// The remembered answer, or else `fetch`'s (remembered when it is
+    /// `Some`): the whole read path. `fetch` is a future that has not run
+    /// yet (an `async` block), so the store is asked after the ticket is
+    /// taken.
+    pub async fn get_or_fetch<E, F>(&self, tenant: TenantId, id: Uuid, fetch: F) -> Result<Option<V>, E>
+    where
+        F: std::future::Future<Output = Result<Option<V>, E>>,
+    {
+        if let Some(v) = self.get(tenant, id) {
+            return Ok(Some(v));
+        }
+        let ticket = self.ticket();
+        let fetched = fetch.await?;
+        if let Some(v) = &fetched {
+            self.put(ticket, tenant, id, v.clone());
+        }
+        Ok(fetched)
+    }
+
     /// Forgets the entries of `ids` in `tenant`.
     pub fn forget(&self, tenant: TenantId, ids: impl IntoIterator<Item = Uuid>) {
         let mut state = self.state.lock();
@@ -248,6 +267,24 @@ mod tests {
         assert_eq!(memo.get(tenant, id), Some(2));
         memo.forget(tenant, [id]);
         assert_eq!(memo.get(tenant, id), None);
+    }
+
+    #[tokio::test]
+    async fn get_or_fetch_keeps_an_answer_only_if_nothing_changed_while_fetching() {
+        let memo = Memo::new(10, LIFETIME, true);
+        let (tenant, id) = (t(), Uuid::new_v4());
+        // A change lands while the store is being asked: answered, not kept.
+        let racing = async {
+            memo.forget(tenant, [id]);
+            Ok::<_, ()>(Some(1))
+        };
+        assert_eq!(memo.get_or_fetch(tenant, id, racing).await, Ok(Some(1)));
+        assert_eq!(memo.get(tenant, id), None);
+        // `None` is never kept; a quiet `Some` is, and then answers alone.
+        assert_eq!(memo.get_or_fetch(tenant, id, async { Ok::<_, ()>(None) }).await, Ok(None));
+        assert_eq!(memo.get(tenant, id), None);
+        assert_eq!(memo.get_or_fetch(tenant, id, async { Ok::<_, ()>(Some(2)) }).await, Ok(Some(2)));
+        assert_eq!(memo.get_or_fetch(tenant, id, async { Err::<Option<i32>, ()>(()) }).await, Ok(Some(2)));
     }
 
     #[test]

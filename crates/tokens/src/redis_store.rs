@@ -83,6 +83,9 @@ const LISTENER_PING: Duration = Duration::from_secs(5);
 pub struct RedisTokenStore {
     conn: Conn,
     prefix: Arc<str>,
+    /// `{prefix}:changes`, the channel of [`Notice`]s (named once: every
+    /// revocation script publishes on it).
+    channel: Arc<str>,
     /// Change notices received on `{prefix}:changes` (see [`TokenStore::publish_change`]).
     changes: Arc<tokio::sync::broadcast::Sender<TenantId>>,
     /// Live only while the change channel is subscribed.
@@ -383,7 +386,8 @@ impl RedisTokenStore {
                 Conn::Cluster(bounded(client.get_async_connection_with_config(cluster_config())).await?)
             }
         };
-        let store = Self { conn, prefix: key_prefix.into(), changes, memos };
+        let channel = Self::changes_channel(key_prefix).into();
+        let store = Self { conn, prefix: key_prefix.into(), channel, changes, memos };
         store.ping().await?;
         tracing::info!(store = ?store, "connected to Redis");
         Ok(store)
@@ -407,7 +411,8 @@ impl RedisTokenStore {
                 Conn::Cluster(client.get_pending_async_connection_with_config(cluster_config()))
             }
         };
-        Ok(Self { conn, prefix: key_prefix.into(), changes, memos })
+        let channel = Self::changes_channel(key_prefix).into();
+        Ok(Self { conn, prefix: key_prefix.into(), channel, changes, memos })
     }
 
     /// The channel change notices travel on (per key prefix: deployments
@@ -435,7 +440,7 @@ impl RedisTokenStore {
     async fn publish(&self, notice: &Notice) -> Result<()> {
         let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(Self::changes_channel(&self.prefix)).arg(notice.encode());
+        cmd.arg(&*self.channel).arg(notice.encode());
         bounded(async move { cmd.query_async::<Value>(&mut conn).await }).await?;
         Ok(())
     }
@@ -882,7 +887,7 @@ impl TokenStore for RedisTokenStore {
         let ns = self.ns(tenant);
         let keys = [format!("{ns}rt:{old_hash}"), format!("{ns}rt:{new_hash}")];
         let (now, ttl, deny) = (now.to_string(), ttl_ms(ttl).to_string(), ttl_ms(REUSE_DENY_TTL).to_string());
-        let (chan, tid) = (Self::changes_channel(&self.prefix), tenant.to_string());
+        let tid = tenant.to_string();
         let mut args: Vec<String> = Vec::new();
         match limit.map(|l| (l.key_prefix, gcra::plan(l.limit, l.period, l.now_ms))) {
             None | Some((_, Plan::Fixed(RateDecision::Allowed { .. }))) => args.push(String::new()),
@@ -897,7 +902,7 @@ impl TokenStore for RedisTokenStore {
                 p.tolerance_us.to_string(),
             ]),
         }
-        let mut all: Vec<&str> = vec![&ns, old_hash, new_hash, &now, &ttl, &deny, &chan, &tid];
+        let mut all: Vec<&str> = vec![&ns, old_hash, new_hash, &now, &ttl, &deny, &self.channel, &tid];
         all.extend(args.iter().map(String::as_str));
         let answer = self.eval(&ROTATE, &keys.each_ref().map(String::as_str), &all).await;
         let answer = match answer {
@@ -978,8 +983,9 @@ impl TokenStore for RedisTokenStore {
         let ns = self.ns(tenant);
         let keys = [format!("{ns}sess:{sid}"), format!("{ns}fam:{sid}"), format!("{ns}deny:{sid}")];
         let (id, deny) = (sid.to_string(), ttl_ms(deny_ttl).to_string());
-        let (chan, tid) = (Self::changes_channel(&self.prefix), tenant.to_string());
-        let answer = self.eval(&REVOKE, &keys.each_ref().map(String::as_str), &[&ns, &id, &deny, &chan, &tid]).await;
+        let tid = tenant.to_string();
+        let answer =
+            self.eval(&REVOKE, &keys.each_ref().map(String::as_str), &[&ns, &id, &deny, &self.channel, &tid]).await;
         // Whatever the answer, before returning: a later check on this
         // replica must not trust an earlier "not revoked" (other replicas
         // hear the notice the script published).
@@ -999,8 +1005,8 @@ impl TokenStore for RedisTokenStore {
         let key = format!("{ns}usess:{user}");
         let keep = keep.map(|k| k.to_string()).unwrap_or_default();
         let deny = ttl_ms(deny_ttl).to_string();
-        let (chan, tid) = (Self::changes_channel(&self.prefix), tenant.to_string());
-        let answer = self.eval(&REVOKE_USER, &[&key], &[&ns, &keep, &deny, &chan, &tid]).await;
+        let tid = tenant.to_string();
+        let answer = self.eval(&REVOKE_USER, &[&key], &[&ns, &keep, &deny, &self.channel, &tid]).await;
         let revoked: Vec<String> = match answer.and_then(parse) {
             Ok(r) => r,
             Err(e) => {
@@ -1013,18 +1019,14 @@ impl TokenStore for RedisTokenStore {
     }
 
     async fn is_session_denied(&self, tenant: TenantId, sid: SessionId) -> Result<bool> {
-        let memo = &self.memos.not_denied;
-        if memo.get(tenant, sid.0).is_some() {
-            return Ok(false);
-        }
-        let ticket = memo.ticket();
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(format!("{}deny:{sid}", self.ns(tenant)));
-        let n: i64 = parse(self.query(cmd).await?)?;
-        if n == 0 {
-            memo.put(ticket, tenant, sid.0, ());
-        }
-        Ok(n > 0)
+        // The memo remembers "not denied" (`Some(())`).
+        let fetch = async {
+            let mut cmd = redis::cmd("EXISTS");
+            cmd.arg(format!("{}deny:{sid}", self.ns(tenant)));
+            let n: i64 = parse(self.query(cmd).await?)?;
+            Ok::<_, Error>((n == 0).then_some(()))
+        };
+        Ok(self.memos.not_denied.get_or_fetch(tenant, sid.0, fetch).await?.is_none())
     }
 
     async fn purge_tenant(&self, tenant: TenantId) -> Result<()> {

@@ -415,24 +415,20 @@ impl TokenStore for SqliteTokenStore {
     }
 
     async fn is_session_denied(&self, tenant: TenantId, sid: SessionId) -> Result<bool> {
-        let memo = &self.memos.not_denied;
-        if memo.get(tenant, sid.0).is_some() {
-            return Ok(false);
-        }
-        let ticket = memo.ticket();
-        let hit: Option<i64> = self
-            .with(|conn, now| {
-                one(
-                    conn,
-                    "SELECT 1 FROM deny WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3",
-                    params![tenant.to_string(), sid.to_string(), now],
-                )
-            })
-            .await?;
-        if hit.is_none() {
-            memo.put(ticket, tenant, sid.0, ());
-        }
-        Ok(hit.is_some())
+        // The memo remembers "not denied" (`Some(())`).
+        let fetch = async {
+            let hit: Option<i64> = self
+                .with(|conn, now| {
+                    one(
+                        conn,
+                        "SELECT 1 FROM deny WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3",
+                        params![tenant.to_string(), sid.to_string(), now],
+                    )
+                })
+                .await?;
+            Ok::<_, Error>(hit.is_none().then_some(()))
+        };
+        Ok(self.memos.not_denied.get_or_fetch(tenant, sid.0, fetch).await?.is_none())
     }
 
     async fn purge_tenant(&self, tenant: TenantId) -> Result<()> {
