@@ -530,10 +530,7 @@ async fn replicas_share_the_outbox_and_send_each_mail_once() {
     let (t, _) =
         tenant(&a, json!({ "rateLimits": { "registrationsPerIpPerHour": 100, "emailRequestsPerIpPerHour": 100 } }))
             .await;
-    let mut b_env = a.env.clone();
-    b_env.insert("AUTHD_REDIS_PREFIX".into(), a.env["AUTHD_REDIS_PREFIX"].clone());
-    let b_dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-    let b = TestServer::start_env(Backend::Production, b_env, b_dir).await;
+    let b = a.replica(|_| {}).await;
     let users: Vec<String> = (0..12).map(|i| email(&format!("r{i}"))).collect();
     for (i, u) in users.iter().enumerate() {
         let via = if i % 2 == 0 { &a } else { &b };

@@ -162,6 +162,18 @@ impl TestServer {
         }
     }
 
+    /// Another replica of this server: the same environment (database,
+    /// Redis and key prefix, secrets, public URL), its own data directory
+    /// and port; `tweak` may change the environment first.
+    pub async fn replica(&self, tweak: impl FnOnce(&mut HashMap<String, String>)) -> Self {
+        let mut env = self.env.clone();
+        env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
+        let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
+        env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
+        tweak(&mut env);
+        Self::start_env(self.backend, env, dir).await
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }
@@ -285,6 +297,25 @@ pub struct Tenant {
 }
 
 /// The error code of the first GraphQL error in `body`, if any.
+/// Polls `check` every 20 ms until it holds or `limit` has passed (a
+/// change reaching another replica, a background task finishing).
+pub async fn eventually<F, Fut>(limit: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub fn code(body: &Value) -> Option<&str> {
     body["errors"][0]["extensions"]["code"].as_str()
 }

@@ -310,11 +310,7 @@ async fn two_replicas_sharing_redis_enforce_one_limit() {
     let s1 = server(Backend::Production).await;
     let t = s1.tenant().await;
     set_limits(&s1, &t, json!({ "loginPerIpPerMinute": 4 })).await;
-    let mut env = s1.env.clone();
-    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
-    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
-    let s2 = TestServer::start_env(Backend::Production, env, dir).await;
+    let s2 = s1.replica(|_| {}).await;
     let ip = "198.51.100.70";
     let mut codes = Vec::new();
     for i in 0..8 {

@@ -1101,14 +1101,13 @@ async fn provider_changes_reach_another_replica_which_can_finish_the_flow() {
     let t = s1.tenant().await;
     let admin = admin(&s1, &t, false).await;
     // A second replica on the same Postgres and Redis, behind the same public URL.
-    let mut env = s1.env.clone();
-    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
-    env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
-    // Its periodic reload is far away: the change must arrive by Redis pub/sub.
-    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
-    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
-    let s2 = TestServer::start_env(Backend::Production, env, dir).await;
+    let s2 = s1
+        .replica(|env| {
+            env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
+            // Its periodic reload is far away: the change must arrive by Redis pub/sub.
+            env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
+        })
+        .await;
     // Replica 2 runs the tenant before the provider exists.
     assert_eq!(code(&start(&s2, &t, "corp").await), Some("PROVIDER_NOT_FOUND"));
 

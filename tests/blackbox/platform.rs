@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::harness::{self, Backend, TestServer, code};
+use crate::harness::{self, Backend, TestServer, code, eventually};
 
 const CREATE: &str =
     "mutation($i: CreateTenantInput!) { createTenant(input: $i) { id slug name issuer disabled createdAt } }";
@@ -812,7 +812,7 @@ async fn readyz_turns_503_while_postgres_does_not_answer() {
 async fn unknown_slugs(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = s.tenant().await;
-    assert!(eventually(|| async { s.running().platform.slugs.is_loaded() }).await, "slugs loaded");
+    assert!(eventually(PROPAGATION, || async { s.running().platform.slugs.is_loaded() }).await, "slugs loaded");
     // This server's own count (the metric `authd_tenant_lookups_total` is the
     // process's, shared with every test running beside this one).
     let text = get(&s, "/metrics").await.text().await.unwrap();
@@ -889,8 +889,10 @@ async fn a_redis_outage_answers_unavailable_fast_and_keeps_readiness() {
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
     proxy.restart().await;
     assert!(
-        eventually(|| async { s.login_raw(&t.slug, &t.admin_email, &t.admin_password).await["errors"].is_null() })
-            .await,
+        eventually(PROPAGATION, || async {
+            s.login_raw(&t.slug, &t.admin_email, &t.admin_password).await["errors"].is_null()
+        })
+        .await,
         "logins work again when Redis is back"
     );
 }
@@ -907,21 +909,8 @@ async fn readyz_turns_503_when_the_database_is_dropped() {
     assert_eq!(readyz_status(&s).await, 503);
 }
 
-/// Polls `check` until it holds, for a bounded number of tries (another
-/// replica's change arrives with its periodic reload).
-async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    false
-}
+/// Another replica's change arrives at the latest with its periodic reload.
+const PROPAGATION: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Replicas share Postgres and Redis: a tenant disabled, re-enabled or
 /// deleted through one replica stops (or resumes) being served by another
@@ -932,10 +921,7 @@ async fn disable_and_delete_reach_the_other_replicas() {
         env.insert("AUTHD_TENANT_REFRESH_MS".into(), "100".into());
     })
     .await;
-    let mut env = first.env.clone();
-    let data_dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-    env.insert("AUTHD_DATA_DIR".into(), data_dir.display().to_string());
-    let second = TestServer::start_env(Backend::Production, env, data_dir).await;
+    let second = first.replica(|_| {}).await;
     let t = first.tenant_named("shared").await;
     // The second replica has the tenant running (and its keys cached).
     second.login("shared", &t.admin_email, &t.admin_password).await;
@@ -952,7 +938,7 @@ async fn disable_and_delete_reach_the_other_replicas() {
     let set = "mutation($d: Boolean!) { setTenantDisabled(slug: \"shared\", disabled: $d) { disabled } }";
     first.platform(set, json!({ "d": true })).await;
     assert!(
-        eventually(|| async { jwks_code(&second).await.as_deref() == Some("TENANT_DISABLED") }).await,
+        eventually(PROPAGATION, || async { jwks_code(&second).await.as_deref() == Some("TENANT_DISABLED") }).await,
         "the other replica still serves a disabled tenant"
     );
     let login = second.login_raw("shared", &t.admin_email, &t.admin_password).await;
@@ -960,13 +946,13 @@ async fn disable_and_delete_reach_the_other_replicas() {
 
     first.platform(set, json!({ "d": false })).await;
     assert!(
-        eventually(|| async { jwks_code(&second).await.is_none() }).await,
+        eventually(PROPAGATION, || async { jwks_code(&second).await.is_none() }).await,
         "re-enabling does not reach the other replica"
     );
 
     first.platform("mutation { deleteTenant(slug: \"shared\") }", json!({})).await;
     assert!(
-        eventually(|| async { jwks_code(&second).await.as_deref() == Some("TENANT_NOT_FOUND") }).await,
+        eventually(PROPAGATION, || async { jwks_code(&second).await.as_deref() == Some("TENANT_NOT_FOUND") }).await,
         "the other replica still serves a deleted tenant"
     );
     let login = second.login_raw("shared", &t.admin_email, &t.admin_password).await;

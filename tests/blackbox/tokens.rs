@@ -19,7 +19,7 @@ use reqwest::header::{HeaderMap, SET_COOKIE};
 use serde_json::{Value, json};
 
 use crate::all;
-use crate::harness::{Backend, Tenant, TestServer, code};
+use crate::harness::{Backend, Tenant, TestServer, code, eventually};
 
 /// A password no policy refuses.
 pub(crate) const PASSWORD: &str = "a perfectly fine passphrase";
@@ -437,6 +437,9 @@ async fn key_rotation(backend: Backend) {
 }
 all!(rotate_signing_key_publishes_the_next_key_before_it_signs, key_rotation);
 
+/// How long a change pushed over Redis may take to reach another replica.
+const PUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An immediate rotation on one replica refuses the old key's tokens on the
 /// other replicas too (they hear of it over Redis, not at their next
 /// periodic reload).
@@ -452,15 +455,10 @@ async fn an_immediate_rotation_refuses_the_old_key_on_every_replica() {
     let body = s1.gql(&t.slug, Some(&admin), "mutation { rotateSigningKey(immediate: true) { kid } }", json!({})).await;
     let k2 = body["data"]["rotateSigningKey"]["kid"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
     assert_refused(&s1, &t.slug, &old_token, "on the rotating replica, at once").await;
-    let mut refused = false;
-    for _ in 0..100 {
-        let body = s2.gql(&t.slug, Some(&old_token), "{ me { id } }", json!({})).await;
-        if code(&body) == Some("UNAUTHENTICATED") {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let refused = eventually(PUSH, || async {
+        code(&s2.gql(&t.slug, Some(&old_token), "{ me { id } }", json!({})).await) == Some("UNAUTHENTICATED")
+    })
+    .await;
     assert!(refused, "the second replica still accepts the compromised key after 2 s");
     assert_eq!(published_kids(&jwks(&s2, &t.slug).await), vec![k2]);
 }
@@ -483,15 +481,10 @@ async fn settings_and_tenant_state_reach_other_replicas_without_the_change_feed(
         format!("mutation {{ updateTenantSettings(input: {{passwordMinLength: {new}}}) {{ passwordMinLength }} }}");
     let body = s1.gql(&t.slug, Some(&admin), &set, json!({})).await;
     assert_eq!(body["data"]["updateTenantSettings"]["passwordMinLength"], new, "{body}");
-    let mut seen = false;
-    for _ in 0..100 {
-        let body = s2.gql(&t.slug, Some(&admin), settings, json!({})).await;
-        if body["data"]["tenantSettings"]["passwordMinLength"] == new {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let seen = eventually(PUSH, || async {
+        s2.gql(&t.slug, Some(&admin), settings, json!({})).await["data"]["tenantSettings"]["passwordMinLength"] == new
+    })
+    .await;
     assert!(seen, "the second replica still has the old settings after 2 s");
     let off = s1
         .platform(
@@ -500,15 +493,10 @@ async fn settings_and_tenant_state_reach_other_replicas_without_the_change_feed(
         )
         .await;
     assert_eq!(off["data"]["setTenantDisabled"]["disabled"], true, "{off}");
-    let mut refused = false;
-    for _ in 0..100 {
-        let body = s2.gql(&t.slug, Some(&admin), "{ me { id } }", json!({})).await;
-        if code(&body) == Some("TENANT_DISABLED") {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let refused = eventually(PUSH, || async {
+        code(&s2.gql(&t.slug, Some(&admin), "{ me { id } }", json!({})).await) == Some("TENANT_DISABLED")
+    })
+    .await;
     assert!(refused, "the second replica still serves a disabled tenant after 2 s");
 }
 
@@ -516,13 +504,11 @@ async fn settings_and_tenant_state_reach_other_replicas_without_the_change_feed(
 /// change feed looks only every ten minutes: whatever it learns in a test,
 /// it learns by push.
 async fn second_replica(s1: &TestServer) -> TestServer {
-    let mut env = s1.env.clone();
-    env.insert("AUTHD_LISTEN".into(), "127.0.0.1:0".into());
-    env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
-    env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
-    let dir = std::env::temp_dir().join(format!("authd-test-{}", uuid::Uuid::new_v4().simple()));
-    env.insert("AUTHD_DATA_DIR".into(), dir.display().to_string());
-    TestServer::start_env(Backend::Production, env, dir).await
+    s1.replica(|env| {
+        env.insert("AUTHD_PUBLIC_URL".into(), s1.url.clone());
+        env.insert("AUTHD_TENANT_REFRESH_MS".into(), "600000".into());
+    })
+    .await
 }
 
 /// Replica 2 remembers that sessions are live and what the user's row holds
