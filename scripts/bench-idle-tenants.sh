@@ -13,26 +13,11 @@ set -euo pipefail
 ACTIVE=${1:-2000}
 COLD=${2:-200}
 MEASURE=${3:-30}
-WORK=$(mktemp -d)
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${AUTHD_BIN:-$ROOT/target/release/authd}
-DB=authd_bench_idle_$$
-PORT=18082
-TOKEN=bench-platform-token-0123456789abcdef
-psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB"
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB REDIS_URL=redis://127.0.0.1:6379 \
-  AUTHD_REDIS_PREFIX=benchidle$$ AUTHD_MASTER_KEY=$(head -c32 /dev/urandom | base64) \
-  AUTHD_PLATFORM_TOKEN=$TOKEN AUTHD_LISTEN=127.0.0.1:$PORT RUST_LOG=error \
-  AUTHD_ARGON2_MEMORY_KIB=64 AUTHD_ARGON2_ITERATIONS=1
-$BIN migrate 2>/dev/null
-# Autovacuum's transactions count for the database too: off for the bench's
-# tables, so what is counted is authd's.
-psql -h 127.0.0.1 -U postgres -d "$DB" -qtAc \
-  "SELECT format('ALTER TABLE %I SET (autovacuum_enabled = false);', tablename) FROM pg_tables WHERE schemaname = 'public'" |
-  psql -h 127.0.0.1 -U postgres -d "$DB" -q
-$BIN serve 2>"$WORK/authd.log" & PID=$!
-trap 'kill $PID; wait $PID 2>/dev/null; psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; rm -rf "$WORK"' EXIT
-for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$PORT/healthz && break; sleep 0.2; done
+# Postgres + Redis only (what is counted is Postgres's transactions).
+EMBEDDED=0
+. "$(dirname "${BASH_SOURCE[0]}")/bench-server.sh"
+PORT=18084
+bench_server bench_idle $PORT cheap-argon2 no-autovacuum
 python3 - "$PORT" "$TOKEN" "$ACTIVE" "$COLD" "$MEASURE" "$PID" "$DB" <<'PY'
 import concurrent.futures, json, subprocess, sys, time, urllib.request
 port, token, active, cold, measure, pid, db = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]

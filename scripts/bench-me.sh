@@ -7,29 +7,10 @@
 #   EMBEDDED=1 scripts/bench-me.sh    # the same on the embedded default (SQLite)
 #   PERF=/tmp/me.data scripts/bench-me.sh   # also record a perf profile of authd (perf report -i ...)
 set -euo pipefail
-WORK=$(mktemp -d)
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${AUTHD_BIN:-$ROOT/target/release/authd}
-DB=authd_bench_$$
-PORT=18081
-export AUTHD_MASTER_KEY=$(head -c32 /dev/urandom | base64) \
-  AUTHD_PLATFORM_TOKEN=bench-platform-token-0123456789abcdef AUTHD_LISTEN=127.0.0.1:$PORT RUST_LOG=error
-if [[ ${EMBEDDED:-0} == 1 ]]; then
-  # The embedded default: SQLite and the SQLite token store in a data dir.
-  export AUTHD_DATA_DIR=$WORK/data
-  $BIN serve 2>"$WORK/authd.log" & PID=$!
-  trap 'kill $PID; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
-else
-  psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $DB"
-  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DB REDIS_URL=redis://127.0.0.1:6379 AUTHD_REDIS_PREFIX=bench$$
-  $BIN migrate 2>/dev/null
-  $BIN serve 2>"$WORK/authd.log" & PID=$!
-  trap 'kill $PID; wait $PID 2>/dev/null; psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"; rm -rf "$WORK"' EXIT
-fi
-for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:$PORT/healthz && break; sleep 0.2; done
-U=http://127.0.0.1:$PORT
+. "$(dirname "${BASH_SOURCE[0]}")/bench-server.sh"
+bench_server bench 18081
 gql() { curl -s "$1" -H 'Content-Type: application/json' ${3:+-H "Authorization: Bearer $3"} -d "$2"; }
-gql $U/graphql '{"query":"mutation { createTenant(input: {slug: \"bench\", name: \"Bench\", adminEmail: \"admin@bench.test\", adminPassword: \"a long admin passphrase\"}) { id } }"}' bench-platform-token-0123456789abcdef >/dev/null
+gql $U/graphql '{"query":"mutation { createTenant(input: {slug: \"bench\", name: \"Bench\", adminEmail: \"admin@bench.test\", adminPassword: \"a long admin passphrase\"}) { id } }"}' "$TOKEN" >/dev/null
 ADMIN=$(gql $U/t/bench/graphql '{"query":"mutation { login(input: {email: \"admin@bench.test\", password: \"a long admin passphrase\"}) { ... on AuthTokens { accessToken } } }"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["login"]["accessToken"])')
 gql $U/t/bench/graphql '{"query":"mutation { updateTenantSettings(input: {rateLimits: {tenantRequestsPerSecond: 100000}}) { passwordMinLength } }"}' "$ADMIN" >/dev/null
 cat >"$WORK/me.lua" <<LUA
