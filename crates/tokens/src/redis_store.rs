@@ -195,14 +195,12 @@ fn spawn_change_listener(
     use futures::StreamExt;
     tokio::spawn(async move {
         while tx.strong_count() > 0 {
-            let subscribed = match client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                    Ok(()) => Ok(pubsub),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
+            let subscribed = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, RedisError>(pubsub)
             };
-            match subscribed {
+            match subscribed.await {
                 Ok(pubsub) => {
                     let Some(m) = memos.upgrade() else { return };
                     m.set_live(true);
@@ -377,7 +375,8 @@ impl RedisTokenStore {
     pub async fn connect_with_ca(url: &str, key_prefix: &str, ca_pem: Option<&[u8]>) -> Result<Self> {
         check_prefix(key_prefix)?;
         let target = parse_target(url, ca_pem)?;
-        let (changes, memos) = Self::listen_for_changes(&target, key_prefix);
+        let channel: Arc<str> = Self::changes_channel(key_prefix).into();
+        let (changes, memos) = Self::listen_for_changes(&target, &channel);
         let conn = match target {
             Target::Single(client) => {
                 Conn::Single(bounded(ConnectionManager::new_with_config(client, manager_config())).await?)
@@ -386,7 +385,6 @@ impl RedisTokenStore {
                 Conn::Cluster(bounded(client.get_async_connection_with_config(cluster_config())).await?)
             }
         };
-        let channel = Self::changes_channel(key_prefix).into();
         let store = Self { conn, prefix: key_prefix.into(), channel, changes, memos };
         store.ping().await?;
         tracing::info!(store = ?store, "connected to Redis");
@@ -402,7 +400,8 @@ impl RedisTokenStore {
     pub fn connect_lazy(url: &str, key_prefix: &str) -> Result<Self> {
         check_prefix(key_prefix)?;
         let target = parse_target(url, None)?;
-        let (changes, memos) = Self::listen_for_changes(&target, key_prefix);
+        let channel: Arc<str> = Self::changes_channel(key_prefix).into();
+        let (changes, memos) = Self::listen_for_changes(&target, &channel);
         let conn = match target {
             Target::Single(client) => {
                 Conn::Single(ConnectionManager::new_lazy_with_config(client, manager_config()).map_err(map_err)?)
@@ -411,7 +410,6 @@ impl RedisTokenStore {
                 Conn::Cluster(client.get_pending_async_connection_with_config(cluster_config()))
             }
         };
-        let channel = Self::changes_channel(key_prefix).into();
         Ok(Self { conn, prefix: key_prefix.into(), channel, changes, memos })
     }
 
@@ -423,16 +421,11 @@ impl RedisTokenStore {
 
     fn listen_for_changes(
         target: &Target,
-        prefix: &str,
+        channel: &str,
     ) -> (Arc<tokio::sync::broadcast::Sender<TenantId>>, Arc<Memos>) {
         let tx = Arc::new(tokio::sync::broadcast::channel(256).0);
         let memos = Arc::new(Memos::new(false));
-        spawn_change_listener(
-            target.pubsub_client(),
-            Self::changes_channel(prefix),
-            Arc::downgrade(&tx),
-            Arc::downgrade(&memos),
-        );
+        spawn_change_listener(target.pubsub_client(), channel.to_owned(), Arc::downgrade(&tx), Arc::downgrade(&memos));
         (tx, memos)
     }
 
