@@ -52,7 +52,7 @@ pub const REUSE_DENY_TTL: Duration = Duration::from_secs(
     authd_core::settings::MAX_ACCESS_TOKEN_MINUTES as u64 * 60 + authd_core::keys::EXP_LEEWAY_SECONDS as u64 + 300,
 );
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The store did not answer (connection refused, timeout).
     #[error("token store unavailable: {0}")]

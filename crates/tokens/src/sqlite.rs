@@ -8,20 +8,37 @@
 //! microseconds a statement). The store is on the path of every refresh,
 //! and a driver that hands each statement to a connection thread (sqlx's)
 //! spent more CPU on those hand-offs than SQLite spent on the work.
-//! Operations never interleave (the mutex), and every operation that writes
-//! more than one row runs in one transaction, so a crash never leaves half
-//! of one behind. An operation blocks its thread for its statements only
+//!
+//! **Group commit.** Writes are queued; whoever holds the connection runs
+//! every write queued so far in one transaction, each in its own savepoint
+//! (a failing write undoes only its own changes), commits once, and answers
+//! them all; a caller whose write another caller committed never takes the
+//! connection. Under load, a commit then writes the pages that concurrent
+//! rotations share (the session rows, the limit rows) into the WAL once
+//! instead of once per rotation. A write is answered only after its commit,
+//! so a crash never loses a write that was answered, nor leaves half of
+//! one behind. An operation blocks its thread for its statements only
 //! (microseconds; a WAL checkpoint, and the sweep below, take milliseconds
 //! on the thread that happens to run them). Expiry is wall-clock Unix
 //! milliseconds stored with each row: reads ignore expired rows, and every
 //! [`SWEEP_EVERY`] an operation first deletes them.
+//!
+//! **Layout** (`PRAGMA user_version` 1). Every table is `WITHOUT ROWID`: a
+//! row lives in its primary key's b-tree only, so a rotation writes one
+//! page per table instead of a table page and an index page. A revocation
+//! deletes the session row and leaves its refresh hashes to expire: a hash
+//! finds nothing without its session, so no index by session is kept up
+//! to date on every rotation. Files from before (version 0) are converted
+//! when opened.
 
 use std::path::Path;
+use std::sync::Mutex as SyncMutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use authd_core::{SessionId, TenantId, UserId};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
 
 use crate::gcra::{self, Plan};
 use crate::{
@@ -32,30 +49,39 @@ use crate::{
 /// How often an operation also deletes every expired row.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// The layout this build writes (`PRAGMA user_version`).
+const LAYOUT: i64 = 1;
+
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS sessions (
         tenant TEXT NOT NULL, sid TEXT NOT NULL, user_id TEXT NOT NULL, record TEXT NOT NULL,
         current_hash TEXT NOT NULL, created_at INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-        PRIMARY KEY (tenant, sid)) STRICT;
+        PRIMARY KEY (tenant, sid)) STRICT, WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS sessions_user ON sessions (tenant, user_id);
     CREATE TABLE IF NOT EXISTS refresh (
         tenant TEXT NOT NULL, hash TEXT NOT NULL, sid TEXT NOT NULL, expires_ms INTEGER NOT NULL,
-        PRIMARY KEY (tenant, hash)) STRICT;
-    CREATE INDEX IF NOT EXISTS refresh_sid ON refresh (tenant, sid);
+        PRIMARY KEY (tenant, hash)) STRICT, WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS deny (
         tenant TEXT NOT NULL, sid TEXT NOT NULL, expires_ms INTEGER NOT NULL,
-        PRIMARY KEY (tenant, sid)) STRICT;
+        PRIMARY KEY (tenant, sid)) STRICT, WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS once (
         tenant TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, value TEXT NOT NULL,
         attempts INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-        PRIMARY KEY (tenant, kind, id)) STRICT;
+        PRIMARY KEY (tenant, kind, id)) STRICT, WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS counters (
         tenant TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL,
-        PRIMARY KEY (tenant, key)) STRICT;
+        PRIMARY KEY (tenant, key)) STRICT, WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS rates (
         tenant TEXT NOT NULL, key TEXT NOT NULL, tat INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-        PRIMARY KEY (tenant, key)) STRICT;
+        PRIMARY KEY (tenant, key)) STRICT, WITHOUT ROWID;
 ";
+
+/// Every table, in the order layout 0 created them.
+const TABLES: [&str; 6] = ["sessions", "refresh", "deny", "once", "counters", "rates"];
+
+/// The most writes one transaction takes: the caller that commits answers
+/// them all, so the batch bounds how long its own request waits.
+const MAX_BATCH: usize = 256;
 
 /// The tables whose rows expire.
 const EXPIRING: [&str; 5] = ["sessions", "refresh", "deny", "once", "rates"];
@@ -76,6 +102,9 @@ const ROTATE_LOOKUP: &str = "SELECT r.sid, s.record, s.current_hash, \
 /// The SQLite backend.
 pub struct SqliteTokenStore {
     db: tokio::sync::Mutex<Db>,
+    /// Writes waiting for the next transaction (see the module's "Group
+    /// commit").
+    queue: SyncMutex<Vec<Box<dyn Queued>>>,
     /// Live from the start: one process owns the file, so every revocation
     /// is made here and forgets its sessions before it returns.
     memos: Memos,
@@ -84,6 +113,56 @@ pub struct SqliteTokenStore {
 struct Db {
     conn: Connection,
     next_sweep_ms: i64,
+}
+
+/// A write waiting in the queue: its closure, and where its answer goes.
+trait Queued: Send {
+    /// The caller is gone (its request was dropped): the write is skipped.
+    fn abandoned(&self) -> bool;
+    /// Runs the write inside the batch's transaction; false if it failed
+    /// (its savepoint is then rolled back).
+    fn run(&mut self, conn: &Connection, now: i64) -> bool;
+    /// Answers the caller once the transaction has ended: the write's own
+    /// result if it committed, else why the commit failed.
+    fn answer(self: Box<Self>, committed: &Result<()>);
+}
+
+struct Pending<T, F> {
+    write: Option<F>,
+    out: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Queued for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, i64) -> Result<T> + Send,
+{
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+
+    fn run(&mut self, conn: &Connection, now: i64) -> bool {
+        let out = match self.write.take() {
+            Some(write) => write(conn, now),
+            None => Err(Error::Internal("a queued write ran twice".into())),
+        };
+        let ok = out.is_ok();
+        self.out = Some(out);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: &Result<()>) {
+        let out = match (self.out, committed) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (Some(Ok(_)), Err(e)) => Err(e.clone()),
+            (None, Err(e)) => Err(e.clone()),
+            (None, Ok(())) => Err(Error::Internal("a queued write did not run".into())),
+        };
+        // The caller may have gone since: nothing to tell.
+        let _ = self.reply.send(out);
+    }
 }
 
 impl std::fmt::Debug for SqliteTokenStore {
@@ -114,43 +193,73 @@ fn until(now: i64, ttl: Duration) -> i64 {
 impl SqliteTokenStore {
     /// Opens (creating if needed) `path`, e.g. `{AUTHD_DATA_DIR}/tokens.db`.
     pub async fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).map_err(|e| Error::Misconfigured(format!("token store file: {e}")))?;
+        let mut conn = Connection::open(path).map_err(|e| Error::Misconfigured(format!("token store file: {e}")))?;
         // WAL with NORMAL: a committed write survives a process crash; only
         // a power loss may take the last moments.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
-        Ok(Self { db: tokio::sync::Mutex::new(Db { conn, next_sweep_ms: 0 }), memos: Memos::new(true) })
+        lay_out(&mut conn)?;
+        Ok(Self {
+            db: tokio::sync::Mutex::new(Db { conn, next_sweep_ms: 0 }),
+            queue: SyncMutex::new(Vec::new()),
+            memos: Memos::new(true),
+        })
     }
 
-    /// Runs `f` on the connection, alone, with the current time, sweeping
-    /// expired rows first when it is time.
-    async fn with<T>(&self, f: impl FnOnce(&mut Connection, i64) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the connection, alone, with the current time (reads, and
+    /// writes of a single statement, which SQLite commits by itself).
+    async fn with<T>(&self, f: impl FnOnce(&Connection, i64) -> Result<T>) -> Result<T> {
         let mut db = self.db.lock().await;
         let now = now_ms();
-        if now >= db.next_sweep_ms {
-            db.next_sweep_ms = now + i64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(30_000);
-            for table in EXPIRING {
-                db.conn
-                    .prepare_cached(&format!("DELETE FROM {table} WHERE expires_ms <= ?1"))
-                    .and_then(|mut s| s.execute([now]))
-                    .map_err(db_err)?;
-            }
-        }
-        f(&mut db.conn, now)
+        db.sweep_if_due(now);
+        f(&db.conn, now)
     }
 
-    /// [`SqliteTokenStore::with`] inside one transaction, committed when `f`
-    /// succeeds (and rolled back when it fails).
-    async fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<T>) -> Result<T> {
-        self.with(|conn, now| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-            let out = f(&tx, now)?;
-            tx.commit().map_err(db_err)?;
-            Ok(out)
-        })
-        .await
+    /// Runs `f` in a transaction, committed before this returns: queued
+    /// (see the module's "Group commit"), so that it may share its
+    /// transaction with every write queued beside it. `f`'s changes are
+    /// undone when it fails.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T> + Send + 'static,
+    {
+        let (reply, mut answer) = oneshot::channel();
+        self.lock_queue().push(Box::new(Pending { write: Some(f), out: None, reply }));
+        let gone = || Error::Internal("a queued write was dropped".into());
+        // Either another caller commits this write first (the answer comes
+        // and the connection was never needed), or this caller takes the
+        // connection and commits the queue, this write included.
+        let mut db = tokio::select! {
+            biased;
+            out = &mut answer => return out.unwrap_or_else(|_| Err(gone())),
+            db = self.db.lock() => db,
+        };
+        // The caller before may have run it while this one was waking.
+        if let Ok(out) = answer.try_recv() {
+            return out;
+        }
+        loop {
+            let batch: Vec<_> = {
+                let mut queue = self.lock_queue();
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            db.commit_batch(batch);
+            match answer.try_recv() {
+                Ok(out) => return out,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(gone()),
+                // Over MAX_BATCH were queued before this one: next batch.
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn Queued>>> {
+        // A panic while the queue was locked cannot leave it half-changed
+        // (push and drain): keep using it.
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The unexpired sessions `sql` ([`SESSION_BY_ID`] or
@@ -164,6 +273,96 @@ impl SqliteTokenStore {
         })
         .await
     }
+}
+
+impl Db {
+    /// Deletes every expired row, every [`SWEEP_EVERY`]. A failed sweep is
+    /// tried again next time (reads ignore expired rows anyway).
+    fn sweep_if_due(&mut self, now: i64) {
+        if now < self.next_sweep_ms {
+            return;
+        }
+        self.next_sweep_ms = now + i64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(30_000);
+        for table in EXPIRING {
+            let swept = exec(&self.conn, &format!("DELETE FROM {table} WHERE expires_ms <= ?1"), [now]);
+            if let Err(e) = swept {
+                tracing::warn!(table, error = %e, "token store: sweeping expired rows failed");
+            }
+        }
+    }
+
+    /// Runs `batch` in one transaction and answers each write.
+    fn commit_batch(&mut self, batch: Vec<Box<dyn Queued>>) {
+        let mut batch: Vec<_> = batch.into_iter().filter(|w| !w.abandoned()).collect();
+        if batch.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        self.sweep_if_due(now);
+        let conn = &self.conn;
+        let committed = (|| {
+            exec(conn, "BEGIN IMMEDIATE", [])?;
+            if let [alone] = &mut batch[..] {
+                // No savepoint needed: the transaction is this write's own.
+                if !alone.run(conn, now) {
+                    exec(conn, "ROLLBACK", [])?;
+                    return Ok(());
+                }
+            } else {
+                for write in &mut batch {
+                    exec(conn, "SAVEPOINT w", [])?;
+                    if !write.run(conn, now) {
+                        exec(conn, "ROLLBACK TO w", [])?;
+                    }
+                    exec(conn, "RELEASE w", [])?;
+                }
+            }
+            exec(conn, "COMMIT", []).map(drop)
+        })();
+        if committed.is_err() && !conn.is_autocommit() {
+            // Nothing of a failed transaction may stay behind for the next one.
+            if let Err(e) = exec(conn, "ROLLBACK", []) {
+                tracing::warn!(error = %e, "token store: rolling back a failed transaction failed");
+            }
+        }
+        for write in batch {
+            write.answer(&committed);
+        }
+    }
+}
+
+/// Brings the file to [`LAYOUT`]: creates the tables of a new file, and
+/// converts a file of layout 0 (rowid tables, and an index of refresh
+/// hashes by session) in one transaction.
+fn lay_out(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+    if version > LAYOUT {
+        return Err(Error::Misconfigured(format!(
+            "token store file has layout {version}, newer than this authd's {LAYOUT}: upgrade authd"
+        )));
+    }
+    if version == LAYOUT {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(db_err)?;
+    let old: i64 = tx
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'sessions'", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if old > 0 {
+        for table in TABLES {
+            tx.execute_batch(&format!("ALTER TABLE {table} RENAME TO {table}_layout0")).map_err(db_err)?;
+        }
+        tx.execute_batch("DROP INDEX IF EXISTS sessions_user; DROP INDEX IF EXISTS refresh_sid").map_err(db_err)?;
+    }
+    tx.execute_batch(SCHEMA).map_err(db_err)?;
+    if old > 0 {
+        for table in TABLES {
+            tx.execute_batch(&format!("INSERT INTO {table} SELECT * FROM {table}_layout0; DROP TABLE {table}_layout0"))
+                .map_err(db_err)?;
+        }
+    }
+    tx.pragma_update(None, "user_version", LAYOUT).map_err(db_err)?;
+    tx.commit().map_err(db_err)
 }
 
 fn decode_record(raw: &str) -> Result<SessionRecord> {
@@ -206,8 +405,9 @@ fn rate_in(conn: &Connection, tenant: &str, key: &str, plan: &Plan, now: i64) ->
     Ok(decision.answer)
 }
 
-/// Revokes `sid`: the session and its refresh hashes go, and its id is
-/// denied until `now + deny_ttl` (never shortening an entry already there).
+/// Revokes `sid`: the session goes, and its id is denied until
+/// `now + deny_ttl` (never shortening an entry already there). Its refresh
+/// hashes stay until they expire: without the session they find nothing.
 /// Returns the user of the session if it was live.
 fn revoke(conn: &Connection, tenant: &str, sid: &str, deny_ttl: Duration, now: i64) -> Result<Option<UserId>> {
     let user: Option<Option<String>> = one(
@@ -215,7 +415,6 @@ fn revoke(conn: &Connection, tenant: &str, sid: &str, deny_ttl: Duration, now: i
         "DELETE FROM sessions WHERE tenant = ?1 AND sid = ?2 RETURNING CASE WHEN expires_ms > ?3 THEN user_id END",
         params![tenant, sid, now],
     )?;
-    exec(conn, "DELETE FROM refresh WHERE tenant = ?1 AND sid = ?2", params![tenant, sid])?;
     exec(
         conn,
         "INSERT INTO deny (tenant, sid, expires_ms) VALUES (?1, ?2, ?3) \
@@ -243,13 +442,15 @@ impl TokenStore for SqliteTokenStore {
         ttl: Duration,
     ) -> Result<()> {
         let record = encode_record(session)?;
-        self.write(|tx, now| {
-            let (t, sid, expires) = (tenant.to_string(), session.id.to_string(), until(now, ttl));
+        let (sid, user, created_at) = (session.id.to_string(), session.user_id.to_string(), session.created_at);
+        let refresh_hash = refresh_hash.to_owned();
+        self.write(move |tx, now| {
+            let (t, expires) = (tenant.to_string(), until(now, ttl));
             exec(
                 tx,
                 "INSERT OR REPLACE INTO sessions (tenant, sid, user_id, record, current_hash, created_at, expires_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![t, sid, session.user_id.to_string(), record, refresh_hash, session.created_at, expires],
+                params![t, sid, user, record, refresh_hash, created_at, expires],
             )?;
             exec(
                 tx,
@@ -270,12 +471,13 @@ impl TokenStore for SqliteTokenStore {
         ttl: Duration,
         limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
-        let plan = limit.map(|l| (l.key_prefix, gcra::plan(l.limit, l.period, l.now_ms)));
+        let plan = limit.map(|l| (l.key_prefix.to_owned(), gcra::plan(l.limit, l.period, l.now_ms)));
+        let (old_hash, new_hash) = (old_hash.to_owned(), new_hash.to_owned());
         let outcome = self
-            .write(|tx, now| {
+            .write(move |tx, now| {
                 let t = tenant.to_string();
                 let prefix = match &plan {
-                    Some((prefix, Plan::Check(_))) => *prefix,
+                    Some((prefix, Plan::Check(_))) => prefix.as_str(),
                     _ => "",
                 };
                 let found = tx
@@ -294,7 +496,7 @@ impl TokenStore for SqliteTokenStore {
                     .map_err(db_err)?;
                 let Some((sid, record, current, tat)) = found else { return Ok(RotateOutcome::NotFound) };
                 let mut record = decode_record(&record)?;
-                if current != old_hash {
+                if current != *old_hash {
                     // A token this session already rotated away: someone
                     // holds a copy (RFC 9700 §4.14.2), so the whole family goes.
                     revoke(tx, &t, &sid, REUSE_DENY_TTL, now)?;
@@ -368,8 +570,9 @@ impl TokenStore for SqliteTokenStore {
     }
 
     async fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> Result<bool> {
-        let done =
-            self.write(|tx, now| Ok(revoke(tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now)?.is_some())).await;
+        let done = self
+            .write(move |tx, now| Ok(revoke(tx, &tenant.to_string(), &sid.to_string(), deny_ttl, now)?.is_some()))
+            .await;
         // After the commit, before answering: a later check on this process
         // must see the revocation.
         self.memos.not_denied.forget(tenant, [sid.0]);
@@ -385,7 +588,7 @@ impl TokenStore for SqliteTokenStore {
     ) -> Result<u64> {
         let keep = keep.map(|k| k.to_string());
         let done = self
-            .write(|tx, now| {
+            .write(move |tx, now| {
                 let t = tenant.to_string();
                 let sids: Vec<String> = tx
                     .prepare_cached("SELECT sid FROM sessions WHERE tenant = ?1 AND user_id = ?2 AND expires_ms > ?3")
@@ -432,8 +635,8 @@ impl TokenStore for SqliteTokenStore {
     }
 
     async fn purge_tenant(&self, tenant: TenantId) -> Result<()> {
-        self.write(|tx, _| {
-            for table in ["sessions", "refresh", "deny", "once", "counters", "rates"] {
+        self.write(move |tx, _| {
+            for table in TABLES {
                 exec(tx, &format!("DELETE FROM {table} WHERE tenant = ?1"), [tenant.to_string()])?;
             }
             Ok(())
@@ -443,7 +646,8 @@ impl TokenStore for SqliteTokenStore {
 
     async fn put_once(&self, tenant: TenantId, kind: &str, id: &str, value: &str, ttl: Duration) -> Result<bool> {
         check_kind(kind)?;
-        self.write(|tx, now| {
+        let (kind, id, value) = (kind.to_owned(), id.to_owned(), value.to_owned());
+        self.write(move |tx, now| {
             let t = tenant.to_string();
             exec(
                 tx,
@@ -490,7 +694,8 @@ impl TokenStore for SqliteTokenStore {
 
     async fn count_attempt(&self, tenant: TenantId, kind: &str, id: &str, max: u32) -> Result<Option<u32>> {
         check_kind(kind)?;
-        self.write(|tx, now| {
+        let (kind, id) = (kind.to_owned(), id.to_owned());
+        self.write(move |tx, now| {
             let t = tenant.to_string();
             let n: Option<i64> = one(
                 tx,
@@ -533,7 +738,8 @@ impl TokenStore for SqliteTokenStore {
         if let Plan::Fixed(decision) = plan {
             return Ok(decision);
         }
-        self.write(|tx, now| rate_in(tx, &tenant.to_string(), key, &plan, now)).await
+        let key = key.to_owned();
+        self.write(move |tx, now| rate_in(tx, &tenant.to_string(), &key, &plan, now)).await
     }
 
     async fn rate_reset(&self, tenant: TenantId, key: &str) -> Result<()> {
@@ -541,5 +747,141 @@ impl TokenStore for SqliteTokenStore {
             exec(conn, "DELETE FROM rates WHERE tenant = ?1 AND key = ?2", params![tenant.to_string(), key]).map(drop)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn temp_file() -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("authd-sqlite-unit-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir.join("tokens.db"), dir)
+    }
+
+    fn rows(store: &SqliteTokenStore, sql: &str) -> Vec<String> {
+        let db = store.db.try_lock().unwrap();
+        let mut stmt = db.conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    /// Writes queued while the connection is busy share one transaction;
+    /// one that fails undoes its own changes only, and one whose caller
+    /// went away is skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_commit_together_and_fail_alone() {
+        let (path, dir) = temp_file();
+        let store = Arc::new(SqliteTokenStore::open(&path).await.unwrap());
+        let busy = store.db.lock().await;
+        let mut callers = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            callers.push(tokio::spawn(async move {
+                store
+                    .write(move |conn, _| {
+                        exec(conn, "INSERT INTO counters (tenant, key, value) VALUES ('t', ?1, 1)", [i.to_string()])?;
+                        if i == 3 { Err(Error::Internal("write 3 fails".into())) } else { Ok(i) }
+                    })
+                    .await
+            }));
+        }
+        let gone = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(|conn, _| {
+                        exec(conn, "INSERT INTO counters (tenant, key, value) VALUES ('t', 'gone', 1)", [])
+                    })
+                    .await
+            })
+        };
+        while store.lock_queue().len() < 9 {
+            tokio::task::yield_now().await;
+        }
+        gone.abort();
+        let _ = gone.await;
+        let before = busy.conn.total_changes();
+        drop(busy);
+        for (i, caller) in callers.into_iter().enumerate() {
+            let out = caller.await.unwrap();
+            if i == 3 {
+                assert!(matches!(out, Err(Error::Internal(_))), "{out:?}");
+            } else {
+                assert_eq!(out.unwrap(), i);
+            }
+        }
+        assert_eq!(
+            rows(&store, "SELECT key FROM counters ORDER BY key"),
+            ["0", "1", "2", "4", "5", "6", "7"],
+            "the failed write's row is undone, the abandoned write never ran"
+        );
+        // One transaction: the eight inserts (the failed one's counts too),
+        // no second batch.
+        assert_eq!(store.db.try_lock().unwrap().conn.total_changes() - before, 8);
+        assert!(store.lock_queue().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A file written by a build before layout 1 (rowid tables, refresh
+    /// hashes indexed by session) is converted on open, keeping every row.
+    #[tokio::test]
+    async fn a_layout_0_file_is_converted_with_its_rows() {
+        let (path, dir) = temp_file();
+        let (t, user, sid) = (TenantId::new(), UserId::new(), SessionId::new());
+        let record = SessionRecord {
+            id: sid,
+            user_id: user,
+            created_at: 1_700_000_000,
+            last_used_at: 1_700_000_000,
+            ip: None,
+            user_agent: None,
+            amr: vec!["pwd".into()],
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&SCHEMA.replace(", WITHOUT ROWID", "")).unwrap();
+            conn.execute_batch("CREATE INDEX refresh_sid ON refresh (tenant, sid)").unwrap();
+            let far = i64::MAX / 2;
+            conn.execute(
+                "INSERT INTO sessions VALUES (?1, ?2, ?3, ?4, 'h1', 1700000000, ?5)",
+                params![t.to_string(), sid.to_string(), user.to_string(), encode_record(&record).unwrap(), far],
+            )
+            .unwrap();
+            conn.execute("INSERT INTO refresh VALUES (?1, 'h1', ?2, ?3)", params![t.to_string(), sid.to_string(), far])
+                .unwrap();
+            conn.execute("INSERT INTO deny VALUES (?1, 'old-sid', ?2)", params![t.to_string(), far]).unwrap();
+            conn.execute("INSERT INTO counters VALUES (?1, 'c', 7)", params![t.to_string()]).unwrap();
+        }
+        let store = SqliteTokenStore::open(&path).await.unwrap();
+        let tables = rows(&store, "SELECT sql FROM sqlite_schema WHERE type = 'table' ORDER BY name");
+        assert_eq!(tables.len(), TABLES.len(), "{tables:?}");
+        assert!(tables.iter().all(|sql| sql.ends_with("WITHOUT ROWID")), "{tables:?}");
+        assert_eq!(rows(&store, "SELECT name FROM sqlite_schema WHERE type = 'index'"), ["sessions_user"]);
+        assert_eq!(store.list_sessions(t, user).await.unwrap().len(), 1);
+        assert!(!store.advance_counter(t, "c", 7).await.unwrap(), "the counter kept its value");
+        let rotated = store.rotate_refresh(t, "h1", "h2", 1_700_000_100, Duration::from_secs(60), None).await.unwrap();
+        assert!(matches!(rotated, RotateOutcome::Rotated(_)), "{rotated:?}");
+        drop(store);
+        // Opened again, the file is at layout 1 and stays as it is.
+        let store = SqliteTokenStore::open(&path).await.unwrap();
+        assert_eq!(rows(&store, "SELECT CAST(user_version AS TEXT) FROM pragma_user_version"), ["1"]);
+        assert!(matches!(
+            store.rotate_refresh(t, "h1", "h3", 1_700_000_200, Duration::from_secs(60), None).await.unwrap(),
+            RotateOutcome::Reused { .. }
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A file from a newer authd is refused rather than written.
+    #[tokio::test]
+    async fn a_newer_layout_is_refused() {
+        let (path, dir) = temp_file();
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", LAYOUT + 1).unwrap();
+        let err = SqliteTokenStore::open(&path).await.unwrap_err();
+        assert!(matches!(err, Error::Misconfigured(_)), "{err:?}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
