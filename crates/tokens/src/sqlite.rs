@@ -18,8 +18,9 @@
 //! instead of once per rotation. A write is answered only after its commit,
 //! so a crash never loses a write that was answered, nor leaves half of
 //! one behind. An operation blocks its thread for its statements only
-//! (microseconds; a WAL checkpoint, and the sweep below, take milliseconds
-//! on the thread that happens to run them). Expiry is wall-clock Unix
+//! (microseconds; the sweep below takes milliseconds on the thread that
+//! happens to run it). WAL checkpoints run on a thread of their own beside
+//! the writes, so no request waits for one (see [`checkpointer`]). Expiry is wall-clock Unix
 //! milliseconds stored with each row: reads ignore expired rows, and every
 //! [`SWEEP_EVERY`] an operation first deletes them.
 //!
@@ -32,7 +33,7 @@
 //! when opened.
 
 use std::path::Path;
-use std::sync::Mutex as SyncMutex;
+use std::sync::{Arc, Mutex as SyncMutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -79,6 +80,12 @@ const SCHEMA: &str = "
 /// Every table, in the order layout 0 created them.
 const TABLES: [&str; 6] = ["sessions", "refresh", "deny", "once", "counters", "rates"];
 
+/// How often the checkpointer copies the WAL into the file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// WAL frames (pages) past which the checkpointer makes the WAL start over.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
 /// The most writes one transaction takes: the caller that commits answers
 /// them all, so the batch bounds how long its own request waits.
 const MAX_BATCH: usize = 256;
@@ -101,7 +108,8 @@ const ROTATE_LOOKUP: &str = "SELECT r.sid, s.record, s.current_hash, \
 
 /// The SQLite backend.
 pub struct SqliteTokenStore {
-    db: tokio::sync::Mutex<Db>,
+    /// Shared with the checkpointer thread, which holds it only weakly.
+    db: Arc<tokio::sync::Mutex<Db>>,
     /// Writes waiting for the next transaction (see the module's "Group
     /// commit").
     queue: SyncMutex<Vec<Box<dyn Queued>>>,
@@ -199,12 +207,20 @@ impl SqliteTokenStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        // Requests never checkpoint: the checkpointer thread does (below).
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(db_err)?;
+        // A restarted WAL is cut back to this size.
+        conn.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * 4096 * 2).map_err(db_err)?;
         lay_out(&mut conn)?;
-        Ok(Self {
-            db: tokio::sync::Mutex::new(Db { conn, next_sweep_ms: 0 }),
-            queue: SyncMutex::new(Vec::new()),
-            memos: Memos::new(true),
-        })
+        let checkpoints = Connection::open(path).map_err(|e| Error::Misconfigured(format!("token store file: {e}")))?;
+        checkpoints.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+        let db = Arc::new(tokio::sync::Mutex::new(Db { conn, next_sweep_ms: 0 }));
+        let weak = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("authd-tokens-checkpoint".into())
+            .spawn(move || checkpointer(&checkpoints, &weak))
+            .map_err(|e| Error::Internal(format!("starting the checkpointer: {e}")))?;
+        Ok(Self { db, queue: SyncMutex::new(Vec::new()), memos: Memos::new(true) })
     }
 
     /// Runs `f` on the connection, alone, with the current time (reads, and
@@ -327,6 +343,34 @@ impl Db {
         }
         for write in batch {
             write.answer(&committed);
+        }
+    }
+}
+
+/// Copies the WAL's pages into the file, on its own connection and thread,
+/// every [`CHECKPOINT_EVERY`], while requests go on writing (a passive
+/// checkpoint never blocks the writer, nor waits for it). Under steady
+/// writes such a checkpoint never catches up with the last frame, and the
+/// WAL only starts over once it has: past [`WAL_RESTART_FRAMES`], a second
+/// pass runs with the store held (no write in between; it copies only what
+/// was written since the first pass), and the next write starts the WAL
+/// over. Ends when the store is dropped.
+fn checkpointer(conn: &Connection, db: &Weak<tokio::sync::Mutex<Db>>) {
+    let passive = || {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)).inspect_err(|e| {
+            tracing::warn!(error = %e, "token store: checkpoint failed");
+        })
+    };
+    loop {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        if db.strong_count() == 0 {
+            return;
+        }
+        let Ok(frames) = passive() else { continue };
+        if frames >= WAL_RESTART_FRAMES {
+            let Some(db) = db.upgrade() else { return };
+            let _writes_wait = db.blocking_lock();
+            let _ = passive();
         }
     }
 }
@@ -872,6 +916,38 @@ mod tests {
             store.rotate_refresh(t, "h1", "h3", 1_700_000_200, Duration::from_secs(60), None).await.unwrap(),
             RotateOutcome::Reused { .. }
         ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Under writes without a pause the WAL starts over instead of growing:
+    /// the checkpointer copies it into the file beside the writes (which a
+    /// passive checkpoint alone never finishes while they go on), and past
+    /// WAL_RESTART_FRAMES holds them back for a last pass.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_writes_without_a_pause() {
+        let (path, dir) = temp_file();
+        let store = Arc::new(SqliteTokenStore::open(&path).await.unwrap());
+        let t = TenantId::new();
+        // Some 40,000 frames (160 MiB) if the WAL never started over: each
+        // write lands in a page of its own (a new key far from the last).
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for i in 0..15_000u64 {
+                        let key = format!("{:016x}", (i * 2 + w).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                        store.put_once(t, "mfa", &key, &"v".repeat(1500), Duration::from_secs(60)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let wal = std::fs::metadata(path.with_extension("db-wal")).unwrap().len();
+        let limit = u64::try_from(WAL_RESTART_FRAMES).unwrap() * 4096 * 4;
+        assert!(wal <= limit, "the WAL grew to {wal} bytes");
+        drop(store);
         let _ = std::fs::remove_dir_all(dir);
     }
 
