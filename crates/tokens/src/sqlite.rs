@@ -228,7 +228,7 @@ impl SqliteTokenStore {
     async fn with<T>(&self, f: impl FnOnce(&Connection, i64) -> Result<T>) -> Result<T> {
         let mut db = self.db.lock().await;
         let now = now_ms();
-        db.sweep_if_due(now);
+        db.ready(now);
         f(&db.conn, now)
     }
 
@@ -292,9 +292,19 @@ impl SqliteTokenStore {
 }
 
 impl Db {
-    /// Deletes every expired row, every [`SWEEP_EVERY`]. A failed sweep is
-    /// tried again next time (reads ignore expired rows anyway).
-    fn sweep_if_due(&mut self, now: i64) {
+    /// Readies the connection for the next operation: rolls back what a
+    /// panicked caller left open, and deletes every expired row every
+    /// [`SWEEP_EVERY`]. A failed sweep is tried again next time (reads
+    /// ignore expired rows anyway).
+    fn ready(&mut self, now: i64) {
+        if !self.conn.is_autocommit() {
+            // A caller that panicked while it ran a batch left its
+            // transaction open: nothing of it was answered, so it goes
+            // before anything else runs on the connection.
+            if let Err(e) = exec(&self.conn, "ROLLBACK", []) {
+                tracing::warn!(error = %e, "token store: rolling back an abandoned transaction failed");
+            }
+        }
         if now < self.next_sweep_ms {
             return;
         }
@@ -314,7 +324,7 @@ impl Db {
             return;
         }
         let now = now_ms();
-        self.sweep_if_due(now);
+        self.ready(now);
         let conn = &self.conn;
         let committed = (|| {
             exec(conn, "BEGIN IMMEDIATE", [])?;
@@ -866,6 +876,32 @@ mod tests {
         // no second batch.
         assert_eq!(store.db.try_lock().unwrap().conn.total_changes() - before, 8);
         assert!(store.lock_queue().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A write that panics takes its caller down, not the store: its
+    /// transaction is rolled back before the next one begins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_write_leaves_no_transaction_behind() {
+        let (path, dir) = temp_file();
+        let store = Arc::new(SqliteTokenStore::open(&path).await.unwrap());
+        let panicking = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(|conn, _| -> Result<()> {
+                        exec(conn, "INSERT INTO counters (tenant, key, value) VALUES ('t', 'lost', 1)", [])?;
+                        panic!("a write that panics");
+                    })
+                    .await
+            })
+        };
+        assert!(panicking.await.unwrap_err().is_panic());
+        let t = TenantId::new();
+        assert!(store.advance_counter(t, "c", 1).await.unwrap(), "a single-statement write works");
+        assert!(store.put_once(t, "mfa", "id", "value", Duration::from_secs(60)).await.unwrap());
+        assert_eq!(store.peek(t, "mfa", "id").await.unwrap().as_deref(), Some("value"));
+        assert!(rows(&store, "SELECT key FROM counters WHERE key = 'lost'").is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 
