@@ -20,9 +20,11 @@
 //! one behind. An operation blocks its thread for its statements only
 //! (microseconds; the sweep below takes milliseconds on the thread that
 //! happens to run it). WAL checkpoints run on a thread of their own beside
-//! the writes, so no request waits for one (see [`checkpointer`]). Expiry is wall-clock Unix
-//! milliseconds stored with each row: reads ignore expired rows, and every
-//! [`SWEEP_EVERY`] an operation first deletes them.
+//! the writes, so no request waits for one (see [`checkpointer`]).
+//!
+//! Expiry is wall-clock Unix milliseconds stored with each row: reads
+//! ignore expired rows, and every [`SWEEP_EVERY`] an operation first
+//! deletes them.
 //!
 //! **Layout** (`PRAGMA user_version` 1). Every table is `WITHOUT ROWID`: a
 //! row lives in its primary key's b-tree only, so a rotation writes one
@@ -252,23 +254,20 @@ impl SqliteTokenStore {
             out = &mut answer => return out.unwrap_or_else(|_| Err(gone())),
             db = self.db.lock() => db,
         };
-        // The caller before may have run it while this one was waking.
-        if let Ok(out) = answer.try_recv() {
-            return out;
-        }
         loop {
+            match answer.try_recv() {
+                Ok(out) => return out,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(gone()),
+                // Not run yet: the caller before took it while this one was
+                // waking, or over MAX_BATCH were queued before it.
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
             let batch: Vec<_> = {
                 let mut queue = self.lock_queue();
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
             db.commit_batch(batch);
-            match answer.try_recv() {
-                Ok(out) => return out,
-                Err(oneshot::error::TryRecvError::Closed) => return Err(gone()),
-                // Over MAX_BATCH were queued before this one: next batch.
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
         }
     }
 
