@@ -131,16 +131,24 @@ fi
 # Something accepts TCP connections on 127.0.0.1:$1.
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# A free loopback port below the usual ephemeral range (32768+), so that it is
-# unlikely to be taken by an outgoing connection meanwhile. With `--bus`, the
-# port 10000 above must be free too (Redis Cluster's bus port); bus ports
-# (30000+) never collide with the ports handed out here (20000-29999). Each
-# server is started before the next port is chosen, so a port handed out
-# earlier in this run is already seen as taken.
+# A free loopback port below the ephemeral range (32768+ by default), so that
+# it cannot be taken by an outgoing connection meanwhile: a connect test does
+# not see a port that an outgoing connection holds, and a server's bind on it
+# then fails. With `--bus`, the port 10000 above must be free too (Redis
+# Cluster's bus port), so the port comes from 20000 up to 10000 below the
+# ephemeral range (bus ports 30000-32767 never collide with the ports handed
+# out here, 20000-29999). Each server is started before the next port is
+# chosen, so a port handed out earlier in this run is already seen as taken.
 free_port() {
-  local p i
+  local p i span=10000 ephemeral
+  if [[ "${1:-}" == --bus ]]; then
+    ephemeral=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true)
+    ephemeral=${ephemeral:-32768}
+    span=$((ephemeral - 30000))
+    ((span > 0)) || die "the ephemeral port range starts at $ephemeral, below Redis Cluster's bus ports"
+  fi
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 10000))
+    p=$((20000 + RANDOM % span))
     port_in_use "$p" && continue
     if [[ "${1:-}" == --bus ]]; then port_in_use $((p + 10000)) && continue; fi
     echo "$p"
