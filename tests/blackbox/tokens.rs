@@ -600,6 +600,21 @@ async fn refresh_rotation_and_reuse(backend: Backend) {
     let again = refresh(&s, &t.slug, &r0).await;
     assert_eq!(code(&again), Some("UNAUTHENTICATED"), "the family is gone: {again}");
 
+    // A token names its session, but naming it is not enough: an altered
+    // token (an earlier generation, someone else's MAC) is unknown and
+    // revokes nothing.
+    let parts: Vec<&str> = other_refresh.split('.').collect();
+    assert_eq!(parts.len(), 4, "{other_refresh}");
+    let mac_of_r2 = r2.rsplit('.').next().unwrap();
+    for forged in [
+        format!("{}.0.{}.{}", parts[0], parts[2], parts[3]),
+        format!("{}.{}.{}.{mac_of_r2}", parts[0], parts[1], parts[2]),
+        format!("{}.{}.{}.{}", claims_of(&a0)["sid"].as_str().unwrap().replace('-', ""), parts[1], parts[2], parts[3]),
+    ] {
+        let body = refresh(&s, &t.slug, &forged).await;
+        assert_eq!(code(&body), Some("UNAUTHENTICATED"), "{forged}: {body}");
+    }
+
     // The user's other session lives on.
     assert_accepted(&s, &t.slug, &other_access, "another session").await;
     let body = refresh(&s, &t.slug, &other_refresh).await;
@@ -682,6 +697,65 @@ async fn logout_with_a_rotated_away_token(backend: Backend) {
     assert_eq!(code(&refresh(&s, &t.slug, &r1).await), Some("UNAUTHENTICATED"), "the family's current refresh token");
 }
 all!(logout_with_a_rotated_away_refresh_token_ends_its_session, logout_with_a_rotated_away_token);
+
+/// A refresh token issued by a build from before tokens named their session
+/// (43 random characters, kept in Redis as its keyed hash under `rt:`)
+/// keeps working after the upgrade: it refreshes once, into a token of the
+/// current format for the same session, and presented again it is a reuse
+/// that ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_from_before_named_tokens_keeps_working() {
+    let key = authd_core::crypto::MasterKey::generate();
+    let s = TestServer::start_with(Backend::Production, |env| {
+        drop(env.insert("AUTHD_MASTER_KEY".into(), key.to_base64()));
+    })
+    .await;
+    let t = s.tenant().await;
+    let (uid, _, _) = user(&s, &t, "alice@example.com").await;
+    // The session as the earlier build wrote it.
+    let legacy = authd_core::crypto::random_token(32);
+    let hash = authd_core::crypto::Keyring::from(key).keyed_hash("refresh-token", legacy.as_bytes());
+    let sid = authd_core::SessionId::new().to_string();
+    let ns = format!("{}:{{{}}}:", s.redis_prefix.as_deref().unwrap(), t.id);
+    let now = chrono::Utc::now().timestamp().to_string();
+    let client = redis::Client::open(crate::harness::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut seed = redis::pipe();
+    seed.cmd("HSET")
+        .arg(format!("{ns}sess:{sid}"))
+        .arg(&["user", uid.as_str(), "created", &now, "last_used", &now, "amr", r#"["pwd"]"#, "rt", &hash])
+        .cmd("PEXPIRE")
+        .arg(format!("{ns}sess:{sid}"))
+        .arg(600_000)
+        .cmd("SET")
+        .arg(format!("{ns}rt:{hash}"))
+        .arg(&sid)
+        .arg("PX")
+        .arg(600_000)
+        .cmd("ZADD")
+        .arg(format!("{ns}fam:{sid}"))
+        .arg(i64::MAX / 2)
+        .arg(&hash)
+        .cmd("SADD")
+        .arg(format!("{ns}usess:{uid}"))
+        .arg(&sid);
+    seed.query_async::<()>(&mut conn).await.unwrap();
+
+    let body = refresh(&s, &t.slug, &legacy).await;
+    let r1 = body["data"]["refresh"]["refreshToken"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
+    let a1 = body["data"]["refresh"]["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&a1)["sid"], sid.as_str(), "the same session");
+    assert_eq!(r1.split('.').count(), 4, "a token of the current format: {r1}");
+    let body = refresh(&s, &t.slug, &r1).await;
+    let r2 = body["data"]["refresh"]["refreshToken"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
+    let reused = refresh(&s, &t.slug, &legacy).await;
+    assert_eq!(code(&reused), Some("TOKEN_REUSED"), "{reused}");
+    assert_eq!(code(&refresh(&s, &t.slug, &r2).await), Some("UNAUTHENTICATED"), "the session is gone");
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{ns}*{sid}*")).query_async(&mut conn).await.unwrap();
+    // Its refresh limit's counter expires on its own.
+    keys.retain(|k| !k.starts_with(&format!("{ns}rl:")));
+    assert_eq!(keys, [format!("{ns}deny:{sid}")], "nothing of the session is left but its deny entry");
+}
 
 /// After a master-key rotation (`AUTHD_MASTER_KEY_PREVIOUS` set), a refresh
 /// token issued under the old key still logs its session out.

@@ -62,6 +62,7 @@ pub mod mfa;
 pub mod oauth;
 pub mod passkeys;
 pub mod platform;
+pub(crate) mod refresh;
 pub mod reseal;
 pub mod runtime;
 pub mod sessions;

@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use authd_core::claims::AccessClaims;
 use authd_core::settings::Role;
-use authd_core::{Error, Result, SessionId, UserId, crypto};
+use authd_core::{Error, Result, SessionId, UserId};
 use authd_store::UserRecord;
-use authd_tokens::{RotateOutcome, SessionLimit, SessionRecord};
+use authd_tokens::{FIRST_GENERATION, RotateOutcome, SessionLimit, SessionRecord};
 use chrono::Utc;
 use uuid::Uuid;
 
 use crate::audit::{RequestMeta, kinds};
 use crate::ctx::TenantCtx;
+use crate::refresh::RefreshTokens;
 
-/// Keyed-hash purpose of refresh tokens.
+/// Keyed-hash purpose of refresh tokens (the MAC of a token, the hash of
+/// one from before tokens named their session).
 const REFRESH_PURPOSE: &str = "refresh-token";
 
 /// Deny entries outlive the longest access token any tenant may issue (the
@@ -66,13 +68,8 @@ impl SessionService<'_> {
             ip: meta.ip.clone(),
             amr,
         };
-        let refresh = crypto::random_token(32);
-        let hash = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh.as_bytes());
-        self.ctx
-            .deps
-            .tokens
-            .create_session(self.ctx.rt.id, &session, &hash, self.ctx.deps.config.refresh_token_ttl)
-            .await?;
+        self.ctx.deps.tokens.create_session(self.ctx.rt.id, &session, self.ctx.deps.config.refresh_token_ttl).await?;
+        let refresh = self.refresh_tokens(REFRESH_PURPOSE).issue(session.id, FIRST_GENERATION);
         // Disabling wins every race with a sign-in in flight: it commits
         // `disabled` and then revokes the user's sessions. Reading the row
         // again after the session exists means either the revocation saw this
@@ -200,14 +197,12 @@ impl SessionService<'_> {
         if refresh_token.is_empty() || refresh_token.len() > 256 {
             return Err(Error::Unauthenticated);
         }
-        let old = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh_token.as_bytes());
-        let new_token = crypto::random_token(32);
-        let new = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
         // Refresh calls per session, counted by the rotation itself (the
         // token names its session): one round trip for lookup, limit and
         // rotation.
         let limit = self.ctx.limits().refresh_limit();
-        match self.rotate_as(REFRESH_PURPOSE, refresh_token, &old, &new, Some(&limit)).await? {
+        let (outcome, next) = self.rotate_as(REFRESH_PURPOSE, refresh_token, Some(&limit)).await?;
+        match outcome {
             RotateOutcome::Limited { retry_after_ms } => Err(self.ctx.limits().refresh_refused(retry_after_ms, meta)),
             RotateOutcome::Rotated(session) => {
                 let user = self.ctx.user(session.user_id).await?;
@@ -216,7 +211,8 @@ impl SessionService<'_> {
                     return Err(Error::Unauthenticated);
                 };
                 let (access_token, expires_in) = self.sign_access(&user, &session)?;
-                Ok(IssuedTokens { access_token, refresh_token: new_token, expires_in, session: session.id, user })
+                let refresh_token = self.refresh_tokens(REFRESH_PURPOSE).issue(session.id, next);
+                Ok(IssuedTokens { access_token, refresh_token, expires_in, session: session.id, user })
             }
             RotateOutcome::Reused { session, user } => {
                 self.reuse_detected(session, user, None, meta);
@@ -237,46 +233,50 @@ impl SessionService<'_> {
         self.ctx.audit_later(kinds::REFRESH_REUSE_DETECTED, meta, None, Some(user), Some(detail));
     }
 
-    /// Exchanges the refresh token (hashed as `old` under the current master
-    /// key) for `new`. After a master-key rotation, tokens issued before it
-    /// hash under a previous key: those are tried too (only while previous
-    /// keys are configured).
-    pub(crate) async fn rotate(&self, refresh_token: &str, old: &str, new: &str) -> Result<RotateOutcome> {
-        self.rotate_as(REFRESH_PURPOSE, refresh_token, old, new, None).await
+    /// Refresh tokens of kind `purpose` (an OAuth client's grant has its
+    /// own, so its tokens never work at `refresh`) for this tenant.
+    pub(crate) fn refresh_tokens(&self, purpose: &'static str) -> RefreshTokens<'_> {
+        RefreshTokens { keyring: &self.ctx.deps.keyring, purpose, tenant: self.ctx.rt.id }
     }
 
-    /// [`SessionService::rotate`] for tokens hashed under `purpose` (an OAuth
-    /// client's grant has its own, so its tokens never work at `refresh`).
+    /// Rotates the refresh token `refresh_token` of kind `purpose` (see
+    /// `TokenStore::rotate_refresh`). Returns the outcome, and the generation
+    /// of the token to issue if it rotated. A token from before tokens named
+    /// their session is looked up under every configured master key.
     pub(crate) async fn rotate_as(
         &self,
-        purpose: &str,
+        purpose: &'static str,
         refresh_token: &str,
-        old: &str,
-        new: &str,
         limit: Option<&SessionLimit<'_>>,
-    ) -> Result<RotateOutcome> {
+    ) -> Result<(RotateOutcome, u64)> {
         let now = Utc::now().timestamp();
         let ttl = self.ctx.deps.config.refresh_token_ttl;
         let tokens = &self.ctx.deps.tokens;
-        let mut outcome = tokens.rotate_refresh(self.ctx.rt.id, old, new, now, ttl, limit).await?;
-        if outcome == RotateOutcome::NotFound {
-            for candidate in
-                self.ctx.deps.keyring.keyed_hash_candidates(purpose, refresh_token.as_bytes()).iter().skip(1)
-            {
-                outcome = tokens.rotate_refresh(self.ctx.rt.id, candidate, new, now, ttl, limit).await?;
-                if outcome != RotateOutcome::NotFound {
-                    break;
-                }
+        let presented = self.refresh_tokens(purpose).read(refresh_token);
+        for key in presented.keys() {
+            let outcome = tokens.rotate_refresh(self.ctx.rt.id, key, now, ttl, limit).await?;
+            if outcome != RotateOutcome::NotFound {
+                return Ok((outcome, key.next_generation()));
             }
         }
-        Ok(outcome)
+        Ok((RotateOutcome::NotFound, FIRST_GENERATION))
+    }
+
+    /// The live session whose current refresh token of kind `purpose` is
+    /// `refresh_token`, if any. Looking up is not using: nothing rotates.
+    pub(crate) async fn session_of(&self, purpose: &'static str, refresh_token: &str) -> Result<Option<SessionRecord>> {
+        for key in self.refresh_tokens(purpose).read(refresh_token).keys() {
+            if let Some(session) = self.ctx.deps.tokens.session_by_refresh(self.ctx.rt.id, key).await? {
+                return Ok(Some(session));
+            }
+        }
+        Ok(None)
     }
 
     /// Revokes the session of `refresh_token`, or else the caller's session.
     ///
-    /// The token is found the way `refresh` finds it (under every configured
-    /// master key), by rotating it to a throw-away successor that the
-    /// revocation then ends with its session. A token that its session
+    /// The token is found the way `refresh` finds it, by rotating it (its
+    /// successor is never issued) before the revocation ends its session. A token that its session
     /// already rotated away ends the whole session, as its reuse would: a
     /// logout never silently leaves a session alive.
     pub async fn logout(
@@ -287,9 +287,7 @@ impl SessionService<'_> {
     ) -> Result<bool> {
         let session = match refresh_token {
             Some(t) if !t.is_empty() && t.len() <= 256 => {
-                let old = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, t.as_bytes());
-                let throwaway = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, crypto::random_token(32).as_bytes());
-                match self.rotate(t, &old, &throwaway).await? {
+                match self.rotate_as(REFRESH_PURPOSE, t, None).await?.0 {
                     RotateOutcome::Rotated(s) => Some((s.id, s.user_id)),
                     RotateOutcome::Reused { session, user } => {
                         // The store revoked the session already.

@@ -29,7 +29,7 @@ use std::time::Duration;
 use authd_core::claims::IdClaims;
 use authd_core::{Error, Result, SessionId, UserId, crypto};
 use authd_store::{OAuthClientRecord, UserRecord};
-use authd_tokens::{RotateOutcome, SessionRecord};
+use authd_tokens::{FIRST_GENERATION, RotateOutcome, SessionRecord};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
@@ -855,10 +855,9 @@ impl SsoService<'_> {
             ip: meta.ip.clone(),
             amr: sso.amr.clone(),
         };
-        let refresh = crypto::random_token(32);
-        let hash = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, refresh.as_bytes());
         let ttl = self.ctx.deps.config.refresh_token_ttl;
-        self.ctx.deps.tokens.create_session(self.ctx.rt.id, &session, &hash, ttl).await?;
+        self.ctx.deps.tokens.create_session(self.ctx.rt.id, &session, ttl).await?;
+        let refresh = self.ctx.sessions().refresh_tokens(REFRESH_PURPOSE).issue(session.id, FIRST_GENERATION);
         let grant = Grant {
             client_id: client.client_id.clone(),
             scopes: scopes.to_vec(),
@@ -936,23 +935,20 @@ impl SsoService<'_> {
             .get("refresh_token")
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or_else(|| OAuthError::request("refresh_token is required"))?;
-        let old = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, token.as_bytes());
         // The token must be one this client holds, before anything rotates.
-        if let Some(session) = self.ctx.deps.tokens.session_by_refresh(self.ctx.rt.id, &old).await? {
+        if let Some(session) = self.ctx.sessions().session_of(REFRESH_PURPOSE, token).await? {
             let grant = self.grant(session.id).await?;
             if grant.is_none_or(|g| g.client_id != client.client_id) {
                 return Err(OAuthError::grant("the refresh token belongs to another client"));
             }
         }
-        let new_token = crypto::random_token(32);
-        let new = self.ctx.deps.keyring.keyed_hash(REFRESH_PURPOSE, new_token.as_bytes());
-        let session = match self.ctx.sessions().rotate_as(REFRESH_PURPOSE, token, &old, &new, None).await? {
-            RotateOutcome::Rotated(s) => s,
-            RotateOutcome::Reused { .. } => {
+        let (session, next) = match self.ctx.sessions().rotate_as(REFRESH_PURPOSE, token, None).await? {
+            (RotateOutcome::Rotated(s), next) => (s, next),
+            (RotateOutcome::Reused { .. }, _) => {
                 return Err(OAuthError::grant("refresh token reused: the grant is revoked"));
             }
             // `Limited` needs a limit, and none was asked for.
-            RotateOutcome::NotFound | RotateOutcome::Limited { .. } => {
+            (RotateOutcome::NotFound | RotateOutcome::Limited { .. }, _) => {
                 return Err(OAuthError::grant("unknown or expired refresh token"));
             }
         };
@@ -968,7 +964,7 @@ impl SsoService<'_> {
         };
         let mut body =
             self.token_response(client, &user, session.id, None, &session.amr, &grant.scopes, grant.auth_time, None)?;
-        body["refresh_token"] = new_token.into();
+        body["refresh_token"] = self.ctx.sessions().refresh_tokens(REFRESH_PURPOSE).issue(session.id, next).into();
         self.issued(client, &user, "refresh_token", meta);
         Ok(body)
     }
@@ -1070,23 +1066,21 @@ impl SsoService<'_> {
             }
             return Ok(body);
         }
-        for hash in self.ctx.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, token.as_bytes()) {
-            if let Some(session) = self.ctx.deps.tokens.session_by_refresh(self.ctx.rt.id, &hash).await? {
-                let grant = self.grant(session.id).await?;
-                let mut body = serde_json::json!({
-                    "active": true,
-                    "token_type": "refresh_token",
-                    "sub": session.user_id.to_string(),
-                    "iss": self.issuer(),
-                    "iat": session.created_at,
-                    "exp": session.last_used_at + i64::try_from(self.ctx.deps.config.refresh_token_ttl.as_secs()).unwrap_or(0),
-                });
-                if let Some(g) = grant {
-                    body["client_id"] = g.client_id.into();
-                    body["scope"] = g.scopes.join(" ").into();
-                }
-                return Ok(body);
+        if let Some(session) = self.ctx.sessions().session_of(REFRESH_PURPOSE, token).await? {
+            let grant = self.grant(session.id).await?;
+            let mut body = serde_json::json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "sub": session.user_id.to_string(),
+                "iss": self.issuer(),
+                "iat": session.created_at,
+                "exp": session.last_used_at + i64::try_from(self.ctx.deps.config.refresh_token_ttl.as_secs()).unwrap_or(0),
+            });
+            if let Some(g) = grant {
+                body["client_id"] = g.client_id.into();
+                body["scope"] = g.scopes.join(" ").into();
             }
+            return Ok(body);
         }
         Ok(inactive)
     }
@@ -1103,16 +1097,12 @@ impl SsoService<'_> {
         let sid = if let Ok(c) = snap.keys.verify(token, &self.issuer(), &self.ctx.audience(), Utc::now()) {
             (c.client_id.as_deref() == Some(client.client_id.as_str())).then_some(SessionId(c.sid))
         } else {
-            let mut found = None;
-            for hash in self.ctx.deps.keyring.keyed_hash_candidates(REFRESH_PURPOSE, token.as_bytes()) {
-                if let Some(session) = self.ctx.deps.tokens.session_by_refresh(self.ctx.rt.id, &hash).await? {
-                    if self.grant(session.id).await?.is_some_and(|g| g.client_id == client.client_id) {
-                        found = Some(session.id);
-                    }
-                    break;
+            match self.ctx.sessions().session_of(REFRESH_PURPOSE, token).await? {
+                Some(session) if self.grant(session.id).await?.is_some_and(|g| g.client_id == client.client_id) => {
+                    Some(session.id)
                 }
+                _ => None,
             }
-            found
         };
         if let Some(sid) = sid {
             self.ctx.deps.tokens.revoke_session(self.ctx.rt.id, sid, deny_ttl()).await?;

@@ -33,7 +33,7 @@ use authd_store::{
     OAuthProviderRecord, OutboxMail, OutboxStats, PasskeyRecord, PlatformEvent, QueuedMail, SigningKeyRecord, Store,
     TenantRecord, TotpReseal, UserChange, UserRecord,
 };
-use authd_tokens::{Memos, RateDecision, RotateOutcome, SessionLimit, SessionRecord, TokenStore};
+use authd_tokens::{Memos, RateDecision, RefreshKey, RotateOutcome, SessionLimit, SessionRecord, TokenStore};
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
@@ -153,9 +153,9 @@ traced! {
     fn ping(&self) -> TokenResult<()>;
     fn publish_change(&self, tenant: TenantId) -> TokenResult<()> [tenant = tenant];
     fn publish_user_change(&self, tenant: TenantId, user: Option<UserId>) -> TokenResult<()> [tenant = tenant];
-    fn create_session(&self, tenant: TenantId, session: &SessionRecord, refresh_hash: &str, ttl: Duration) -> TokenResult<()> [tenant = tenant];
-    fn rotate_refresh(&self, tenant: TenantId, old_hash: &str, new_hash: &str, now: i64, ttl: Duration, limit: Option<&SessionLimit<'_>>) -> TokenResult<RotateOutcome> [tenant = tenant];
-    fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> TokenResult<Option<SessionRecord>> [tenant = tenant];
+    fn create_session(&self, tenant: TenantId, session: &SessionRecord, ttl: Duration) -> TokenResult<()> [tenant = tenant];
+    fn rotate_refresh(&self, tenant: TenantId, old: RefreshKey<'_>, now: i64, ttl: Duration, limit: Option<&SessionLimit<'_>>) -> TokenResult<RotateOutcome> [tenant = tenant];
+    fn session_by_refresh(&self, tenant: TenantId, key: RefreshKey<'_>) -> TokenResult<Option<SessionRecord>> [tenant = tenant];
     fn get_session(&self, tenant: TenantId, sid: SessionId) -> TokenResult<Option<SessionRecord>> [tenant = tenant];
     fn list_sessions(&self, tenant: TenantId, user: UserId) -> TokenResult<Vec<SessionRecord>> [tenant = tenant];
     fn revoke_session(&self, tenant: TenantId, sid: SessionId, deny_ttl: Duration) -> TokenResult<bool> [tenant = tenant];

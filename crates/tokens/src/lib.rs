@@ -79,8 +79,10 @@ impl From<Error> for authd_core::Error {
 /// The shared, expiring state of every tenant. Every method takes the
 /// tenant, and every key a backend writes is scoped by it.
 ///
-/// Hashes passed in (`refresh_hash`, `code_hash`, ...) are already keyed
-/// hashes (HMAC) computed by the caller: the store never sees a raw secret.
+/// Hashes passed in (a [`RefreshKey::Hashed`], ids of single-use records,
+/// ...) are already keyed hashes (HMAC) computed by the caller, and refresh
+/// tokens reach it as their session and generation: the store never sees a
+/// raw secret.
 ///
 /// Every method is atomic: a backend applies each call as one indivisible
 /// step (one Lua script on Redis, one critical section in memory), so
@@ -125,28 +127,27 @@ pub trait TokenStore: Send + Sync + 'static {
 
     // ---- sessions and refresh tokens ----
 
-    /// Creates a session and its first refresh token. Both expire after
-    /// `ttl` unless refreshed (each rotation extends the session to `ttl`).
-    async fn create_session(
-        &self,
-        tenant: TenantId,
-        session: &SessionRecord,
-        refresh_hash: &str,
-        ttl: Duration,
-    ) -> Result<()>;
+    /// Creates a session; its first refresh token is generation
+    /// [`FIRST_GENERATION`]. The session expires after `ttl` unless refreshed
+    /// (each rotation extends it to `ttl`).
+    async fn create_session(&self, tenant: TenantId, session: &SessionRecord, ttl: Duration) -> Result<()>;
 
-    /// Atomically exchanges `old_hash` for `new_hash` (one round trip).
-    /// - the current token of a live session: it becomes `new_hash`,
-    ///   `last_used_at` is set to `now`, and the session is returned;
+    /// Atomically exchanges the presented token `old` for its
+    /// [`RefreshKey::successor`] (one round trip):
+    /// - the current token of a live session: the session moves on to the
+    ///   successor, `last_used_at` is set to `now`, and the session is
+    ///   returned;
     /// - a token that this session already rotated away: the whole session is
     ///   revoked (as by [`TokenStore::revoke_session`]) and `Reused` returned;
-    /// - anything else (unknown, expired, revoked session): `NotFound`.
+    /// - anything else (unknown, a generation not issued yet, expired or
+    ///   revoked session): `NotFound`.
     ///
-    /// Two concurrent calls with the same `old_hash` yield one `Rotated` and
-    /// one `Reused`. A session revoked for reuse stays on the deny list for
-    /// [`REUSE_DENY_TTL`]. A rotated-away token stays recognisable (so its
-    /// reuse is detected) for `ttl` after it was issued, that is for as long
-    /// as it would have been valid had it not been rotated.
+    /// Two concurrent calls with the same `old` yield one `Rotated` and one
+    /// `Reused`. A session revoked for reuse stays on the deny list for
+    /// [`REUSE_DENY_TTL`]. A rotated-away token is recognised as long as its
+    /// session lives, that is at least for `ttl` after it was issued; a
+    /// token from before tokens named their session ([`RefreshKey::Hashed`])
+    /// for `ttl` after it was issued.
     ///
     /// With `limit`, the rotation of a live session's current token first
     /// counts one request against that limit (GCRA, as
@@ -156,15 +157,14 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn rotate_refresh(
         &self,
         tenant: TenantId,
-        old_hash: &str,
-        new_hash: &str,
+        old: RefreshKey<'_>,
         now: i64,
         ttl: Duration,
         limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome>;
 
-    /// Looks up the live session whose *current* refresh token is `hash`.
-    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>>;
+    /// Looks up the live session whose *current* refresh token is `key`.
+    async fn session_by_refresh(&self, tenant: TenantId, key: RefreshKey<'_>) -> Result<Option<SessionRecord>>;
 
     async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>>;
 

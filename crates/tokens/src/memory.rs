@@ -13,7 +13,7 @@
 //! is never consulted for another) and purging a tenant drops one map.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -25,8 +25,8 @@ use parking_lot::Mutex;
 
 use crate::gcra::{self, Plan};
 use crate::{
-    Memos, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionLimit, SessionRecord, TokenStore, check_kind,
-    check_step, ttl_ms,
+    FIRST_GENERATION, Memos, REUSE_DENY_TTL, RateDecision, RefreshKey, Result, RotateOutcome, SessionLimit,
+    SessionRecord, TokenStore, check_kind, check_step, ttl_ms,
 };
 
 /// How often an operation sweeps every expired entry out of the store.
@@ -49,7 +49,7 @@ struct Inner {
 }
 
 impl fmt::Debug for MemoryTokenStore {
-    // Entries hold refresh-token hashes and single-use values: never print them.
+    // Entries hold single-use values: never print them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryTokenStore").finish_non_exhaustive()
     }
@@ -162,13 +162,8 @@ fn outlasts(a: Option<Instant>, b: Option<Instant>) -> bool {
 
 struct Session {
     record: SessionRecord,
-    /// The hash of the one refresh token that rotates.
-    current: String,
-    /// The session's refresh hashes still in `refresh` (current and rotated
-    /// away), oldest first, to forget them on revocation. A rotation drops
-    /// the expired ones from the front (they expire in the order they were
-    /// issued), so it costs the same however often the session rotated.
-    family: VecDeque<String>,
+    /// The generation of the one refresh token that rotates.
+    generation: u64,
 }
 
 struct OnceRecord {
@@ -179,8 +174,6 @@ struct OnceRecord {
 #[derive(Default)]
 struct TenantState {
     sessions: HashMap<SessionId, Expiring<Session>>,
-    /// Refresh hash (current or rotated away) → its session.
-    refresh: HashMap<String, Expiring<SessionId>>,
     /// A user's sessions; dead ids are pruned when read.
     user_sessions: HashMap<UserId, BTreeSet<SessionId>>,
     deny: HashMap<SessionId, Expiring<()>>,
@@ -193,7 +186,6 @@ struct TenantState {
 impl TenantState {
     fn sweep(&mut self, now: Instant) {
         self.sessions.retain(|_, e| e.live(now));
-        self.refresh.retain(|_, e| e.live(now));
         let sessions = &self.sessions;
         self.user_sessions.retain(|_, sids| {
             sids.retain(|sid| sessions.contains_key(sid));
@@ -206,7 +198,6 @@ impl TenantState {
 
     fn is_empty(&self) -> bool {
         self.sessions.is_empty()
-            && self.refresh.is_empty()
             && self.user_sessions.is_empty()
             && self.deny.is_empty()
             && self.once.is_empty()
@@ -214,16 +205,11 @@ impl TenantState {
             && self.rates.is_empty()
     }
 
-    /// Removes a live session and every refresh hash of its family, and puts
-    /// its id on the deny list (never shortening an entry already there).
+    /// Removes a live session, and puts its id on the deny list (never shortening an entry already there).
     /// Returns the session's user if it was live.
     fn revoke(&mut self, sid: SessionId, deny_ttl: Duration, now: Instant) -> Option<UserId> {
         let user = live(&mut self.sessions, &sid, now).map(|s| s.record.user_id);
-        if let Some(e) = self.sessions.remove(&sid) {
-            for h in &e.value.family {
-                self.refresh.remove(h);
-            }
-        }
+        self.sessions.remove(&sid);
         if let Some(user) = user
             && let Some(sids) = self.user_sessions.get_mut(&user)
         {
@@ -265,28 +251,11 @@ impl TokenStore for MemoryTokenStore {
         &self.inner.memos
     }
 
-    async fn create_session(
-        &self,
-        tenant: TenantId,
-        session: &SessionRecord,
-        refresh_hash: &str,
-        ttl: Duration,
-    ) -> Result<()> {
+    async fn create_session(&self, tenant: TenantId, session: &SessionRecord, ttl: Duration) -> Result<()> {
         self.with_tenant(tenant, |t, now| {
-            let until = expiry(now, ttl);
             let sid = session.id;
-            t.sessions.insert(
-                sid,
-                Expiring::new(
-                    Session {
-                        record: session.clone(),
-                        current: refresh_hash.to_owned(),
-                        family: VecDeque::from([refresh_hash.to_owned()]),
-                    },
-                    until,
-                ),
-            );
-            t.refresh.insert(refresh_hash.to_owned(), Expiring::new(sid, until));
+            let entry = Session { record: session.clone(), generation: FIRST_GENERATION };
+            t.sessions.insert(sid, Expiring::new(entry, expiry(now, ttl)));
             t.user_sessions.entry(session.user_id).or_default().insert(sid);
         });
         Ok(())
@@ -295,21 +264,23 @@ impl TokenStore for MemoryTokenStore {
     async fn rotate_refresh(
         &self,
         tenant: TenantId,
-        old_hash: &str,
-        new_hash: &str,
+        old: RefreshKey<'_>,
         now_unix: i64,
         ttl: Duration,
         limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
+        // Tokens that did not name their session were never issued by a
+        // store that lives only as long as its process.
+        let RefreshKey::Named { sid, generation } = old else { return Ok(RotateOutcome::NotFound) };
         let limit = limit.map(|l| (l.key_prefix, gcra::plan(l.limit, l.period, l.now_ms)));
         Ok(self.with_tenant(tenant, |t, now| {
-            let Some(sid) = live(&mut t.refresh, old_hash, now).copied() else {
-                return RotateOutcome::NotFound;
-            };
             let Some(session) = live(&mut t.sessions, &sid, now) else {
                 return RotateOutcome::NotFound;
             };
-            if session.current != old_hash {
+            if generation > session.generation {
+                return RotateOutcome::NotFound;
+            }
+            if generation < session.generation {
                 // A token this session already rotated away: someone holds a
                 // copy (RFC 9700 §4.14.2), so the whole family goes.
                 let user = session.record.user_id;
@@ -321,31 +292,22 @@ impl TokenStore for MemoryTokenStore {
             {
                 return RotateOutcome::Limited { retry_after_ms };
             }
-            let until = expiry(now, ttl);
-            t.refresh.insert(new_hash.to_owned(), Expiring::new(sid, until));
             let Some(entry) = t.sessions.get_mut(&sid) else {
                 return RotateOutcome::NotFound;
             };
-            entry.expires = until;
+            entry.expires = expiry(now, ttl);
             let session = &mut entry.value;
-            session.current = new_hash.to_owned();
+            session.generation = old.next_generation();
             session.record.last_used_at = now_unix;
-            // Forget the hashes whose entries expired, so a session kept
-            // alive for months does not grow without bound.
-            let refresh = &t.refresh;
-            session.family.push_back(new_hash.to_owned());
-            while session.family.front().is_some_and(|h| !refresh.get(h).is_some_and(|e| e.live(now))) {
-                session.family.pop_front();
-            }
             RotateOutcome::Rotated(session.record.clone())
         }))
     }
 
-    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>> {
+    async fn session_by_refresh(&self, tenant: TenantId, key: RefreshKey<'_>) -> Result<Option<SessionRecord>> {
+        let RefreshKey::Named { sid, generation } = key else { return Ok(None) };
         Ok(self.with_tenant(tenant, |t, now| {
-            let sid = *live(&mut t.refresh, hash, now)?;
             let session = live(&mut t.sessions, &sid, now)?;
-            (session.current == hash).then(|| session.record.clone())
+            (session.generation == generation).then(|| session.record.clone())
         }))
     }
 

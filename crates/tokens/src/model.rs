@@ -18,8 +18,46 @@ pub struct SessionRecord {
     pub amr: Vec<String>,
 }
 
+/// The generation of a session's first refresh token.
+pub const FIRST_GENERATION: u64 = 1;
+
+/// A presented refresh token, as the store finds it.
+///
+/// A refresh token names its session and its place in the session's chain
+/// of rotations: the `generation`-th token of session `sid`. The caller has
+/// checked that authd issued it (its MAC under the master key), so the store
+/// keeps no trace of the token itself: a session remembers only its current
+/// generation. An earlier generation presented again is a copy someone kept.
+///
+/// Tokens issued before tokens named their session are found by their keyed
+/// hash (`Hashed`), for as long as they live; a rotation of one moves its
+/// session to [`FIRST_GENERATION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshKey<'a> {
+    Named { sid: SessionId, generation: u64 },
+    Hashed(&'a str),
+}
+
+impl RefreshKey<'_> {
+    /// The generation of the token a rotation of this one issues.
+    pub fn next_generation(&self) -> u64 {
+        match *self {
+            RefreshKey::Named { generation, .. } => generation.saturating_add(1),
+            RefreshKey::Hashed(_) => FIRST_GENERATION,
+        }
+    }
+
+    /// The token a rotation of this one issues, `session` being the session
+    /// the rotation answered with.
+    pub fn successor(&self, session: SessionId) -> RefreshKey<'static> {
+        RefreshKey::Named { sid: session, generation: self.next_generation() }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RotateOutcome {
+    /// The session, whose current token is now the presented one's
+    /// [`RefreshKey::successor`].
     Rotated(SessionRecord),
     /// The token was already rotated: the session (this id) is now revoked.
     Reused {

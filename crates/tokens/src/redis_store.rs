@@ -33,9 +33,9 @@
 //!
 //! | key | type | holds | expires |
 //! | --- | --- | --- | --- |
-//! | `sess:<sid>` | hash | `user`, `created`, `last_used`, `amr` (JSON), `ua`?, `ip`?, `rt` (current refresh hash) | session TTL, renewed on rotation |
-//! | `rt:<hash>` | string | the sid of every refresh hash a session had, current or rotated away (so reuse is detected) | TTL from when it was issued |
-//! | `fam:<sid>` | sorted set | the session's refresh hashes whose `rt:` key may still exist, scored by its expiry (server ms), to delete them on revocation; pruned on rotation | session TTL |
+//! | `sess:<sid>` | hash | `user`, `created`, `last_used`, `amr` (JSON), `ua`?, `ip`?, `gen` (generation of the current refresh token; absent: 0, a session from before tokens named their session, whose current token is the hash in `rt`) | session TTL, renewed on rotation |
+//! | `rt:<hash>` | string | sessions from before tokens named their session: the sid of every refresh hash such a session had, current or rotated away (so reuse is detected); none are written any more | TTL from when it was issued |
+//! | `fam:<sid>` | sorted set | the same sessions' refresh hashes whose `rt:` key may still exist, scored by its expiry (server ms), to delete them on revocation | session TTL |
 //! | `usess:<uid>` | set | the user's sids (dead ones pruned when read) | the longest session TTL |
 //! | `deny:<sid>` | string | `1`: access tokens with this sid are refused | `deny_ttl` |
 //! | `once:<kind>:<id>` | hash | `v` the value, `n` the attempts | caller's TTL |
@@ -63,8 +63,8 @@ use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, Server
 use crate::gcra::{self, Plan};
 use crate::memory::sort_sessions;
 use crate::{
-    Error, Memos, Notice, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionLimit, SessionRecord, TokenStore,
-    check_kind, check_step, ttl_ms,
+    Error, FIRST_GENERATION, Memos, Notice, REUSE_DENY_TTL, RateDecision, RefreshKey, Result, RotateOutcome,
+    SessionLimit, SessionRecord, TokenStore, check_kind, check_step, ttl_ms,
 };
 
 /// How long one TCP connection attempt may take.
@@ -568,6 +568,28 @@ fn parse_sid(v: Value) -> Result<SessionId> {
     s.parse().map_err(|_| Error::Internal("redis: a stored session id is not a UUID".into()))
 }
 
+/// How `LUA_FIND` finds a presented refresh token: its `KEYS[1]` and
+/// `ARGV[2..4]`.
+struct Found {
+    key: String,
+    kind: &'static str,
+    value: String,
+    sid: String,
+}
+
+impl Found {
+    fn of(ns: &str, key: RefreshKey<'_>) -> Self {
+        match key {
+            RefreshKey::Named { sid, generation } => {
+                Found { key: format!("{ns}sess:{sid}"), kind: "n", value: generation.to_string(), sid: sid.to_string() }
+            }
+            RefreshKey::Hashed(h) => {
+                Found { key: format!("{ns}rt:{h}"), kind: "h", value: h.to_owned(), sid: String::new() }
+            }
+        }
+    }
+}
+
 // ---- Lua ----
 //
 // Conventions: ARGV[1] is the tenant namespace `{prefix}:{<tenant>}:` where a
@@ -611,21 +633,6 @@ local function extend(key, ms)
 end
 "#;
 
-/// Records refresh hash `h` in family `fk`, scored by when its `rt:` key
-/// expires on the server's clock (the clock of the TTLs), and forgets the
-/// hashes whose keys have expired, so the family of a session kept alive
-/// for months stays as small as its live tokens. (Scripts replicate their
-/// effects, so reading TIME before writing is allowed.)
-const LUA_FAMILY_ADD: &str = r#"
-local function family_add(fk, h, ttl)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZREMRANGEBYSCORE', fk, '-inf', '(' .. string.format('%.0f', now))
-  redis.call('ZADD', fk, string.format('%.0f', now + ttl), h)
-  redis.call('PEXPIRE', fk, ttl)
-end
-"#;
-
 /// GCRA on `key`: the arithmetic of `gcra::Params::decide`, which the other
 /// backends run; keep them in step. `now`, `interval` and `tolerance` are
 /// µs. Returns {1, remaining} or {0, retry_after_ms}.
@@ -647,77 +654,102 @@ fn script(parts: &[&str]) -> Script {
     Script::new(&parts.concat())
 }
 
-/// KEYS: sess:<sid>, rt:<hash>, fam:<sid>, usess:<uid>.
-/// ARGV: ttl, hash, sid, then the session's field/value pairs.
+/// KEYS: sess:<sid>, usess:<uid>. ARGV: ttl, sid, first generation, then
+/// the session's field/value pairs.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         LUA_EXTEND,
-        LUA_FAMILY_ADD,
         r#"
 local ttl = tonumber(ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[3])
-redis.call('HSET', KEYS[1], 'rt', ARGV[2], unpack(ARGV, 4))
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'gen', ARGV[3], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl)
-family_add(KEYS[3], ARGV[2], ttl)
-redis.call('SADD', KEYS[4], ARGV[3])
-extend(KEYS[4], ttl)
+redis.call('SADD', KEYS[2], ARGV[2])
+extend(KEYS[2], ttl)
 return 1
 "#,
     ])
 });
 
-/// KEYS: rt:<old>, rt:<new>. ARGV: ns, old, new, now, ttl, reuse deny ttl,
-/// channel, tenant, then the session's limit: '' (none), or 'fixed' and the
-/// retry (ms), or 'gcra', the key prefix, now, interval and tolerance (µs).
-/// Returns {'rotated', sid, fields} | {'reused', sid, user} | {'notfound'}
-/// | {'limited', retry_after_ms}.
+/// Finds the session of a presented refresh token and judges the token:
+/// sets `sid`, `sk` (its key), `gen` (its current generation) and `standing`
+/// ('current', 'reused' or nil: unknown). KEYS[1] is `sess:<sid>` for a token
+/// naming its session (ARGV[2] 'n', ARGV[3] its generation, ARGV[4] the sid)
+/// or `rt:<hash>` for one from before (ARGV[2] 'h', ARGV[3] the hash).
+const LUA_FIND: &str = r#"
+local function find(ns)
+  local sid = ARGV[4]
+  if ARGV[2] == 'h' then
+    sid = redis.call('GET', KEYS[1])
+    if not sid then return nil end
+  end
+  local sk = ns .. 'sess:' .. sid
+  if redis.call('EXISTS', sk) == 0 then return nil end
+  local gen = tonumber(redis.call('HGET', sk, 'gen') or '0')
+  local standing = nil
+  if ARGV[2] == 'n' then
+    local g = tonumber(ARGV[3])
+    if gen > 0 and g == gen then standing = 'current'
+    elseif gen > 0 and g < gen then standing = 'reused' end
+  elseif gen == 0 and redis.call('HGET', sk, 'rt') == ARGV[3] then
+    standing = 'current'
+  else
+    -- Its hash names this session, which has rotated it away.
+    standing = 'reused'
+  end
+  return sid, sk, gen, standing
+end
+"#;
+
+/// KEYS and ARGV[2..4]: as `LUA_FIND`. ARGV: ns, ..., now, ttl, reuse deny
+/// ttl, channel, tenant, then the session's limit: '' (none), or 'fixed' and
+/// the retry (ms), or 'gcra', the key prefix, now, interval and tolerance
+/// (µs). Returns {'rotated', sid, fields} | {'reused', sid, user} |
+/// {'notfound'} | {'limited', retry_after_ms}.
 static ROTATE: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         LUA_REVOKE,
         LUA_EXTEND,
-        LUA_FAMILY_ADD,
         LUA_RATE,
+        LUA_FIND,
         r#"
 local ns = ARGV[1]
-local ttl = tonumber(ARGV[5])
-local sid = redis.call('GET', KEYS[1])
-if not sid then return {'notfound'} end
-local sk = ns .. 'sess:' .. sid
-local current = redis.call('HGET', sk, 'rt')
-if not current then return {'notfound'} end
+local ttl = tonumber(ARGV[6])
+local sid, sk, gen, standing = find(ns)
+if not standing then return {'notfound'} end
 local user = redis.call('HGET', sk, 'user')
-if current ~= ARGV[2] then
+if standing == 'reused' then
   -- A token this session already rotated away: someone holds a copy
   -- (RFC 9700 section 4.14.2), so the whole family goes.
-  revoke(ns, sid, tonumber(ARGV[6]), ARGV[7], ARGV[8])
+  revoke(ns, sid, tonumber(ARGV[7]), ARGV[8], ARGV[9])
   return {'reused', sid, user}
 end
-if ARGV[9] == 'fixed' then
-  return {'limited', tonumber(ARGV[10])}
-elseif ARGV[9] == 'gcra' then
-  local r = rate(ns .. 'rl:' .. ARGV[10] .. sid, tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]))
+if ARGV[10] == 'fixed' then
+  return {'limited', tonumber(ARGV[11])}
+elseif ARGV[10] == 'gcra' then
+  local r = rate(ns .. 'rl:' .. ARGV[11] .. sid, tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]))
   if r[1] == 0 then return {'limited', r[2]} end
 end
-redis.call('HSET', sk, 'rt', ARGV[3], 'last_used', ARGV[4])
+redis.call('HSET', sk, 'gen', string.format('%.0f', gen + 1), 'last_used', ARGV[5])
+if gen == 0 then redis.call('HDEL', sk, 'rt') end
 redis.call('PEXPIRE', sk, ttl)
-redis.call('SET', KEYS[2], sid, 'PX', ttl)
-family_add(ns .. 'fam:' .. sid, ARGV[3], ttl)
 extend(ns .. 'usess:' .. user, ttl)
 return {'rotated', sid, redis.call('HGETALL', sk)}
 "#,
     ])
 });
 
-/// KEYS: rt:<hash>. ARGV: ns, hash. Returns {sid, fields} or nil.
+/// KEYS and ARGV[2..4]: as `LUA_FIND`; ARGV[1]: ns. Returns {sid, fields}
+/// or nil.
 static BY_REFRESH: LazyLock<Script> = LazyLock::new(|| {
-    script(&[r#"
-local sid = redis.call('GET', KEYS[1])
-if not sid then return false end
-local sk = ARGV[1] .. 'sess:' .. sid
-if redis.call('HGET', sk, 'rt') ~= ARGV[2] then return false end
+    script(&[
+        LUA_FIND,
+        r#"
+local sid, sk, gen, standing = find(ARGV[1])
+if standing ~= 'current' then return false end
 return {sid, redis.call('HGETALL', sk)}
-"#])
+"#,
+    ])
 });
 
 /// KEYS: usess:<uid>. ARGV: ns. Returns {sid, fields, sid, fields, ...},
@@ -845,24 +877,13 @@ impl TokenStore for RedisTokenStore {
         &self.memos
     }
 
-    async fn create_session(
-        &self,
-        tenant: TenantId,
-        session: &SessionRecord,
-        refresh_hash: &str,
-        ttl: Duration,
-    ) -> Result<()> {
+    async fn create_session(&self, tenant: TenantId, session: &SessionRecord, ttl: Duration) -> Result<()> {
         let ns = self.ns(tenant);
         let sid = session.id.to_string();
-        let keys = [
-            format!("{ns}sess:{sid}"),
-            format!("{ns}rt:{refresh_hash}"),
-            format!("{ns}fam:{sid}"),
-            format!("{ns}usess:{}", session.user_id),
-        ];
-        let ttl = ttl_ms(ttl).to_string();
+        let keys = [format!("{ns}sess:{sid}"), format!("{ns}usess:{}", session.user_id)];
+        let (ttl, first) = (ttl_ms(ttl).to_string(), FIRST_GENERATION.to_string());
         let fields = session_fields(session)?;
-        let mut args = vec![ttl.as_str(), refresh_hash, sid.as_str()];
+        let mut args = vec![ttl.as_str(), sid.as_str(), first.as_str()];
         args.extend(fields.iter().map(String::as_str));
         self.eval(&CREATE, &keys.each_ref().map(String::as_str), &args).await?;
         Ok(())
@@ -871,14 +892,13 @@ impl TokenStore for RedisTokenStore {
     async fn rotate_refresh(
         &self,
         tenant: TenantId,
-        old_hash: &str,
-        new_hash: &str,
+        old: RefreshKey<'_>,
         now: i64,
         ttl: Duration,
         limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
         let ns = self.ns(tenant);
-        let keys = [format!("{ns}rt:{old_hash}"), format!("{ns}rt:{new_hash}")];
+        let found = Found::of(&ns, old);
         let (now, ttl, deny) = (now.to_string(), ttl_ms(ttl).to_string(), ttl_ms(REUSE_DENY_TTL).to_string());
         let tid = tenant.to_string();
         let mut args: Vec<String> = Vec::new();
@@ -895,9 +915,10 @@ impl TokenStore for RedisTokenStore {
                 p.tolerance_us.to_string(),
             ]),
         }
-        let mut all: Vec<&str> = vec![&ns, old_hash, new_hash, &now, &ttl, &deny, &self.channel, &tid];
+        let mut all: Vec<&str> =
+            vec![&ns, found.kind, &found.value, &found.sid, &now, &ttl, &deny, &self.channel, &tid];
         all.extend(args.iter().map(String::as_str));
-        let answer = self.eval(&ROTATE, &keys.each_ref().map(String::as_str), &all).await;
+        let answer = self.eval(&ROTATE, &[&found.key], &all).await;
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -930,10 +951,11 @@ impl TokenStore for RedisTokenStore {
         }
     }
 
-    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>> {
+    async fn session_by_refresh(&self, tenant: TenantId, key: RefreshKey<'_>) -> Result<Option<SessionRecord>> {
         let ns = self.ns(tenant);
-        let key = format!("{ns}rt:{hash}");
-        let answer: Option<Vec<Value>> = parse(self.eval(&BY_REFRESH, &[&key], &[&ns, hash]).await?)?;
+        let found = Found::of(&ns, key);
+        let args = [ns.as_str(), found.kind, &found.value, &found.sid];
+        let answer: Option<Vec<Value>> = parse(self.eval(&BY_REFRESH, &[&found.key], &args).await?)?;
         match answer {
             None => Ok(None),
             Some(parts) => {

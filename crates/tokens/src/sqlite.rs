@@ -26,13 +26,16 @@
 //! ignore expired rows, and every [`SWEEP_EVERY`] an operation first
 //! deletes them.
 //!
-//! **Layout** (`PRAGMA user_version` 1). Every table is `WITHOUT ROWID`: a
-//! row lives in its primary key's b-tree only, so a rotation writes one
-//! page per table instead of a table page and an index page. A revocation
-//! deletes the session row and leaves its refresh hashes to expire: a hash
-//! finds nothing without its session, so no index by session is kept up
-//! to date on every rotation. Files from before (version 0) are converted
-//! when opened.
+//! **Layout** (`PRAGMA user_version` 2). Every table is `WITHOUT ROWID`: a
+//! row lives in its primary key's b-tree only. A session row keeps the
+//! generation of its current refresh token, and a refresh token names its
+//! session, so a rotation rewrites that one row: no hash of the new token is
+//! inserted at a random place of an index (which cost a page write into the
+//! WAL and then into the file per rotation). The `refresh` table holds the
+//! hashes of tokens issued before tokens named their session, until they
+//! expire; their sessions are at generation 0. A revocation deletes the
+//! session row, so those hashes find nothing. Files of layouts 0 and 1 are
+//! converted when opened.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex as SyncMutex, Weak};
@@ -45,20 +48,21 @@ use tokio::sync::oneshot;
 
 use crate::gcra::{self, Plan};
 use crate::{
-    Error, Memos, REUSE_DENY_TTL, RateDecision, Result, RotateOutcome, SessionLimit, SessionRecord, TokenStore,
-    check_kind, check_step, ttl_ms,
+    Error, FIRST_GENERATION, Memos, REUSE_DENY_TTL, RateDecision, RefreshKey, Result, RotateOutcome, SessionLimit,
+    SessionRecord, TokenStore, check_kind, check_step, ttl_ms,
 };
 
 /// How often an operation also deletes every expired row.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// The layout this build writes (`PRAGMA user_version`).
-const LAYOUT: i64 = 1;
+const LAYOUT: i64 = 2;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS sessions (
         tenant TEXT NOT NULL, sid TEXT NOT NULL, user_id TEXT NOT NULL, record TEXT NOT NULL,
         current_hash TEXT NOT NULL, created_at INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (tenant, sid)) STRICT, WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS sessions_user ON sessions (tenant, user_id);
     CREATE TABLE IF NOT EXISTS refresh (
@@ -100,13 +104,67 @@ const SESSION_BY_ID: &str = "SELECT record FROM sessions WHERE tenant = ?1 AND s
 /// A user's live sessions.
 const SESSIONS_OF_USER: &str = "SELECT record FROM sessions WHERE tenant = ?1 AND user_id = ?2 AND expires_ms > ?3";
 
-/// A rotation's reads in one statement: the session of the presented token
-/// and, when a limit applies (`?4` is its key prefix, else empty), the
-/// limit's stored arrival time.
-const ROTATE_LOOKUP: &str = "SELECT r.sid, s.record, s.current_hash, \
+/// A rotation's reads in one statement: the live session named by the
+/// presented token (`?2`) and, when a limit applies (`?4` is its key prefix,
+/// else empty), the limit's stored arrival time.
+const ROTATE_NAMED: &str = "SELECT s.sid, s.record, s.generation, s.current_hash, \
+     (SELECT tat FROM rates WHERE ?4 <> '' AND tenant = ?1 AND key = ?4 || s.sid AND expires_ms > ?3) \
+     FROM sessions s WHERE s.tenant = ?1 AND s.sid = ?2 AND s.expires_ms > ?3";
+
+/// [`ROTATE_NAMED`] for a token from before tokens named their session,
+/// found by its hash (`?2`).
+const ROTATE_HASHED: &str = "SELECT r.sid, s.record, s.generation, s.current_hash, \
      (SELECT tat FROM rates WHERE ?4 <> '' AND tenant = ?1 AND key = ?4 || r.sid AND expires_ms > ?3) \
      FROM refresh r JOIN sessions s ON s.tenant = r.tenant AND s.sid = r.sid AND s.expires_ms > ?3 \
      WHERE r.tenant = ?1 AND r.hash = ?2 AND r.expires_ms > ?3";
+
+/// A presented refresh token, owned so that a queued write can keep it.
+enum Presented {
+    Named(String, u64),
+    Hashed(String),
+}
+
+impl Presented {
+    fn of(key: RefreshKey<'_>) -> Self {
+        match key {
+            RefreshKey::Named { sid, generation } => Presented::Named(sid.to_string(), generation),
+            RefreshKey::Hashed(h) => Presented::Hashed(h.to_owned()),
+        }
+    }
+
+    /// The lookup that finds its session, and that lookup's `?2`.
+    fn lookup(&self) -> (&'static str, &str) {
+        match self {
+            Presented::Named(sid, _) => (ROTATE_NAMED, sid),
+            Presented::Hashed(h) => (ROTATE_HASHED, h),
+        }
+    }
+
+    /// What this token is to its session, whose current token is generation
+    /// `generation` (0: the token of hash `current`, issued before tokens
+    /// named their session).
+    fn judge(&self, generation: i64, current: &str) -> Standing {
+        match self {
+            Presented::Named(_, g) => match u64::try_from(generation) {
+                Ok(0) | Err(_) => Standing::Unknown,
+                Ok(now) if *g == now => Standing::Current(g.saturating_add(1)),
+                Ok(now) if *g < now => Standing::RotatedAway,
+                Ok(_) => Standing::Unknown,
+            },
+            Presented::Hashed(h) if generation == 0 && current == h => Standing::Current(FIRST_GENERATION),
+            // Its hash names this session, which has rotated it away.
+            Presented::Hashed(_) => Standing::RotatedAway,
+        }
+    }
+}
+
+/// A presented token, compared with its session's current one.
+enum Standing {
+    /// It is the current one; the next has this generation.
+    Current(u64),
+    RotatedAway,
+    Unknown,
+}
 
 /// The SQLite backend.
 pub struct SqliteTokenStore {
@@ -385,8 +443,9 @@ fn checkpointer(conn: &Connection, db: &Weak<tokio::sync::Mutex<Db>>) {
 }
 
 /// Brings the file to [`LAYOUT`]: creates the tables of a new file, and
-/// converts a file of layout 0 (rowid tables, and an index of refresh
-/// hashes by session) in one transaction.
+/// converts an older file in one transaction: layout 0 (rowid tables, and an
+/// index of refresh hashes by session) and layout 1 (sessions without a
+/// generation: every refresh token was found by its hash).
 fn lay_out(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
     if version > LAYOUT {
@@ -401,21 +460,39 @@ fn lay_out(conn: &mut Connection) -> Result<()> {
     let old: i64 = tx
         .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'sessions'", [], |r| r.get(0))
         .map_err(db_err)?;
-    if old > 0 {
+    if old > 0 && version == 1 {
+        // Sessions so far are at generation 0: their current token is the
+        // one of hash `current_hash`.
+        tx.execute_batch("ALTER TABLE sessions ADD COLUMN generation INTEGER NOT NULL DEFAULT 0").map_err(db_err)?;
+    } else if old > 0 {
         for table in TABLES {
             tx.execute_batch(&format!("ALTER TABLE {table} RENAME TO {table}_layout0")).map_err(db_err)?;
         }
         tx.execute_batch("DROP INDEX IF EXISTS sessions_user; DROP INDEX IF EXISTS refresh_sid").map_err(db_err)?;
-    }
-    tx.execute_batch(SCHEMA).map_err(db_err)?;
-    if old > 0 {
+        tx.execute_batch(SCHEMA).map_err(db_err)?;
         for table in TABLES {
-            tx.execute_batch(&format!("INSERT INTO {table} SELECT * FROM {table}_layout0; DROP TABLE {table}_layout0"))
+            // Layout 0 had every column of today's tables but a session's
+            // generation, which is last and defaults to 0.
+            let columns: Vec<String> = tx
+                .prepare(&format!("SELECT name FROM pragma_table_info('{table}_layout0') ORDER BY cid"))
+                .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
                 .map_err(db_err)?;
+            let columns = columns.join(", ");
+            tx.execute_batch(&format!(
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_layout0; DROP TABLE {table}_layout0"
+            ))
+            .map_err(db_err)?;
         }
+    } else {
+        tx.execute_batch(SCHEMA).map_err(db_err)?;
     }
     tx.pragma_update(None, "user_version", LAYOUT).map_err(db_err)?;
     tx.commit().map_err(db_err)
+}
+
+/// A generation as SQLite stores it (a signed 64-bit integer).
+fn sql_int(generation: u64) -> i64 {
+    i64::try_from(generation).unwrap_or(i64::MAX)
 }
 
 fn decode_record(raw: &str) -> Result<SessionRecord> {
@@ -487,28 +564,16 @@ impl TokenStore for SqliteTokenStore {
         &self.memos
     }
 
-    async fn create_session(
-        &self,
-        tenant: TenantId,
-        session: &SessionRecord,
-        refresh_hash: &str,
-        ttl: Duration,
-    ) -> Result<()> {
+    async fn create_session(&self, tenant: TenantId, session: &SessionRecord, ttl: Duration) -> Result<()> {
         let record = encode_record(session)?;
         let (sid, user, created_at) = (session.id.to_string(), session.user_id.to_string(), session.created_at);
-        let refresh_hash = refresh_hash.to_owned();
         self.write(move |tx, now| {
-            let (t, expires) = (tenant.to_string(), until(now, ttl));
             exec(
                 tx,
-                "INSERT OR REPLACE INTO sessions (tenant, sid, user_id, record, current_hash, created_at, expires_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![t, sid, user, record, refresh_hash, created_at, expires],
-            )?;
-            exec(
-                tx,
-                "INSERT OR REPLACE INTO refresh (tenant, hash, sid, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![t, refresh_hash, sid, expires],
+                "INSERT OR REPLACE INTO sessions \
+                 (tenant, sid, user_id, record, current_hash, created_at, expires_ms, generation) \
+                 VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7)",
+                params![tenant.to_string(), sid, user, record, created_at, until(now, ttl), sql_int(FIRST_GENERATION)],
             )?;
             Ok(())
         })
@@ -518,14 +583,13 @@ impl TokenStore for SqliteTokenStore {
     async fn rotate_refresh(
         &self,
         tenant: TenantId,
-        old_hash: &str,
-        new_hash: &str,
+        old: RefreshKey<'_>,
         now_unix: i64,
         ttl: Duration,
         limit: Option<&SessionLimit<'_>>,
     ) -> Result<RotateOutcome> {
         let plan = limit.map(|l| (l.key_prefix.to_owned(), gcra::plan(l.limit, l.period, l.now_ms)));
-        let (old_hash, new_hash) = (old_hash.to_owned(), new_hash.to_owned());
+        let old = Presented::of(old);
         let outcome = self
             .write(move |tx, now| {
                 let t = tenant.to_string();
@@ -533,28 +597,34 @@ impl TokenStore for SqliteTokenStore {
                     Some((prefix, Plan::Check(_))) => prefix.as_str(),
                     _ => "",
                 };
+                let (lookup, key) = old.lookup();
                 let found = tx
-                    .prepare_cached(ROTATE_LOOKUP)
+                    .prepare_cached(lookup)
                     .and_then(|mut s| {
-                        s.query_row(params![t, old_hash, now, prefix], |r| {
+                        s.query_row(params![t, key, now, prefix], |r| {
                             Ok((
                                 r.get::<_, String>(0)?,
                                 r.get::<_, String>(1)?,
-                                r.get::<_, String>(2)?,
-                                r.get::<_, Option<i64>>(3)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, Option<i64>>(4)?,
                             ))
                         })
                         .optional()
                     })
                     .map_err(db_err)?;
-                let Some((sid, record, current, tat)) = found else { return Ok(RotateOutcome::NotFound) };
+                let Some((sid, record, generation, current, tat)) = found else { return Ok(RotateOutcome::NotFound) };
                 let mut record = decode_record(&record)?;
-                if current != *old_hash {
-                    // A token this session already rotated away: someone
-                    // holds a copy (RFC 9700 §4.14.2), so the whole family goes.
-                    revoke(tx, &t, &sid, REUSE_DENY_TTL, now)?;
-                    return Ok(RotateOutcome::Reused { session: record.id, user: record.user_id });
-                }
+                let next = match old.judge(generation, &current) {
+                    Standing::Current(next) => next,
+                    Standing::Unknown => return Ok(RotateOutcome::NotFound),
+                    Standing::RotatedAway => {
+                        // A token this session already rotated away: someone
+                        // holds a copy (RFC 9700 §4.14.2), so the whole family goes.
+                        revoke(tx, &t, &sid, REUSE_DENY_TTL, now)?;
+                        return Ok(RotateOutcome::Reused { session: record.id, user: record.user_id });
+                    }
+                };
                 match &plan {
                     Some((_, Plan::Fixed(RateDecision::Limited { retry_after_ms }))) => {
                         return Ok(RotateOutcome::Limited { retry_after_ms: *retry_after_ms });
@@ -575,17 +645,12 @@ impl TokenStore for SqliteTokenStore {
                     }
                     None | Some((_, Plan::Fixed(RateDecision::Allowed { .. }))) => {}
                 }
-                let expires = until(now, ttl);
                 record.last_used_at = now_unix;
                 exec(
                     tx,
-                    "INSERT OR REPLACE INTO refresh (tenant, hash, sid, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-                    params![t, new_hash, sid, expires],
-                )?;
-                exec(
-                    tx,
-                    "UPDATE sessions SET current_hash = ?3, record = ?4, expires_ms = ?5 WHERE tenant = ?1 AND sid = ?2",
-                    params![t, sid, new_hash, encode_record(&record)?, expires],
+                    "UPDATE sessions SET generation = ?3, current_hash = '', record = ?4, expires_ms = ?5 \
+                     WHERE tenant = ?1 AND sid = ?2",
+                    params![t, sid, sql_int(next), encode_record(&record)?, until(now, ttl)],
                 )?;
                 Ok(RotateOutcome::Rotated(record))
             })
@@ -596,19 +661,25 @@ impl TokenStore for SqliteTokenStore {
         outcome
     }
 
-    async fn session_by_refresh(&self, tenant: TenantId, hash: &str) -> Result<Option<SessionRecord>> {
-        let raw: Option<String> = self
+    async fn session_by_refresh(&self, tenant: TenantId, key: RefreshKey<'_>) -> Result<Option<SessionRecord>> {
+        let key = Presented::of(key);
+        let found: Option<(String, i64, String)> = self
             .with(|conn, now| {
-                one(
-                    conn,
-                    "SELECT s.record FROM refresh r JOIN sessions s ON s.tenant = r.tenant AND s.sid = r.sid \
-                     WHERE r.tenant = ?1 AND r.hash = ?2 AND r.expires_ms > ?3 AND s.expires_ms > ?3 \
-                     AND s.current_hash = r.hash",
-                    params![tenant.to_string(), hash, now],
-                )
+                let (lookup, k) = key.lookup();
+                conn.prepare_cached(lookup)
+                    .and_then(|mut s| {
+                        s.query_row(params![tenant.to_string(), k, now, ""], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?)))
+                            .optional()
+                    })
+                    .map_err(db_err)
             })
             .await?;
-        raw.as_deref().map(decode_record).transpose()
+        match found {
+            Some((record, generation, current)) if matches!(key.judge(generation, &current), Standing::Current(_)) => {
+                decode_record(&record).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn get_session(&self, tenant: TenantId, sid: SessionId) -> Result<Option<SessionRecord>> {
@@ -904,54 +975,96 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// A file written by a build before layout 1 (rowid tables, refresh
-    /// hashes indexed by session) is converted on open, keeping every row.
+    /// A file written by a build of layout 0 (rowid tables, refresh hashes
+    /// indexed by session) or 1 (no generations) is converted on open,
+    /// keeping every row, and its sessions' tokens keep working: the current
+    /// hash rotates once into a named token, and a hash rotated away before
+    /// the upgrade, or the current one after it, is a reuse.
     #[tokio::test]
-    async fn a_layout_0_file_is_converted_with_its_rows() {
-        let (path, dir) = temp_file();
-        let (t, user, sid) = (TenantId::new(), UserId::new(), SessionId::new());
-        let record = SessionRecord {
-            id: sid,
-            user_id: user,
-            created_at: 1_700_000_000,
-            last_used_at: 1_700_000_000,
-            ip: None,
-            user_agent: None,
-            amr: vec!["pwd".into()],
-        };
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(&SCHEMA.replace(", WITHOUT ROWID", "")).unwrap();
-            conn.execute_batch("CREATE INDEX refresh_sid ON refresh (tenant, sid)").unwrap();
-            let far = i64::MAX / 2;
-            conn.execute(
-                "INSERT INTO sessions VALUES (?1, ?2, ?3, ?4, 'h1', 1700000000, ?5)",
-                params![t.to_string(), sid.to_string(), user.to_string(), encode_record(&record).unwrap(), far],
-            )
-            .unwrap();
-            conn.execute("INSERT INTO refresh VALUES (?1, 'h1', ?2, ?3)", params![t.to_string(), sid.to_string(), far])
-                .unwrap();
-            conn.execute("INSERT INTO deny VALUES (?1, 'old-sid', ?2)", params![t.to_string(), far]).unwrap();
-            conn.execute("INSERT INTO counters VALUES (?1, 'c', 7)", params![t.to_string()]).unwrap();
+    async fn files_of_earlier_layouts_are_converted_and_their_tokens_work() {
+        for layout in [0, 1] {
+            let (path, dir) = temp_file();
+            let (t, user) = (TenantId::new(), UserId::new());
+            let record = |sid| SessionRecord {
+                id: sid,
+                user_id: user,
+                created_at: 1_700_000_000,
+                last_used_at: 1_700_000_000,
+                ip: None,
+                user_agent: None,
+                amr: vec!["pwd".into()],
+            };
+            let (a, b) = (SessionId::new(), SessionId::new());
+            {
+                let conn = Connection::open(&path).unwrap();
+                let schema = SCHEMA.replace("        generation INTEGER NOT NULL DEFAULT 0,\n", "");
+                assert_ne!(schema, SCHEMA);
+                if layout == 0 {
+                    conn.execute_batch(&schema.replace(", WITHOUT ROWID", "")).unwrap();
+                    conn.execute_batch("CREATE INDEX refresh_sid ON refresh (tenant, sid)").unwrap();
+                } else {
+                    conn.execute_batch(&schema).unwrap();
+                    conn.pragma_update(None, "user_version", 1).unwrap();
+                }
+                let far = i64::MAX / 2;
+                for (sid, current) in [(a, "a1"), (b, "b1")] {
+                    conn.execute(
+                        "INSERT INTO sessions VALUES (?1, ?2, ?3, ?4, ?5, 1700000000, ?6)",
+                        params![
+                            t.to_string(),
+                            sid.to_string(),
+                            user.to_string(),
+                            encode_record(&record(sid)).unwrap(),
+                            current,
+                            far
+                        ],
+                    )
+                    .unwrap();
+                }
+                for (sid, hash) in [(a, "a0"), (a, "a1"), (b, "b0"), (b, "b1")] {
+                    conn.execute(
+                        "INSERT INTO refresh VALUES (?1, ?2, ?3, ?4)",
+                        params![t.to_string(), hash, sid.to_string(), far],
+                    )
+                    .unwrap();
+                }
+                conn.execute("INSERT INTO deny VALUES (?1, 'old-sid', ?2)", params![t.to_string(), far]).unwrap();
+                conn.execute("INSERT INTO counters VALUES (?1, 'c', 7)", params![t.to_string()]).unwrap();
+            }
+            let store = SqliteTokenStore::open(&path).await.unwrap();
+            let tables = rows(&store, "SELECT sql FROM sqlite_schema WHERE type = 'table' ORDER BY name");
+            assert_eq!(tables.len(), TABLES.len(), "{tables:?}");
+            assert!(tables.iter().all(|sql| sql.ends_with("WITHOUT ROWID")), "{tables:?}");
+            assert_eq!(rows(&store, "SELECT name FROM sqlite_schema WHERE type = 'index'"), ["sessions_user"]);
+            assert_eq!(rows(&store, "SELECT CAST(user_version AS TEXT) FROM pragma_user_version"), ["2"]);
+            assert_eq!(store.list_sessions(t, user).await.unwrap().len(), 2);
+            assert!(!store.advance_counter(t, "c", 7).await.unwrap(), "the counter kept its value");
+            let ttl = Duration::from_secs(60);
+            let named = RefreshKey::Named { sid: a, generation: FIRST_GENERATION };
+            assert_eq!(store.session_by_refresh(t, RefreshKey::Hashed("a1")).await.unwrap(), Some(record(a)));
+            assert_eq!(store.session_by_refresh(t, RefreshKey::Hashed("a0")).await.unwrap(), None);
+            assert_eq!(store.rotate_refresh(t, named, 1, ttl, None).await.unwrap(), RotateOutcome::NotFound);
+            let rotated = store.rotate_refresh(t, RefreshKey::Hashed("a1"), 1_700_000_100, ttl, None).await.unwrap();
+            assert!(matches!(rotated, RotateOutcome::Rotated(_)), "{rotated:?}");
+            assert_eq!(store.session_by_refresh(t, named).await.unwrap().map(|s| s.id), Some(a));
+            drop(store);
+            // Opened again, the file stays as it is.
+            let store = SqliteTokenStore::open(&path).await.unwrap();
+            assert!(matches!(
+                store.rotate_refresh(t, named, 1_700_000_150, ttl, None).await.unwrap(),
+                RotateOutcome::Rotated(_)
+            ));
+            assert!(matches!(
+                store.rotate_refresh(t, RefreshKey::Hashed("a1"), 1_700_000_200, ttl, None).await.unwrap(),
+                RotateOutcome::Reused { session, .. } if session == a
+            ));
+            assert!(matches!(
+                store.rotate_refresh(t, RefreshKey::Hashed("b0"), 1_700_000_200, ttl, None).await.unwrap(),
+                RotateOutcome::Reused { session, .. } if session == b
+            ));
+            assert_eq!(store.list_sessions(t, user).await.unwrap(), vec![]);
+            let _ = std::fs::remove_dir_all(dir);
         }
-        let store = SqliteTokenStore::open(&path).await.unwrap();
-        let tables = rows(&store, "SELECT sql FROM sqlite_schema WHERE type = 'table' ORDER BY name");
-        assert_eq!(tables.len(), TABLES.len(), "{tables:?}");
-        assert!(tables.iter().all(|sql| sql.ends_with("WITHOUT ROWID")), "{tables:?}");
-        assert_eq!(rows(&store, "SELECT name FROM sqlite_schema WHERE type = 'index'"), ["sessions_user"]);
-        assert_eq!(store.list_sessions(t, user).await.unwrap().len(), 1);
-        assert!(!store.advance_counter(t, "c", 7).await.unwrap(), "the counter kept its value");
-        let rotated = store.rotate_refresh(t, "h1", "h2", 1_700_000_100, Duration::from_secs(60), None).await.unwrap();
-        assert!(matches!(rotated, RotateOutcome::Rotated(_)), "{rotated:?}");
-        drop(store);
-        // Opened again, the file is at layout 1 and stays as it is.
-        let store = SqliteTokenStore::open(&path).await.unwrap();
-        assert_eq!(rows(&store, "SELECT CAST(user_version AS TEXT) FROM pragma_user_version"), ["1"]);
-        assert!(matches!(
-            store.rotate_refresh(t, "h1", "h3", 1_700_000_200, Duration::from_secs(60), None).await.unwrap(),
-            RotateOutcome::Reused { .. }
-        ));
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Under writes without a pause the WAL starts over instead of growing:

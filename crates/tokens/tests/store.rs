@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use authd_core::{SessionId, TenantId, UserId};
 use authd_tokens::{
-    Error, MemoryTokenStore, REUSE_DENY_TTL, RateDecision, RedisTokenStore, RotateOutcome, SessionLimit, SessionRecord,
-    TokenStore,
+    Error, FIRST_GENERATION, MemoryTokenStore, REUSE_DENY_TTL, RateDecision, RedisTokenStore, RefreshKey,
+    RotateOutcome, SessionLimit, SessionRecord, TokenStore,
 };
 use redis::Value;
 use tokio::sync::Barrier;
@@ -170,8 +170,8 @@ async fn sqlite_state_survives_a_reopen() {
     let gone = record(user, 1_700_000_001);
     {
         let s = authd_tokens::SqliteTokenStore::open(&path).await.unwrap();
-        s.create_session(t, &live, "r-live", TTL).await.unwrap();
-        s.create_session(t, &gone, "r-gone", TTL).await.unwrap();
+        s.create_session(t, &live, TTL).await.unwrap();
+        s.create_session(t, &gone, TTL).await.unwrap();
         assert!(s.revoke_session(t, gone.id, DENY).await.unwrap());
         assert!(s.put_once(t, "mfa", "challenge", "value", TTL).await.unwrap());
         for _ in 0..2 {
@@ -188,7 +188,7 @@ async fn sqlite_state_survives_a_reopen() {
         RateDecision::Limited { .. }
     ));
     assert!(matches!(
-        s.rotate_refresh(t, "r-live", "r-next", 1_700_000_100, TTL, None).await.unwrap(),
+        s.rotate_refresh(t, first(&live), 1_700_000_100, TTL, None).await.unwrap(),
         RotateOutcome::Rotated(_)
     ));
     let _ = std::fs::remove_dir_all(dir);
@@ -239,11 +239,32 @@ fn hash() -> String {
     format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
-async fn new_session(s: &Store, tenant: TenantId, user: UserId, created_at: i64) -> (SessionRecord, String) {
+/// The first refresh token of a session.
+fn first(rec: &SessionRecord) -> RefreshKey<'static> {
+    RefreshKey::Named { sid: rec.id, generation: FIRST_GENERATION }
+}
+
+/// The token a rotation of `key` issues.
+fn next(key: RefreshKey<'static>) -> RefreshKey<'static> {
+    let RefreshKey::Named { sid, .. } = key else { panic!("a test's token names its session") };
+    key.successor(sid)
+}
+
+/// A token of no session.
+fn unknown() -> RefreshKey<'static> {
+    RefreshKey::Named { sid: SessionId::new(), generation: FIRST_GENERATION }
+}
+
+async fn new_session(
+    s: &Store,
+    tenant: TenantId,
+    user: UserId,
+    created_at: i64,
+) -> (SessionRecord, RefreshKey<'static>) {
     let rec = record(user, created_at);
-    let h = hash();
-    s.create_session(tenant, &rec, &h, TTL).await.unwrap();
-    (rec, h)
+    s.create_session(tenant, &rec, TTL).await.unwrap();
+    let key = first(&rec);
+    (rec, key)
 }
 
 // ---- sessions and refresh tokens ----
@@ -253,25 +274,36 @@ async fn a_new_session_rotates_and_records_its_last_use(s: Store) {
     let (rec, h1) = new_session(&s, t, u, 1_000).await;
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), Some(rec.clone()));
 
-    let h2 = hash();
-    let RotateOutcome::Rotated(rotated) = s.rotate_refresh(t, &h1, &h2, 2_000, TTL, None).await.unwrap() else {
+    let h2 = next(h1);
+    let RotateOutcome::Rotated(rotated) = s.rotate_refresh(t, h1, 2_000, TTL, None).await.unwrap() else {
         panic!("the current token must rotate");
     };
     assert_eq!(rotated, SessionRecord { last_used_at: 2_000, ..rec.clone() });
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), Some(rotated));
 
     // The new token rotates in turn.
-    let h3 = hash();
+    let h3 = next(h2);
     assert!(
-        matches!(s.rotate_refresh(t, &h2, &h3, 3_000, TTL, None).await.unwrap(), RotateOutcome::Rotated(r) if r.last_used_at == 3_000)
+        matches!(s.rotate_refresh(t, h2, 3_000, TTL, None).await.unwrap(), RotateOutcome::Rotated(r) if r.last_used_at == 3_000)
     );
+    assert_eq!(s.session_by_refresh(t, h3).await.unwrap().map(|r| r.last_used_at), Some(3_000));
     assert!(!s.is_session_denied(t, rec.id).await.unwrap());
 }
 
 async fn an_unknown_refresh_token_is_not_found(s: Store) {
     let t = TenantId::new();
-    assert_eq!(s.rotate_refresh(t, &hash(), &hash(), 1, TTL, None).await.unwrap(), RotateOutcome::NotFound);
-    assert_eq!(s.session_by_refresh(t, &hash()).await.unwrap(), None);
+    assert_eq!(s.rotate_refresh(t, unknown(), 1, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.session_by_refresh(t, unknown()).await.unwrap(), None);
+    let h = hash();
+    assert_eq!(s.rotate_refresh(t, RefreshKey::Hashed(&h), 1, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.session_by_refresh(t, RefreshKey::Hashed(&h)).await.unwrap(), None);
+    // A generation not issued yet is unknown, not a reuse.
+    let (t, u) = (TenantId::new(), UserId::new());
+    let (rec, h1) = new_session(&s, t, u, 1).await;
+    assert_eq!(s.rotate_refresh(t, next(next(h1)), 2, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.session_by_refresh(t, next(h1)).await.unwrap(), None);
+    assert!(!s.is_session_denied(t, rec.id).await.unwrap());
+    assert!(matches!(s.rotate_refresh(t, h1, 3, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
     assert_eq!(s.get_session(t, SessionId::new()).await.unwrap(), None);
 }
 
@@ -279,28 +311,25 @@ async fn refresh_token_reuse_revokes_the_whole_session(s: Store) {
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1_000).await;
     let (other, other_h) = new_session(&s, t, u, 1_001).await;
-    let h2 = hash();
-    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2_000, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    let h2 = next(h1);
+    assert!(matches!(s.rotate_refresh(t, h1, 2_000, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 
     // The thief (or the victim) presents the rotated-away token.
     assert_eq!(
-        s.rotate_refresh(t, &h1, &hash(), 3_000, TTL, None).await.unwrap(),
+        s.rotate_refresh(t, h1, 3_000, TTL, None).await.unwrap(),
         RotateOutcome::Reused { session: rec.id, user: u }
     );
     // The whole family is gone: the current token no longer works either,
     // and access tokens of the session are refused.
-    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 3_001, TTL, None).await.unwrap(), RotateOutcome::NotFound);
-    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3_002, TTL, None).await.unwrap(), RotateOutcome::NotFound);
-    assert_eq!(s.session_by_refresh(t, &h2).await.unwrap(), None);
+    assert_eq!(s.rotate_refresh(t, h2, 3_001, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, h1, 3_002, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.session_by_refresh(t, h2).await.unwrap(), None);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
     // The user's other session is untouched.
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![other.clone()]);
     assert!(!s.is_session_denied(t, other.id).await.unwrap());
-    assert!(matches!(
-        s.rotate_refresh(t, &other_h, &hash(), 3_003, TTL, None).await.unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    assert!(matches!(s.rotate_refresh(t, other_h, 3_003, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 /// A rotation with a limit counts against `{key_prefix}{sid}` in the same
@@ -311,15 +340,15 @@ async fn a_rotation_counts_against_its_session_limit(s: Store) {
     let (rec, h1) = new_session(&s, t, u, 1).await;
     let now_ms = 1_700_000_000_000;
     let limit = SessionLimit { key_prefix: "refresh:", limit: 2, period: Duration::from_secs(60), now_ms };
-    let (h2, h3) = (hash(), hash());
-    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2, TTL, Some(&limit)).await.unwrap(), RotateOutcome::Rotated(_)));
-    assert!(matches!(s.rotate_refresh(t, &h2, &h3, 3, TTL, Some(&limit)).await.unwrap(), RotateOutcome::Rotated(_)));
+    let (h2, h3) = (next(h1), next(next(h1)));
+    assert!(matches!(s.rotate_refresh(t, h1, 2, TTL, Some(&limit)).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, h2, 3, TTL, Some(&limit)).await.unwrap(), RotateOutcome::Rotated(_)));
     // The third within the minute: refused, retry after 30 s, nothing rotated.
     assert_eq!(
-        s.rotate_refresh(t, &h3, &hash(), 4, TTL, Some(&limit)).await.unwrap(),
+        s.rotate_refresh(t, h3, 4, TTL, Some(&limit)).await.unwrap(),
         RotateOutcome::Limited { retry_after_ms: 30_000 }
     );
-    assert_eq!(s.session_by_refresh(t, &h3).await.unwrap().map(|r| r.id), Some(rec.id), "still current");
+    assert_eq!(s.session_by_refresh(t, h3).await.unwrap().map(|r| r.id), Some(rec.id), "still current");
     // The same key as `rate_check` uses: it is exhausted there too.
     let key = format!("refresh:{}", rec.id);
     assert!(matches!(
@@ -327,22 +356,19 @@ async fn a_rotation_counts_against_its_session_limit(s: Store) {
         RateDecision::Limited { .. }
     ));
     // Without a limit it rotates; half a minute later the limit allows one more.
-    let h4 = hash();
-    assert!(matches!(s.rotate_refresh(t, &h3, &h4, 5, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    let h4 = next(h3);
+    assert!(matches!(s.rotate_refresh(t, h3, 5, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
     let later = SessionLimit { now_ms: now_ms + 30_000, ..limit };
-    let h5 = hash();
-    assert!(matches!(s.rotate_refresh(t, &h4, &h5, 6, TTL, Some(&later)).await.unwrap(), RotateOutcome::Rotated(_)));
+    let h5 = next(h4);
+    assert!(matches!(s.rotate_refresh(t, h4, 6, TTL, Some(&later)).await.unwrap(), RotateOutcome::Rotated(_)));
     // A limit of zero refuses every rotation of a live token, but a reused
     // token is still caught (and revokes the session), and an unknown one is
     // still unknown.
     let zero = SessionLimit { limit: 0, ..limit };
-    assert!(matches!(
-        s.rotate_refresh(t, &h5, &hash(), 7, TTL, Some(&zero)).await.unwrap(),
-        RotateOutcome::Limited { .. }
-    ));
-    assert_eq!(s.rotate_refresh(t, &hash(), &hash(), 7, TTL, Some(&zero)).await.unwrap(), RotateOutcome::NotFound);
+    assert!(matches!(s.rotate_refresh(t, h5, 7, TTL, Some(&zero)).await.unwrap(), RotateOutcome::Limited { .. }));
+    assert_eq!(s.rotate_refresh(t, unknown(), 7, TTL, Some(&zero)).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(
-        s.rotate_refresh(t, &h1, &hash(), 8, TTL, Some(&zero)).await.unwrap(),
+        s.rotate_refresh(t, h1, 8, TTL, Some(&zero)).await.unwrap(),
         RotateOutcome::Reused { session: rec.id, user: u }
     );
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
@@ -356,8 +382,7 @@ async fn every_revocation_is_seen_at_once_after_a_remembered_not_denied(s: Store
     let (a, _) = new_session(&s, t, u, 1).await;
     let (b, _) = new_session(&s, t, u, 2).await;
     let (c, c1) = new_session(&s, t, UserId::new(), 3).await;
-    let c2 = hash();
-    s.rotate_refresh(t, &c1, &c2, 4, TTL, None).await.unwrap();
+    s.rotate_refresh(t, c1, 4, TTL, None).await.unwrap();
     for _ in 0..2 {
         for sid in [a.id, b.id, c.id] {
             assert!(!s.is_session_denied(t, sid).await.unwrap());
@@ -369,19 +394,19 @@ async fn every_revocation_is_seen_at_once_after_a_remembered_not_denied(s: Store
     assert_eq!(s.revoke_user_sessions(t, u, None, DENY).await.unwrap(), 1);
     assert!(s.is_session_denied(t, b.id).await.unwrap());
     assert!(!s.is_session_denied(t, c.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &c1, &hash(), 5, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
+    assert!(matches!(s.rotate_refresh(t, c1, 5, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
     assert!(s.is_session_denied(t, c.id).await.unwrap());
 }
 
 /// Races `n` rotations of the same token, lined up on a barrier.
-async fn race_rotations(s: &Store, t: TenantId, old: &str, n: usize) -> Vec<RotateOutcome> {
+async fn race_rotations(s: &Store, t: TenantId, old: RefreshKey<'static>, n: usize) -> Vec<RotateOutcome> {
     let barrier = Arc::new(Barrier::new(n));
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (s, barrier, old) = (s.clone(), barrier.clone(), old.to_owned());
+            let (s, barrier) = (s.clone(), barrier.clone());
             tokio::spawn(async move {
                 barrier.wait().await;
-                s.rotate_refresh(t, &old, &hash(), 2_000, TTL, None).await.unwrap()
+                s.rotate_refresh(t, old, 2_000, TTL, None).await.unwrap()
             })
         })
         .collect();
@@ -396,7 +421,7 @@ async fn two_concurrent_rotations_give_one_rotated_and_one_reused(s: Store) {
     let (t, u) = (TenantId::new(), UserId::new());
     for round in 0..25 {
         let (rec, h) = new_session(&s, t, u, round).await;
-        let outcomes = race_rotations(&s, t, &h, 2).await;
+        let outcomes = race_rotations(&s, t, h, 2).await;
         let rotated = outcomes.iter().filter(|o| matches!(o, RotateOutcome::Rotated(_))).count();
         let reused: Vec<_> = outcomes.iter().filter(|o| matches!(o, RotateOutcome::Reused { .. })).collect();
         assert_eq!(rotated, 1, "round {round}: {outcomes:?}");
@@ -408,7 +433,7 @@ async fn two_concurrent_rotations_give_one_rotated_and_one_reused(s: Store) {
 async fn many_concurrent_rotations_give_exactly_one_rotated(s: Store) {
     let (t, u) = (TenantId::new(), UserId::new());
     let (_, h) = new_session(&s, t, u, 1).await;
-    let outcomes = race_rotations(&s, t, &h, 32).await;
+    let outcomes = race_rotations(&s, t, h, 32).await;
     let count = |f: fn(&RotateOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     assert_eq!(count(|o| matches!(o, RotateOutcome::Rotated(_))), 1, "{outcomes:?}");
     // The first loser revokes the session; later ones find nothing left.
@@ -419,13 +444,13 @@ async fn many_concurrent_rotations_give_exactly_one_rotated(s: Store) {
 async fn session_by_refresh_finds_only_the_current_token(s: Store) {
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1_000).await;
-    assert_eq!(s.session_by_refresh(t, &h1).await.unwrap(), Some(rec.clone()));
-    let h2 = hash();
-    s.rotate_refresh(t, &h1, &h2, 2_000, TTL, None).await.unwrap();
-    assert_eq!(s.session_by_refresh(t, &h1).await.unwrap(), None, "a rotated-away token is not current");
-    assert_eq!(s.session_by_refresh(t, &h2).await.unwrap().map(|r| r.id), Some(rec.id));
+    assert_eq!(s.session_by_refresh(t, h1).await.unwrap(), Some(rec.clone()));
+    let h2 = next(h1);
+    s.rotate_refresh(t, h1, 2_000, TTL, None).await.unwrap();
+    assert_eq!(s.session_by_refresh(t, h1).await.unwrap(), None, "a rotated-away token is not current");
+    assert_eq!(s.session_by_refresh(t, h2).await.unwrap().map(|r| r.id), Some(rec.id));
     // Looking up is not using: the old token is still detected as reused.
-    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3_000, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
+    assert!(matches!(s.rotate_refresh(t, h1, 3_000, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
 }
 
 async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store) {
@@ -436,7 +461,7 @@ async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store)
 
     assert!(s.revoke_session(t, rec.id, DENY).await.unwrap());
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
-    assert_eq!(s.rotate_refresh(t, &h, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, h, 3, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![other.clone()]);
     // Idempotent: nothing live to revoke any more, still denied.
@@ -444,7 +469,7 @@ async fn revoke_session_denies_its_access_tokens_and_stops_its_refresh(s: Store)
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
 
     assert!(!s.is_session_denied(t, other.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &other_h, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, other_h, 4, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 async fn revoke_user_sessions_keeps_the_given_session(s: Store) {
@@ -457,13 +482,13 @@ async fn revoke_user_sessions_keeps_the_given_session(s: Store) {
     assert_eq!(s.revoke_user_sessions(t, u, Some(kept.id), DENY).await.unwrap(), 2);
     for (rec, h) in [(&a, &a_h), (&b, &b_h)] {
         assert!(s.is_session_denied(t, rec.id).await.unwrap());
-        assert_eq!(s.rotate_refresh(t, h, &hash(), 5, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+        assert_eq!(s.rotate_refresh(t, *h, 5, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     }
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![kept.clone()]);
     assert!(!s.is_session_denied(t, kept.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &kept_h, &hash(), 6, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, kept_h, 6, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
     assert!(!s.is_session_denied(t, theirs.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &theirs_h, &hash(), 7, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, theirs_h, 7, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 
     // Without `keep`, every session goes; then there is nothing left to count.
     assert_eq!(s.revoke_user_sessions(t, u, None, DENY).await.unwrap(), 1);
@@ -479,13 +504,13 @@ async fn list_sessions_returns_live_sessions_in_creation_order(s: Store) {
     let (late, _) = new_session(&s, t, u, 300).await;
     let (early, early_h) = new_session(&s, t, u, 100).await;
     let bare = SessionRecord { user_agent: None, ip: None, amr: vec![], ..record(u, 200) };
-    s.create_session(t, &bare, &hash(), TTL).await.unwrap();
+    s.create_session(t, &bare, TTL).await.unwrap();
     let (_, _) = new_session(&s, t, UserId::new(), 150).await;
 
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![early.clone(), bare.clone(), late.clone()]);
 
     // A rotation shows in the list; a revoked session leaves it.
-    s.rotate_refresh(t, &early_h, &hash(), 400, TTL, None).await.unwrap();
+    s.rotate_refresh(t, early_h, 400, TTL, None).await.unwrap();
     s.revoke_session(t, bare.id, DENY).await.unwrap();
     let early = SessionRecord { last_used_at: 400, ..early };
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![early, late]);
@@ -496,16 +521,16 @@ async fn tenants_are_isolated(s: Store) {
     let (rec, h) = new_session(&s, a, u, 1).await;
 
     assert_eq!(s.get_session(b, rec.id).await.unwrap(), None);
-    assert_eq!(s.session_by_refresh(b, &h).await.unwrap(), None);
+    assert_eq!(s.session_by_refresh(b, h).await.unwrap(), None);
     assert_eq!(s.list_sessions(b, u).await.unwrap(), vec![]);
-    assert_eq!(s.rotate_refresh(b, &h, &hash(), 2, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(b, h, 2, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert!(!s.revoke_session(b, rec.id, DENY).await.unwrap());
     assert_eq!(s.revoke_user_sessions(b, u, None, DENY).await.unwrap(), 0);
     // B's deny entry for that sid says nothing about A.
     assert!(s.is_session_denied(b, rec.id).await.unwrap());
     assert!(!s.is_session_denied(a, rec.id).await.unwrap());
     // A's session survived all of it.
-    assert!(matches!(s.rotate_refresh(a, &h, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(a, h, 3, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 
     assert!(s.put_once(a, "mfa", "challenge", "for-a", TTL).await.unwrap());
     assert_eq!(s.peek(b, "mfa", "challenge").await.unwrap(), None);
@@ -688,8 +713,8 @@ async fn records_expire_after_their_ttl(s: Store) {
     let (t, u) = (TenantId::new(), UserId::new());
     let short = Duration::from_secs(1);
     let rec = record(u, 1);
-    let h = hash();
-    s.create_session(t, &rec, &h, short).await.unwrap();
+    s.create_session(t, &rec, short).await.unwrap();
+    let h = first(&rec);
     let (long, long_h) = new_session(&s, t, u, 2).await;
     assert!(s.put_once(t, "mfa", "short", "v", short).await.unwrap());
     let (denied, _) = new_session(&s, t, u, 3).await;
@@ -699,26 +724,23 @@ async fn records_expire_after_their_ttl(s: Store) {
     tokio::time::sleep(Duration::from_millis(1_300)).await;
 
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
-    assert_eq!(s.rotate_refresh(t, &h, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::NotFound);
-    assert_eq!(s.session_by_refresh(t, &h).await.unwrap(), None);
+    assert_eq!(s.rotate_refresh(t, h, 4, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.session_by_refresh(t, h).await.unwrap(), None);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![long.clone()]);
     assert_eq!(s.peek(t, "mfa", "short").await.unwrap(), None);
     assert!(s.put_once(t, "mfa", "short", "again", short).await.unwrap(), "an expired id is free again");
     assert!(!s.is_session_denied(t, denied.id).await.unwrap());
     // Revoking the expired session finds nothing live.
     assert!(!s.revoke_session(t, rec.id, DENY).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &long_h, &hash(), 5, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    assert!(matches!(s.rotate_refresh(t, long_h, 5, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
 }
 
 async fn an_endless_ttl_is_kept_not_refused(s: Store) {
     let (t, u) = (TenantId::new(), UserId::new());
     let rec = record(u, 1);
-    let h = hash();
-    s.create_session(t, &rec, &h, Duration::MAX).await.unwrap();
-    assert!(matches!(
-        s.rotate_refresh(t, &h, &hash(), 2, Duration::MAX, None).await.unwrap(),
-        RotateOutcome::Rotated(_)
-    ));
+    s.create_session(t, &rec, Duration::MAX).await.unwrap();
+    let h = first(&rec);
+    assert!(matches!(s.rotate_refresh(t, h, 2, Duration::MAX, None).await.unwrap(), RotateOutcome::Rotated(_)));
     assert!(s.put_once(t, "mfa", "x", "v", Duration::MAX).await.unwrap());
     assert!(s.revoke_session(t, rec.id, Duration::MAX).await.unwrap());
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
@@ -751,10 +773,7 @@ async fn purge_tenant_removes_only_that_tenant(s: Store) {
             RateDecision::Limited { .. }
         );
         assert_eq!(limited, alive);
-        assert_eq!(
-            matches!(s.rotate_refresh(t, &h, &hash(), 2, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)),
-            alive
-        );
+        assert_eq!(matches!(s.rotate_refresh(t, h, 2, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)), alive);
     }
     // Purging is idempotent.
     s.purge_tenant(gone).await.unwrap();
@@ -779,20 +798,20 @@ async fn memory_entries_expire_on_the_injected_clock() {
     s.revoke_session(t, SessionId::new(), REUSE_DENY_TTL).await.unwrap();
 
     advance(599_000);
-    let h2 = hash();
-    assert!(matches!(s.rotate_refresh(t, &h1, &h2, 2, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    let h2 = next(h1);
+    assert!(matches!(s.rotate_refresh(t, h1, 2, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
     assert_eq!(s.peek(t, "mfa", "c").await.unwrap(), None, "the 300 s record is gone");
 
     // Rotation renewed the session for another 600 s from now.
     advance(599_000);
     assert!(s.get_session(t, rec.id).await.unwrap().is_some());
-    // The first token, issued 1198 s ago, is past its own lifetime: its reuse
-    // is no longer recognised (and so no longer revokes).
-    assert_eq!(s.rotate_refresh(t, &h1, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.session_by_refresh(t, h2).await.unwrap().map(|r| r.id), Some(rec.id));
 
     advance(2_000);
     assert_eq!(s.get_session(t, rec.id).await.unwrap(), None);
-    assert_eq!(s.rotate_refresh(t, &h2, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    assert_eq!(s.rotate_refresh(t, h2, 4, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    // With its session gone, a rotated-away token is unknown too.
+    assert_eq!(s.rotate_refresh(t, h1, 5, TTL, None).await.unwrap(), RotateOutcome::NotFound);
     assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![]);
 }
 
@@ -807,8 +826,8 @@ async fn memory_reuse_denies_for_the_longest_access_token_lifetime() {
     let s: Store = Arc::new(MemoryTokenStore::with_clock(clock));
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1).await;
-    s.rotate_refresh(t, &h1, &hash(), 2, TTL, None).await.unwrap();
-    assert!(matches!(s.rotate_refresh(t, &h1, &hash(), 3, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
+    s.rotate_refresh(t, h1, 2, TTL, None).await.unwrap();
+    assert!(matches!(s.rotate_refresh(t, h1, 3, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
     offset_ms.store(REUSE_DENY_TTL.as_millis() as u64 - 1, Ordering::SeqCst);
     assert!(s.is_session_denied(t, rec.id).await.unwrap());
     offset_ms.store(REUSE_DENY_TTL.as_millis() as u64, Ordering::SeqCst);
@@ -835,7 +854,7 @@ async fn redis_ping_fails_fast_when_redis_is_down() {
         assert!(started.elapsed() < Duration::from_millis(2_500), "took {:?}", started.elapsed());
     }
     let started = Instant::now();
-    let err = s.rotate_refresh(TenantId::new(), &hash(), &hash(), 1, TTL, None).await.unwrap_err();
+    let err = s.rotate_refresh(TenantId::new(), unknown(), 1, TTL, None).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(2_500), "took {:?}", started.elapsed());
 }
@@ -875,8 +894,7 @@ async fn redis_every_key_carries_the_tenant_hash_tag() {
     let s = fixture.store.clone();
     let (t, u) = (TenantId::new(), UserId::new());
     let (rec, h1) = new_session(&s, t, u, 1).await;
-    let h2 = hash();
-    s.rotate_refresh(t, &h1, &h2, 2, TTL, None).await.unwrap();
+    s.rotate_refresh(t, h1, 2, TTL, None).await.unwrap();
     new_session(&s, t, u, 3).await;
     s.revoke_session(t, rec.id, DENY).await.unwrap();
     s.put_once(t, "mfa", "id", "v", TTL).await.unwrap();
@@ -886,44 +904,86 @@ async fn redis_every_key_carries_the_tenant_hash_tag() {
 
     let keys = raw_keys(&format!("{}:*", fixture.prefix)).await;
     let ns = format!("{}:{{{}}}:", fixture.prefix, t);
-    assert!(keys.len() >= 7, "{keys:?}");
+    assert!(keys.len() >= 6, "{keys:?}");
     for k in &keys {
         assert!(k.starts_with(&ns), "{k} is outside the tenant's namespace");
     }
-    // The revoked session left no refresh keys behind.
-    assert!(!keys.iter().any(|k| k.ends_with(&h1) || k.ends_with(&h2)), "{keys:?}");
+    // The revoked session left nothing behind but its deny entry.
+    let sid = rec.id.to_string();
+    assert_eq!(keys.iter().filter(|k| k.contains(&sid)).collect::<Vec<_>>(), [&format!("{ns}deny:{sid}")]);
+    // Tokens that name their session keep no key per token.
+    assert!(!keys.iter().any(|k| k.contains(":rt:") || k.contains(":fam:")), "{keys:?}");
 
     s.purge_tenant(t).await.unwrap();
     assert_eq!(raw_keys(&format!("{}:*", fixture.prefix)).await, Vec::<String>::new());
 }
 
-/// A session kept alive by rotation keeps only the refresh hashes that can
-/// still be presented, not one per rotation since it began.
+/// A session written by a build from before tokens named their session
+/// (refresh hashes under `rt:`, the current one in the session's `rt`
+/// field) keeps working: its current token rotates once by its hash into a
+/// named token, and its rotated-away tokens still count as reuse.
 #[tokio::test]
-async fn redis_a_long_lived_session_forgets_its_expired_refresh_hashes() {
+async fn redis_sessions_from_before_named_tokens_keep_working() {
     let fixture = RedisFixture::new().await;
     let s = fixture.store.clone();
     let (t, u) = (TenantId::new(), UserId::new());
-    let ttl = Duration::from_millis(1_000);
-    let rec = record(u, 1);
-    let mut h = hash();
-    s.create_session(t, &rec, &h, ttl).await.unwrap();
-    for i in 0..5 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let next = hash();
-        assert!(matches!(s.rotate_refresh(t, &h, &next, i, ttl, None).await.unwrap(), RotateOutcome::Rotated(_)));
-        h = next;
+    let ns = format!("{}:{{{}}}:", fixture.prefix, t);
+    // Two sessions as the earlier build left them: `h1` replaced `h0`.
+    let mut legacy = Vec::new();
+    for created in [1, 2] {
+        let rec = SessionRecord { user_agent: None, ip: None, ..record(u, created) };
+        let (h0, h1, sid) = (hash(), hash(), rec.id.to_string());
+        let sk = format!("{ns}sess:{sid}");
+        raw_query::<i64>(
+            redis::cmd("HSET")
+                .arg(&sk)
+                .arg(&["user", &u.to_string(), "created", &created.to_string(), "last_used", &created.to_string()])
+                .arg(&["amr", r#"["pwd","otp"]"#, "rt", &h1])
+                .clone(),
+        )
+        .await;
+        raw_query::<i64>(redis::cmd("PEXPIRE").arg(&sk).arg(600_000).clone()).await;
+        for h in [&h0, &h1] {
+            raw_query::<()>(redis::cmd("SET").arg(format!("{ns}rt:{h}")).arg(&sid).arg("PX").arg(600_000).clone())
+                .await;
+            raw_query::<i64>(redis::cmd("ZADD").arg(format!("{ns}fam:{sid}")).arg(i64::MAX / 2).arg(h).clone()).await;
+        }
+        raw_query::<i64>(redis::cmd("SADD").arg(format!("{ns}usess:{u}")).arg(&sid).clone()).await;
+        legacy.push((rec, h0, h1));
     }
-    // Issued at 0, 0.4, ..., 2.0 s with a 1 s lifetime: at most the last
-    // three can still be alive.
-    let family = format!("{}:{{{}}}:fam:{}", fixture.prefix, t, rec.id);
-    let members: i64 = raw_query(redis::cmd("ZCARD").arg(&family).clone()).await;
-    assert!((1..=3).contains(&members), "{members} hashes kept");
-    let rt_keys = raw_keys(&format!("{}:{{{}}}:rt:*", fixture.prefix, t)).await;
-    assert!(rt_keys.len() <= 3, "{rt_keys:?}");
-
-    assert!(s.revoke_session(t, rec.id, DENY).await.unwrap());
-    assert_eq!(raw_keys(&format!("{}:{{{}}}:rt:*", fixture.prefix, t)).await, Vec::<String>::new());
+    let (a, a0, a1) = &legacy[0];
+    assert_eq!(s.session_by_refresh(t, RefreshKey::Hashed(a1)).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.session_by_refresh(t, RefreshKey::Hashed(a0)).await.unwrap(), None);
+    assert_eq!(s.session_by_refresh(t, first(a)).await.unwrap(), None, "no named token was issued");
+    assert_eq!(s.rotate_refresh(t, first(a), 3, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    // The current hash rotates into the first named token...
+    let RotateOutcome::Rotated(rotated) = s.rotate_refresh(t, RefreshKey::Hashed(a1), 4, TTL, None).await.unwrap()
+    else {
+        panic!("the current token must rotate");
+    };
+    assert_eq!(rotated, SessionRecord { last_used_at: 4, ..a.clone() });
+    assert_eq!(RefreshKey::Hashed(a1).successor(a.id), first(a));
+    assert_eq!(s.session_by_refresh(t, first(a)).await.unwrap().map(|r| r.id), Some(a.id));
+    assert_eq!(s.session_by_refresh(t, RefreshKey::Hashed(a1)).await.unwrap(), None);
+    assert!(matches!(s.rotate_refresh(t, first(a), 5, TTL, None).await.unwrap(), RotateOutcome::Rotated(_)));
+    // ... and the hash presented again is a reuse: the session goes, with
+    // every key it had.
+    assert_eq!(
+        s.rotate_refresh(t, RefreshKey::Hashed(a1), 6, TTL, None).await.unwrap(),
+        RotateOutcome::Reused { session: a.id, user: u }
+    );
+    assert!(s.is_session_denied(t, a.id).await.unwrap());
+    assert_eq!(s.rotate_refresh(t, next(first(a)), 7, TTL, None).await.unwrap(), RotateOutcome::NotFound);
+    let left = raw_keys(&format!("{ns}*")).await;
+    assert!(!left.iter().any(|k| k.contains(&a.id.to_string()) && !k.contains(":deny:")), "{left:?}");
+    assert!(!left.iter().any(|k| k.ends_with(a0.as_str()) || k.ends_with(a1.as_str())), "{left:?}");
+    // A token that session rotated away before the upgrade is a reuse too.
+    let (b, b0, _) = &legacy[1];
+    assert_eq!(
+        s.rotate_refresh(t, RefreshKey::Hashed(b0), 8, TTL, None).await.unwrap(),
+        RotateOutcome::Reused { session: b.id, user: u }
+    );
+    assert_eq!(s.list_sessions(t, u).await.unwrap(), vec![]);
 }
 
 /// A change announced through one connection reaches every store on the same
@@ -978,8 +1038,7 @@ async fn redis_revocations_and_user_changes_reach_the_other_replicas_memos() {
     let (s, t, u) = (Arc::new(a) as Store, TenantId::new(), UserId::new());
     let (x, _) = new_session(&s, t, u, 1).await;
     let (y, y1) = new_session(&s, t, UserId::new(), 2).await;
-    let y2 = hash();
-    s.rotate_refresh(t, &y1, &y2, 3, TTL, None).await.unwrap();
+    s.rotate_refresh(t, y1, 3, TTL, None).await.unwrap();
     for sid in [x.id, y.id] {
         assert!(!b.is_session_denied(t, sid).await.unwrap());
         assert!(b.memos().not_denied.get(t, sid.0).is_some(), "b remembers {sid} is not revoked");
@@ -988,7 +1047,7 @@ async fn redis_revocations_and_user_changes_reach_the_other_replicas_memos() {
     s.revoke_user_sessions(t, u, None, DENY).await.unwrap();
     eventually("b forgets x", || b.memos().not_denied.get(t, x.id.0).is_none()).await;
     assert!(b.is_session_denied(t, x.id).await.unwrap());
-    assert!(matches!(s.rotate_refresh(t, &y1, &hash(), 4, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
+    assert!(matches!(s.rotate_refresh(t, y1, 4, TTL, None).await.unwrap(), RotateOutcome::Reused { .. }));
     eventually("b forgets y", || b.memos().not_denied.get(t, y.id.0).is_none()).await;
     assert!(b.is_session_denied(t, y.id).await.unwrap());
 
