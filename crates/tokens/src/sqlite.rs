@@ -18,13 +18,13 @@
 //! instead of once per rotation. A write is answered only after its commit,
 //! so a crash never loses a write that was answered, nor leaves half of
 //! one behind. An operation blocks its thread for its statements only
-//! (microseconds; the sweep below takes milliseconds on the thread that
-//! happens to run it). WAL checkpoints run on a thread of their own beside
-//! the writes, so no request waits for one (see [`checkpointer`]).
+//! (microseconds). WAL checkpoints run on a thread of their own beside the
+//! writes, so no request waits for one (see [`checkpointer`]).
 //!
 //! Expiry is wall-clock Unix milliseconds stored with each row: reads
-//! ignore expired rows, and every [`SWEEP_EVERY`] an operation first
-//! deletes them.
+//! ignore expired rows, and every [`SWEEP_EVERY`] the same thread deletes
+//! them, a chunk of each table at a time (see [`Sweeper`]), so no request
+//! ever waits for a scan of a whole table.
 //!
 //! **Layout** (`PRAGMA user_version` 2). Every table is `WITHOUT ROWID`: a
 //! row lives in its primary key's b-tree only. A session row keeps the
@@ -52,7 +52,7 @@ use crate::{
     SessionRecord, TokenStore, check_kind, check_step, ttl_ms,
 };
 
-/// How often an operation also deletes every expired row.
+/// How often a pass of the sweep starts deleting expired rows.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// The layout this build writes (`PRAGMA user_version`).
@@ -98,6 +98,13 @@ const MAX_BATCH: usize = 256;
 
 /// The tables whose rows expire.
 const EXPIRING: [&str; 5] = ["sessions", "refresh", "deny", "once", "rates"];
+
+/// The primary key of each table in [`EXPIRING`], in order.
+const EXPIRING_KEYS: [&str; 5] = ["tenant, sid", "tenant, hash", "tenant, sid", "tenant, kind, id", "tenant, key"];
+
+/// Rows a sweep step reads from one table: a step holds writes back for
+/// about a millisecond, however large the table.
+const SWEEP_CHUNK: usize = 1000;
 
 /// A live session by its id.
 const SESSION_BY_ID: &str = "SELECT record FROM sessions WHERE tenant = ?1 AND sid = ?2 AND expires_ms > ?3";
@@ -180,7 +187,6 @@ pub struct SqliteTokenStore {
 
 struct Db {
     conn: Connection,
-    next_sweep_ms: i64,
 }
 
 /// A write waiting in the queue: its closure, and where its answer goes.
@@ -274,7 +280,7 @@ impl SqliteTokenStore {
         lay_out(&mut conn)?;
         let checkpoints = Connection::open(path).map_err(|e| Error::Misconfigured(format!("token store file: {e}")))?;
         checkpoints.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
-        let db = Arc::new(tokio::sync::Mutex::new(Db { conn, next_sweep_ms: 0 }));
+        let db = Arc::new(tokio::sync::Mutex::new(Db { conn }));
         let weak = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("authd-tokens-checkpoint".into())
@@ -288,7 +294,7 @@ impl SqliteTokenStore {
     async fn with<T>(&self, f: impl FnOnce(&Connection, i64) -> Result<T>) -> Result<T> {
         let mut db = self.db.lock().await;
         let now = now_ms();
-        db.ready(now);
+        db.ready();
         f(&db.conn, now)
     }
 
@@ -350,26 +356,14 @@ impl SqliteTokenStore {
 
 impl Db {
     /// Readies the connection for the next operation: rolls back what a
-    /// panicked caller left open, and deletes every expired row every
-    /// [`SWEEP_EVERY`]. A failed sweep is tried again next time (reads
-    /// ignore expired rows anyway).
-    fn ready(&mut self, now: i64) {
+    /// panicked caller left open.
+    fn ready(&mut self) {
         if !self.conn.is_autocommit() {
             // A caller that panicked while it ran a batch left its
             // transaction open: nothing of it was answered, so it goes
             // before anything else runs on the connection.
             if let Err(e) = exec(&self.conn, "ROLLBACK", []) {
                 tracing::warn!(error = %e, "token store: rolling back an abandoned transaction failed");
-            }
-        }
-        if now < self.next_sweep_ms {
-            return;
-        }
-        self.next_sweep_ms = now + i64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(30_000);
-        for table in EXPIRING {
-            let swept = exec(&self.conn, &format!("DELETE FROM {table} WHERE expires_ms <= ?1"), [now]);
-            if let Err(e) = swept {
-                tracing::warn!(table, error = %e, "token store: sweeping expired rows failed");
             }
         }
     }
@@ -381,7 +375,7 @@ impl Db {
             return;
         }
         let now = now_ms();
-        self.ready(now);
+        self.ready();
         let conn = &self.conn;
         let committed = (|| {
             exec(conn, "BEGIN IMMEDIATE", [])?;
@@ -421,24 +415,111 @@ impl Db {
 /// WAL only starts over once it has: past [`WAL_RESTART_FRAMES`], a second
 /// pass runs with the store held (no write in between; it copies only what
 /// was written since the first pass), and the next write starts the WAL
-/// over. Ends when the store is dropped.
+/// over. The same thread sweeps expired rows (see [`Sweeper`]): every
+/// [`SWEEP_EVERY`] a pass starts, one step per tick. Ends when the store is
+/// dropped.
 fn checkpointer(conn: &Connection, db: &Weak<tokio::sync::Mutex<Db>>) {
     let passive = || {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)).inspect_err(|e| {
             tracing::warn!(error = %e, "token store: checkpoint failed");
         })
     };
+    let mut sweeper = Sweeper::default();
+    let mut next_pass = now_ms();
     loop {
         std::thread::sleep(CHECKPOINT_EVERY);
         if db.strong_count() == 0 {
             return;
         }
-        let Ok(frames) = passive() else { continue };
-        if frames >= WAL_RESTART_FRAMES {
+        if let Ok(frames) = passive()
+            && frames >= WAL_RESTART_FRAMES
+        {
             let Some(db) = db.upgrade() else { return };
             let _writes_wait = db.blocking_lock();
             let _ = passive();
         }
+        let now = now_ms();
+        if sweeper.idle() && now < next_pass {
+            continue;
+        }
+        if sweeper.idle() {
+            next_pass = now + i64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(30_000);
+        }
+        // One step of the sweep, with writes held back (it writes, and
+        // they would otherwise wait on SQLite's busy handler instead of
+        // the store's queue).
+        let Some(db) = db.upgrade() else { return };
+        let _writes_wait = db.blocking_lock();
+        if let Err(e) = sweeper.step(conn, now) {
+            tracing::warn!(error = %e, "token store: sweeping expired rows failed");
+        }
+    }
+}
+
+/// Deletes expired rows a chunk at a time: each [`Sweeper::step`] reads at
+/// most [`SWEEP_CHUNK`] rows of each table, in key order from where the last
+/// step stopped, so that no step scans a whole table. A pass ends when every
+/// table was read to its end; the next pass starts from the beginning.
+#[derive(Default)]
+struct Sweeper {
+    /// Per table of [`EXPIRING`]: the last key the pass read, or `None`
+    /// before the first step or once the table was read to its end.
+    cursors: [Option<Vec<String>>; 5],
+    /// Tables read to their end in this pass.
+    done: [bool; 5],
+}
+
+impl Sweeper {
+    /// No pass under way.
+    fn idle(&self) -> bool {
+        self.cursors.iter().all(Option::is_none) && self.done.iter().all(|d| !d)
+    }
+
+    /// Reads the next chunk of each table still to read, deleting its
+    /// expired rows. Returns whether the pass ended with this step.
+    fn step(&mut self, conn: &Connection, now: i64) -> Result<bool> {
+        for (i, (table, key)) in EXPIRING.iter().zip(EXPIRING_KEYS).enumerate() {
+            if self.done[i] {
+                continue;
+            }
+            let width = key.split(',').count();
+            let from = self.cursors[i].clone().unwrap_or_else(|| vec![String::new(); width]);
+            let marks = |first: usize| (first..first + width).map(|n| format!("?{n}")).collect::<Vec<_>>().join(", ");
+            // The last key of this chunk, if the table goes on past it.
+            let last: Option<Vec<String>> = conn
+                .prepare_cached(&format!(
+                    "SELECT {key} FROM {table} WHERE ({key}) > ({}) ORDER BY {key} LIMIT 1 OFFSET {}",
+                    marks(1),
+                    SWEEP_CHUNK - 1
+                ))
+                .and_then(|mut q| {
+                    q.query_row(rusqlite::params_from_iter(&from), |r| (0..width).map(|c| r.get(c)).collect())
+                        .optional()
+                })
+                .map_err(db_err)?;
+            let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
+            args.extend(from.iter().cloned().map(Into::into));
+            let upto = match &last {
+                Some(last) => {
+                    args.extend(last.iter().cloned().map(Into::into));
+                    format!(" AND ({key}) <= ({})", marks(2 + width))
+                }
+                None => String::new(),
+            };
+            conn.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE expires_ms <= ?1 AND ({key}) > ({}){upto}",
+                marks(2)
+            ))
+            .and_then(|mut q| q.execute(rusqlite::params_from_iter(args)))
+            .map_err(db_err)?;
+            self.done[i] = last.is_none();
+            self.cursors[i] = last;
+        }
+        if self.done.iter().all(|d| *d) {
+            *self = Sweeper::default();
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 
@@ -1096,6 +1177,89 @@ mod tests {
         let limit = u64::try_from(WAL_RESTART_FRAMES).unwrap() * 4096 * 4;
         assert!(wal <= limit, "the WAL grew to {wal} bytes");
         drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The sweep reads a chunk of each table per step, from where the last
+    /// step stopped, and by the end of its pass has deleted every expired row
+    /// and nothing else.
+    #[test]
+    fn the_sweep_deletes_expired_rows_a_chunk_at_a_time() {
+        let (path, dir) = temp_file();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let (now, far) = (now_ms(), i64::MAX / 2);
+        let count = |table: &str| -> usize {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0)).unwrap() as usize
+        };
+        conn.execute_batch("BEGIN").unwrap();
+        for i in 0..2_500 {
+            // Every other session has expired, across two tenants.
+            let expires = if i % 2 == 0 { now - 1 } else { far };
+            conn.execute(
+                "INSERT INTO sessions VALUES (?1, ?2, 'u', '{}', '', 0, ?3, 1)",
+                params![format!("t{}", i % 2), format!("{i:05}"), expires],
+            )
+            .unwrap();
+        }
+        for i in 0..1_200 {
+            conn.execute("INSERT INTO once VALUES ('t', 'mfa', ?1, 'v', 0, ?2)", params![format!("{i:05}"), now])
+                .unwrap();
+        }
+        for i in 0..10 {
+            conn.execute("INSERT INTO deny VALUES ('t', ?1, ?2)", params![format!("{i}"), far]).unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+
+        let mut sweeper = Sweeper::default();
+        assert!(sweeper.idle());
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            let before = count("sessions") + count("once");
+            let ended = sweeper.step(&conn, now).unwrap();
+            let deleted = before - count("sessions") - count("once");
+            assert!(deleted <= 2 * SWEEP_CHUNK, "step {steps} deleted {deleted}");
+            if ended {
+                break;
+            }
+            assert!(!sweeper.idle());
+            assert!(steps < 10, "the pass never ends");
+        }
+        assert_eq!(steps, 3, "2,500 sessions in chunks of {SWEEP_CHUNK}");
+        assert!(sweeper.idle());
+        assert_eq!(count("sessions"), 1_250);
+        let left: i64 = conn.query_row("SELECT min(expires_ms) FROM sessions", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, far, "only live sessions are left");
+        assert_eq!(count("once"), 0);
+        assert_eq!(count("deny"), 10);
+        // A second pass deletes nothing more.
+        while !sweeper.step(&conn, now).unwrap() {}
+        assert_eq!((count("sessions"), count("deny")), (1_250, 10));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The store's own thread runs the sweep: a pass starts soon after the
+    /// file is opened, and every SWEEP_EVERY after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_sweeps_expired_rows_by_itself() {
+        let (path, dir) = temp_file();
+        let store = SqliteTokenStore::open(&path).await.unwrap();
+        let t = TenantId::new();
+        assert!(store.put_once(t, "mfa", "gone", "v", Duration::from_millis(1)).await.unwrap());
+        assert!(store.put_once(t, "mfa", "kept", "v", Duration::from_secs(60)).await.unwrap());
+        let mut left = Vec::new();
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            // The test holds the store only between the thread's steps.
+            let Ok(db) = store.db.try_lock() else { continue };
+            let mut q = db.conn.prepare("SELECT id FROM once").unwrap();
+            left = q.query_map([], |r| r.get::<_, String>(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap();
+            if left == ["kept"] {
+                break;
+            }
+        }
+        assert_eq!(left, ["kept"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
