@@ -93,7 +93,7 @@ pub const VARIABLES: &[(&str, bool, &str)] = &[
         "PEM file of a CA to trust for the SMTP relay's certificate, besides the webpki roots",
     ),
     ("AUTHD_SMTP_TIMEOUT_MS", false, "time limit of one SMTP delivery (default 10000)"),
-    ("AUTHD_MAIL_POLL_MS", false, "how often the mail sender looks at the outbox unwoken (default 2000)"),
+    ("AUTHD_MAIL_POLL_MS", false, "longest the mail sender sleeps with nothing due (default 60000)"),
     (
         "AUTHD_MAIL_RETRY_BASE_MS",
         false,
@@ -359,7 +359,7 @@ impl Config {
             .map_err(|_| err("AUTHD_MAIL_FROM", format!("{mail_from_text:?} is not an email address")))?;
         let smtp_timeout = Duration::from_millis(env.parse("AUTHD_SMTP_TIMEOUT_MS", 10_000u64)?.max(100));
         let mail_timing = authd_tenancy::mail::SenderTiming {
-            poll_interval: Duration::from_millis(env.parse("AUTHD_MAIL_POLL_MS", 2000u64)?.max(10)),
+            poll_interval: Duration::from_millis(env.parse("AUTHD_MAIL_POLL_MS", 60_000u64)?.max(10)),
             retry_base: Duration::from_millis(env.parse("AUTHD_MAIL_RETRY_BASE_MS", 2000u64)?.max(10)),
             send_timeout: smtp_timeout,
             ..Default::default()

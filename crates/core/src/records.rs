@@ -246,11 +246,14 @@ pub struct QueuedMail {
     pub attempts: u32,
 }
 
-/// The outbox at a glance (metrics).
+/// The outbox at a glance (metrics, and when the sender next has work).
 #[derive(Clone, Debug, Default)]
 pub struct OutboxStats {
     pub queued: u64,
     pub oldest: Option<DateTime<Utc>>,
+    /// The earliest time a queued mail can be claimed: its next attempt, or
+    /// when the lease of the sender that holds it runs out, if later.
+    pub next_due: Option<DateTime<Utc>>,
 }
 
 /// A user's passkey.

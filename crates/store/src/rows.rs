@@ -154,7 +154,7 @@ pub(crate) fn link(row: &impl Columns) -> Result<EmailLink> {
 }
 
 pub(crate) fn outbox_stats(row: &impl Columns) -> Result<OutboxStats> {
-    Ok(OutboxStats { queued: row.count()?, oldest: row.opt_time("oldest")? })
+    Ok(OutboxStats { queued: row.count()?, oldest: row.opt_time("oldest")?, next_due: row.opt_time("next_due")? })
 }
 
 pub(crate) fn passkey(row: &impl Columns) -> Result<PasskeyRecord> {

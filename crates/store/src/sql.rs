@@ -403,9 +403,15 @@ pub(crate) fn defer_mail(id: Uuid, retry_at: DateTime<Utc>, error: &str) -> Stmt
         .text(error)
 }
 
-/// `n` queued mails, the `oldest` one's creation time.
+/// `n` queued mails, the `oldest` one's creation time, and when the first
+/// one can be claimed (`next_due`: its next attempt, or its lease's end if
+/// later).
 pub(crate) fn outbox_stats() -> Stmt<'static> {
-    Stmt::new("SELECT count(*) AS n, min(created_at) AS oldest FROM mail_outbox WHERE failed_at IS NULL")
+    Stmt::new(
+        "SELECT count(*) AS n, min(created_at) AS oldest, \
+         min(CASE WHEN claimed_until > next_attempt_at THEN claimed_until ELSE next_attempt_at END) AS next_due \
+         FROM mail_outbox WHERE failed_at IS NULL",
+    )
 }
 
 // ---- passkeys ----

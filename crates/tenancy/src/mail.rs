@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use authd_core::crypto::SealContext;
 use authd_core::{Error, Result, TenantId};
-use authd_store::{OutboxMail, QueuedMail};
+use authd_store::{OutboxMail, OutboxStats, QueuedMail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -44,8 +44,10 @@ pub enum Transport {
 /// Timing of the sender.
 #[derive(Clone, Copy, Debug)]
 pub struct SenderTiming {
-    /// How often the outbox is looked at when nothing woke the sender (mail
-    /// queued by other replicas, retries that came due).
+    /// The longest the sender sleeps when nothing is due and nothing woke
+    /// it (for mail a replica queued before it stopped). It wakes at once
+    /// for mail queued in this process, and when the next queued mail comes
+    /// due (a retry, another sender's lease running out).
     pub poll_interval: Duration,
     /// The first retry's delay; each next one doubles, up to `retry_max`.
     pub retry_base: Duration,
@@ -60,7 +62,7 @@ pub struct SenderTiming {
 impl Default for SenderTiming {
     fn default() -> Self {
         Self {
-            poll_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(60),
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(600),
             max_attempts: 60,
@@ -228,12 +230,16 @@ const BATCH: u32 = 10;
 fn lease(timing: &SenderTiming) -> Duration {
     timing.send_timeout.saturating_mul(BATCH) + Duration::from_secs(30)
 }
-/// How often the queue's size and age are read for the metrics.
+/// How often the queue's size and age are read for the metrics while mail
+/// waits in it (an empty queue is read each time the sender sleeps).
 const STATS_EVERY: Duration = Duration::from_secs(10);
+
+/// The shortest sleep: a mail that is due but could not be claimed (another
+/// sender's claim in flight) is looked at again after this.
+const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// Delivers the outbox until `stop` turns true. One per process.
 pub async fn run_sender(deps: Arc<Deps>, mailer: Arc<Mailer>, mut stop: watch::Receiver<bool>) {
-    let mut last_stats = tokio::time::Instant::now() - STATS_EVERY;
     loop {
         if *stop.borrow() {
             return;
@@ -259,23 +265,43 @@ pub async fn run_sender(deps: Arc<Deps>, mailer: Arc<Mailer>, mut stop: watch::R
             }
             settle(&deps, &mailer, &mail).await;
         }
-        if last_stats.elapsed() >= STATS_EVERY {
-            last_stats = tokio::time::Instant::now();
-            if let Ok(stats) = deps.store.outbox_stats().await {
-                metrics::MAIL_QUEUED.store(stats.queued, Ordering::Relaxed);
-                let age = stats.oldest.map(|t| (Utc::now() - t).num_seconds().max(0)).unwrap_or(0);
-                metrics::MAIL_OLDEST_SECONDS.store(u64::try_from(age).unwrap_or(0), Ordering::Relaxed);
-            }
-        }
         if full {
             continue;
         }
+        // Nothing more to claim now: sleep until the next queued mail comes
+        // due, mail is queued in this process, or `poll_interval` passes.
+        let wait = match deps.store.outbox_stats().await {
+            Ok(stats) => {
+                metrics::MAIL_QUEUED.store(stats.queued, Ordering::Relaxed);
+                let age = stats.oldest.map(|t| (Utc::now() - t).num_seconds().max(0)).unwrap_or(0);
+                metrics::MAIL_OLDEST_SECONDS.store(u64::try_from(age).unwrap_or(0), Ordering::Relaxed);
+                idle_wait(&mailer.timing, &stats, Utc::now())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mail outbox unavailable");
+                mailer.timing.poll_interval.min(mailer.timing.retry_base).max(MIN_WAIT)
+            }
+        };
         tokio::select! {
             _ = mailer.wake.notified() => {}
-            _ = tokio::time::sleep(mailer.timing.poll_interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
     }
+}
+
+/// How long the sender sleeps with nothing to claim: until the next queued
+/// mail comes due, at most `poll_interval`, and at most [`STATS_EVERY`]
+/// while mail waits (so that the queue's gauges stay current).
+fn idle_wait(timing: &SenderTiming, stats: &OutboxStats, now: DateTime<Utc>) -> Duration {
+    let mut wait = timing.poll_interval;
+    if stats.queued > 0 {
+        wait = wait.min(STATS_EVERY);
+    }
+    if let Some(due) = stats.next_due {
+        wait = wait.min((due - now).to_std().unwrap_or(Duration::ZERO));
+    }
+    wait.max(MIN_WAIT)
 }
 
 async fn settle(deps: &Deps, mailer: &Mailer, mail: &QueuedMail) {
@@ -326,6 +352,26 @@ mod tests {
         assert_eq!(backoff(&t, 5), Duration::from_secs(32));
         assert_eq!(backoff(&t, 6), Duration::from_secs(60));
         assert_eq!(backoff(&t, 60), Duration::from_secs(60));
+    }
+
+    /// With nothing to claim, the sender sleeps until the next mail comes
+    /// due, never longer than `poll_interval`, at most STATS_EVERY while
+    /// mail waits, and never a busy loop.
+    #[test]
+    fn the_idle_sender_sleeps_until_the_next_mail_is_due() {
+        let t = SenderTiming { poll_interval: Duration::from_secs(60), ..SenderTiming::default() };
+        let now = Utc::now();
+        let stats = |queued, due: Option<i64>| OutboxStats {
+            queued,
+            oldest: None,
+            next_due: due.map(|ms| now + chrono::Duration::milliseconds(ms)),
+        };
+        assert_eq!(idle_wait(&t, &stats(0, None), now), Duration::from_secs(60), "an empty outbox");
+        assert_eq!(idle_wait(&t, &stats(1, Some(3_000)), now), Duration::from_secs(3), "a retry due in 3 s");
+        assert_eq!(idle_wait(&t, &stats(1, Some(300_000)), now), STATS_EVERY, "the gauges stay current");
+        assert_eq!(idle_wait(&t, &stats(1, Some(-5_000)), now), MIN_WAIT, "due already: soon, not at once");
+        let short = SenderTiming { poll_interval: Duration::from_millis(100), ..t };
+        assert_eq!(idle_wait(&short, &stats(1, Some(3_000)), now), Duration::from_millis(100));
     }
 
     #[test]
