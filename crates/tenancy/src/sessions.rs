@@ -276,9 +276,9 @@ impl SessionService<'_> {
     /// Revokes the session of `refresh_token`, or else the caller's session.
     ///
     /// The token is found the way `refresh` finds it, by rotating it (its
-    /// successor is never issued) before the revocation ends its session. A token that its session
-    /// already rotated away ends the whole session, as its reuse would: a
-    /// logout never silently leaves a session alive.
+    /// successor is never issued) before the revocation ends its session. A
+    /// token that its session already rotated away ends the whole session, as
+    /// its reuse would: a logout never silently leaves a session alive.
     pub async fn logout(
         &self,
         refresh_token: Option<&str>,

@@ -1,15 +1,15 @@
 //! The token store: short-lived shared state that every replica must see at
-//! once. Refresh-token records (hashed), sessions (refresh-token families),
-//! the per-session access-token deny list, rate-limit counters, MFA
-//! challenges, OAuth state and one-time login codes.
+//! once. Sessions (refresh-token families, each with the generation of its
+//! current refresh token), the per-session access-token deny list,
+//! rate-limit counters, MFA challenges, OAuth state and one-time login codes.
 //!
-//! Two backends behind one trait: Redis (production; every key carries the
+//! Three backends behind one trait: Redis (production; every key carries the
 //! `{tenant}` hash tag so Redis Cluster keeps a tenant's keys in one slot, and
-//! every multi-key change is one Lua script, so one round trip and atomic) and
-//! an in-process store (the embedded default).
+//! every multi-key change is one Lua script, so one round trip and atomic),
+//! SQLite (the embedded default's durable file) and an in-process store.
 //!
-//! This crate stores opaque hashes and records; it never sees a raw token and
-//! knows nothing of HTTP, GraphQL or SQL.
+//! This crate stores sessions, keyed hashes and records; it never sees a raw
+//! token and knows nothing of HTTP or GraphQL.
 //!
 //! Layout:
 //! - [`model`]: the records stored (`SessionRecord`, `RotateOutcome`, ...).
@@ -21,7 +21,7 @@
 //!   notices keep current ([`Memos`], [`Notice`]).
 //! - `gcra` (private): the rate-limit arithmetic the backends share.
 //!
-//! Both backends pass the same test suite (`tests/store.rs`), which is the
+//! Every backend passes the same test suite (`tests/store.rs`), which is the
 //! executable form of the contract below.
 
 mod gcra;

@@ -205,7 +205,8 @@ impl TenantState {
             && self.rates.is_empty()
     }
 
-    /// Removes a live session, and puts its id on the deny list (never shortening an entry already there).
+    /// Removes a live session, and puts its id on the deny list (never
+    /// shortening an entry already there).
     /// Returns the session's user if it was live.
     fn revoke(&mut self, sid: SessionId, deny_ttl: Duration, now: Instant) -> Option<UserId> {
         let user = live(&mut self.sessions, &sid, now).map(|s| s.record.user_id);

@@ -676,6 +676,8 @@ return 1
 /// ('current', 'reused' or nil: unknown). KEYS[1] is `sess:<sid>` for a token
 /// naming its session (ARGV[2] 'n', ARGV[3] its generation, ARGV[4] the sid)
 /// or `rt:<hash>` for one from before (ARGV[2] 'h', ARGV[3] the hash).
+/// The same rule as the SQLite backend's `Presented::judge`; keep them in
+/// step.
 const LUA_FIND: &str = r#"
 local function find(ns)
   local sid = ARGV[4]

@@ -19,11 +19,11 @@
 //! so a crash never loses a write that was answered, nor leaves half of
 //! one behind. An operation blocks its thread for its statements only
 //! (microseconds). WAL checkpoints run on a thread of their own beside the
-//! writes, so no request waits for one (see [`checkpointer`]).
+//! writes, so no request waits for one (see `checkpointer`).
 //!
 //! Expiry is wall-clock Unix milliseconds stored with each row: reads
 //! ignore expired rows, and every [`SWEEP_EVERY`] the same thread deletes
-//! them, a chunk of each table at a time (see [`Sweeper`]), so no request
+//! them, a chunk of each table at a time (see `Sweeper`), so no request
 //! ever waits for a scan of a whole table.
 //!
 //! **Layout** (`PRAGMA user_version` 2). Every table is `WITHOUT ROWID`: a
@@ -96,11 +96,14 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// them all, so the batch bounds how long its own request waits.
 const MAX_BATCH: usize = 256;
 
-/// The tables whose rows expire.
-const EXPIRING: [&str; 5] = ["sessions", "refresh", "deny", "once", "rates"];
-
-/// The primary key of each table in [`EXPIRING`], in order.
-const EXPIRING_KEYS: [&str; 5] = ["tenant, sid", "tenant, hash", "tenant, sid", "tenant, kind, id", "tenant, key"];
+/// The tables whose rows expire, and their primary keys.
+const EXPIRING: [(&str, &str); 5] = [
+    ("sessions", "tenant, sid"),
+    ("refresh", "tenant, hash"),
+    ("deny", "tenant, sid"),
+    ("once", "tenant, kind, id"),
+    ("rates", "tenant, key"),
+];
 
 /// Rows a sweep step reads from one table: a step holds writes back for
 /// about a millisecond, however large the table.
@@ -439,10 +442,10 @@ fn checkpointer(conn: &Connection, db: &Weak<tokio::sync::Mutex<Db>>) {
             let _ = passive();
         }
         let now = now_ms();
-        if sweeper.idle() && now < next_pass {
-            continue;
-        }
         if sweeper.idle() {
+            if now < next_pass {
+                continue;
+            }
             next_pass = now + i64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(30_000);
         }
         // One step of the sweep, with writes held back (it writes, and
@@ -462,28 +465,38 @@ fn checkpointer(conn: &Connection, db: &Weak<tokio::sync::Mutex<Db>>) {
 /// table was read to its end; the next pass starts from the beginning.
 #[derive(Default)]
 struct Sweeper {
-    /// Per table of [`EXPIRING`]: the last key the pass read, or `None`
-    /// before the first step or once the table was read to its end.
-    cursors: [Option<Vec<String>>; 5],
-    /// Tables read to their end in this pass.
-    done: [bool; 5],
+    /// Where the pass stands in each table of [`EXPIRING`].
+    tables: [Cursor; EXPIRING.len()],
+}
+
+/// Where a pass of the sweep stands in one table.
+#[derive(Default)]
+enum Cursor {
+    /// Not read yet.
+    #[default]
+    Start,
+    /// Read up to this key.
+    After(Vec<String>),
+    /// Read to its end.
+    Done,
 }
 
 impl Sweeper {
     /// No pass under way.
     fn idle(&self) -> bool {
-        self.cursors.iter().all(Option::is_none) && self.done.iter().all(|d| !d)
+        self.tables.iter().all(|c| matches!(c, Cursor::Start))
     }
 
     /// Reads the next chunk of each table still to read, deleting its
     /// expired rows. Returns whether the pass ended with this step.
     fn step(&mut self, conn: &Connection, now: i64) -> Result<bool> {
-        for (i, (table, key)) in EXPIRING.iter().zip(EXPIRING_KEYS).enumerate() {
-            if self.done[i] {
-                continue;
-            }
+        for (cursor, (table, key)) in self.tables.iter_mut().zip(EXPIRING) {
             let width = key.split(',').count();
-            let from = self.cursors[i].clone().unwrap_or_else(|| vec![String::new(); width]);
+            let from = match cursor {
+                Cursor::Done => continue,
+                Cursor::Start => vec![String::new(); width],
+                Cursor::After(last) => last.clone(),
+            };
             let marks = |first: usize| (first..first + width).map(|n| format!("?{n}")).collect::<Vec<_>>().join(", ");
             // The last key of this chunk, if the table goes on past it.
             let last: Option<Vec<String>> = conn
@@ -498,7 +511,7 @@ impl Sweeper {
                 })
                 .map_err(db_err)?;
             let mut args: Vec<rusqlite::types::Value> = vec![now.into()];
-            args.extend(from.iter().cloned().map(Into::into));
+            args.extend(from.into_iter().map(Into::into));
             let upto = match &last {
                 Some(last) => {
                     args.extend(last.iter().cloned().map(Into::into));
@@ -512,10 +525,9 @@ impl Sweeper {
             ))
             .and_then(|mut q| q.execute(rusqlite::params_from_iter(args)))
             .map_err(db_err)?;
-            self.done[i] = last.is_none();
-            self.cursors[i] = last;
+            *cursor = last.map_or(Cursor::Done, Cursor::After);
         }
-        if self.done.iter().all(|d| *d) {
+        if self.tables.iter().all(|c| matches!(c, Cursor::Done)) {
             *self = Sweeper::default();
             return Ok(true);
         }
